@@ -1,0 +1,86 @@
+# The README's commands. Works on a fresh Debian 12 machine as root; every target is
+# idempotent, and `setup` is a no-op until requirements/dev.txt or pyproject.toml change.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+REQUIREMENTS := requirements/dev.txt
+STAMP := $(VENV)/.setup-stamp
+SYSTEM_PACKAGES := python3 python3-venv python3-pip
+PYTEST_ARGS ?=
+
+.PHONY: setup lint test demo bench lock clean
+
+setup: $(STAMP)
+
+# Debian ships venv's pip bootstrap separately (python3-venv): when no venv can be made,
+# install the system packages (as root, non-interactively) and try again.
+$(STAMP): $(REQUIREMENTS) pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  rm -rf $(VENV); \
+	  if ! command -v $(PYTHON) >/dev/null 2>&1 || ! $(PYTHON) -m venv $(VENV) >/dev/null 2>&1; then \
+	    rm -rf $(VENV); \
+	    if [ "$$(id -u)" -ne 0 ]; then \
+	      echo "make setup: cannot create a venv with $(PYTHON); as root run:" \
+	        "apt-get install -y $(SYSTEM_PACKAGES)" >&2; \
+	      exit 1; \
+	    fi; \
+	    echo "make setup: installing $(SYSTEM_PACKAGES) with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -q; \
+	    apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(PIP) install -r $(REQUIREMENTS)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+# All three checks run, so one report shows every problem; the status is failure if any failed.
+lint: setup
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+test: setup
+	@status=0; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	$(BIN)/pytest $(PYTEST_ARGS) || status=1; \
+	exit $$status
+
+demo: setup
+	$(BIN)/rainctl sim --demo
+
+bench: setup
+	@status=0; \
+	for script in tests/bench/bench_*.py; do \
+	  [ -e "$$script" ] || continue; \
+	  echo "== $$script"; \
+	  $(BIN)/python "$$script" || status=1; \
+	done; \
+	exit $$status
+
+# Re-pin requirements/dev.txt from requirements/dev.in in a throwaway venv (newest versions
+# the ranges in pyproject.toml allow).
+lock: setup
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip --disable-pip-version-check install --quiet -r requirements/dev.in
+	{ \
+	  echo "# Exact pins of the development environment (runtime + dev + build backend), transitive"; \
+	  echo "# dependencies included: \`pip freeze\` of a clean venv after \`pip install -r requirements/dev.in\`."; \
+	  echo "# Regenerate with \`make lock\`; never edit by hand."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; \
+	} > $(REQUIREMENTS)
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .venv-lock .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

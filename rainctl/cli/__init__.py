@@ -1,0 +1,1 @@
+"""The `rainctl` command line (Typer + rich)."""

@@ -1,0 +1,64 @@
+"""The `rainctl` command line: the root Typer app, its error boundary and entry point.
+
+Sub-command modules each expose `register(app)`; they are all registered in one place below.
+Expected errors (`RainctlError`) become one line on stderr, `rainctl: error: ...`, and exit
+status 2; `--debug` lets them propagate with their traceback instead.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from rainctl.cli import config as config_commands
+from rainctl.errors import RainctlError
+
+ERROR_EXIT_CODE = 2
+
+
+class RainctlGroup(TyperGroup):
+    """The root command group; turns expected errors into one-line messages."""
+
+    def invoke(self, ctx: Any) -> Any:
+        # `ctx` is the root context of typer's bundled click; its params hold `--debug`.
+        try:
+            return super().invoke(ctx)
+        except RainctlError as exc:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(f"rainctl: error: {exc}", err=True)
+            raise typer.Exit(code=ERROR_EXIT_CODE) from exc
+
+
+app = typer.Typer(
+    name="rainctl",
+    cls=RainctlGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# `--debug` is read from the context's params by `RainctlGroup.invoke`.
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")] = False,
+) -> None:
+    """Control a RAIN token-ring cluster of Linux IPVS front nodes."""
+
+
+@app.command()
+def version() -> None:
+    """Print rainctl's version."""
+    typer.echo(f"rainctl {metadata.version('rainctl')}")
+
+
+# Every sub-command module, registered here and nowhere else.
+config_commands.register(app)
+
+
+def main() -> None:
+    app(prog_name="rainctl")

@@ -1,0 +1,19 @@
+"""Cluster config files: TOML loading, pydantic validation, conversion to `core.spec` values."""
+
+from rainctl.config.convert import canonical_json, config_digest, to_ring_spec
+from rainctl.config.keys import ClusterKeys, load_keys, parse_keys
+from rainctl.config.loader import key_file_path, load_config, parse_config
+from rainctl.config.models import ClusterConfig
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterKeys",
+    "canonical_json",
+    "config_digest",
+    "key_file_path",
+    "load_config",
+    "load_keys",
+    "parse_config",
+    "parse_keys",
+    "to_ring_spec",
+]

@@ -1,0 +1,268 @@
+"""Pydantic models of the ring part of the cluster config file (TOML).
+
+Field names are the file's keys, so a validation error's location is the key path an operator
+sees in the file. Models are strict (TOML has real integers and booleans; "42" is not a node
+id) and forbid unknown keys. Checks that span several fields run once the fields are valid and
+report every problem with its own key path through one `config_conflict` error whose context
+holds `(loc, message)` pairs (see `rainctl.config.diagnostics`).
+
+Timer defaults come from the profile via `rainctl.core.spec.derive_timers`, the one place
+they are computed; the file holds only overrides.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rainctl.config.diagnostics import Problem, conflict_error, value_error
+from rainctl.core.spec import (
+    ExclusionMode,
+    Limits,
+    QuorumPolicy,
+    RingTimers,
+    TimerProfile,
+    derive_timers,
+)
+from rainctl.core.types import NODE_ID_MAX, U32_MAX
+
+LIMITS = Limits()
+
+_CLUSTER_NAME = re.compile(r"[a-z0-9-]{1,63}")
+_ENDPOINT = re.compile(
+    r"\[(?P<v6>[^\[\]]+)\]:(?P<v6_port>[0-9]+)|(?P<v4>[0-9.]+):(?P<v4_port>[0-9]+)"
+)
+_PORT_MAX = 65535
+
+PositiveMs = Annotated[int, Field(gt=0)]
+
+
+def vip_sort_key(address: str) -> tuple[int, int]:
+    """Numeric order of canonical VIP addresses: IPv4 before IPv6, then by value."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+def canonical_endpoint(text: str) -> str:
+    """`text` as a canonical "host:port" ("[v6]:port" for IPv6); raises on anything else."""
+    not_endpoint = f"{text!r} is not host:port with an IP address (e.g. 198.18.0.2:7400)"
+    match = _ENDPOINT.fullmatch(text)
+    if match is None:
+        raise value_error(not_endpoint)
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        if match["v6"] is not None:
+            ip, port = ipaddress.IPv6Address(match["v6"]), int(match["v6_port"])
+        else:
+            ip, port = ipaddress.IPv4Address(match["v4"]), int(match["v4_port"])
+    except ValueError:
+        raise value_error(not_endpoint) from None
+    if not 1 <= port <= _PORT_MAX:
+        raise value_error(f"{text!r}: port {port} is not in 1..{_PORT_MAX}")
+    if ip.is_unspecified or ip.is_multicast:
+        raise value_error(f"{text!r}: {ip} is an unspecified or multicast address")
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def canonical_vip(text: str) -> str:
+    """`text` as the canonical text of one IPv4 or IPv6 address; raises on anything else."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise value_error(f"{text!r} is not an IPv4 or IPv6 address (e.g. 198.18.0.100)") from None
+    if ip.is_unspecified or ip.is_multicast:
+        raise value_error(f"{text!r} is an unspecified or multicast address")
+    return str(ip)
+
+
+class ClusterSection(BaseModel):
+    """`[cluster]`: identity of the ring and its policies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str
+    id: int = Field(ge=1, le=U32_MAX)
+    key_file: str | None = Field(default=None, min_length=1)
+    profile: TimerProfile = Field(default=TimerProfile.LAN, strict=False)
+    quorum: QuorumPolicy = Field(default=QuorumPolicy.MAJORITY, strict=False)
+    exclusion: ExclusionMode = Field(default=ExclusionMode.AGGRESSIVE, strict=False)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if _CLUSTER_NAME.fullmatch(value) is None:
+            raise value_error(f"{value!r} must be 1 to 63 characters of a-z, 0-9 and '-'")
+        return value
+
+
+class TimersSection(BaseModel):
+    """`[timers]`: optional overrides of the profile's timers, in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    round_ms: PositiveMs | None = None
+    ack_ms: PositiveMs | None = None
+    hop_retries: Annotated[int, Field(ge=1, le=10)] | None = None
+    token_loss_ms: PositiveMs | None = None
+    sos_reply_ms: PositiveMs | None = None
+    join_ms: PositiveMs | None = None
+    boot_ms: PositiveMs | None = None
+    beacon_ms: PositiveMs | None = None
+
+    def overrides(self) -> dict[str, int]:
+        """The keys the file sets, by name."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class RebalanceSection(BaseModel):
+    """`[rebalance]`: load-driven VIP moves (see `rainctl.core.spec.RebalanceSpec`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool = True
+    interval_ms: PositiveMs = 10_000
+    dwell_ms: PositiveMs = 30_000
+    margin_permille: int = Field(default=200, ge=1, le=1000)
+
+
+class NodeEntry(BaseModel):
+    """One `[[nodes]]` entry: a front node and the address its ring transport listens on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    id: int = Field(ge=1, le=NODE_ID_MAX)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _canonical_address(cls, value: str) -> str:
+        return canonical_endpoint(value)
+
+
+class VipEntry(BaseModel):
+    """One `[[vips]]` entry: a virtual address of the pool and its optional home node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    address: str
+    home: int | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _canonical_address(cls, value: str) -> str:
+        return canonical_vip(value)
+
+
+class ClusterConfig(BaseModel):
+    """The ring part of a cluster config file, validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    cluster: ClusterSection
+    timers: TimersSection = Field(default_factory=TimersSection)
+    rebalance: RebalanceSection = Field(default_factory=RebalanceSection)
+    nodes: tuple[NodeEntry, ...] = Field(default=(), strict=False)
+    vips: tuple[VipEntry, ...] = Field(default=(), strict=False)
+
+    def ring_timers(self) -> RingTimers:
+        """The effective timers: profile defaults, the file's overrides, derived timeouts."""
+        return derive_timers(self.cluster.profile, **self.timers.overrides())
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        problems = [*_node_problems(self.nodes), *_vip_problems(self), *_timer_problems(self)]
+        if problems:
+            raise conflict_error(problems)
+        return self
+
+
+def _node_problems(nodes: tuple[NodeEntry, ...]) -> list[Problem]:
+    if not nodes:
+        return [(("nodes",), "at least one [[nodes]] entry is required")]
+    problems: list[Problem] = []
+    if len(nodes) > LIMITS.members_max:
+        problems.append(
+            (("nodes",), f"{len(nodes)} nodes configured, at most {LIMITS.members_max} allowed")
+        )
+    first_by_id: dict[int, int] = {}
+    first_by_address: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        if node.id in first_by_id:
+            problems.append(
+                (
+                    ("nodes", index, "id"),
+                    f"node {node.id} is already configured at nodes[{first_by_id[node.id]}]",
+                )
+            )
+        else:
+            first_by_id[node.id] = index
+        if node.address in first_by_address:
+            problems.append(
+                (
+                    ("nodes", index, "address"),
+                    f"{node.address!r} is already used by nodes[{first_by_address[node.address]}]",
+                )
+            )
+        else:
+            first_by_address[node.address] = index
+    return problems
+
+
+def _vip_problems(config: ClusterConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if len(config.vips) > LIMITS.vips_max:
+        problems.append(
+            (("vips",), f"{len(config.vips)} VIPs configured, at most {LIMITS.vips_max} allowed")
+        )
+    node_ids = sorted({node.id for node in config.nodes})
+    configured = ", ".join(str(node_id) for node_id in node_ids) or "none"
+    first_by_address: dict[str, int] = {}
+    for index, vip in enumerate(config.vips):
+        if vip.address in first_by_address:
+            problems.append(
+                (
+                    ("vips", index, "address"),
+                    f"{vip.address!r} is already configured at "
+                    f"vips[{first_by_address[vip.address]}]",
+                )
+            )
+        else:
+            first_by_address[vip.address] = index
+        if vip.home is not None and vip.home not in node_ids:
+            problems.append(
+                (
+                    ("vips", index, "home"),
+                    f"node {vip.home} is not a configured node (configured: {configured})",
+                )
+            )
+    return problems
+
+
+def _timer_problems(config: ClusterConfig) -> list[Problem]:
+    timers = config.ring_timers()
+    overridden = config.timers.overrides()
+    problems: list[Problem] = []
+    if timers.hop_failure_ms >= 4 * timers.round_ms:
+        blamed = next(
+            (key for key in ("ack_ms", "hop_retries", "round_ms") if key in overridden),
+            "round_ms",
+        )
+        problems.append(
+            (
+                ("timers", blamed),
+                f"ack_ms x hop_retries ({timers.ack_ms} x {timers.hop_retries} = "
+                f"{timers.hop_failure_ms} ms) must be less than 4 x round_ms "
+                f"({4 * timers.round_ms} ms)",
+            )
+        )
+    if "token_loss_ms" in overridden and timers.token_loss_ms <= timers.round_ms:
+        problems.append(
+            (
+                ("timers", "token_loss_ms"),
+                f"{timers.token_loss_ms} ms must be greater than round_ms ({timers.round_ms} ms)",
+            )
+        )
+    return problems

@@ -1,0 +1,97 @@
+"""Inputs (past-tense facts) and outputs (imperative commands) of `RingMachine.step`.
+
+The driver (daemon or simulator) turns the world into events and carries out actions; the
+machine itself never touches the world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rainctl.core.messages import Envelope, Message
+from rainctl.core.types import Member, NodeId, NodeState, RingId, Vip, VipTraffic
+
+# ---- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class ClockAdvanced:
+    """Time passed; the machine fires whatever deadlines are due."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequested:
+    """Leave the ring cleanly: hand VIPs over with the token, then stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadMeasured:
+    state: NodeState
+    cpu_permille: int
+    connections: int
+    new_connections_per_s: int
+    bytes_per_s: int
+    vip_traffic: tuple[VipTraffic, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MulticastRequested:
+    """Send `body` to every member in token order (delivered to the origin too)."""
+
+    kind: int
+    body: bytes
+
+
+Event = MessageReceived | ClockAdvanced | LeaveRequested | LoadMeasured | MulticastRequested
+
+# ---- actions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    destination: NodeId
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class InstallRing:
+    """This node is now a member of `ring` with these members, in ring order."""
+
+    ring: RingId
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnVips:
+    """The complete set of VIPs this node owns from now on (sorted). Level, not edge."""
+
+    vips: tuple[Vip, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Send gratuitous ARP / unsolicited NA for these owned VIPs (takeover or ring heal)."""
+
+    vips: tuple[Vip, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A multicast message, delivered exactly once per node, in the same order everywhere."""
+
+    origin: NodeId
+    kind: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LeftRing:
+    """The graceful leave finished: the node owns nothing and may exit."""
+
+
+Action = Send | InstallRing | OwnVips | Announce | Deliver | LeftRing

@@ -1,0 +1,1160 @@
+"""RingMachine: the RAIN group-membership state machine (docs/protocol.md, "The ring").
+
+Sans-IO: `step(event, now) -> actions`, `next_deadline()`, `status()`. The driver feeds in
+decoded messages and clock ticks and carries out `Send`, `InstallRing`, `OwnVips`, ...
+
+Phases of a node:
+
+* JOINING: not in a ring, owns nothing. Sends 911-JOIN to the configured nodes every
+  `join_ms`; with no ring found within `boot_ms` it forms a singleton ring (admitting the
+  joiners it heard from), unless a lower node id is also booting (that one forms the ring).
+* MEMBER: in a ring, waiting for the token. After `token_loss_ms` without it: 911-REGEN.
+* HOLDING: has the token. Delivers multicast at once, holds about `round_ms / n` (no pacing
+  for one rotation after a ring change), then runs the holder hooks (own load report, joins,
+  leave, VIP table) and passes it.
+* PASSING: the token is in flight to the successor (Reliable Message layer). An ACK ends
+  the hop; `hop_retries` silent tries exclude the successor (aggressive mode) or ask two
+  other members to probe it first (conservative mode).
+* STARVING: 911-REGEN sent; regenerates from its copy if every responder approves, with
+  the non-responders excluded. Approvers promise the new epoch and refuse older tokens, so a
+  token that was only delayed dies on arrival.
+* LEFT: graceful leave finished.
+
+Every membership change mints a new, larger `RingId`, so "same ring id" means "same members"
+everywhere. VIP ownership is derived from the last accepted token: a node owns the VIPs the
+token gives it while it is in a ring that has quorum. Planned moves are two-phase (see
+ownership.py); moves on exclusion happen with a new ring id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from enum import Enum
+from random import Random
+
+from rainctl.core.codec import CodecError, decode_token, encode_token
+from rainctl.core.events import (
+    Action,
+    Announce,
+    ClockAdvanced,
+    Deliver,
+    Event,
+    InstallRing,
+    LeaveRequested,
+    LeftRing,
+    LoadMeasured,
+    MessageReceived,
+    MulticastRequested,
+    OwnVips,
+    Send,
+)
+from rainctl.core.messages import (
+    AckStatus,
+    Beacon,
+    Carriage,
+    Envelope,
+    Nack,
+    Probe,
+    ProbeAck,
+    ProbeReport,
+    ProbeRequest,
+    SosKind,
+    SosReply,
+    SosVerdict,
+    Sos911,
+    TokenAck,
+    TokenPacket,
+)
+from rainctl.core.ownership import OwnershipInputs, maintain
+from rainctl.core.reliable import (
+    Complete,
+    Corrupt,
+    Duplicate,
+    HopSender,
+    Missing,
+    Reassembler,
+    split_payload,
+)
+from rainctl.core.spec import ExclusionMode, QuorumPolicy, RingSpec
+from rainctl.core.types import (
+    NO_RING,
+    Instant,
+    LoadReport,
+    Member,
+    MulticastMessage,
+    NodeId,
+    NodeState,
+    RingId,
+    Token,
+    Vip,
+)
+
+PROBERS_MAX = 2
+
+
+class Phase(Enum):
+    JOINING = "joining"
+    MEMBER = "member"
+    HOLDING = "holding"
+    PASSING = "passing"
+    STARVING = "starving"
+    LEFT = "left"
+
+
+IN_RING = (Phase.MEMBER, Phase.HOLDING, Phase.PASSING, Phase.STARVING)
+
+
+@dataclass(frozen=True, slots=True)
+class RingStatus:
+    """A snapshot for operators and tests (never used for decisions)."""
+
+    node_id: NodeId
+    incarnation: int
+    phase: Phase
+    ring: RingId
+    members: tuple[Member, ...]
+    seq: int
+    owned: tuple[Vip, ...]
+    has_quorum: bool
+    promised_epoch: int
+    token: Token | None
+    counters: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Sos:
+    proposed_epoch: int
+    asked: tuple[NodeId, ...]
+    replies: dict[NodeId, SosVerdict]
+    deadline: Instant
+    resent: bool
+
+
+@dataclass(slots=True)
+class _PendingJoin:
+    incarnation: int
+    highest_epoch: int
+    heard_at: Instant
+
+
+@dataclass(slots=True)
+class _ProbeRound:
+    target: NodeId
+    nonce: int
+    probers: tuple[NodeId, ...]
+    reports: dict[NodeId, bool]
+    deadline: Instant
+
+
+@dataclass(slots=True)
+class _ProbeDuty:
+    """A probe this node performs for a holder in conservative mode."""
+
+    requester: NodeId
+    target: NodeId
+    nonce: int
+    deadline: Instant
+
+
+class RingMachine:
+    """One node's view of the ring. Deterministic given (spec, events, times, rng seed)."""
+
+    def __init__(
+        self, spec: RingSpec, node_id: NodeId, incarnation: int, rng: Random, now: Instant
+    ) -> None:
+        if node_id not in spec.node_ids():
+            raise ValueError(f"node {node_id} is not a configured node")
+        self.spec = spec
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.rng = rng
+        self.timers = spec.timers
+        self.configured = spec.node_ids()
+        self.phase = Phase.JOINING
+        self.ring: RingId = NO_RING
+        self.token: Token | None = None
+        self.abandoned_ring: RingId = NO_RING
+        self.last_token_at: Instant = now
+        self.loss_timer_base: Instant = now
+        self.promised_epoch = 0
+        self.highest_epoch = 0
+        self.suppress_sos_until: Instant = now
+        self.owned: tuple[Vip, ...] = ()
+        self.hop: HopSender | None = None
+        self.hold_until: Instant = now
+        self.sos: _Sos | None = None
+        self.boot_deadline: Instant = now + self.timers.boot_ms
+        self.join_deadline: Instant = now
+        self.join_targets: tuple[NodeId, ...] = self._others()
+        self.pending_joins: dict[NodeId, _PendingJoin] = {}
+        self.beacon_deadline: Instant = now
+        self.beacon_replied_at: dict[NodeId, Instant] = {}
+        self.reassembler = Reassembler(self.timers.reassembly_ms)
+        self.load: LoadMeasured | None = None
+        self.outbox: list[tuple[int, bytes]] = []
+        self.next_multicast_seq = 1
+        self.delivered: dict[tuple[NodeId, int], int] = {}
+        self.vip_moved_at: dict[Vip, tuple[int, Instant]] = {}
+        self.rebalance_seen: tuple[int, Instant] = (0, now)
+        self.next_transfer_id = 1
+        self.next_nonce = 1
+        self.leave_requested = False
+        self.leave_index = 0
+        self.leave_deadline: Instant | None = None
+        self.config_mismatch = False
+        self.probe_round: _ProbeRound | None = None
+        self.probe_duties: list[_ProbeDuty] = []
+        self.counters: Counter[str] = Counter()
+
+    # ---- public API ----------------------------------------------------------------------
+
+    def step(self, event: Event, now: Instant) -> list[Action]:
+        actions: list[Action] = []
+        if isinstance(event, MessageReceived):
+            self._on_envelope(event.envelope, now, actions)
+        elif isinstance(event, LoadMeasured):
+            self.load = event
+        elif isinstance(event, MulticastRequested):
+            self._enqueue_multicast(event)
+        elif isinstance(event, LeaveRequested):
+            self._on_leave_requested(now, actions)
+        elif not isinstance(event, ClockAdvanced):
+            raise TypeError(f"unknown event {event!r}")
+        self._fire_deadlines(now, actions)
+        self._sync_ownership(actions)
+        return actions
+
+    def next_deadline(self) -> Instant | None:
+        candidates: list[Instant] = []
+        phase = self.phase
+        if phase is Phase.LEFT:
+            return None
+        if phase is Phase.JOINING:
+            candidates.append(self.join_deadline)
+            if not self.config_mismatch:
+                candidates.append(self.boot_deadline)
+        elif phase is Phase.MEMBER:
+            candidates.append(self._token_loss_deadline())
+        elif phase is Phase.HOLDING:
+            candidates.append(self.hold_until)
+        elif phase is Phase.PASSING:
+            if self.probe_round is not None:
+                candidates.append(self.probe_round.deadline)
+            elif self.hop is not None:
+                candidates.append(self.hop.deadline)
+        elif phase is Phase.STARVING and self.sos is not None:
+            candidates.append(self._sos_next_deadline(self.sos))
+        if phase in IN_RING:
+            candidates.append(self.beacon_deadline)
+        if self.leave_deadline is not None:
+            candidates.append(self.leave_deadline)
+        candidates += [duty.deadline for duty in self.probe_duties]
+        reassembly = self.reassembler.next_deadline()
+        if reassembly is not None:
+            candidates.append(reassembly)
+        return min(candidates) if candidates else None
+
+    def status(self) -> RingStatus:
+        token = self.token if self.phase in IN_RING else None
+        return RingStatus(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            phase=self.phase,
+            ring=self.ring,
+            members=token.members if token else (),
+            seq=token.seq if token else 0,
+            owned=self.owned,
+            has_quorum=self._has_quorum(),
+            promised_epoch=self.promised_epoch,
+            token=token,
+            counters=dict(sorted(self.counters.items())),
+        )
+
+    # ---- small helpers -------------------------------------------------------------------
+
+    def _others(self) -> tuple[NodeId, ...]:
+        return tuple(node for node in self.configured if node != self.node_id)
+
+    def _send(self, actions: list[Action], destination: NodeId, message: object) -> None:
+        actions.append(Send(destination, message))  # type: ignore[arg-type]
+
+    def _is_member(self, token: Token, node: NodeId, incarnation: int | None = None) -> bool:
+        member = token.member(node)
+        return member is not None and (incarnation is None or member.incarnation == incarnation)
+
+    def _has_quorum(self) -> bool:
+        if self.phase not in IN_RING or self.token is None:
+            return False
+        if self.spec.quorum is QuorumPolicy.NONE:
+            return True
+        members = self.token.member_ids()
+        doubled = 2 * len(members)
+        if doubled != len(self.configured):
+            return doubled > len(self.configured)
+        # An exact half wins only with the lowest configured node on its side.
+        return min(self.configured) in members
+
+    def _new_ring_id(self) -> RingId:
+        epoch = max(self.highest_epoch, self.promised_epoch, self.ring.epoch) + 1
+        self.highest_epoch = epoch
+        return RingId(epoch, self.node_id, self.incarnation)
+
+    def _successor(self, token: Token, after: NodeId) -> NodeId | None:
+        ids = token.member_ids()
+        if after not in ids or len(ids) < 2:
+            return None
+        return ids[(ids.index(after) + 1) % len(ids)]
+
+    def _token_loss_deadline(self) -> Instant:
+        return max(self.loss_timer_base + self.timers.token_loss_ms, self.suppress_sos_until)
+
+    def _sos_next_deadline(self, sos: _Sos) -> Instant:
+        if not sos.resent:
+            return sos.deadline - self.timers.sos_reply_ms // 2
+        return sos.deadline
+
+    # ---- ownership -----------------------------------------------------------------------
+
+    def _desired_owned(self) -> tuple[Vip, ...]:
+        if self.token is None or not self._has_quorum():
+            return ()
+        return tuple(record.vip for record in self.token.vips if record.owner == self.node_id)
+
+    def _sync_ownership(self, actions: list[Action]) -> None:
+        desired = self._desired_owned()
+        if desired == self.owned:
+            return
+        gained = tuple(vip for vip in desired if vip not in self.owned)
+        self.owned = desired
+        actions.append(OwnVips(desired))
+        if gained:
+            actions.append(Announce(gained))
+
+    def _observe_moves(self, token: Token, now: Instant) -> None:
+        """Remember locally when each VIP last moved (dwell) and the last rebalance (rate)."""
+        for record in token.vips:
+            seen = self.vip_moved_at.get(record.vip)
+            if seen is None or seen[0] != record.move_count:
+                self.vip_moved_at[record.vip] = (record.move_count, now)
+        if token.rebalance_count != self.rebalance_seen[0]:
+            self.rebalance_seen = (token.rebalance_count, now)
+
+    # ---- leaving -------------------------------------------------------------------------
+
+    def _on_leave_requested(self, now: Instant, actions: list[Action]) -> None:
+        if self.leave_requested or self.phase is Phase.LEFT:
+            return
+        self.leave_requested = True
+        if self.phase is Phase.JOINING:
+            self._finish_leave(actions)
+            return
+        self.leave_deadline = now + self.timers.leave_timeout_ms
+        if self.phase is Phase.HOLDING:
+            self.hold_until = now
+
+    def _finish_leave(self, actions: list[Action]) -> None:
+        self.phase = Phase.LEFT
+        self.hop = None
+        self.sos = None
+        self.probe_round = None
+        self.leave_deadline = None
+        actions.append(LeftRing())
+
+    # ---- multicast -----------------------------------------------------------------------
+
+    def _enqueue_multicast(self, event: MulticastRequested) -> None:
+        limits = self.spec.limits
+        if len(event.body) > limits.multicast_body_bytes_max:
+            raise ValueError("multicast body exceeds multicast_body_bytes_max")
+        if len(self.outbox) >= limits.multicast_queue_max:
+            self.counters["multicast_dropped_queue_full"] += 1
+            return
+        self.outbox.append((event.kind, event.body))
+
+    def _deliver_multicast(self, token: Token, actions: list[Action]) -> Token:
+        """Deliver unseen messages in token order; drop those this node has seen before.
+
+        A message this node already delivered on an earlier visit has since travelled the
+        whole ring, so every current member has it: removing it here is safe whoever the
+        origin is (a dead origin included).
+        """
+        kept: list[MulticastMessage] = []
+        for message in token.multicast:
+            key = (message.origin, message.origin_incarnation)
+            if message.sequence <= self.delivered.get(key, 0):
+                continue
+            self.delivered[key] = message.sequence
+            actions.append(Deliver(message.origin, message.kind, message.body))
+            kept.append(message)
+        if len(kept) == len(token.multicast):
+            return token
+        return replace(token, multicast=tuple(kept))
+
+    def _append_outbox(self, token: Token, actions: list[Action]) -> Token:
+        room = self.spec.limits.multicast_queue_max - len(token.multicast)
+        if room <= 0 or not self.outbox:
+            return token
+        taken, self.outbox = self.outbox[:room], self.outbox[room:]
+        appended: list[MulticastMessage] = []
+        for kind, body in taken:
+            message = MulticastMessage(
+                self.node_id, self.incarnation, self.next_multicast_seq, kind, body
+            )
+            self.next_multicast_seq += 1
+            self.delivered[(self.node_id, self.incarnation)] = message.sequence
+            actions.append(Deliver(self.node_id, kind, body))
+            appended.append(message)
+        return replace(token, multicast=token.multicast + tuple(appended))
+
+    # ---- deadlines -----------------------------------------------------------------------
+
+    def _fire_deadlines(self, now: Instant, actions: list[Action]) -> None:
+        # One transition can make another due at the same instant (a singleton formed with
+        # joiners waiting is released at once); the bound guards against a logic loop.
+        for _ in range(16):
+            self._fire_due(now, actions)
+            deadline = self.next_deadline()
+            if deadline is None or deadline > now:
+                return
+        self.counters["deadline_loop_bound_hit"] += 1
+
+    def _fire_due(self, now: Instant, actions: list[Action]) -> None:
+        self.reassembler.expire(now)
+        self._fire_probe_duties(now, actions)
+        if self.leave_deadline is not None and now >= self.leave_deadline:
+            self.counters["leave_timed_out"] += 1
+            self._finish_leave(actions)
+            return
+        phase = self.phase
+        if phase is Phase.JOINING:
+            self._joining_deadlines(now, actions)
+        elif phase is Phase.MEMBER and now >= self._token_loss_deadline():
+            self._start_sos(now, actions)
+        elif phase is Phase.HOLDING and now >= self.hold_until:
+            self._release_token(now, actions)
+        elif phase is Phase.PASSING:
+            self._passing_deadlines(now, actions)
+        elif phase is Phase.STARVING and self.sos is not None:
+            if now >= self.sos.deadline:
+                self._conclude_sos(now, actions)
+            elif not self.sos.resent and now >= self._sos_next_deadline(self.sos):
+                self._resend_sos(actions)
+        if self.phase in IN_RING and now >= self.beacon_deadline:
+            self._send_beacons(now, actions)
+
+    def _joining_deadlines(self, now: Instant, actions: list[Action]) -> None:
+        if now >= self.boot_deadline and not self.config_mismatch:
+            self._form_singleton(now, actions)
+            return
+        if now >= self.join_deadline:
+            self._send_joins(actions)
+            self.join_deadline = now + self.timers.join_ms
+
+    def _passing_deadlines(self, now: Instant, actions: list[Action]) -> None:
+        if self.probe_round is not None:
+            if now >= self.probe_round.deadline:
+                self._conclude_probe(now, actions)
+            return
+        hop = self.hop
+        if hop is None or now < hop.deadline:
+            return
+        resend = hop.on_deadline(now)
+        if resend is not None:
+            self.counters["hop_retransmits"] += 1
+            actions.extend(resend)
+            return
+        self.counters["hops_failed"] += 1
+        if self.spec.exclusion is ExclusionMode.CONSERVATIVE:
+            self._start_probe(hop.destination, now, actions)
+        else:
+            self._exclude_and_pass(hop.destination, now, actions)
+
+    # ---- joining -------------------------------------------------------------------------
+
+    def _send_joins(self, actions: list[Action]) -> None:
+        request = Sos911(
+            SosKind.JOIN,
+            self.ring,
+            self.token.seq if self.token else 0,
+            0,
+            max(self.highest_epoch, self.promised_epoch, self.abandoned_ring.epoch),
+            self.spec.config_digest,
+        )
+        for node in self.join_targets:
+            self._send(actions, node, request)
+        self.counters["joins_sent"] += 1
+
+    def _go_joining(self, now: Instant, actions: list[Action], targets: tuple[NodeId, ...]) -> None:
+        """Leave the current ring (it excluded us, or lost a merge) and ask to be admitted."""
+        self.counters["rejoins"] += 1
+        if self.leave_requested:
+            self._finish_leave(actions)
+            return
+        self.abandoned_ring = max(self.abandoned_ring, self.ring)
+        self.phase = Phase.JOINING
+        self.hop = None
+        self.sos = None
+        self.probe_round = None
+        self.join_targets = targets or self._others()
+        self.boot_deadline = now + self.timers.boot_ms
+        self.join_deadline = now + self.timers.join_ms
+        self._send_joins(actions)
+
+    def _form_singleton(self, now: Instant, actions: list[Action]) -> None:
+        ring = self._new_ring_id()
+        token = Token(
+            ring=ring,
+            seq=0,
+            members=(Member(self.node_id, self.incarnation),),
+            vips=(),
+            loads=(),
+            pins=(),
+            config_digest=self.spec.config_digest,
+            rebalance_count=0,
+            hops_since_change=0,
+            multicast=(),
+        )
+        if self.token is not None and self.abandoned_ring != NO_RING:
+            # Keep what we knew (pins, counters) but nothing of the old membership.
+            token = replace(token, pins=self.token.pins, rebalance_count=self.token.rebalance_count)
+        self.counters["singletons_formed"] += 1
+        self._accept(token, now, actions)
+
+    # ---- token receipt -------------------------------------------------------------------
+
+    def _on_envelope(self, envelope: Envelope, now: Instant, actions: list[Action]) -> None:
+        message = envelope.message
+        source = envelope.source
+        if source == self.node_id or source not in self.configured:
+            self.counters["dropped_unknown_source"] += 1
+            return
+        if self.phase is Phase.LEFT:
+            if isinstance(message, TokenPacket):
+                ring = self.ring
+                self._send(
+                    actions, source, TokenAck(message.transfer_id, AckStatus.NOT_MEMBER, ring)
+                )
+            return
+        if isinstance(message, Carriage):
+            outcome = self.reassembler.on_carriage(
+                source, envelope.source_incarnation, message, now
+            )
+            self._on_reassembly(envelope, message.transfer_id, outcome, now, actions)
+        elif isinstance(message, TokenPacket):
+            outcome = self.reassembler.on_token_packet(
+                source, envelope.source_incarnation, message, now
+            )
+            self._on_reassembly(envelope, message.transfer_id, outcome, now, actions)
+        elif isinstance(message, TokenAck):
+            self._on_token_ack(source, message, now, actions)
+        elif isinstance(message, Nack):
+            if self.hop is not None and self.hop.destination == source:
+                if self.hop.transfer_id == message.transfer_id:
+                    actions.extend(self.hop.on_nack(message))
+        elif isinstance(message, Sos911):
+            self._on_sos(envelope, message, now, actions)
+        elif isinstance(message, SosReply):
+            self._on_sos_reply(source, message, now, actions)
+        elif isinstance(message, Beacon):
+            self._on_beacon(source, envelope.source_incarnation, message, now, actions)
+        else:
+            self._on_probe_message(source, message, now, actions)
+
+    def _on_reassembly(
+        self,
+        envelope: Envelope,
+        transfer_id: int,
+        outcome: object,
+        now: Instant,
+        actions: list[Action],
+    ) -> None:
+        source = envelope.source
+        if isinstance(outcome, Missing):
+            self._send(actions, source, Nack(transfer_id, outcome.indices))
+        elif isinstance(outcome, Duplicate):
+            self.counters["token_duplicates"] += 1
+            self._send(actions, source, TokenAck(transfer_id, outcome.status, self.ring))
+        elif isinstance(outcome, Corrupt):
+            self.counters["token_corrupt"] += 1
+        elif isinstance(outcome, Complete):
+            try:
+                token = decode_token(outcome.payload)
+            except CodecError:
+                self.counters["token_undecodable"] += 1
+                return
+            status = self._on_token(token, envelope, now, actions)
+            self.reassembler.remember(source, envelope.source_incarnation, transfer_id, status)
+            self._send(actions, source, TokenAck(transfer_id, status, self.ring))
+
+    def _stale_status(self, source: NodeId, incarnation: int) -> AckStatus:
+        self.counters["tokens_stale"] += 1
+        if self.token is not None and self._is_member(self.token, source, incarnation):
+            return AckStatus.STALE_MEMBER
+        return AckStatus.STALE_NOT_MEMBER
+
+    def _on_token(
+        self, token: Token, envelope: Envelope, now: Instant, actions: list[Action]
+    ) -> AckStatus:
+        """Judge a complete token; accept it when it is the newest thing this node has seen."""
+        self.highest_epoch = max(self.highest_epoch, token.ring.epoch)
+        if token.config_digest != self.spec.config_digest:
+            self.counters["tokens_config_mismatch"] += 1
+            return AckStatus.NOT_MEMBER
+        in_ring = self.phase in IN_RING
+        if not self._is_member(token, self.node_id, self.incarnation):
+            if in_ring and token.ring > self.ring:
+                # A newer ring without us: we were excluded.
+                self._go_joining(now, actions, (envelope.source,))
+            return AckStatus.NOT_MEMBER
+        if token.ring <= self.abandoned_ring:
+            return AckStatus.NOT_MEMBER
+        if token.ring.epoch < self.promised_epoch:
+            return self._stale_status(envelope.source, envelope.source_incarnation)
+        if in_ring and token.ring < self.ring:
+            return self._stale_status(envelope.source, envelope.source_incarnation)
+        if in_ring and token.ring == self.ring and self.token is not None:
+            if token.seq <= self.token.seq:
+                return AckStatus.DUPLICATE
+        self.counters["tokens_accepted"] += 1
+        self._accept(token, now, actions)
+        return AckStatus.ACCEPTED
+
+    def _accept(self, token: Token, now: Instant, actions: list[Action]) -> None:
+        previous_members = (
+            set(self.token.member_ids()) if self.token and self.phase in IN_RING else set()
+        )
+        ring_changed = token.ring != self.ring or self.phase not in IN_RING
+        self.phase = Phase.HOLDING
+        self.hop = None
+        self.sos = None
+        self.probe_round = None
+        self.ring = token.ring
+        self.highest_epoch = max(self.highest_epoch, token.ring.epoch)
+        self.last_token_at = now
+        self.loss_timer_base = now
+        token = self._deliver_multicast(token, actions)
+        self.token = token
+        self._observe_moves(token, now)
+        if ring_changed:
+            actions.append(InstallRing(token.ring, token.members))
+            self.pending_joins = {
+                node: join
+                for node, join in self.pending_joins.items()
+                if not self._is_member(token, node, join.incarnation)
+            }
+            grew = any(node not in previous_members for node in token.member_ids())
+            owned_before = self.owned
+            self._sync_ownership(actions)
+            kept = tuple(vip for vip in self.owned if vip in owned_before)
+            if grew and kept:
+                # After a join or a healed partition the owners re-announce even when their
+                # VIPs did not move: peers may have learned the other side's MACs.
+                actions.append(Announce(kept))
+        self.hold_until = now + self._hold_ms(token)
+        if self.pending_joins or self.leave_requested:
+            self.hold_until = now
+
+    def _hold_ms(self, token: Token) -> int:
+        members = len(token.members)
+        if token.hops_since_change == 0 or self.outbox:
+            return 0
+        if members > 1 and token.hops_since_change < members:
+            return 0
+        return self.timers.round_ms // max(members, 1)
+
+    # ---- holding and passing -------------------------------------------------------------
+
+    def _own_report(self, seq: int) -> LoadReport:
+        load = self.load
+        if load is None:
+            return LoadReport(self.node_id, NodeState.ACTIVE, 0, 0, 0, 0, (), seq)
+        return LoadReport(
+            self.node_id,
+            load.state,
+            load.cpu_permille,
+            load.connections,
+            load.new_connections_per_s,
+            load.bytes_per_s,
+            load.vip_traffic,
+            seq,
+        )
+
+    def _with_members(self, token: Token, members: tuple[Member, ...]) -> Token:
+        """A membership change: new ring id, loads of departed nodes dropped."""
+        ids = {member.node_id for member in members}
+        return replace(
+            token,
+            ring=self._new_ring_id(),
+            members=members,
+            loads=tuple(report for report in token.loads if report.node_id in ids),
+            hops_since_change=0,
+        )
+
+    def _admit_joiners(self, token: Token, now: Instant) -> Token:
+        fresh = {
+            node: join
+            for node, join in sorted(self.pending_joins.items())
+            if now - join.heard_at <= 2 * self.timers.join_ms + self.timers.round_ms
+        }
+        self.pending_joins = {}
+        if not fresh or self.leave_requested:
+            return token
+        room = self.spec.limits.members_max - len(token.members)
+        admitted = [Member(node, join.incarnation) for node, join in fresh.items()][: max(room, 0)]
+        if not admitted:
+            return token
+        admitted_ids = {member.node_id for member in admitted}
+        kept = [member for member in token.members if member.node_id not in admitted_ids]
+        at = next(i for i, member in enumerate(kept) if member.node_id == self.node_id) + 1
+        members = tuple(kept[:at] + admitted + kept[at:])
+        self.highest_epoch = max(
+            [self.highest_epoch] + [join.highest_epoch for join in fresh.values()]
+        )
+        self.counters["joins_admitted"] += len(admitted)
+        return self._with_members(token, members)
+
+    def _maintain_vips(self, token: Token, now: Instant) -> Token:
+        rebalance = self.spec.rebalance
+        settled = frozenset(
+            vip
+            for vip, (_, moved_at) in self.vip_moved_at.items()
+            if now - moved_at >= rebalance.dwell_ms
+        )
+        result = maintain(
+            OwnershipInputs(
+                table=token.vips,
+                configured=self.spec.vips,
+                members=token.member_ids(),
+                loads={report.node_id: report for report in token.loads},
+                pins=dict(token.pins),
+                holder=self.node_id,
+                rebalance_allowed=rebalance.enabled
+                and now - self.rebalance_seen[1] >= rebalance.interval_ms,
+                settled=settled,
+                margin_permille=rebalance.margin_permille,
+            )
+        )
+        rebalance_count = token.rebalance_count + (1 if result.rebalanced else 0)
+        return replace(token, vips=result.table, rebalance_count=rebalance_count)
+
+    def _run_hooks(self, token: Token, now: Instant, actions: list[Action]) -> Token:
+        """The holder hooks, in their fixed order: report, joins, leave, VIP table."""
+        report = self._own_report(token.seq)
+        loads = tuple(r for r in token.loads if r.node_id != self.node_id) + (report,)
+        token = replace(token, loads=tuple(sorted(loads, key=lambda r: r.node_id)))
+        token = self._append_outbox(token, actions)
+        token = self._admit_joiners(token, now)
+        if self.leave_requested:
+            self.leave_index = token.member_ids().index(self.node_id)
+            remaining = tuple(m for m in token.members if m.node_id != self.node_id)
+            token = self._with_members(token, remaining)
+        token = self._maintain_vips(token, now)
+        return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
+
+    def _release_token(self, now: Instant, actions: list[Action]) -> None:
+        """End of the hold: run the hooks, then pass the token on."""
+        assert self.token is not None
+        token = self._run_hooks(self.token, now, actions)
+        self._store_own_copy(token, now, actions)
+        self._pass(now, actions)
+
+    def _store_own_copy(self, token: Token, now: Instant, actions: list[Action]) -> None:
+        if token.ring != self.ring:
+            self.ring = token.ring
+            if self._is_member(token, self.node_id, self.incarnation):
+                actions.append(InstallRing(token.ring, token.members))
+        self.token = token
+        self._observe_moves(token, now)
+        self._sync_ownership(actions)
+
+    def _pass(self, now: Instant, actions: list[Action]) -> None:
+        token = self.token
+        assert token is not None
+        if self.leave_requested and not self._is_member(token, self.node_id):
+            # Our old successor now sits at our old index of the member list.
+            ids = token.member_ids()
+            successor = ids[self.leave_index % len(ids)] if ids else None
+        else:
+            successor = self._successor(token, self.node_id)
+        if successor is None:
+            if self.leave_requested:
+                self._finish_leave(actions)
+                return
+            self.phase = Phase.HOLDING
+            self.hold_until = now + self.timers.round_ms
+            self.last_token_at = now
+            self.loss_timer_base = now
+            return
+        self._send_token(token, successor, now, actions)
+
+    def _send_token(
+        self, token: Token, successor: NodeId, now: Instant, actions: list[Action]
+    ) -> None:
+        transfer_id = self.next_transfer_id
+        self.next_transfer_id += 1
+        carriages, packet = split_payload(transfer_id, token.ring, token.seq, encode_token(token))
+        self.hop = HopSender(
+            successor, carriages, packet, self.timers.ack_ms, self.timers.hop_retries
+        )
+        self.phase = Phase.PASSING
+        self.counters["tokens_passed"] += 1
+        actions.extend(self.hop.start(now))
+
+    def _on_token_ack(
+        self, source: NodeId, ack: TokenAck, now: Instant, actions: list[Action]
+    ) -> None:
+        hop = self.hop
+        if self.phase is not Phase.PASSING or hop is None:
+            return
+        if hop.destination != source or hop.transfer_id != ack.transfer_id:
+            return
+        status = ack.status
+        if status in (AckStatus.ACCEPTED, AckStatus.DUPLICATE):
+            self.hop = None
+            self.probe_round = None
+            if self.leave_requested and self.token is not None:
+                if not self._is_member(self.token, self.node_id):
+                    self._finish_leave(actions)
+                    return
+            self.phase = Phase.MEMBER
+            self.last_token_at = now
+            self.loss_timer_base = now
+        elif status is AckStatus.NOT_MEMBER:
+            self.counters["successor_not_member"] += 1
+            self._exclude_and_pass(source, now, actions)
+        elif status is AckStatus.STALE_MEMBER:
+            # A newer ring that includes us exists; its token will reach us.
+            self.hop = None
+            self.phase = Phase.MEMBER
+            self.highest_epoch = max(self.highest_epoch, ack.ring.epoch)
+        else:
+            self.highest_epoch = max(self.highest_epoch, ack.ring.epoch)
+            self._go_joining(now, actions, (source,))
+
+    def _exclude_and_pass(self, failed: NodeId, now: Instant, actions: list[Action]) -> None:
+        """The successor is gone: remove it, re-home its VIPs in this same hop, pass on."""
+        token = self.token
+        assert token is not None
+        self.hop = None
+        self.probe_round = None
+        self.counters["exclusions"] += 1
+        remaining = tuple(member for member in token.members if member.node_id != failed)
+        token = self._with_members(token, remaining)
+        token = self._maintain_vips(token, now)
+        token = replace(token, seq=token.seq + 1)
+        self._store_own_copy(token, now, actions)
+        # The excluded node, if alive, learns at once instead of after a token loss.
+        self._send(actions, failed, self._beacon())
+        self._pass(now, actions)
+
+    # ---- conservative mode: indirect probes -----------------------------------------------
+
+    def _start_probe(self, target: NodeId, now: Instant, actions: list[Action]) -> None:
+        token = self.token
+        assert token is not None
+        candidates = [node for node in token.member_ids() if node not in (self.node_id, target)]
+        probers = tuple(candidates[:PROBERS_MAX])
+        if not probers:
+            self._exclude_and_pass(target, now, actions)
+            return
+        nonce = self.next_nonce
+        self.next_nonce += 1
+        self.probe_round = _ProbeRound(
+            target, nonce, probers, {}, now + 2 * self.timers.probe_ms + self.timers.ack_ms
+        )
+        for prober in probers:
+            self._send(actions, prober, ProbeRequest(target, nonce))
+
+    def _conclude_probe(self, now: Instant, actions: list[Action]) -> None:
+        probe = self.probe_round
+        token = self.token
+        assert probe is not None and token is not None
+        self.probe_round = None
+        if not any(probe.reports.values()):
+            self._exclude_and_pass(probe.target, now, actions)
+            return
+        # Someone else reaches it: our link is the problem. Keep it, route around it once.
+        self.counters["probe_saved"] += 1
+        skip_to = self._successor(token, probe.target)
+        if skip_to is None or skip_to == self.node_id:
+            self.phase = Phase.HOLDING
+            self.hold_until = now + self.timers.round_ms
+            return
+        self._send_token(token, skip_to, now, actions)
+
+    def _on_probe_message(
+        self, source: NodeId, message: object, now: Instant, actions: list[Action]
+    ) -> None:
+        if isinstance(message, ProbeRequest):
+            self.probe_duties.append(
+                _ProbeDuty(source, message.target, message.nonce, now + self.timers.probe_ms)
+            )
+            self._send(actions, message.target, Probe(message.nonce))
+        elif isinstance(message, Probe):
+            self._send(actions, source, ProbeAck(message.nonce))
+        elif isinstance(message, ProbeAck):
+            for duty in list(self.probe_duties):
+                if duty.target == source and duty.nonce == message.nonce:
+                    self.probe_duties.remove(duty)
+                    self._send(actions, duty.requester, ProbeReport(source, duty.nonce, True))
+        elif isinstance(message, ProbeReport):
+            probe = self.probe_round
+            if probe is not None and probe.nonce == message.nonce and source in probe.probers:
+                probe.reports[source] = message.reachable
+                if message.reachable or len(probe.reports) == len(probe.probers):
+                    probe.deadline = now
+
+    def _fire_probe_duties(self, now: Instant, actions: list[Action]) -> None:
+        for duty in list(self.probe_duties):
+            if now >= duty.deadline:
+                self.probe_duties.remove(duty)
+                self._send(actions, duty.requester, ProbeReport(duty.target, duty.nonce, False))
+
+    # ---- 911: token regeneration -----------------------------------------------------------
+
+    def _start_sos(self, now: Instant, actions: list[Action]) -> None:
+        token = self.token
+        assert token is not None
+        others = tuple(node for node in token.member_ids() if node != self.node_id)
+        proposed = max(self.ring.epoch, self.promised_epoch, self.highest_epoch) + 1
+        self.phase = Phase.STARVING
+        self.sos = _Sos(proposed, others, {}, now + self.timers.sos_reply_ms, False)
+        self.counters["sos_sent"] += 1
+        if not others:
+            return
+        for node in others:
+            self._send(actions, node, self._regen_request(proposed))
+
+    def _regen_request(self, proposed: int) -> Sos911:
+        token = self.token
+        assert token is not None
+        return Sos911(
+            SosKind.REGENERATE,
+            self.ring,
+            token.seq,
+            proposed,
+            self.highest_epoch,
+            self.spec.config_digest,
+        )
+
+    def _resend_sos(self, actions: list[Action]) -> None:
+        sos = self.sos
+        assert sos is not None
+        sos.resent = True
+        for node in sos.asked:
+            if node not in sos.replies:
+                self._send(actions, node, self._regen_request(sos.proposed_epoch))
+
+    def _on_sos_reply(
+        self, source: NodeId, reply: SosReply, now: Instant, actions: list[Action]
+    ) -> None:
+        self.highest_epoch = max(self.highest_epoch, reply.ring.epoch, reply.promised_epoch)
+        if reply.verdict is SosVerdict.CONFIG_MISMATCH:
+            # Never form a ring of our own with a config the cluster does not share.
+            self.counters["config_mismatch_replies"] += 1
+            self.config_mismatch = True
+            return
+        if self.phase is Phase.JOINING:
+            if reply.verdict is SosVerdict.JOIN_QUEUED:
+                self.counters["join_queued"] += 1
+                # Someone will admit us; do not form a rival singleton meanwhile.
+                self.boot_deadline = max(self.boot_deadline, now + self.timers.boot_ms)
+            return
+        sos = self.sos
+        if self.phase is not Phase.STARVING or sos is None:
+            return
+        if reply.proposed_epoch != sos.proposed_epoch or source not in sos.asked:
+            return
+        sos.replies[source] = reply.verdict
+        if reply.verdict is not SosVerdict.APPROVE or len(sos.replies) == len(sos.asked):
+            self._conclude_sos(now, actions)
+
+    def _conclude_sos(self, now: Instant, actions: list[Action]) -> None:
+        sos = self.sos
+        token = self.token
+        assert sos is not None and token is not None
+        verdicts = set(sos.replies.values())
+        self.sos = None
+        if SosVerdict.NOT_MEMBER in verdicts:
+            self._go_joining(now, actions, ())
+            return
+        if verdicts - {SosVerdict.APPROVE}:
+            self.counters["sos_denied"] += 1
+            self.phase = Phase.MEMBER
+            self.loss_timer_base = now
+            # A random back-off keeps denied callers from calling in lockstep again.
+            self.suppress_sos_until = now + self.rng.randint(
+                self.timers.sos_reply_ms, 2 * self.timers.sos_reply_ms
+            )
+            return
+        approvers = {node for node, verdict in sos.replies.items() if verdict is SosVerdict.APPROVE}
+        members = tuple(
+            m for m in token.members if m.node_id == self.node_id or m.node_id in approvers
+        )
+        self.promised_epoch = max(self.promised_epoch, sos.proposed_epoch)
+        self.highest_epoch = max(self.highest_epoch, sos.proposed_epoch)
+        regenerated = replace(
+            token,
+            ring=RingId(sos.proposed_epoch, self.node_id, self.incarnation),
+            members=members,
+            loads=tuple(
+                r for r in token.loads if r.node_id == self.node_id or r.node_id in approvers
+            ),
+            seq=token.seq + 1,
+            hops_since_change=0,
+        )
+        self.counters["regenerations"] += 1
+        self._accept(regenerated, now, actions)
+
+    def _on_sos(
+        self, envelope: Envelope, request: Sos911, now: Instant, actions: list[Action]
+    ) -> None:
+        source = envelope.source
+        self.highest_epoch = max(self.highest_epoch, request.highest_epoch, request.ring.epoch)
+        if request.config_digest != self.spec.config_digest:
+            self._reply(actions, source, request, SosVerdict.CONFIG_MISMATCH)
+            return
+        if request.kind is SosKind.JOIN:
+            self._on_join_request(envelope, request, now, actions)
+            return
+        verdict = self._judge_regeneration(source, envelope.source_incarnation, request, now)
+        if verdict is None:
+            return
+        if verdict is SosVerdict.APPROVE:
+            self.promised_epoch = max(self.promised_epoch, request.proposed_epoch)
+            self.suppress_sos_until = now + self.timers.token_loss_ms
+            if self.phase is Phase.STARVING:
+                self.sos = None
+                self.phase = Phase.MEMBER
+                self.loss_timer_base = now
+        self._reply(actions, source, request, verdict)
+        if verdict is SosVerdict.DENY_FRESHER and self._should_take_over(request, now):
+            # We hold the fresher copy and have not seen the token for long either: we are
+            # the one who should regenerate, so do not wait for our own timer.
+            self._start_sos(now, actions)
+
+    def _should_take_over(self, request: Sos911, now: Instant) -> bool:
+        token = self.token
+        if self.phase is not Phase.MEMBER or token is None or now < self.suppress_sos_until:
+            return False
+        if now - self.last_token_at < self.timers.token_loss_ms // 2:
+            return False
+        return self.ring > request.ring or (self.ring == request.ring and token.seq > request.seq)
+
+    def _judge_regeneration(
+        self, source: NodeId, incarnation: int, request: Sos911, now: Instant
+    ) -> SosVerdict | None:
+        """The 911 decision table of docs/protocol.md; None means "stay silent"."""
+        token = self.token
+        if self.phase not in IN_RING or token is None:
+            return None
+        if not self._is_member(token, source, incarnation):
+            return SosVerdict.NOT_MEMBER if request.ring <= self.ring else None
+        if self.phase in (Phase.HOLDING, Phase.PASSING):
+            return SosVerdict.DENY_TOKEN_ALIVE
+        if self.ring > request.ring:
+            return SosVerdict.DENY_FRESHER
+        if self.ring == request.ring:
+            if now - self.last_token_at < self.timers.token_loss_ms // 2:
+                return SosVerdict.DENY_TOKEN_ALIVE
+            if token.seq > request.seq:
+                return SosVerdict.DENY_FRESHER
+            if token.seq == request.seq and self.phase is Phase.STARVING and self.node_id < source:
+                return SosVerdict.DENY_FRESHER
+        if request.proposed_epoch <= self.promised_epoch:
+            return SosVerdict.DENY_FRESHER
+        return SosVerdict.APPROVE
+
+    def _reply(
+        self, actions: list[Action], destination: NodeId, request: Sos911, verdict: SosVerdict
+    ) -> None:
+        seq = self.token.seq if self.token is not None else 0
+        reply = SosReply(verdict, request.proposed_epoch, self.ring, seq, self.promised_epoch)
+        self._send(actions, destination, reply)
+
+    def _on_join_request(
+        self, envelope: Envelope, request: Sos911, now: Instant, actions: list[Action]
+    ) -> None:
+        source = envelope.source
+        if self.phase is Phase.JOINING:
+            if source > self.node_id:
+                # Both booting: the lower id forms the ring and admits the higher ones.
+                self.pending_joins[source] = _PendingJoin(
+                    envelope.source_incarnation, request.highest_epoch, now
+                )
+                self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
+            else:
+                self.boot_deadline = max(self.boot_deadline, now + self.timers.boot_ms)
+            return
+        if self.phase not in IN_RING:
+            return
+        if len(self.pending_joins) >= self.spec.limits.pending_joins_max:
+            self.counters["joins_refused_queue_full"] += 1
+            return
+        token = self.token
+        if (
+            token is not None
+            and self._is_member(token, source, envelope.source_incarnation)
+            and request.ring < self.ring
+        ):
+            # Already admitted to our ring; only our token has not reached it yet.
+            self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
+            return
+        self.pending_joins[source] = _PendingJoin(
+            envelope.source_incarnation, request.highest_epoch, now
+        )
+        self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
+        if self.phase is Phase.HOLDING:
+            self.hold_until = min(self.hold_until, now)
+
+    # ---- beacons: partitions and merges ----------------------------------------------------
+
+    def _beacon(self) -> Beacon:
+        token = self.token
+        assert token is not None
+        ids = token.member_ids()
+        return Beacon(self.ring, len(ids), min(ids))
+
+    def _send_beacons(self, now: Instant, actions: list[Action]) -> None:
+        token = self.token
+        assert token is not None
+        self.beacon_deadline = now + self.timers.beacon_ms
+        members = set(token.member_ids())
+        for node in self.configured:
+            if node not in members:
+                self._send(actions, node, self._beacon())
+
+    def _ring_priority(self, count: int, min_node: NodeId, ring: RingId) -> tuple[int, int, RingId]:
+        return (count, -min_node, ring)
+
+    def _on_beacon(
+        self, source: NodeId, incarnation: int, beacon: Beacon, now: Instant, actions: list[Action]
+    ) -> None:
+        self.highest_epoch = max(self.highest_epoch, beacon.ring.epoch)
+        token = self.token
+        if self.phase is Phase.JOINING:
+            if beacon.ring > self.abandoned_ring and source not in self.join_targets:
+                self.join_targets = (source, *self.join_targets)
+            self.join_deadline = now
+            return
+        if self.phase not in IN_RING or token is None or beacon.ring == self.ring:
+            return
+        if self._is_member(token, source, incarnation):
+            if beacon.ring > self.ring:
+                # Beacons go only to nodes outside the sender's ring: a member of ours that
+                # beacons us from a newer ring has moved on without us. We were dropped.
+                self.counters["learned_excluded"] += 1
+                self._go_joining(now, actions, (source,))
+            return
+        ours = self._ring_priority(len(token.members), min(token.member_ids()), self.ring)
+        theirs = self._ring_priority(beacon.member_count, beacon.min_node_id, beacon.ring)
+        if theirs > ours:
+            self.counters["merges_lost"] += 1
+            self._go_joining(now, actions, (source,))
+            return
+        if theirs < ours:
+            last = self.beacon_replied_at.get(source)
+            if last is None or now - last >= self.timers.beacon_ms // 2:
+                self.beacon_replied_at[source] = now
+                self._send(actions, source, self._beacon())

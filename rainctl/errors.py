@@ -1,0 +1,19 @@
+"""The root of rainctl's error tree."""
+
+from __future__ import annotations
+
+
+class RainctlError(Exception):
+    """Every expected error of rainctl derives from it."""
+
+
+class ConfigError(RainctlError):
+    """A configuration or key file is unreadable or invalid.
+
+    The message is one line that names the file and the key path in the file's own terms
+    (`nodes[2].address: ...`), ready to be shown to an operator as is.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = " ".join(message.split())
+        super().__init__(self.message)

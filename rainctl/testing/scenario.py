@@ -1,0 +1,294 @@
+"""Simulation scenarios: the cluster, the network and a schedule of faults, as plain values.
+
+A scenario is data, so a failing run is replayed exactly from its seed and schedule.
+`random_scenario(seed)` draws a mixed fault schedule for seed sweeps; `load_scenario` reads
+the TOML form used by golden scenario files and `rainctl sim --scenario`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from random import Random
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rainctl.config.diagnostics import format_validation_error
+from rainctl.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConditions:
+    """Per-datagram behaviour of the simulated network (every link alike)."""
+
+    delay_min_ms: int = 0
+    delay_max_ms: int = 1
+    loss: float = 0.0
+    duplicate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One scheduled event. `kind` picks which of the optional fields matter.
+
+    crash / restart / pause / resume / leave / join: `node`;
+    drain / undrain: `node`; traffic: `vip_index`, `bytes_per_s`;
+    partition: `groups` (nodes in different groups cannot talk);
+    oneway: datagrams from `sources` to `targets` are dropped (the reverse still works);
+    network: `network` replaces the conditions; heal: partitions and one-way cuts end.
+    """
+
+    at_ms: int
+    kind: str
+    node: int = 0
+    groups: tuple[tuple[int, ...], ...] = ()
+    sources: tuple[int, ...] = ()
+    targets: tuple[int, ...] = ()
+    network: NetworkConditions | None = None
+    vip_index: int = 0
+    bytes_per_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    seed: int
+    nodes: int
+    vips: int
+    profile: str = "lan"
+    quorum: str = "majority"
+    exclusion: str = "aggressive"
+    duration_ms: int = 10_000
+    network: NetworkConditions = NetworkConditions()
+    faults: tuple[Fault, ...] = ()
+    rebalance: bool = False
+    late_joiners: tuple[int, ...] = ()
+    """Nodes that are configured but start only with a `join` fault."""
+    expect: dict[str, int] = field(default_factory=dict)
+    """Golden expectations, e.g. {"max_outage_ms": 600}; checked by the golden tests."""
+
+    def heal_time_ms(self) -> int:
+        """When the last fault is over (the start of the liveness window)."""
+        return max((fault.at_ms for fault in self.faults), default=0)
+
+
+FAULT_KINDS = (
+    "crash",
+    "restart",
+    "pause",
+    "resume",
+    "leave",
+    "join",
+    "drain",
+    "undrain",
+    "traffic",
+    "partition",
+    "oneway",
+    "heal",
+    "network",
+)
+
+# ---- random schedules for seed sweeps -----------------------------------------------------
+
+
+def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True) -> Scenario:
+    """A seeded schedule mixing crashes, restarts, pauses, partitions and lossy links.
+
+    Faults happen in the first two thirds; the rest is a healed, fault-free tail in which
+    liveness is checked. Every crashed node restarts and every paused node resumes before
+    the heal, so "all live nodes in one ring" is a meaningful end state.
+    """
+    rng = Random(seed)
+    nodes = rng.randint(3, 7)
+    vips = rng.randint(1, 3 * nodes)
+    profile = rng.choice(("lan", "fast"))
+    quorum = rng.choice(("majority", "none"))
+    exclusion = rng.choice(("aggressive", "aggressive", "conservative"))
+    fault_end = duration_ms * 2 // 3
+    faults: list[Fault] = []
+    time = rng.randint(1500, 3000)
+    while time < fault_end - 1500:
+        faults.extend(_random_fault(rng, time, nodes, fault_end, mixed))
+        time += rng.randint(300, 2500)
+    faults.append(Fault(fault_end, "heal"))
+    faults.append(Fault(fault_end, "network", network=NetworkConditions()))
+    faults.sort(key=lambda fault: fault.at_ms)
+    return Scenario(
+        seed=seed,
+        nodes=nodes,
+        vips=vips,
+        profile=profile,
+        quorum=quorum,
+        exclusion=exclusion,
+        duration_ms=duration_ms,
+        network=NetworkConditions(0, rng.choice((1, 1, 3)), 0.0, 0.0),
+        faults=tuple(faults),
+        rebalance=rng.random() < 0.3,
+    )
+
+
+def _random_fault(rng: Random, time: int, nodes: int, fault_end: int, mixed: bool) -> list[Fault]:
+    node = rng.randint(1, nodes)
+    later = rng.randint(time + 200, max(time + 300, fault_end - 200))
+    kinds = ["crash", "pause", "partition", "oneway", "lossy", "leave"] if mixed else ["crash"]
+    kind = rng.choice(kinds)
+    if kind == "crash":
+        return [Fault(time, "crash", node=node), Fault(later, "restart", node=node)]
+    if kind == "pause":
+        return [Fault(time, "pause", node=node), Fault(later, "resume", node=node)]
+    if kind == "leave":
+        return [Fault(time, "leave", node=node), Fault(later, "restart", node=node)]
+    if kind == "partition":
+        ids = list(range(1, nodes + 1))
+        rng.shuffle(ids)
+        cut = rng.randint(1, nodes - 1)
+        groups = (tuple(sorted(ids[:cut])), tuple(sorted(ids[cut:])))
+        return [Fault(time, "partition", groups=groups), Fault(later, "heal")]
+    if kind == "oneway":
+        target = rng.randint(1, nodes)
+        sources = tuple(n for n in range(1, nodes + 1) if n != target and rng.random() < 0.5)
+        return [
+            Fault(time, "oneway", sources=sources or (node % nodes + 1,), targets=(target,)),
+            Fault(later, "heal"),
+        ]
+    conditions = NetworkConditions(
+        0, rng.choice((1, 2, 5)), rng.choice((0.01, 0.05, 0.1)), rng.choice((0.0, 0.02, 0.1))
+    )
+    return [
+        Fault(time, "network", network=conditions),
+        Fault(later, "network", network=NetworkConditions()),
+    ]
+
+
+# ---- the TOML form ------------------------------------------------------------------------
+
+
+class _NetworkModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    delay_min_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+    delay_max_ms: Annotated[int, Field(ge=0, le=10_000)] = 1
+    loss: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    duplicate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+    def to_value(self) -> NetworkConditions:
+        if self.delay_max_ms < self.delay_min_ms:
+            raise ValueError("delay_max_ms must be >= delay_min_ms")
+        return NetworkConditions(self.delay_min_ms, self.delay_max_ms, self.loss, self.duplicate)
+
+
+class _FaultModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at_ms: Annotated[int, Field(ge=0)]
+    kind: Literal[
+        "crash",
+        "restart",
+        "pause",
+        "resume",
+        "leave",
+        "join",
+        "drain",
+        "undrain",
+        "traffic",
+        "partition",
+        "oneway",
+        "heal",
+        "network",
+    ]
+    node: Annotated[int, Field(ge=0, le=65535)] = 0
+    groups: tuple[tuple[int, ...], ...] = ()
+    sources: tuple[int, ...] = ()
+    targets: tuple[int, ...] = ()
+    network: _NetworkModel | None = None
+    vip_index: Annotated[int, Field(ge=0)] = 0
+    bytes_per_s: Annotated[int, Field(ge=0)] = 0
+
+
+class _ScenarioModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 1
+    nodes: Annotated[int, Field(ge=1, le=64)]
+    vips: Annotated[int, Field(ge=0, le=4096)]
+    profile: Literal["lan", "fast"] = "lan"
+    quorum: Literal["majority", "none"] = "majority"
+    exclusion: Literal["aggressive", "conservative"] = "aggressive"
+    duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 10_000
+    rebalance: bool = False
+    late_joiners: tuple[int, ...] = ()
+    network: _NetworkModel = _NetworkModel()
+    faults: tuple[_FaultModel, ...] = ()
+    expect: dict[str, int] = {}
+
+
+def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
+    """Validate a scenario mapping; errors name the key path and never half-apply."""
+    try:
+        model = _ScenarioModel.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {format_validation_error(error, _ScenarioModel)}") from None
+    node_ids = set(range(1, model.nodes + 1))
+    faults: list[Fault] = []
+    for index, fault in enumerate(model.faults):
+        where = f"{source}: faults[{index}]"
+        mentioned = {fault.node} if fault.node else set()
+        mentioned |= {n for group in fault.groups for n in group}
+        mentioned |= set(fault.sources) | set(fault.targets)
+        unknown = sorted(mentioned - node_ids)
+        if unknown:
+            raise ConfigError(f"{where}: node {unknown[0]} is not one of 1..{model.nodes}")
+        if fault.kind == "traffic" and fault.vip_index >= max(model.vips, 1):
+            raise ConfigError(
+                f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})"
+            )
+        if fault.kind == "network" and fault.network is None:
+            raise ConfigError(f"{where}.network: required for kind 'network'")
+        try:
+            network = fault.network.to_value() if fault.network is not None else None
+        except ValueError as error:
+            raise ConfigError(f"{where}.network: {error}") from None
+        faults.append(
+            Fault(
+                fault.at_ms,
+                fault.kind,
+                fault.node,
+                fault.groups,
+                fault.sources,
+                fault.targets,
+                network,
+                fault.vip_index,
+                fault.bytes_per_s,
+            )
+        )
+    unknown_late = sorted(set(model.late_joiners) - node_ids)
+    if unknown_late:
+        raise ConfigError(
+            f"{source}: late_joiners: node {unknown_late[0]} is not one of 1..{model.nodes}"
+        )
+    try:
+        network = model.network.to_value()
+    except ValueError as error:
+        raise ConfigError(f"{source}: network: {error}") from None
+    return Scenario(
+        seed=model.seed,
+        nodes=model.nodes,
+        vips=model.vips,
+        profile=model.profile,
+        quorum=model.quorum,
+        exclusion=model.exclusion,
+        duration_ms=model.duration_ms,
+        network=network,
+        faults=tuple(sorted(faults, key=lambda f: f.at_ms)),
+        rebalance=model.rebalance,
+        late_joiners=model.late_joiners,
+        expect=dict(model.expect),
+    )
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return scenario_from_mapping(data, str(path))

@@ -1,0 +1,436 @@
+"""Deterministic simulator: N RingMachines on one thread, virtual time, a seeded network.
+
+Every datagram goes through the real codec (HMAC, replay window) and a simulated network
+that delays, loses, duplicates and reorders, with partitions and one-way cuts. Nodes crash
+(state lost; a restart is a new incarnation), pause (a frozen process: datagrams queue and
+timers stall, then everything is handled late) and leave. After every step the safety
+invariants are checked (invariants.py); at the end, liveness. One seed replays a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass, field
+from enum import Enum
+from random import Random
+
+from rainctl.core.codec import CodecError, DatagramCodec, KeyRing
+from rainctl.core.events import (
+    Action,
+    Announce,
+    ClockAdvanced,
+    Deliver,
+    Event,
+    InstallRing,
+    LeaveRequested,
+    LeftRing,
+    LoadMeasured,
+    MessageReceived,
+    OwnVips,
+    Send,
+)
+from rainctl.core.ring import IN_RING, Phase, RingMachine
+from rainctl.core.spec import (
+    ExclusionMode,
+    NodeSpec,
+    QuorumPolicy,
+    RebalanceSpec,
+    RingSpec,
+    TimerProfile,
+    VipSpec,
+    derive_timers,
+)
+from rainctl.core.types import Instant, NodeId, NodeState, Vip, VipTraffic
+from rainctl.testing.invariants import InvariantChecker, InvariantViolation
+from rainctl.testing.scenario import Fault, NetworkConditions, Scenario
+
+SIM_CLUSTER_ID = 0x5241_494E
+SIM_KEY = hashlib.sha256(b"rainctl simulated cluster key").digest()
+PAUSED_INBOX_MAX = 512
+LOAD_INTERVAL_MS = 1000
+
+
+class NodeCondition(Enum):
+    UP = "up"
+    CRASHED = "crashed"
+    PAUSED = "paused"
+    LEFT = "left"
+    OFF = "off"
+    """Configured but not started yet (a late joiner)."""
+
+
+@dataclass(slots=True)
+class SimNode:
+    node_id: NodeId
+    incarnation: int
+    machine: RingMachine
+    codec: DatagramCodec
+    condition: NodeCondition = NodeCondition.UP
+    inbox: list[bytes] = field(default_factory=list)
+    wake_at: Instant | None = None
+    state: NodeState = NodeState.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    at_ms: Instant
+    node: NodeId
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A VIP that lost its owner to a crash or pause and how long until a live node owned it."""
+
+    vip: Vip
+    failed_node: NodeId
+    was_holder: bool
+    failed_at_ms: Instant
+    reowned_at_ms: Instant | None
+
+    @property
+    def outage_ms(self) -> int | None:
+        if self.reowned_at_ms is None:
+            return None
+        return self.reowned_at_ms - self.failed_at_ms
+
+
+@dataclass(slots=True)
+class SimResult:
+    scenario: Scenario
+    timeline: list[TimelineEntry]
+    outages: list[Outage]
+    converged_at_ms: Instant | None
+    """When, after the last fault, all live nodes first shared one ring owning every VIP."""
+    datagrams_sent: int
+    datagrams_rejected: int
+    steps: int
+    max_dual_owner_ms: int
+    final_ring_size: int
+    counters: dict[str, int]
+
+
+def spec_for(scenario: Scenario) -> RingSpec:
+    profile = TimerProfile(scenario.profile)
+    timers = derive_timers(profile)
+    nodes = tuple(
+        NodeSpec(node_id, f"198.18.0.{node_id + 1}:7400")
+        for node_id in range(1, scenario.nodes + 1)
+    )
+    vips = tuple(
+        VipSpec(f"198.18.{2 + index // 250}.{1 + index % 250}", None)
+        for index in range(scenario.vips)
+    )
+    return RingSpec(
+        cluster_id=SIM_CLUSTER_ID,
+        nodes=nodes,
+        vips=vips,
+        timers=timers,
+        quorum=QuorumPolicy(scenario.quorum),
+        exclusion=ExclusionMode(scenario.exclusion),
+        rebalance=RebalanceSpec(
+            enabled=scenario.rebalance, interval_ms=2000, dwell_ms=4000, margin_permille=200
+        ),
+        config_digest=hashlib.sha256(repr((nodes, vips)).encode()).digest(),
+    )
+
+
+class Simulation:
+    """Runs one scenario. `run()` raises InvariantViolation (with the seed) on any breach."""
+
+    def __init__(self, scenario: Scenario, *, check_liveness: bool = True) -> None:
+        self.scenario = scenario
+        self.spec = spec_for(scenario)
+        self.rng = Random(scenario.seed)
+        self.keys = KeyRing({1: SIM_KEY}, 1)
+        self.now: Instant = 0
+        self.queue: list[tuple[Instant, int, str, object]] = []
+        self.order = 0
+        self.network = scenario.network
+        self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.nodes: dict[NodeId, SimNode] = {}
+        self.timeline: list[TimelineEntry] = []
+        self.outages: list[Outage] = []
+        self.traffic = {
+            vip.vip: 1000 * (1 + (index * 7919) % 13) for index, vip in enumerate(self.spec.vips)
+        }
+        self.datagrams_sent = 0
+        self.datagrams_rejected = 0
+        self.steps = 0
+        self.check_liveness = check_liveness
+        self.checker = InvariantChecker(self.spec, scenario)
+        self.converged_at: Instant | None = None
+        for node_id in self.spec.node_ids():
+            if node_id in scenario.late_joiners:
+                continue
+            self._start_node(node_id, incarnation=1)
+        for fault in scenario.faults:
+            self._push(fault.at_ms, "fault", fault)
+        for node_id in self.spec.node_ids():
+            self._push(LOAD_INTERVAL_MS + node_id * 37, "load", node_id)
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _push(self, at: Instant, kind: str, payload: object) -> None:
+        self.order += 1
+        heapq.heappush(self.queue, (at, self.order, kind, payload))
+
+    def _start_node(self, node_id: NodeId, incarnation: int) -> None:
+        machine_rng = Random(f"{self.scenario.seed}:{node_id}:{incarnation}")
+        machine = RingMachine(self.spec, node_id, incarnation, machine_rng, self.now)
+        codec = DatagramCodec(self.spec.cluster_id, node_id, incarnation, self.keys)
+        self.nodes[node_id] = SimNode(node_id, incarnation, machine, codec)
+        self._record(node_id, "start", f"incarnation {incarnation}")
+        self._step(self.nodes[node_id], ClockAdvanced())
+
+    def _record(self, node: NodeId, kind: str, detail: str) -> None:
+        self.timeline.append(TimelineEntry(self.now, node, kind, detail))
+
+    def _schedule_wake(self, node: SimNode) -> None:
+        deadline = node.machine.next_deadline()
+        if deadline is None:
+            return
+        deadline = max(deadline, self.now)
+        if node.wake_at is not None and self.now <= node.wake_at <= deadline:
+            return
+        node.wake_at = deadline
+        self._push(deadline, "wake", (node.node_id, node.incarnation))
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        end = self.scenario.duration_ms
+        try:
+            while self.queue and self.queue[0][0] <= end:
+                at, _, kind, payload = heapq.heappop(self.queue)
+                self.now = at
+                self._dispatch(kind, payload)
+                self._track_convergence()
+            self.now = end
+            if self.check_liveness:
+                self.checker.check_liveness(self._live_nodes(), self.now, self.converged_at)
+        except InvariantViolation as violation:
+            violation.seed = self.scenario.seed
+            raise
+        return self._result()
+
+    def _dispatch(self, kind: str, payload: object) -> None:
+        if kind == "deliver":
+            assert isinstance(payload, tuple)
+            destination, incarnation, data = payload
+            self._deliver(destination, data)
+        elif kind == "wake":
+            assert isinstance(payload, tuple)
+            node_id, incarnation = payload
+            node = self.nodes[node_id]
+            if node.incarnation == incarnation and node.condition is NodeCondition.UP:
+                node.wake_at = None
+                self._step(node, ClockAdvanced())
+        elif kind == "fault":
+            assert isinstance(payload, Fault)
+            self._apply_fault(payload)
+        elif kind == "load":
+            assert isinstance(payload, int)
+            self._measure_load(payload)
+            self._push(self.now + LOAD_INTERVAL_MS, "load", payload)
+
+    def _deliver(self, destination: NodeId, data: bytes) -> None:
+        node = self.nodes.get(destination)
+        if node is None or node.condition in (
+            NodeCondition.CRASHED,
+            NodeCondition.LEFT,
+            NodeCondition.OFF,
+        ):
+            return
+        if node.condition is NodeCondition.PAUSED:
+            if len(node.inbox) < PAUSED_INBOX_MAX:
+                node.inbox.append(data)
+            return
+        try:
+            envelope = node.codec.decode(data)
+        except CodecError:
+            self.datagrams_rejected += 1
+            return
+        self._step(node, MessageReceived(envelope))
+
+    def _step(self, node: SimNode, event: Event) -> None:
+        self.steps += 1
+        actions = node.machine.step(event, self.now)
+        for action in actions:
+            self._carry_out(node, action)
+        self.checker.after_step(self.nodes, self.now)
+        if node.condition is NodeCondition.UP:
+            self._schedule_wake(node)
+
+    def _carry_out(self, node: SimNode, action: Action) -> None:
+        if isinstance(action, Send):
+            self._transmit(node, action)
+        elif isinstance(action, OwnVips):
+            self._record(node.node_id, "own", ",".join(action.vips) or "-")
+            self._note_reowned(node.node_id, action.vips)
+        elif isinstance(action, InstallRing):
+            members = ",".join(str(member.node_id) for member in action.members)
+            ring = action.ring
+            self._record(node.node_id, "ring", f"{ring.epoch}.{ring.creator} [{members}]")
+            self.checker.on_install(node.node_id, node.incarnation, action, self.now)
+        elif isinstance(action, Announce):
+            self._record(node.node_id, "announce", ",".join(action.vips))
+        elif isinstance(action, LeftRing):
+            node.condition = NodeCondition.LEFT
+            self._record(node.node_id, "left", "")
+        elif isinstance(action, Deliver):
+            self._record(node.node_id, "deliver", f"{action.origin}:{action.kind}")
+
+    def _transmit(self, node: SimNode, send: Send) -> None:
+        data = node.codec.encode(send.destination, send.message)
+        self.datagrams_sent += 1
+        if (node.node_id, send.destination) in self.blocked:
+            return
+        network = self.network
+        rng = self.rng
+        if network.loss and rng.random() < network.loss:
+            return
+        copies = 2 if network.duplicate and rng.random() < network.duplicate else 1
+        for _ in range(copies):
+            delay = rng.randint(network.delay_min_ms, network.delay_max_ms)
+            target = self.nodes.get(send.destination)
+            incarnation = target.incarnation if target else 0
+            self._push(self.now + delay, "deliver", (send.destination, incarnation, data))
+
+    def _measure_load(self, node_id: NodeId) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.condition is not NodeCondition.UP:
+            return
+        owned = node.machine.owned
+        traffic = tuple(
+            VipTraffic(vip, self.traffic[vip], self.traffic[vip] // 100) for vip in owned
+        )
+        total = sum(item.bytes_per_s for item in traffic)
+        event = LoadMeasured(node.state, total // 1000, total // 50, total // 100, total, traffic)
+        self._step(node, event)
+
+    # ---- faults --------------------------------------------------------------------------
+
+    def _apply_fault(self, fault: Fault) -> None:
+        kind = fault.kind
+        node = self.nodes.get(fault.node)
+        self._record(fault.node, "fault", self._describe(fault))
+        if (
+            kind == "crash"
+            and node is not None
+            and node.condition in (NodeCondition.UP, NodeCondition.PAUSED)
+        ):
+            self._fail(node)
+            node.condition = NodeCondition.CRASHED
+        elif kind in ("restart", "join"):
+            if node is None or node.condition in (
+                NodeCondition.CRASHED,
+                NodeCondition.LEFT,
+                NodeCondition.OFF,
+            ):
+                incarnation = node.incarnation + 1 if node is not None else 1
+                self._start_node(fault.node, incarnation)
+        elif kind == "pause" and node is not None and node.condition is NodeCondition.UP:
+            self._fail(node)
+            node.condition = NodeCondition.PAUSED
+        elif kind == "resume" and node is not None and node.condition is NodeCondition.PAUSED:
+            node.condition = NodeCondition.UP
+            inbox, node.inbox = node.inbox, []
+            self._step(node, ClockAdvanced())
+            for data in inbox:
+                if node.condition is NodeCondition.UP:
+                    self._deliver(node.node_id, data)
+        elif kind == "leave" and node is not None and node.condition is NodeCondition.UP:
+            self._step(node, LeaveRequested())
+        elif kind in ("drain", "undrain") and node is not None:
+            node.state = NodeState.DRAIN if kind == "drain" else NodeState.ACTIVE
+            if node.condition is NodeCondition.UP:
+                self._measure_load(node.node_id)
+        elif kind == "traffic":
+            vip = self.spec.vips[fault.vip_index].vip
+            self.traffic[vip] = fault.bytes_per_s
+        elif kind == "partition":
+            self.blocked = {
+                (a, b)
+                for group in fault.groups
+                for other in fault.groups
+                if other is not group
+                for a in group
+                for b in other
+            }
+        elif kind == "oneway":
+            self.blocked |= {(a, b) for a in fault.sources for b in fault.targets}
+        elif kind == "heal":
+            self.blocked = set()
+        elif kind == "network" and fault.network is not None:
+            self.network = fault.network
+        clean = not self.blocked and self.network.loss == 0 and self.network.duplicate == 0
+        self.checker.set_network_clean(clean, self.now)
+
+    def _describe(self, fault: Fault) -> str:
+        if fault.kind == "partition":
+            return "partition " + " | ".join(",".join(map(str, g)) for g in fault.groups)
+        if fault.kind == "oneway":
+            return f"oneway {fault.sources} -> {fault.targets}"
+        if fault.kind == "network" and fault.network is not None:
+            n = fault.network
+            return (
+                f"network loss={n.loss} dup={n.duplicate} delay={n.delay_min_ms}-{n.delay_max_ms}ms"
+            )
+        return fault.kind
+
+    def _fail(self, node: SimNode) -> None:
+        """Open an outage record for every VIP the failing node was serving."""
+        was_holder = node.machine.phase in (Phase.HOLDING, Phase.PASSING)
+        for vip in node.machine.owned:
+            self.outages.append(Outage(vip, node.node_id, was_holder, self.now, None))
+
+    def _note_reowned(self, owner: NodeId, vips: tuple[Vip, ...]) -> None:
+        for index, outage in enumerate(self.outages):
+            if outage.reowned_at_ms is None and outage.vip in vips and owner != outage.failed_node:
+                self.outages[index] = Outage(
+                    outage.vip, outage.failed_node, outage.was_holder, outage.failed_at_ms, self.now
+                )
+
+    # ---- observation ---------------------------------------------------------------------
+
+    def _live_nodes(self) -> list[SimNode]:
+        return [node for node in self.nodes.values() if node.condition is NodeCondition.UP]
+
+    def _track_convergence(self) -> None:
+        if self.now < self.scenario.heal_time_ms():
+            return
+        converged = self.checker.is_converged(self._live_nodes())
+        if converged and self.converged_at is None:
+            self.converged_at = self.now
+        elif not converged:
+            self.converged_at = None
+
+    def _result(self) -> SimResult:
+        live = self._live_nodes()
+        counters: dict[str, int] = {}
+        for node in self.nodes.values():
+            for name, value in node.machine.counters.items():
+                counters[name] = counters.get(name, 0) + value
+        rings = {node.machine.ring for node in live if node.machine.phase in IN_RING}
+        final_size = 0
+        if len(rings) == 1 and live and live[0].machine.token is not None:
+            final_size = len(live[0].machine.token.members)
+        return SimResult(
+            scenario=self.scenario,
+            timeline=self.timeline,
+            outages=self.outages,
+            converged_at_ms=self.converged_at,
+            datagrams_sent=self.datagrams_sent,
+            datagrams_rejected=self.datagrams_rejected,
+            steps=self.steps,
+            max_dual_owner_ms=self.checker.max_dual_owner_ms,
+            final_ring_size=final_size,
+            counters=dict(sorted(counters.items())),
+        )
+
+
+def run_scenario(scenario: Scenario, *, check_liveness: bool = True) -> SimResult:
+    return Simulation(scenario, check_liveness=check_liveness).run()

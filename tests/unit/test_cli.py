@@ -1,0 +1,138 @@
+"""The `rainctl` command line: version, `config check`, and the one-line error boundary."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rainctl.cli.app import app
+from rainctl.config import load_config, to_ring_spec
+from rainctl.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "templates" / "cluster.example.toml"
+SECRET = "00112233445566778899aabbccddeeff"
+
+runner = CliRunner()
+
+
+def write_config(directory: Path, *, cluster_extra: str = "", node_address: str = "") -> Path:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace('exclusion = "aggressive"\n', f'exclusion = "aggressive"\n{cluster_extra}')
+    if node_address:
+        text = text.replace('"198.18.0.4:7400"', f'"{node_address}"')
+    path = directory / "cluster.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"rainctl {metadata.version('rainctl')}\n"
+
+
+def test_config_check_prints_a_summary() -> None:
+    result = runner.invoke(app, ["config", "check", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    for expected in ("edge-a", "(id 42)", "198.18.0.2:7400", "198.18.0.100", "token_loss_ms"):
+        assert expected in result.stdout
+    assert to_ring_spec(load_config(EXAMPLE)).config_digest.hex() in result.stdout
+
+
+def test_config_check_json(tmp_path: Path) -> None:
+    (tmp_path / "cluster.key").write_text(f"1:{SECRET}\n2:{SECRET}\n", encoding="utf-8")
+    path = write_config(tmp_path, cluster_extra='key_file = "cluster.key"\n')
+    result = runner.invoke(app, ["config", "check", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    spec = to_ring_spec(load_config(path))
+    assert document["config_digest"] == spec.config_digest.hex()
+    assert document["cluster"] == {
+        "name": "edge-a",
+        "id": 42,
+        "profile": "lan",
+        "quorum": "majority",
+        "exclusion": "aggressive",
+        "key_file": "cluster.key",
+    }
+    assert [node["id"] for node in document["nodes"]] == [1, 2, 3]
+    assert document["vips"][0] == {"address": "198.18.0.100", "home": 1}
+    assert document["timers"]["token_loss_ms"] == spec.timers.token_loss_ms
+    assert document["timers"]["hop_failure_ms"] == spec.timers.hop_failure_ms
+    assert document["rebalance"]["interval_ms"] == 10_000
+    assert document["limits"]["members_max"] == spec.limits.members_max
+    assert document["keys"] == {"key_ids": [1, 2], "send_key_id": 2}
+    assert SECRET not in result.stdout
+
+
+def test_config_check_shows_where_timers_come_from(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("# round_ms = 100", "round_ms = 120"),
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["config", "check", str(path)], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("round_ms" in line and "120" in line and "file" in line for line in lines)
+    assert any("ack_ms" in line and "profile lan" in line for line in lines)
+    assert any("token_loss_ms" in line and "derived" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (
+            ["config", "check", "{dir}/cluster.toml"],
+            "rainctl: error: {dir}/cluster.toml: nodes[2].address: '198.18.0.x:7400' is not "
+            "host:port with an IP address (e.g. 198.18.0.2:7400)",
+        ),
+        (
+            ["config", "check", "--json", "{dir}/cluster.toml"],
+            "rainctl: error: {dir}/cluster.toml: nodes[2].address: '198.18.0.x:7400' is not "
+            "host:port with an IP address (e.g. 198.18.0.2:7400)",
+        ),
+        (
+            ["config", "check", "{dir}/absent.toml"],
+            "rainctl: error: {dir}/absent.toml: cannot read: No such file or directory",
+        ),
+    ],
+)
+def test_config_check_errors_are_one_line_with_status_2(
+    tmp_path: Path, arguments: list[str], expected: str
+) -> None:
+    write_config(tmp_path, node_address="198.18.0.x:7400")
+    result = runner.invoke(app, [argument.format(dir=tmp_path) for argument in arguments])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == expected.format(dir=tmp_path) + "\n"
+
+
+def test_config_check_validates_the_key_file(tmp_path: Path) -> None:
+    (tmp_path / "cluster.key").write_text(f"# keys\n1:{SECRET[:20]}\n", encoding="utf-8")
+    path = write_config(tmp_path, cluster_extra='key_file = "cluster.key"\n')
+    result = runner.invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"rainctl: error: {tmp_path}/cluster.key: line 2: secret of key 1 has 10 bytes, "
+        "at least 16 are required\n"
+    )
+
+
+def test_debug_lets_the_error_propagate(tmp_path: Path) -> None:
+    path = write_config(tmp_path, node_address="198.18.0.x:7400")
+    result = runner.invoke(app, ["--debug", "config", "check", str(path)])
+    assert isinstance(result.exception, ConfigError)
+    assert "nodes[2].address" in str(result.exception)
+    assert result.exit_code == 1
+
+
+def test_usage_errors_exit_2() -> None:
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 2
+    assert "Missing argument" in result.stderr
