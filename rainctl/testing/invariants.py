@@ -162,6 +162,15 @@ class InvariantChecker:
     # ---- liveness --------------------------------------------------------------------------
 
     def is_converged(self, live: list[_Node]) -> bool:
+        """One ring of exactly the live nodes, and every VIP owned exactly once."""
+        if not self.membership_converged(live):
+            return False
+        owned = sorted(vip for node in live for vip in node.machine.owned)
+        if self._quorum_possible(live):
+            return owned == list(self.all_vips)
+        return not owned
+
+    def membership_converged(self, live: list[_Node]) -> bool:
         if not live:
             return True
         machines = [node.machine for node in live]
@@ -172,12 +181,7 @@ class InvariantChecker:
         if token is None:
             return False
         expected = sorted((node.node_id, node.incarnation) for node in live)
-        if sorted((m.node_id, m.incarnation) for m in token.members) != expected:
-            return False
-        owned = sorted(vip for machine in machines for vip in machine.owned)
-        if self._quorum_possible(live):
-            return owned == list(self.all_vips)
-        return not owned
+        return sorted((m.node_id, m.incarnation) for m in token.members) == expected
 
     def _quorum_possible(self, live: list[_Node]) -> bool:
         if self.spec.quorum is QuorumPolicy.NONE:
@@ -190,7 +194,7 @@ class InvariantChecker:
 
     def check_liveness(self, live: list[_Node], now: int, converged_at: int | None) -> None:
         heal = self.scenario.heal_time_ms()
-        if converged_at is None or not self.is_converged(live):
+        if converged_at is None or not self.membership_converged(live):
             summary = "; ".join(
                 f"{n.node_id}:{n.machine.phase.value}@{n.machine.ring.epoch}.{n.machine.ring.creator}"
                 f" owns {len(n.machine.owned)}"

@@ -196,7 +196,7 @@ class Simulation:
         if node.wake_at is not None and self.now <= node.wake_at <= deadline:
             return
         node.wake_at = deadline
-        self._push(deadline, "wake", (node.node_id, node.incarnation))
+        self._push(deadline, "wake", (node.node_id, node.incarnation, deadline))
 
     # ---- running -------------------------------------------------------------------------
 
@@ -223,9 +223,11 @@ class Simulation:
             self._deliver(destination, data)
         elif kind == "wake":
             assert isinstance(payload, tuple)
-            node_id, incarnation = payload
+            node_id, incarnation, wake_at = payload
             node = self.nodes[node_id]
-            if node.incarnation == incarnation and node.condition is NodeCondition.UP:
+            # Only the latest wake-up counts; earlier ones were superseded when it was set.
+            current = node.incarnation == incarnation and node.wake_at == wake_at
+            if current and node.condition is NodeCondition.UP:
                 node.wake_at = None
                 self._step(node, ClockAdvanced())
         elif kind == "fault":
@@ -400,13 +402,10 @@ class Simulation:
         return [node for node in self.nodes.values() if node.condition is NodeCondition.UP]
 
     def _track_convergence(self) -> None:
-        if self.now < self.scenario.heal_time_ms():
+        if self.converged_at is not None or self.now < self.scenario.heal_time_ms():
             return
-        converged = self.checker.is_converged(self._live_nodes())
-        if converged and self.converged_at is None:
+        if self.checker.is_converged(self._live_nodes()):
             self.converged_at = self.now
-        elif not converged:
-            self.converged_at = None
 
     def _result(self) -> SimResult:
         live = self._live_nodes()
