@@ -59,10 +59,10 @@ from rainctl.core.messages import (
     ProbeAck,
     ProbeReport,
     ProbeRequest,
+    Sos911,
     SosKind,
     SosReply,
     SosVerdict,
-    Sos911,
     TokenAck,
     TokenPacket,
 )
@@ -549,9 +549,12 @@ class RingMachine:
         elif isinstance(message, TokenAck):
             self._on_token_ack(source, message, now, actions)
         elif isinstance(message, Nack):
-            if self.hop is not None and self.hop.destination == source:
-                if self.hop.transfer_id == message.transfer_id:
-                    actions.extend(self.hop.on_nack(message))
+            hop = self.hop
+            if hop is not None and (hop.destination, hop.transfer_id) == (
+                source,
+                message.transfer_id,
+            ):
+                actions.extend(hop.on_nack(message))
         elif isinstance(message, Sos911):
             self._on_sos(envelope, message, now, actions)
         elif isinstance(message, SosReply):
@@ -613,9 +616,9 @@ class RingMachine:
             return self._stale_status(envelope.source, envelope.source_incarnation)
         if in_ring and token.ring < self.ring:
             return self._stale_status(envelope.source, envelope.source_incarnation)
-        if in_ring and token.ring == self.ring and self.token is not None:
-            if token.seq <= self.token.seq:
-                return AckStatus.DUPLICATE
+        copy = self.token
+        if in_ring and copy is not None and token.ring == self.ring and token.seq <= copy.seq:
+            return AckStatus.DUPLICATE
         self.counters["tokens_accepted"] += 1
         self._accept(token, now, actions)
         return AckStatus.ACCEPTED
@@ -741,7 +744,7 @@ class RingMachine:
     def _run_hooks(self, token: Token, now: Instant, actions: list[Action]) -> Token:
         """The holder hooks, in their fixed order: report, joins, leave, VIP table."""
         report = self._own_report(token.seq)
-        loads = tuple(r for r in token.loads if r.node_id != self.node_id) + (report,)
+        loads = (*(r for r in token.loads if r.node_id != self.node_id), report)
         token = replace(token, loads=tuple(sorted(loads, key=lambda r: r.node_id)))
         token = self._append_outbox(token, actions)
         token = self._admit_joiners(token, now)
@@ -813,10 +816,14 @@ class RingMachine:
         if status in (AckStatus.ACCEPTED, AckStatus.DUPLICATE):
             self.hop = None
             self.probe_round = None
-            if self.leave_requested and self.token is not None:
-                if not self._is_member(self.token, self.node_id):
-                    self._finish_leave(actions)
-                    return
+            copy = self.token
+            if (
+                self.leave_requested
+                and copy is not None
+                and not self._is_member(copy, self.node_id)
+            ):
+                self._finish_leave(actions)
+                return
             self.phase = Phase.MEMBER
             self.last_token_at = now
             self.loss_timer_base = now
@@ -869,7 +876,8 @@ class RingMachine:
     def _conclude_probe(self, now: Instant, actions: list[Action]) -> None:
         probe = self.probe_round
         token = self.token
-        assert probe is not None and token is not None
+        assert probe is not None
+        assert token is not None
         self.probe_round = None
         if not any(probe.reports.values()):
             self._exclude_and_pass(probe.target, now, actions)
@@ -973,7 +981,8 @@ class RingMachine:
     def _conclude_sos(self, now: Instant, actions: list[Action]) -> None:
         sos = self.sos
         token = self.token
-        assert sos is not None and token is not None
+        assert sos is not None
+        assert token is not None
         verdicts = set(sos.replies.values())
         self.sos = None
         if SosVerdict.NOT_MEMBER in verdicts:

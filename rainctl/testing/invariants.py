@@ -15,7 +15,7 @@ with exactly the live nodes as members, and every VIP is owned by exactly one of
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from rainctl.core.events import InstallRing
@@ -25,7 +25,7 @@ from rainctl.core.types import Member, NodeId, RingId, Vip
 from rainctl.testing.scenario import Scenario
 
 
-class InvariantViolation(AssertionError):
+class InvariantViolation(AssertionError):  # noqa: N818 (named for the property it reports)
     """A safety or liveness property failed; carries the seed to replay the run."""
 
     def __init__(self, message: str, at_ms: int) -> None:
@@ -161,7 +161,7 @@ class InvariantChecker:
 
     # ---- liveness --------------------------------------------------------------------------
 
-    def is_converged(self, live: list[_Node]) -> bool:
+    def is_converged(self, live: Sequence[_Node]) -> bool:
         """One ring of exactly the live nodes, and every VIP owned exactly once."""
         if not self.membership_converged(live):
             return False
@@ -170,7 +170,7 @@ class InvariantChecker:
             return owned == list(self.all_vips)
         return not owned
 
-    def membership_converged(self, live: list[_Node]) -> bool:
+    def membership_converged(self, live: Sequence[_Node]) -> bool:
         if not live:
             return True
         machines = [node.machine for node in live]
@@ -183,7 +183,7 @@ class InvariantChecker:
         expected = sorted((node.node_id, node.incarnation) for node in live)
         return sorted((m.node_id, m.incarnation) for m in token.members) == expected
 
-    def _quorum_possible(self, live: list[_Node]) -> bool:
+    def _quorum_possible(self, live: Sequence[_Node]) -> bool:
         if self.spec.quorum is QuorumPolicy.NONE:
             return True
         configured = len(self.spec.nodes)
@@ -192,7 +192,7 @@ class InvariantChecker:
             2 * len(live_ids) == configured and min(self.spec.node_ids()) in live_ids
         )
 
-    def check_liveness(self, live: list[_Node], now: int, converged_at: int | None) -> None:
+    def check_liveness(self, live: Sequence[_Node], now: int, converged_at: int | None) -> None:
         heal = self.scenario.heal_time_ms()
         if converged_at is None or not self.membership_converged(live):
             summary = "; ".join(

@@ -43,7 +43,7 @@ from rainctl.core.spec import (
 )
 from rainctl.core.types import Instant, NodeId, NodeState, Vip, VipTraffic
 from rainctl.testing.invariants import InvariantChecker, InvariantViolation
-from rainctl.testing.scenario import Fault, NetworkConditions, Scenario
+from rainctl.testing.scenario import Fault, Scenario
 
 SIM_CLUSTER_ID = 0x5241_494E
 SIM_KEY = hashlib.sha256(b"rainctl simulated cluster key").digest()
