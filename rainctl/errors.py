@@ -17,3 +17,10 @@ class ConfigError(RainctlError):
     def __init__(self, message: str) -> None:
         self.message = " ".join(message.split())
         super().__init__(self.message)
+
+
+class OptionError(RainctlError):
+    """A command-line option has a value that is not allowed, or conflicts with another.
+
+    The message is one line naming the option, the value given and what is allowed.
+    """

@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from rainctl.cli import config as config_commands
+from rainctl.cli import sim as sim_commands
 from rainctl.errors import RainctlError
 
 ERROR_EXIT_CODE = 2
@@ -58,6 +59,7 @@ def version() -> None:
 
 # Every sub-command module, registered here and nowhere else.
 config_commands.register(app)
+sim_commands.register(app)
 
 
 def main() -> None:
