@@ -33,12 +33,14 @@ class InvariantViolation(AssertionError):  # noqa: N818 (named for the property 
         self.message = message
         self.at_ms = at_ms
         self.seed: int | None = None
+        self.replay: str = ""
+        """The command that replays the run, when the scenario knows it."""
 
     def __str__(self) -> str:
-        replay = ""
+        where = ""
         if self.seed is not None:
-            replay = f" [seed {self.seed}; replay: rainctl sim --seed {self.seed} --random]"
-        return f"at {self.at_ms} ms: {self.message}{replay}"
+            where = f" [seed {self.seed}" + (f"; replay: {self.replay}]" if self.replay else "]")
+        return f"at {self.at_ms} ms: {self.message}{where}"
 
 
 class _Node(Protocol):

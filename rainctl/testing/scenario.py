@@ -8,7 +8,7 @@ the TOML form used by golden scenario files and `rainctl sim --scenario`.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
 from typing import Annotated, Literal
@@ -67,6 +67,8 @@ class Scenario:
     """Nodes that are configured but start only with a `join` fault."""
     expect: dict[str, int] = field(default_factory=dict)
     """Golden expectations, e.g. {"max_outage_ms": 600}; checked by the golden tests."""
+    replay: str = ""
+    """The command that reruns this scenario, printed with any invariant violation."""
 
     def heal_time_ms(self) -> int:
         """When the last fault is over (the start of the liveness window)."""
@@ -125,6 +127,7 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
         network=NetworkConditions(0, rng.choice((1, 1, 3)), 0.0, 0.0),
         faults=tuple(faults),
         rebalance=rng.random() < 0.3,
+        replay=f"rainctl sim --seed {seed} --random",
     )
 
 
@@ -291,4 +294,5 @@ def load_scenario(path: Path) -> Scenario:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: {error}") from None
-    return scenario_from_mapping(data, str(path))
+    scenario = scenario_from_mapping(data, str(path))
+    return replace(scenario, replay=f"rainctl sim --scenario {path}")

@@ -213,6 +213,7 @@ class Simulation:
                 self.checker.check_liveness(self._live_nodes(), self.now, self.converged_at)
         except InvariantViolation as violation:
             violation.seed = self.scenario.seed
+            violation.replay = self.scenario.replay
             raise
         return self._result()
 
