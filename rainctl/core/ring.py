@@ -91,6 +91,10 @@ from rainctl.core.types import (
 )
 
 PROBERS_MAX = 2
+COUNTER_LIMIT = 1 << 62
+"""Epochs, sequence numbers and move counters at or above this are refused: a real cluster
+never gets near it, and the +1 a holder applies must still fit its wire field."""
+SMALL_COUNTER_LIMIT = 1 << 31
 
 
 class Phase(Enum):
@@ -129,6 +133,8 @@ class _Sos:
     replies: dict[NodeId, SosVerdict]
     deadline: Instant
     resent: bool
+    defer: bool = False
+    """A denier holds a fresher copy or saw the token: let it act, wait a full loss time."""
 
 
 @dataclass(slots=True)
@@ -202,7 +208,8 @@ class RingMachine:
         self.leave_requested = False
         self.leave_index = 0
         self.leave_deadline: Instant | None = None
-        self.config_mismatch = False
+        self.config_votes: dict[NodeId, bool] = {}
+        """Per peer: does its config digest match ours (from its JOINs and replies)?"""
         self.probe_round: _ProbeRound | None = None
         self.probe_duties: list[_ProbeDuty] = []
         self.counters: Counter[str] = Counter()
@@ -272,6 +279,17 @@ class RingMachine:
         )
 
     # ---- small helpers -------------------------------------------------------------------
+
+    @property
+    def config_mismatch(self) -> bool:
+        """More peers run another config than ours: never form a ring of our own.
+
+        Counting both sides matters at boot: when one misconfigured node boots with the
+        others, each good node hears one "mismatch" but more "match"es and goes ahead, while
+        the odd node hears only mismatches and stays out.
+        """
+        votes = list(self.config_votes.values())
+        return votes.count(False) > votes.count(True)
 
     def _others(self) -> tuple[NodeId, ...]:
         return tuple(node for node in self.configured if node != self.node_id)
@@ -529,6 +547,9 @@ class RingMachine:
         if source == self.node_id or source not in self.configured:
             self.counters["dropped_unknown_source"] += 1
             return
+        if not _counters_in_range(message):
+            self.counters["dropped_out_of_range"] += 1
+            return
         if self.phase is Phase.LEFT:
             if isinstance(message, TokenPacket):
                 ring = self.ring
@@ -600,6 +621,11 @@ class RingMachine:
         self, token: Token, envelope: Envelope, now: Instant, actions: list[Action]
     ) -> AckStatus:
         """Judge a complete token; accept it when it is the newest thing this node has seen."""
+        if not _token_in_range(token):
+            # Counters this large never occur in a real cluster; incrementing them would
+            # overflow their wire fields. Refused like garbage.
+            self.counters["tokens_out_of_range"] += 1
+            return AckStatus.NOT_MEMBER
         self.highest_epoch = max(self.highest_epoch, token.ring.epoch)
         if token.config_digest != self.spec.config_digest:
             self.counters["tokens_config_mismatch"] += 1
@@ -640,20 +666,7 @@ class RingMachine:
         self.token = token
         self._observe_moves(token, now)
         if ring_changed:
-            actions.append(InstallRing(token.ring, token.members))
-            self.pending_joins = {
-                node: join
-                for node, join in self.pending_joins.items()
-                if not self._is_member(token, node, join.incarnation)
-            }
-            grew = any(node not in previous_members for node in token.member_ids())
-            owned_before = self.owned
-            self._sync_ownership(actions)
-            kept = tuple(vip for vip in self.owned if vip in owned_before)
-            if grew and kept:
-                # After a join or a healed partition the owners re-announce even when their
-                # VIPs did not move: peers may have learned the other side's MACs.
-                actions.append(Announce(kept))
+            self._install(token, previous_members, actions)
         self.hold_until = now + self._hold_ms(token)
         if self.pending_joins or self.leave_requested:
             self.hold_until = now
@@ -763,13 +776,31 @@ class RingMachine:
         self._pass(now, actions)
 
     def _store_own_copy(self, token: Token, now: Instant, actions: list[Action]) -> None:
-        if token.ring != self.ring:
-            self.ring = token.ring
-            if self._is_member(token, self.node_id, self.incarnation):
-                actions.append(InstallRing(token.ring, token.members))
+        """Keep the copy this holder just changed (hooks, exclusion) as its own."""
+        previous = self.token
+        changed = token.ring != self.ring
+        self.ring = token.ring
         self.token = token
         self._observe_moves(token, now)
+        if changed and self._is_member(token, self.node_id, self.incarnation):
+            self._install(token, set(previous.member_ids()) if previous else set(), actions)
         self._sync_ownership(actions)
+
+    def _install(self, token: Token, previous_members: set[NodeId], actions: list[Action]) -> None:
+        """A new ring (already stored as our copy) takes effect on this node."""
+        actions.append(InstallRing(token.ring, token.members))
+        self.pending_joins = {
+            node: join
+            for node, join in self.pending_joins.items()
+            if not self._is_member(token, node, join.incarnation)
+        }
+        owned_before = self.owned
+        self._sync_ownership(actions)
+        kept = tuple(vip for vip in self.owned if vip in owned_before)
+        if kept and any(node not in previous_members for node in token.member_ids()):
+            # After a join or a healed partition the owners re-announce even when their
+            # VIPs did not move: peers may have learned the other side's MACs.
+            actions.append(Announce(kept))
 
     def _pass(self, now: Instant, actions: list[Action]) -> None:
         token = self.token
@@ -958,10 +989,9 @@ class RingMachine:
         self, source: NodeId, reply: SosReply, now: Instant, actions: list[Action]
     ) -> None:
         self.highest_epoch = max(self.highest_epoch, reply.ring.epoch, reply.promised_epoch)
+        self.config_votes[source] = reply.verdict is not SosVerdict.CONFIG_MISMATCH
         if reply.verdict is SosVerdict.CONFIG_MISMATCH:
-            # Never form a ring of our own with a config the cluster does not share.
             self.counters["config_mismatch_replies"] += 1
-            self.config_mismatch = True
             return
         if self.phase is Phase.JOINING:
             if reply.verdict is SosVerdict.JOIN_QUEUED:
@@ -975,6 +1005,13 @@ class RingMachine:
         if reply.proposed_epoch != sos.proposed_epoch or source not in sos.asked:
             return
         sos.replies[source] = reply.verdict
+        token = self.token
+        assert token is not None
+        if reply.verdict is SosVerdict.DENY_TOKEN_ALIVE or (reply.ring, reply.seq) > (
+            self.ring,
+            token.seq,
+        ):
+            sos.defer = True
         if reply.verdict is not SosVerdict.APPROVE or len(sos.replies) == len(sos.asked):
             self._conclude_sos(now, actions)
 
@@ -992,10 +1029,14 @@ class RingMachine:
             self.counters["sos_denied"] += 1
             self.phase = Phase.MEMBER
             self.loss_timer_base = now
-            # A random back-off keeps denied callers from calling in lockstep again.
-            self.suppress_sos_until = now + self.rng.randint(
-                self.timers.sos_reply_ms, 2 * self.timers.sos_reply_ms
-            )
+            if not sos.defer:
+                # Denied only by promises made to rival callers, and nobody holds a fresher
+                # copy: call again soon, above the promises just learned. The random delay
+                # keeps rivals from calling in lockstep again.
+                self.loss_timer_base = now - self.timers.token_loss_ms
+                self.suppress_sos_until = now + self.rng.randint(
+                    self.timers.sos_reply_ms, 3 * self.timers.sos_reply_ms
+                )
             return
         approvers = {node for node, verdict in sos.replies.items() if verdict is SosVerdict.APPROVE}
         members = tuple(
@@ -1021,6 +1062,7 @@ class RingMachine:
     ) -> None:
         source = envelope.source
         self.highest_epoch = max(self.highest_epoch, request.highest_epoch, request.ring.epoch)
+        self.config_votes[source] = request.config_digest == self.spec.config_digest
         if request.config_digest != self.spec.config_digest:
             self._reply(actions, source, request, SosVerdict.CONFIG_MISMATCH)
             return
@@ -1167,3 +1209,26 @@ class RingMachine:
             if last is None or now - last >= self.timers.beacon_ms // 2:
                 self.beacon_replied_at[source] = now
                 self._send(actions, source, self._beacon())
+
+
+def _counters_in_range(message: object) -> bool:
+    """Whether every epoch and sequence number a message carries is below COUNTER_LIMIT."""
+    numbers: list[int] = []
+    ring = getattr(message, "ring", None)
+    if isinstance(ring, RingId):
+        numbers.append(ring.epoch)
+    for name in ("seq", "proposed_epoch", "highest_epoch", "promised_epoch"):
+        value = getattr(message, name, None)
+        if isinstance(value, int):
+            numbers.append(value)
+    return all(number < COUNTER_LIMIT for number in numbers)
+
+
+def _token_in_range(token: Token) -> bool:
+    return (
+        token.ring.epoch < COUNTER_LIMIT
+        and token.seq < COUNTER_LIMIT
+        and token.rebalance_count < COUNTER_LIMIT
+        and token.hops_since_change < SMALL_COUNTER_LIMIT
+        and all(record.move_count < SMALL_COUNTER_LIMIT for record in token.vips)
+    )
