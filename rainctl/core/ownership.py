@@ -361,7 +361,14 @@ def maintain(inputs: OwnershipInputs) -> Maintenance:
         table = tuple(
             _planned(record, move.target if record.vip == move.vip else None) for record in table
         )
-    return Maintenance(commit_releases(table, step.holder), rebalanced=move is not None)
+    table = commit_releases(table, step.holder)
+    if len(table) == len(inputs.table) and all(
+        new is old for new, old in zip(table, inputs.table, strict=True)
+    ):
+        # Nothing changed: hand back the very same tuple, so the token codec can reuse the
+        # table's encoded bytes (the common case on a quiet ring).
+        table = inputs.table
+    return Maintenance(table, rebalanced=move is not None)
 
 
 def choose_least_busy(

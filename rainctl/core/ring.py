@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from random import Random
 
-from rainctl.core.codec import CodecError, decode_token, encode_token
+from rainctl.core.codec import CodecError, TokenCodec
 from rainctl.core.events import (
     Action,
     Announce,
@@ -197,6 +197,9 @@ class RingMachine:
         self.beacon_deadline: Instant = now
         self.beacon_replied_at: dict[NodeId, Instant] = {}
         self.reassembler = Reassembler(self.timers.reassembly_ms)
+        self.token_codec = TokenCodec()
+        self.owned_cache: tuple[Token | None, tuple[Vip, ...]] = (None, ())
+        self.quiet_table: tuple[object, object, object] = (None, None, None)
         self.load: LoadMeasured | None = None
         self.outbox: list[tuple[int, bytes]] = []
         self.next_multicast_seq = 1
@@ -335,9 +338,16 @@ class RingMachine:
     # ---- ownership -----------------------------------------------------------------------
 
     def _desired_owned(self) -> tuple[Vip, ...]:
-        if self.token is None or not self._has_quorum():
+        token = self.token
+        if token is None or not self._has_quorum():
             return ()
-        return tuple(record.vip for record in self.token.vips if record.owner == self.node_id)
+        # Called after every step; the VIP table only changes with the token copy.
+        cached_token, cached = self.owned_cache
+        if cached_token is token:
+            return cached
+        owned = tuple(record.vip for record in token.vips if record.owner == self.node_id)
+        self.owned_cache = (token, owned)
+        return owned
 
     def _sync_ownership(self, actions: list[Action]) -> None:
         desired = self._desired_owned()
@@ -603,7 +613,7 @@ class RingMachine:
             self.counters["token_corrupt"] += 1
         elif isinstance(outcome, Complete):
             try:
-                token = decode_token(outcome.payload)
+                token = self.token_codec.decode(outcome.payload)
             except CodecError:
                 self.counters["token_undecodable"] += 1
                 return
@@ -732,6 +742,21 @@ class RingMachine:
 
     def _maintain_vips(self, token: Token, now: Instant) -> Token:
         rebalance = self.spec.rebalance
+        rebalance_allowed = (
+            rebalance.enabled and now - self.rebalance_seen[1] >= rebalance.interval_ms
+        )
+        states = tuple((report.node_id, report.state) for report in token.loads)
+        quiet_key = (token.member_ids(), states)
+        last_table, last_pins, last_key = self.quiet_table
+        if (
+            not rebalance_allowed
+            and token.vips is last_table
+            and token.pins is last_pins
+            and quiet_key == last_key
+        ):
+            # The last maintenance of this very table changed nothing, and nothing it
+            # depends on without rebalancing (members, eligibility, pins) changed since.
+            return token
         settled = frozenset(
             vip
             for vip, (_, moved_at) in self.vip_moved_at.items()
@@ -745,12 +770,14 @@ class RingMachine:
                 loads={report.node_id: report for report in token.loads},
                 pins=dict(token.pins),
                 holder=self.node_id,
-                rebalance_allowed=rebalance.enabled
-                and now - self.rebalance_seen[1] >= rebalance.interval_ms,
+                rebalance_allowed=rebalance_allowed,
                 settled=settled,
                 margin_permille=rebalance.margin_permille,
             )
         )
+        if result.table is token.vips and not result.rebalanced:
+            self.quiet_table = (token.vips, token.pins, quiet_key)
+            return token
         rebalance_count = token.rebalance_count + (1 if result.rebalanced else 0)
         return replace(token, vips=result.table, rebalance_count=rebalance_count)
 
@@ -827,7 +854,9 @@ class RingMachine:
     ) -> None:
         transfer_id = self.next_transfer_id
         self.next_transfer_id += 1
-        carriages, packet = split_payload(transfer_id, token.ring, token.seq, encode_token(token))
+        carriages, packet = split_payload(
+            transfer_id, token.ring, token.seq, self.token_codec.encode(token)
+        )
         self.hop = HopSender(
             successor, carriages, packet, self.timers.ack_ms, self.timers.hop_retries
         )
