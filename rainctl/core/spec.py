@@ -74,7 +74,7 @@ PROFILES: dict[TimerProfile, ProfileDefaults] = {
         round_ms=100,
         ack_ms=30,
         hop_retries=3,
-        sos_reply_ms=60,
+        sos_reply_ms=40,
         join_ms=500,
         boot_ms=2000,
         beacon_ms=1000,
@@ -86,11 +86,12 @@ def derive_token_loss_ms(round_ms: int, hop_failure_ms: int) -> int:
     """How long a member waits without seeing the token before it calls 911.
 
     A healthy token returns every `round_ms` (plus jitter); a holder that must skip one failed
-    successor keeps it `hop_failure_ms` longer. Two rounds plus one hop failure covers both
-    with margin; a holder that is busy skipping several failed nodes answers 911 calls with
-    DENY_TOKEN_ALIVE, so a shorter timeout costs a message, never safety.
+    successor keeps it `hop_failure_ms` longer. One and a half rounds plus one hop failure
+    covers both. It is deliberately not longer: a holder crash costs this much before anyone
+    acts, and a spurious call is harmless, because whoever holds or is passing a live token
+    answers DENY_TOKEN_ALIVE (so is a holder busy skipping several failed nodes).
     """
-    return 2 * round_ms + hop_failure_ms
+    return round_ms + round_ms // 2 + hop_failure_ms
 
 
 def derive_timers(
