@@ -49,7 +49,7 @@ SEED_MAX = 2**63 - 1
 DEFAULT_NODES = 3
 DEFAULT_DURATION_MS = 8000
 PROFILES = ("lan", "fast")
-QUORUMS = ("majority", "none")
+QUORUMS = ("majority", "upstream", "none")
 EXCLUSIONS = ("aggressive", "conservative")
 """Allowed values; the first is the default."""
 NODE_FAULTS = ("crash", "restart", "pause", "resume", "leave")

@@ -88,6 +88,8 @@ class ClusterSection(BaseModel):
     key_file: str | None = Field(default=None, min_length=1)
     profile: TimerProfile = Field(default=TimerProfile.LAN, strict=False)
     quorum: QuorumPolicy = Field(default=QuorumPolicy.MAJORITY, strict=False)
+    upstream: tuple[str, ...] = Field(default=(), strict=False)
+    """Addresses a node must reach to own VIPs when quorum = "upstream" (the router)."""
     exclusion: ExclusionMode = Field(default=ExclusionMode.AGGRESSIVE, strict=False)
 
     @field_validator("name")
@@ -96,6 +98,11 @@ class ClusterSection(BaseModel):
         if _CLUSTER_NAME.fullmatch(value) is None:
             raise value_error(f"{value!r} must be 1 to 63 characters of a-z, 0-9 and '-'")
         return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(canonical_vip(address) for address in value)
 
 
 class TimersSection(BaseModel):
@@ -173,7 +180,12 @@ class ClusterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
-        problems = [*_node_problems(self.nodes), *_vip_problems(self), *_timer_problems(self)]
+        problems = [
+            *_node_problems(self.nodes),
+            *_vip_problems(self),
+            *_timer_problems(self),
+            *_upstream_problems(self.cluster),
+        ]
         if problems:
             raise conflict_error(problems)
         return self
@@ -209,6 +221,25 @@ def _node_problems(nodes: tuple[NodeEntry, ...]) -> list[Problem]:
         else:
             first_by_address[node.address] = index
     return problems
+
+
+def _upstream_problems(cluster: ClusterSection) -> list[Problem]:
+    wanted = cluster.quorum is QuorumPolicy.UPSTREAM
+    if wanted and not cluster.upstream:
+        return [
+            (
+                ("cluster", "upstream"),
+                'quorum = "upstream" needs at least one address to check (e.g. the router)',
+            )
+        ]
+    if cluster.upstream and not wanted:
+        return [
+            (
+                ("cluster", "upstream"),
+                f'only used with quorum = "upstream" (quorum is "{cluster.quorum.value}")',
+            )
+        ]
+    return []
 
 
 def _vip_problems(config: ClusterConfig) -> list[Problem]:

@@ -40,6 +40,13 @@ class LoadMeasured:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamChecked:
+    """The driver's latest check of the upstream address(es) (quorum = upstream)."""
+
+    reachable: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MulticastRequested:
     """Send `body` to every member in token order (delivered to the origin too)."""
 
@@ -47,7 +54,14 @@ class MulticastRequested:
     body: bytes
 
 
-Event = MessageReceived | ClockAdvanced | LeaveRequested | LoadMeasured | MulticastRequested
+Event = (
+    MessageReceived
+    | ClockAdvanced
+    | LeaveRequested
+    | LoadMeasured
+    | MulticastRequested
+    | UpstreamChecked
+)
 
 # ---- actions -----------------------------------------------------------------------------
 

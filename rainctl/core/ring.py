@@ -48,6 +48,7 @@ from rainctl.core.events import (
     MulticastRequested,
     OwnVips,
     Send,
+    UpstreamChecked,
 )
 from rainctl.core.messages import (
     AckStatus,
@@ -208,6 +209,8 @@ class RingMachine:
         self.rebalance_seen: tuple[int, Instant] = (0, now)
         self.next_transfer_id = 1
         self.next_nonce = 1
+        self.upstream_reachable = False
+        """Under quorum = upstream a node owns nothing until a check succeeded."""
         self.leave_requested = False
         self.leave_index = 0
         self.leave_deadline: Instant | None = None
@@ -229,6 +232,8 @@ class RingMachine:
             self._enqueue_multicast(event)
         elif isinstance(event, LeaveRequested):
             self._on_leave_requested(now, actions)
+        elif isinstance(event, UpstreamChecked):
+            self.upstream_reachable = event.reachable
         elif not isinstance(event, ClockAdvanced):
             raise TypeError(f"unknown event {event!r}")
         self._fire_deadlines(now, actions)
@@ -309,6 +314,8 @@ class RingMachine:
             return False
         if self.spec.quorum is QuorumPolicy.NONE:
             return True
+        if self.spec.quorum is QuorumPolicy.UPSTREAM:
+            return self.upstream_reachable
         members = self.token.member_ids()
         doubled = 2 * len(members)
         if doubled != len(self.configured):
@@ -691,20 +698,42 @@ class RingMachine:
 
     # ---- holding and passing -------------------------------------------------------------
 
-    def _own_report(self, seq: int) -> LoadReport:
+    def _own_state(self) -> NodeState:
+        cut_off = self.spec.quorum is QuorumPolicy.UPSTREAM and not self.upstream_reachable
+        if cut_off:
+            # Ineligible, so the holder moves our VIPs to nodes that reach the upstream.
+            return NodeState.UNHEALTHY
+        return NodeState.ACTIVE if self.load is None else self.load.state
+
+    def _own_report(self, token: Token) -> LoadReport:
+        """Our report for the token; the very same object while nothing in it changed.
+
+        `reported_seq` is the token seq at which the figures last changed, so it dates the
+        measurement. Keeping an unchanged report identical keeps its encoded bytes too: every
+        other node then reuses its parsed copy instead of decoding it again (TokenCodec).
+        """
+        previous = next((r for r in token.loads if r.node_id == self.node_id), None)
         load = self.load
+        state = self._own_state()
         if load is None:
-            return LoadReport(self.node_id, NodeState.ACTIVE, 0, 0, 0, 0, (), seq)
-        return LoadReport(
-            self.node_id,
-            load.state,
-            load.cpu_permille,
-            load.connections,
-            load.new_connections_per_s,
-            load.bytes_per_s,
-            load.vip_traffic,
-            seq,
-        )
+            current = LoadReport(self.node_id, state, 0, 0, 0, 0, (), token.seq)
+        else:
+            current = LoadReport(
+                self.node_id,
+                state,
+                load.cpu_permille,
+                load.connections,
+                load.new_connections_per_s,
+                load.bytes_per_s,
+                load.vip_traffic,
+                token.seq,
+            )
+        if (
+            previous is not None
+            and replace(current, reported_seq=previous.reported_seq) == previous
+        ):
+            return previous
+        return current
 
     def _with_members(self, token: Token, members: tuple[Member, ...]) -> Token:
         """A membership change: new ring id, loads of departed nodes dropped."""
@@ -783,9 +812,10 @@ class RingMachine:
 
     def _run_hooks(self, token: Token, now: Instant, actions: list[Action]) -> Token:
         """The holder hooks, in their fixed order: report, joins, leave, VIP table."""
-        report = self._own_report(token.seq)
-        loads = (*(r for r in token.loads if r.node_id != self.node_id), report)
-        token = replace(token, loads=tuple(sorted(loads, key=lambda r: r.node_id)))
+        report = self._own_report(token)
+        if report not in token.loads:
+            loads = (*(r for r in token.loads if r.node_id != self.node_id), report)
+            token = replace(token, loads=tuple(sorted(loads, key=lambda r: r.node_id)))
         token = self._append_outbox(token, actions)
         token = self._admit_joiners(token, now)
         if self.leave_requested:

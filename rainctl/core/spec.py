@@ -19,7 +19,12 @@ class TimerProfile(Enum):
 
 class QuorumPolicy(Enum):
     MAJORITY = "majority"
+    """A ring owns VIPs only with more than half of the configured nodes (or exactly half
+    including the lowest configured node id)."""
+    UPSTREAM = "upstream"
+    """A node owns VIPs only while its own check of the upstream address(es) succeeds."""
     NONE = "none"
+    """Every ring owns its VIP table; partitions serve on both sides until they merge."""
 
 
 class ExclusionMode(Enum):

@@ -188,6 +188,8 @@ class InvariantChecker:
     def _quorum_possible(self, live: Sequence[_Node]) -> bool:
         if self.spec.quorum is QuorumPolicy.NONE:
             return True
+        if self.spec.quorum is QuorumPolicy.UPSTREAM:
+            return any(node.machine.upstream_reachable for node in live)
         configured = len(self.spec.nodes)
         live_ids = {node.node_id for node in live}
         return 2 * len(live_ids) > configured or (

@@ -37,7 +37,8 @@ class Fault:
     drain / undrain: `node`; traffic: `vip_index`, `bytes_per_s`;
     partition: `groups` (nodes in different groups cannot talk);
     oneway: datagrams from `sources` to `targets` are dropped (the reverse still works);
-    network: `network` replaces the conditions; heal: partitions and one-way cuts end.
+    network: `network` replaces the conditions; heal: partitions and one-way cuts end;
+    upstream_down / upstream_up: `node` loses / regains its upstream (quorum = upstream).
     """
 
     at_ms: int
@@ -89,6 +90,8 @@ FAULT_KINDS = (
     "oneway",
     "heal",
     "network",
+    "upstream_down",
+    "upstream_up",
 )
 
 # ---- random schedules for seed sweeps -----------------------------------------------------
@@ -105,7 +108,7 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
     nodes = rng.randint(3, 7)
     vips = rng.randint(1, 3 * nodes)
     profile = rng.choice(("lan", "fast"))
-    quorum = rng.choice(("majority", "none"))
+    quorum = rng.choice(("majority", "none", "upstream"))
     exclusion = rng.choice(("aggressive", "aggressive", "conservative"))
     fault_end = duration_ms * 2 // 3
     faults: list[Fault] = []
@@ -134,14 +137,20 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
 def _random_fault(rng: Random, time: int, nodes: int, fault_end: int, mixed: bool) -> list[Fault]:
     node = rng.randint(1, nodes)
     later = rng.randint(time + 200, max(time + 300, fault_end - 200))
-    kinds = ["crash", "pause", "partition", "oneway", "lossy", "leave"] if mixed else ["crash"]
+    kinds = ["crash", "pause", "partition", "oneway", "lossy", "leave", "upstream"]
+    if not mixed:
+        kinds = ["crash"]
     kind = rng.choice(kinds)
-    if kind == "crash":
-        return [Fault(time, "crash", node=node), Fault(later, "restart", node=node)]
-    if kind == "pause":
-        return [Fault(time, "pause", node=node), Fault(later, "resume", node=node)]
-    if kind == "leave":
-        return [Fault(time, "leave", node=node), Fault(later, "restart", node=node)]
+    # Faults that hit one node and are undone later: (start kind, end kind).
+    paired = {
+        "crash": ("crash", "restart"),
+        "pause": ("pause", "resume"),
+        "upstream": ("upstream_down", "upstream_up"),
+        "leave": ("leave", "restart"),
+    }
+    if kind in paired:
+        start, end = paired[kind]
+        return [Fault(time, start, node=node), Fault(later, end, node=node)]
     if kind == "partition":
         ids = list(range(1, nodes + 1))
         rng.shuffle(ids)
@@ -197,6 +206,8 @@ class _FaultModel(BaseModel):
         "oneway",
         "heal",
         "network",
+        "upstream_down",
+        "upstream_up",
     ]
     node: Annotated[int, Field(ge=0, le=65535)] = 0
     groups: tuple[tuple[int, ...], ...] = ()
@@ -213,7 +224,7 @@ class _ScenarioModel(BaseModel):
     nodes: Annotated[int, Field(ge=1, le=64)]
     vips: Annotated[int, Field(ge=0, le=4096)]
     profile: Literal["lan", "fast"] = "lan"
-    quorum: Literal["majority", "none"] = "majority"
+    quorum: Literal["majority", "upstream", "none"] = "majority"
     exclusion: Literal["aggressive", "conservative"] = "aggressive"
     duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 10_000
     rebalance: bool = False

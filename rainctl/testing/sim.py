@@ -29,6 +29,7 @@ from rainctl.core.events import (
     MessageReceived,
     OwnVips,
     Send,
+    UpstreamChecked,
 )
 from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import (
@@ -150,6 +151,7 @@ class Simulation:
         self.order = 0
         self.network = scenario.network
         self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.upstream_cut: set[NodeId] = set()
         self.nodes: dict[NodeId, SimNode] = {}
         self.timeline: list[TimelineEntry] = []
         self.outages: list[Outage] = []
@@ -183,7 +185,7 @@ class Simulation:
         codec = DatagramCodec(self.spec.cluster_id, node_id, incarnation, self.keys)
         self.nodes[node_id] = SimNode(node_id, incarnation, machine, codec)
         self._record(node_id, "start", f"incarnation {incarnation}")
-        self._step(self.nodes[node_id], ClockAdvanced())
+        self._step(self.nodes[node_id], UpstreamChecked(node_id not in self.upstream_cut))
 
     def _record(self, node: NodeId, kind: str, detail: str) -> None:
         self.timeline.append(TimelineEntry(self.now, node, kind, detail))
@@ -341,7 +343,7 @@ class Simulation:
         elif kind == "resume" and node is not None and node.condition is NodeCondition.PAUSED:
             node.condition = NodeCondition.UP
             inbox, node.inbox = node.inbox, []
-            self._step(node, ClockAdvanced())
+            self._step(node, UpstreamChecked(node.node_id not in self.upstream_cut))
             for data in inbox:
                 if node.condition is NodeCondition.UP:
                     self._deliver(node.node_id, data)
@@ -351,6 +353,13 @@ class Simulation:
             node.state = NodeState.DRAIN if kind == "drain" else NodeState.ACTIVE
             if node.condition is NodeCondition.UP:
                 self._measure_load(node.node_id)
+        elif kind in ("upstream_down", "upstream_up"):
+            if kind == "upstream_down":
+                self.upstream_cut.add(fault.node)
+            else:
+                self.upstream_cut.discard(fault.node)
+            if node is not None and node.condition is NodeCondition.UP:
+                self._step(node, UpstreamChecked(kind == "upstream_up"))
         elif kind == "traffic":
             vip = self.spec.vips[fault.vip_index].vip
             self.traffic[vip] = fault.bytes_per_s

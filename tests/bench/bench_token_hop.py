@@ -2,14 +2,22 @@
 
 Run from the repository root:
 
-    python tests/bench/bench_token_hop.py [--trials 1000] [--small-trials 10000] [--quick]
+    python tests/bench/bench_token_hop.py [--trials 1000] [--small-trials 10000]
+        [--changed-every ROTATIONS] [--quick]
 
 One member (node 2) of a formed ring gets the token from its predecessor (node 1) and
-passes it to its successor (node 3), over and over, with a fresh token each time. The
-token is shaped like production: every VIP owned, every node's load report listing the
-traffic of each VIP it serves, 32 pins. Timed separately, per hop:
+passes it to its successor (node 3), over and over. The token is shaped like production:
+every VIP owned, every node's load report listing the traffic of each VIP it serves, 32
+pins. Each arriving token is the one node 2 passed one rotation earlier, as every other
+member left it: `seq` advanced by one per hop, and the members whose load figures changed
+since rewrote their report (a member keeps its report, object and bytes, while its figures
+stay the same). `--changed-every N`: each member's figures change every N rotations
+(default 10: one load measurement per second at a 100 ms rotation; 1 = every member every
+rotation, the worst case; 0 = never, the best case). Changed reports cannot be reused by the
+ring's token codec and are decoded again.
+Timed separately, per hop:
 
-* token decode: `decode_token` of the payload alone;
+* token decode: `decode_token` of the payload alone (a fresh codec: nothing reused);
 * receipt: `RingMachine.step(MessageReceived)` for every carriage and the token packet
   (reassembly, checksum, decode, accept, multicast, ownership sync, the ACK);
 * release: `step(ClockAdvanced)` at the end of the hold: the holder hooks (own load report,
@@ -56,7 +64,7 @@ PREDECESSOR, RECEIVER, SUCCESSOR = 1, 2, 3
 RING = RingId(40, 1, 1)
 KEYS = KeyRing({1: b"bench-key-0123456789abcdef"}, send_key_id=1)
 PARTS = (
-    "token decode",
+    "token decode (fresh)",
     "receipt step",
     "release step",
     "ring total",
@@ -161,7 +169,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 class HopBench:
     """A receiver machine in a formed ring, plus the codecs of it and its two neighbours."""
 
-    def __init__(self, members: int, vips: int, rebalance: bool) -> None:
+    def __init__(self, members: int, vips: int, rebalance: bool, changed_every: int) -> None:
         if members < 3:
             raise ValueError("need at least 3 members (predecessor, receiver, successor)")
         scenario = Scenario(seed=1, nodes=members, vips=vips, profile="lan", rebalance=rebalance)
@@ -171,6 +179,9 @@ class HopBench:
         self.sender = DatagramCodec(cluster, PREDECESSOR, 1, KEYS)
         self.codec = DatagramCodec(cluster, RECEIVER, 1, KEYS)
         self.successor = DatagramCodec(cluster, SUCCESSOR, 1, KEYS)
+        self.members = members
+        self.changed_every = changed_every
+        self.rotations = 0
         self.template = production_token(self.spec, 1)
         self.now = 1
         self.seq = 1000
@@ -178,13 +189,43 @@ class HopBench:
         self.machine.step(own_load(self.spec, RECEIVER), self.now)
 
     def payload(self) -> tuple[Token, bytes]:
-        token = replace(self.template, seq=self.seq)
+        """The next token to arrive from the predecessor, and its payload.
+
+        As in a running ring, it is the token this node passed one rotation ago, after every
+        other member held it once: `seq` advanced by one per hop, and each member whose
+        figures changed since (every `changed_every` rotations, staggered) rewrote its
+        report, so those report sections differ from the last token this node saw.
+        """
+        previous = self.machine.token
+        self.rotations += 1
+        if previous is None or previous.ring != RING:
+            token = replace(self.template, seq=self.seq)
+        else:
+            every = self.changed_every
+            loads = tuple(
+                replace(
+                    report,
+                    cpu_permille=300 + self.rotations % 700,
+                    reported_seq=self.seq - (RECEIVER - report.node_id) % self.members,
+                )
+                if report.node_id != RECEIVER
+                and every
+                and (self.rotations + report.node_id) % every == 0
+                else report
+                for report in previous.loads
+            )
+            token = replace(
+                previous,
+                seq=self.seq,
+                loads=loads,
+                hops_since_change=previous.hops_since_change + self.members - 1,
+            )
         return token, encode_token(token)
 
     def hop(self, samples: Samples | None) -> None:
         """One hop: receive from the predecessor, hold, pass, get the successor's ACK."""
         self.now += 50
-        self.seq += 10
+        self.seq += self.members
         self.transfer_id += 1
         token, payload = self.payload()
         carriages, packet = split_payload(self.transfer_id, token.ring, token.seq, payload)
@@ -233,7 +274,7 @@ class HopBench:
         self.now = deadline
         if samples is not None:
             ring_s = receipt_s + release_s
-            samples.add("token decode", decode_s)
+            samples.add("token decode (fresh)", decode_s)
             samples.add("receipt step", receipt_s)
             samples.add("release step", release_s)
             samples.add("ring total", ring_s)
@@ -271,8 +312,10 @@ def throughput(label: str, operation: Callable[[], object], size: int, seconds: 
     )
 
 
-def run_size(members: int, vips: int, trials: int, rebalance: bool, seconds: float) -> None:
-    bench = HopBench(members, vips, rebalance)
+def run_size(
+    members: int, vips: int, trials: int, rebalance: bool, changed_every: int, seconds: float
+) -> None:
+    bench = HopBench(members, vips, rebalance, changed_every)
     token, payload = bench.payload()
     carriages, _ = split_payload(1, token.ring, token.seq, payload)
     print(
@@ -293,8 +336,8 @@ def run_size(members: int, vips: int, trials: int, rebalance: bool, seconds: flo
             f"  {part:<22} {percentile(values, 0.5) * 1e3:>8.3f} "
             f"{percentile(values, 0.99) * 1e3:>8.3f} {max(values) * 1e3:>8.3f}"
         )
-    throughput("token encode", lambda: encode_token(token), len(payload), seconds)
-    throughput("token decode", lambda: decode_token(payload), len(payload), seconds)
+    throughput("token encode (fresh)", lambda: encode_token(token), len(payload), seconds)
+    throughput("token decode (fresh)", lambda: decode_token(payload), len(payload), seconds)
     counters = bench.machine.counters
     print(
         f"  receiver counters: accepted {counters['tokens_accepted']}, "
@@ -312,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vips", type=int, default=1000)
     parser.add_argument("--rebalance", action="store_true", help="enable load rebalancing")
     parser.add_argument(
+        "--changed-every",
+        type=int,
+        default=10,
+        help="rotations between load changes of a member (1 = worst case, 0 = never)",
+    )
+    parser.add_argument(
         "--throughput-seconds", type=float, default=3.0, help="per encode/decode rate"
     )
     parser.add_argument("--quick", action="store_true", help="a few seconds: few hops")
@@ -319,9 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.trials, args.small_trials, args.throughput_seconds = 20, 200, 0.3
     print(f"Python {sys.version.split()[0]}; times are wall clock (time.perf_counter) per hop")
-    run_size(args.members, args.vips, args.trials, args.rebalance, args.throughput_seconds)
+    every = args.changed_every
+    loads = f"change every {every} rotation(s)" if every else "never change (best case)"
+    print(f"load figures of the other members: {loads}")
+    run_size(
+        args.members,
+        args.vips,
+        args.trials,
+        args.rebalance,
+        args.changed_every,
+        args.throughput_seconds,
+    )
     print()
-    run_size(3, 10, args.small_trials, args.rebalance, args.throughput_seconds)
+    run_size(3, 10, args.small_trials, args.rebalance, args.changed_every, args.throughput_seconds)
     return 0
 
 

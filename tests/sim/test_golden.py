@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from rainctl.testing.scenario import Scenario, load_scenario
-from rainctl.testing.sim import SimResult, run_scenario
+from rainctl.testing.sim import SimResult, Simulation, run_scenario
+from tests.sim.stepping import advance
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.toml"))
@@ -142,3 +143,19 @@ def test_join_moves_no_vip() -> None:
     result = run_scenario(_load(SCENARIOS / "join.toml"))
     join_at = result.scenario.heal_time_ms()
     assert not [e for e in result.timeline if e.kind == "own" and e.at_ms >= join_at]
+
+
+def test_upstream_cut_moves_and_releases_vips() -> None:
+    scenario = _load(SCENARIOS / "upstream_cut.toml")
+    sim = Simulation(scenario)
+    owned: dict[int, dict[int, tuple[str, ...]]] = {}
+    for at in (2900, 3400, 5400, 6500):
+        advance(sim, at)
+        owned[at] = {node_id: node.machine.owned for node_id, node in sim.nodes.items()}
+    all_vips = sorted(vip.vip for vip in sim.spec.vips)
+    assert sorted(v for vips in owned[2900].values() for v in vips) == all_vips
+    assert owned[2900][2], "node 2 owned VIPs before its upstream was cut"
+    assert owned[3400][2] == ()
+    assert sorted(v for vips in owned[3400].values() for v in vips) == all_vips
+    assert all(vips == () for vips in owned[5400].values())
+    assert sorted(v for vips in owned[6500].values() for v in vips) == all_vips

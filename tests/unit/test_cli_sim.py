@@ -192,7 +192,7 @@ def test_all_shows_raw_ownership() -> None:
         (["--seed", "-1"], "--seed '-1': not in 0.."),
         (["--duration-ms", "0"], "--duration-ms '0': not in 1..3600000"),
         (["--profile", "wan"], "--profile 'wan': not one of lan, fast"),
-        (["--quorum", "all"], "--quorum 'all': not one of majority, none"),
+        (["--quorum", "all"], "--quorum 'all': not one of majority, upstream, none"),
         (["--loss", "2"], "--loss '2': not in 0..1"),
         (["--partition", "1,2@100"], "--partition '1,2@100': needs at least two groups"),
         (["--partition", "1/1@100"], "--partition '1/1@100': node 1 is in more than one group"),

@@ -159,6 +159,16 @@ def test_the_shipped_example_is_valid() -> None:
     assert all(node.address.startswith("198.18.") for node in spec.nodes)
 
 
+def test_upstream_policy_with_addresses() -> None:
+    config = parse_config(
+        document(cluster=CLUSTER + 'quorum = "upstream"\nupstream = ["2001:DB8::0:1"]\n'),
+        "cluster.toml",
+    )
+    assert config.cluster.quorum is QuorumPolicy.UPSTREAM
+    assert config.cluster.upstream == ("2001:db8::1",)
+    assert to_ring_spec(config).quorum is QuorumPolicy.UPSTREAM
+
+
 def test_addresses_are_canonicalised() -> None:
     config = parse_config(
         document(
@@ -344,6 +354,17 @@ def test_digest_does_not_depend_on_entry_order(node_ids: list[int], data: st.Dat
             "nodes: at least one [[nodes]] entry is required (and 1 more error)",
             id="home-without-nodes",
         ),
+        pytest.param(
+            document(cluster=CLUSTER + 'quorum = "upstream"\n'),
+            'cluster.upstream: quorum = "upstream" needs at least one address to check '
+            "(e.g. the router)",
+            id="upstream-policy-without-addresses",
+        ),
+        pytest.param(
+            document(cluster=CLUSTER + 'upstream = ["198.18.0.1"]\n'),
+            'cluster.upstream: only used with quorum = "upstream" (quorum is "majority")',
+            id="upstream-addresses-without-policy",
+        ),
     ],
 )
 def test_cross_field_errors(text: str, expected: str) -> None:
@@ -361,7 +382,8 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         ),
         pytest.param(
             document(cluster=CLUSTER + "colour = 1\n"),
-            "cluster.colour: unknown key (allowed: name, id, key_file, profile, quorum, exclusion)",
+            "cluster.colour: unknown key (allowed: name, id, key_file, profile, quorum, "
+            "upstream, exclusion)",
             id="unknown-cluster-key",
         ),
         pytest.param(
@@ -476,7 +498,8 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         ),
         pytest.param(
             document(nodes="nodes = [1]\n", vips=""),
-            "cluster.nodes: unknown key (allowed: name, id, key_file, profile, quorum, exclusion)",
+            "cluster.nodes: unknown key (allowed: name, id, key_file, profile, quorum, "
+            "upstream, exclusion)",
             id="array-under-cluster-table",
         ),
         pytest.param(
