@@ -1,6 +1,6 @@
 """Seed sweep: random fault schedules through the simulator, every invariant checked.
 
-`RAINCTL_SIM_SEEDS` (default 200) sets how many seeds run (1..N). Seeds run in chunks of
+`RAINCTL_SIM_SEEDS` (default 300) sets how many seeds run (1..N). Seeds run in chunks of
 20 so a failing test names a small range; the failure lists every failing seed of the chunk
 with its violation and the command that replays it. Deselect with `-m "not slow"`.
 """
@@ -17,7 +17,7 @@ from rainctl.testing.scenario import Scenario, random_scenario
 from rainctl.testing.sim import SimResult, run_scenario
 
 CHUNK = 20
-SEEDS = int(os.environ.get("RAINCTL_SIM_SEEDS", "200"))
+SEEDS = int(os.environ.get("RAINCTL_SIM_SEEDS", "300"))
 CHUNKS = [range(start, min(start + CHUNK, SEEDS + 1)) for start in range(1, SEEDS + 1, CHUNK)]
 
 
