@@ -634,10 +634,10 @@ class TokenCodec:
     __slots__ = ("_members", "_multicast", "_pins", "_reports", "_vips")
 
     def __init__(self) -> None:
-        self._members: tuple[object, bytes] | None = None
-        self._vips: tuple[object, bytes] | None = None
-        self._pins: tuple[object, bytes] | None = None
-        self._multicast: tuple[object, bytes] | None = None
+        self._members: tuple[tuple[Member, ...], bytes] | None = None
+        self._vips: tuple[tuple[VipRecord, ...], bytes] | None = None
+        self._pins: tuple[tuple[tuple[str, NodeId], ...], bytes] | None = None
+        self._multicast: tuple[tuple[MulticastMessage, ...], bytes] | None = None
         self._reports: dict[NodeId, tuple[LoadReport, bytes]] = {}
 
     def encode(self, token: Token) -> bytes:
@@ -726,17 +726,15 @@ class TokenCodec:
         )
 
     @staticmethod
-    def _parsed(
-        cached: tuple[object, bytes] | None, data: bytes, read: Callable[[Reader], _T]
-    ) -> _T:
+    def _parsed(cached: tuple[_T, bytes] | None, data: bytes, read: Callable[[Reader], _T]) -> _T:
         if cached is not None and cached[1] == data:
-            return cached[0]  # type: ignore[return-value]
+            return cached[0]
         return _parse_all(data, read)
 
 
 def _reuse(
-    cached: tuple[object, bytes] | None, value: _T, encode: Callable[[_T], bytes]
-) -> tuple[object, bytes]:
+    cached: tuple[_T, bytes] | None, value: _T, encode: Callable[[_T], bytes]
+) -> tuple[_T, bytes]:
     if cached is not None and cached[0] is value:
         return cached
     return (value, encode(value))

@@ -55,6 +55,7 @@ from rainctl.core.messages import (
     Beacon,
     Carriage,
     Envelope,
+    Message,
     Nack,
     Probe,
     ProbeAck,
@@ -89,6 +90,7 @@ from rainctl.core.types import (
     RingId,
     Token,
     Vip,
+    VipRecord,
 )
 
 PROBERS_MAX = 2
@@ -200,7 +202,12 @@ class RingMachine:
         self.reassembler = Reassembler(self.timers.reassembly_ms)
         self.token_codec = TokenCodec()
         self.owned_cache: tuple[Token | None, tuple[Vip, ...]] = (None, ())
-        self.quiet_table: tuple[object, object, object] = (None, None, None)
+        self.quiet_table: tuple[
+            tuple[VipRecord, ...] | None,
+            tuple[tuple[Vip, NodeId], ...] | None,
+            tuple[tuple[NodeId, ...], tuple[tuple[NodeId, NodeState], ...]] | None,
+        ] = (None, None, None)
+        """(table, pins, members and states) of the last maintenance that changed nothing."""
         self.load: LoadMeasured | None = None
         self.outbox: list[tuple[int, bytes]] = []
         self.next_multicast_seq = 1
@@ -302,8 +309,8 @@ class RingMachine:
     def _others(self) -> tuple[NodeId, ...]:
         return tuple(node for node in self.configured if node != self.node_id)
 
-    def _send(self, actions: list[Action], destination: NodeId, message: object) -> None:
-        actions.append(Send(destination, message))  # type: ignore[arg-type]
+    def _send(self, actions: list[Action], destination: NodeId, message: Message) -> None:
+        actions.append(Send(destination, message))
 
     def _is_member(self, token: Token, node: NodeId, incarnation: int | None = None) -> bool:
         member = token.member(node)
@@ -982,7 +989,7 @@ class RingMachine:
         self._send_token(token, skip_to, now, actions)
 
     def _on_probe_message(
-        self, source: NodeId, message: object, now: Instant, actions: list[Action]
+        self, source: NodeId, message: Message, now: Instant, actions: list[Action]
     ) -> None:
         if isinstance(message, ProbeRequest):
             self.probe_duties.append(

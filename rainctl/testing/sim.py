@@ -265,7 +265,7 @@ class Simulation:
         actions = node.machine.step(event, self.now)
         for action in actions:
             self._carry_out(node, action)
-        self.checker.after_step(self.nodes, self.now)
+        self.checker.after_step(self._live_nodes(), self.now)
         if node.condition is NodeCondition.UP:
             self._schedule_wake(node)
 
