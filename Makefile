@@ -12,11 +12,40 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 REQUIREMENTS := requirements/dev.txt
 STAMP := $(VENV)/.setup-stamp
 SYSTEM_PACKAGES := python3 python3-venv python3-pip
+# The virtual lab's tools (docs/lab.md): the user-mode-linux kernel with its IPVS modules,
+# kmod for modprobe inside the guests, iproute2 for namespaces, bridges and veths, ping for
+# the lab tests, and ipvsadm, arping and tcpdump for looking inside.
+LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump
 PYTEST_ARGS ?=
 
 .PHONY: setup lint test demo bench lock clean
 
+# After the Python environment, the lab's Debian packages: apt-get runs only for packages
+# that are missing (one dpkg-query otherwise). Without root or dpkg, it warns and goes on, so
+# that lint and the unit tests still work there; the lab tests then fail and say what is
+# missing.
 setup: $(STAMP)
+	@missing=""; \
+	if command -v dpkg-query >/dev/null 2>&1; then \
+	  for package in $(LAB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' "$$package" 2>/dev/null \
+	      | grep -qx 'install ok installed' || missing="$$missing $$package"; \
+	  done; \
+	else \
+	  echo "make setup: no dpkg-query; install the lab's packages by hand:" \
+	    "$(LAB_PACKAGES)" >&2; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "make setup: the lab needs packages; as root run:" \
+	      "apt-get install -y --no-install-recommends$$missing" >&2; \
+	  else \
+	    echo "make setup: installing$$missing with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -q; \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	  fi; \
+	fi
 
 # Debian ships venv's pip bootstrap separately (python3-venv): when no venv can be made,
 # install the system packages (as root, non-interactively) and try again.

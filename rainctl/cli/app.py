@@ -14,7 +14,10 @@ import typer
 from typer.core import TyperGroup
 
 from rainctl.cli import config as config_commands
+from rainctl.cli import daemon as daemon_commands
+from rainctl.cli import lab as lab_commands
 from rainctl.cli import sim as sim_commands
+from rainctl.cli import status as status_commands
 from rainctl.errors import RainctlError
 
 ERROR_EXIT_CODE = 2
@@ -59,7 +62,10 @@ def version() -> None:
 
 # Every sub-command module, registered here and nowhere else.
 config_commands.register(app)
+daemon_commands.register(app)
+lab_commands.register(app)
 sim_commands.register(app)
+status_commands.register(app)
 
 
 def main() -> None:

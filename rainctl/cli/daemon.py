@@ -1,0 +1,55 @@
+"""`rainctl daemon`: run this node of the ring in the foreground (systemd `Type=notify`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rainctl.daemon.control import DEFAULT_SOCKET
+from rainctl.daemon.service import DEFAULT_STATE_DIR, DaemonOptions, run_daemon
+from rainctl.kernel.interfaces import DataPlane
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def daemon(
+    config: Annotated[
+        Path, typer.Option("--config", help="Cluster config file (TOML).", show_default=False)
+    ],
+    node: Annotated[
+        int, typer.Option("--node", help="This node's id in the config.", show_default=False)
+    ],
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the incarnation number is kept.")
+    ] = DEFAULT_STATE_DIR,
+    control_socket: Annotated[
+        Path, typer.Option("--control-socket", help="Unix socket of the control API.")
+    ] = DEFAULT_SOCKET,
+    data_plane: Annotated[
+        DataPlane,
+        typer.Option(
+            "--data-plane",
+            help="Kernel adapters to drive. Only 'none' exists yet: VIP ownership is decided "
+            "and reported, but no address, ARP or IPVS state is changed.",
+        ),
+    ] = DataPlane.NONE,
+) -> None:
+    """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
+    # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    options = DaemonOptions(
+        config=config,
+        node_id=node,
+        state_dir=state_dir,
+        control_socket=control_socket,
+        data_plane=data_plane,
+    )
+    asyncio.run(run_daemon(options))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("daemon")(daemon)

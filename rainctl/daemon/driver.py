@@ -1,0 +1,159 @@
+"""The ring driver: runs one RingMachine on the real clock, a UDP socket and the kernel.
+
+It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing/sim.py):
+
+* every received datagram is decoded by the codec; refused ones are counted by reason and
+  dropped, the others become `MessageReceived`;
+* ONE timer is kept armed at `machine.next_deadline()`, re-armed after every step; when it
+  fires the machine gets `ClockAdvanced`;
+* a load sample is fed in every second (`LoadMeasured`);
+* actions are carried out at once: `Send` is encoded and sent; `OwnVips` and `Announce` go
+  to the reconciler, which applies them in its own task, so the kernel never delays the
+  token; `InstallRing`, `Deliver` and `LeftRing` are logged and recorded for status.
+
+Everything runs on the event loop thread, so the machine is never stepped concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+from rainctl.core.codec import CodecError, DatagramCodec
+from rainctl.core.events import (
+    Action,
+    Announce,
+    ClockAdvanced,
+    Deliver,
+    Event,
+    InstallRing,
+    LeaveRequested,
+    LeftRing,
+    MessageReceived,
+    OwnVips,
+    Send,
+)
+from rainctl.core.ring import RingMachine
+from rainctl.core.types import Instant, NodeId
+from rainctl.daemon.clock import Clock
+from rainctl.daemon.load import INTERVAL_S, measure_load
+from rainctl.daemon.reconciler import Reconciler
+from rainctl.net.transport import DatagramPort, SocketAddress
+
+log = logging.getLogger("rainctl.driver")
+
+
+class RingDriver:
+    def __init__(
+        self,
+        machine: RingMachine,
+        codec: DatagramCodec,
+        peers: Mapping[NodeId, SocketAddress],
+        reconciler: Reconciler,
+        clock: Clock,
+    ) -> None:
+        self.machine = machine
+        self.codec = codec
+        self.peers = dict(peers)
+        self.reconciler = reconciler
+        self.clock = clock
+        self.port: DatagramPort | None = None
+        self.codec_rejects: Counter[str] = Counter()
+        self.driver_counters: Counter[str] = Counter()
+        self.leave_requested = asyncio.Event()
+        self.left = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: Instant | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def start(self, port: DatagramPort) -> None:
+        """Begin driving the machine; `port` must already deliver to `on_datagram`."""
+        self.port = port
+        self._step(ClockAdvanced())
+        self._load_task = asyncio.get_running_loop().create_task(self._sample_load())
+
+    def request_leave(self) -> None:
+        if not self.leave_requested.is_set():
+            log.info("leave requested")
+            self.leave_requested.set()
+            self._step(LeaveRequested())
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._load_task is not None:
+            self._load_task.cancel()
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def on_datagram(self, data: bytes) -> None:
+        if self.port is None or self.left.is_set():
+            return
+        try:
+            envelope = self.codec.decode(data)
+        except CodecError as exc:
+            self.codec_rejects[exc.reason.value] += 1
+            return
+        self._step(MessageReceived(envelope))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self._step(ClockAdvanced())
+
+    async def _sample_load(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            if not self.left.is_set():
+                self._step(measure_load())
+
+    # ---- stepping ------------------------------------------------------------------------
+
+    def _step(self, event: Event) -> None:
+        now = self.clock.now_ms()
+        for action in self.machine.step(event, now):
+            self._carry_out(action)
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: Instant) -> None:
+        deadline = None if self.left.is_set() else self.machine.next_deadline()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            delay_s = max(0, deadline - now) / 1000
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+
+    def _carry_out(self, action: Action) -> None:
+        if isinstance(action, Send):
+            self._send(action)
+        elif isinstance(action, OwnVips):
+            log.info("owned VIPs: %s", ",".join(action.vips) or "-")
+            self.reconciler.want_owned(action.vips)
+        elif isinstance(action, Announce):
+            self.reconciler.want_announce(action.vips)
+        elif isinstance(action, InstallRing):
+            ring = action.ring
+            members = ",".join(str(member.node_id) for member in action.members)
+            log.info("ring %d.%d installed: [%s]", ring.epoch, ring.creator, members)
+        elif isinstance(action, Deliver):
+            # No application consumes multicast yet; count it so status shows it arrived.
+            self.driver_counters["delivered"] += 1
+        elif isinstance(action, LeftRing):
+            log.info("left the ring")
+            self.left.set()
+
+    def _send(self, send: Send) -> None:
+        address = self.peers.get(send.destination)
+        if address is None or self.port is None:
+            self.driver_counters["send_unknown_destination"] += 1
+            return
+        self.port.send(self.codec.encode(send.destination, send.message), address)

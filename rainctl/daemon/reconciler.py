@@ -1,0 +1,85 @@
+"""The reconciler: applies the ring's VIP decisions to the kernel in its own task.
+
+The ring driver must never wait for the kernel: a slow netlink call must not delay the
+token. So the driver only records the latest desired state (`want_owned`, `want_announce`)
+and wakes this task, which applies it in a worker thread. It is level-triggered: if several
+`OwnVips` arrive while one application runs, only the newest set is applied next, and after a
+failure the same desired state is re-applied after `RETRY_S` (the adapters are idempotent).
+
+Order matters for ARP: a VIP is announced only once it is applied as owned, so a node never
+advertises an address it does not yet answer for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from rainctl.core.types import Vip
+from rainctl.kernel.interfaces import ArpAnnouncer, VipAddresses
+
+RETRY_S = 1.0
+
+log = logging.getLogger("rainctl.reconciler")
+
+
+class Reconciler:
+    def __init__(
+        self, addresses: VipAddresses, announcer: ArpAnnouncer, pool: Sequence[Vip]
+    ) -> None:
+        self._addresses = addresses
+        self._announcer = announcer
+        self._pool = tuple(pool)
+        self._desired: tuple[Vip, ...] = ()
+        self._to_announce: set[Vip] = set()
+        self._wake = asyncio.Event()
+        self.applied: tuple[Vip, ...] | None = None
+        """The owned set the kernel has (None until the first application)."""
+        self.failures = 0
+
+    def want_owned(self, vips: Sequence[Vip]) -> None:
+        self._desired = tuple(vips)
+        self._wake.set()
+
+    def want_announce(self, vips: Sequence[Vip]) -> None:
+        self._to_announce.update(vips)
+        self._wake.set()
+
+    def in_sync(self) -> bool:
+        return self.applied == self._desired and not self._to_announce
+
+    async def run(self) -> None:
+        """Apply the desired state whenever it changes, until cancelled."""
+        await asyncio.to_thread(self._addresses.ensure_all, self._pool)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._apply()
+            except (OSError, ValueError) as exc:
+                # The adapters map their failures to these; keep the desired state and retry.
+                self.failures += 1
+                log.warning("kernel update failed, retrying: %s", exc)
+                await asyncio.sleep(RETRY_S)
+                self._wake.set()
+
+    async def _apply(self) -> None:
+        desired = self._desired
+        if desired != self.applied:
+            await asyncio.to_thread(self._addresses.set_owned, desired)
+            self.applied = desired
+            log.info("owned VIPs applied: %s", ",".join(desired) or "-")
+        # Announcements for VIPs lost meanwhile are dropped: only an owner may announce.
+        self._to_announce.intersection_update(desired)
+        announce = sorted(self._to_announce)
+        if announce:
+            await asyncio.to_thread(self._announcer.announce, announce)
+            self._to_announce.difference_update(announce)
+            log.info("announced: %s", ",".join(announce))
+
+    async def release_all(self) -> None:
+        """Stop owning anything (on exit), directly: the task may already be cancelled."""
+        await asyncio.to_thread(self._addresses.set_owned, ())
+        self.applied = ()
+        self._desired = ()

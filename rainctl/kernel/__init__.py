@@ -1,0 +1,1 @@
+"""The kernel side of a node (VIP addresses, ARP), behind small Protocols."""

@@ -1,0 +1,6 @@
+"""The virtual lab: user-mode-linux front nodes and network-namespace hosts (docs/lab.md).
+
+`plan` is pure (names, addresses, MACs, init scripts); `builder` runs `ip`, `linux.uml` and
+`uml_mconsole` and keeps the lab's state in a directory so that `down` ends only what `up`
+started. Test infrastructure: nothing in the daemon imports it.
+"""

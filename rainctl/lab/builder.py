@@ -1,0 +1,596 @@
+"""Build, inspect and tear down the lab a `LabPlan` describes (docs/lab.md).
+
+Networking uses the `ip` command (iproute2), not pyroute2: the lab is test infrastructure,
+`ip -batch` makes a whole namespace in one process, and the lab then needs nothing that the
+project's runtime dependencies do not already pin.
+
+Every process the lab starts (UML nodes, back-end HTTP servers) is started directly by
+`subprocess.Popen` with its own session, so its PID and process group are known exactly
+(LAB.md pitfall 3); the state file records PID and kernel start time, and teardown signals a
+recorded process group only while its leader is still that same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rainctl.errors import RainctlError
+from rainctl.lab import mconsole
+from rainctl.lab.plan import (
+    BACKEND_PORT,
+    UML_MODULES_DIR,
+    Host,
+    LabPlan,
+    Node,
+    init_script,
+    plan_lab,
+    uml_command,
+)
+
+DEFAULT_STATE_DIR = Path("/var/lib/rainctl-lab")
+"""Not under /run: the guests mount a tmpfs on /run and must still see their scratch files."""
+DEFAULT_KERNEL = Path("/usr/bin/linux.uml")
+STATE_FILE = "state.json"
+SHM_DIR = Path("/dev/shm")  # noqa: S108 - UML's own default; it unlinks its files at once
+BOOT_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+MCONSOLE_TIMEOUT_S = 5.0
+POLL_S = 0.02
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Processes started by this Python process, so that ending one also reaps it."""
+
+
+class LabError(RainctlError):
+    """The lab cannot be built, inspected or changed; the message says what and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """A process the lab started: PID (also its process group) and kernel start time."""
+
+    pid: int
+    start_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: Node
+    process: ProcessRecord | None
+    state: str
+    """"running", "frozen", "dead" or "booting" (no ready marker yet)."""
+    ipvs_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    host: Host
+    process: ProcessRecord | None
+    state: str
+    """"running" or "dead" for back-ends; "up" for the client (no process)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    state_dir: Path
+    plan: LabPlan
+    namespaces_present: tuple[str, ...]
+    nodes: tuple[NodeStatus, ...]
+    backends: tuple[HostStatus, ...]
+    client: HostStatus
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state first), or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    return text.rpartition(")")[2].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    """The recorded process still exists, is the same process, and is not a zombie."""
+    fields = _stat_fields(record.pid)
+    return fields is not None and int(fields[19]) == record.start_time and fields[0] != "Z"
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes in process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _reap(pid: int) -> None:
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
+
+
+def _end_group(record: ProcessRecord) -> None:
+    """SIGKILL the recorded process group (UML's helper processes included); wait it out."""
+    if is_alive(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGKILL)
+    _reap(record.pid)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    # Only the group of a process we started: if its leader is gone and reused, the group
+    # members left (UML helpers) still carry the recorded group id, which no new process
+    # can get while they live.
+    while process_group(record.pid):
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"process group {record.pid} still alive {STOP_TIMEOUT_S:g} s after SIGKILL"
+            )
+        time.sleep(POLL_S)
+
+
+def _spawn(
+    command: Sequence[str], log: Path, *, environment: dict[str, str] | None = None
+) -> ProcessRecord:
+    with log.open("ab") as output:
+        child = subprocess.Popen(  # noqa: S603 - fixed argv built from the plan
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=environment,
+        )
+    _children[child.pid] = child
+    start = _start_time(child.pid)
+    if start is None:
+        child.wait()
+        raise LabError(f"{command[0]} exited at once; see {log}")
+    return ProcessRecord(pid=child.pid, start_time=start)
+
+
+def _run(command: Sequence[str], *, stdin: str | None = None) -> str:
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv built from the plan
+            list(command),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"{' '.join(command)}: {exc}") from exc
+    if result.returncode != 0:
+        detail = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
+        raise LabError(f"{' '.join(command[:4])}...: {detail}")
+    return result.stdout
+
+
+def _ip_batch(namespace: str, commands: Iterable[str]) -> None:
+    _run(["ip", "-n", namespace, "-batch", "-"], stdin="".join(f"{c}\n" for c in commands))
+
+
+def _sysctls_off(namespace: str) -> None:
+    # Per-namespace values: IPv6 off (nothing in the lab uses it yet), and bridged frames
+    # must not pass through the host's iptables (the files exist only with br_netfilter).
+    script = (
+        "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 "
+        "/proc/sys/net/ipv6/conf/default/disable_ipv6; do [ -e $f ] && echo 1 > $f; done; "
+        "for f in /proc/sys/net/bridge/bridge-nf-call-iptables "
+        "/proc/sys/net/bridge/bridge-nf-call-ip6tables "
+        "/proc/sys/net/bridge/bridge-nf-call-arptables; do [ -e $f ] && echo 0 > $f; done; "
+        "true"
+    )
+    _run(["ip", "netns", "exec", namespace, "sh", "-c", script])
+
+
+def _existing_namespaces() -> set[str]:
+    return {line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line}
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _State:
+    prefix: str
+    nodes: int
+    backends: int
+    memory_mb: int
+    processes: dict[str, ProcessRecord]
+    frozen: set[str]
+
+    def plan(self) -> LabPlan:
+        return plan_lab(
+            nodes=self.nodes, backends=self.backends, prefix=self.prefix, memory_mb=self.memory_mb
+        )
+
+    def save(self, state_dir: Path) -> None:
+        document = {
+            "prefix": self.prefix,
+            "nodes": self.nodes,
+            "backends": self.backends,
+            "memory_mb": self.memory_mb,
+            "processes": {
+                name: {"pid": record.pid, "start_time": record.start_time}
+                for name, record in sorted(self.processes.items())
+            },
+            "frozen": sorted(self.frozen),
+        }
+        temporary = state_dir / f"{STATE_FILE}.tmp"
+        temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        temporary.replace(state_dir / STATE_FILE)
+
+
+def _load_state(state_dir: Path) -> _State | None:
+    path = state_dir / STATE_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return _State(
+            prefix=str(document["prefix"]),
+            nodes=int(document["nodes"]),
+            backends=int(document["backends"]),
+            memory_mb=int(document["memory_mb"]),
+            processes={
+                str(name): ProcessRecord(pid=int(entry["pid"]), start_time=int(entry["start_time"]))
+                for name, entry in document["processes"].items()
+            },
+            frozen={str(name) for name in document["frozen"]},
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"{path}: unreadable lab state ({exc}); remove it by hand") from exc
+
+
+def _require_state(state_dir: Path) -> _State:
+    state = _load_state(state_dir)
+    if state is None:
+        raise LabError(f"no lab in {state_dir} (run `rainctl lab up`)")
+    return state
+
+
+def _scratch(state_dir: Path, node: Node) -> Path:
+    return state_dir / "nodes" / node.name
+
+
+def _uml_dir(state_dir: Path) -> Path:
+    return state_dir / "uml"
+
+
+# ---- prerequisites --------------------------------------------------------------------------
+
+
+def missing_prerequisites(kernel: Path = DEFAULT_KERNEL) -> list[str]:
+    """What this machine lacks to run the lab, one phrase each (empty: nothing)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root privileges")
+    if not os.access(kernel, os.X_OK):
+        missing.append(f"{kernel} (Debian package user-mode-linux; run `make setup`)")
+    modules = Path(UML_MODULES_DIR)
+    if not any(modules.glob("*/kernel/net/netfilter/ipvs/ip_vs.ko*")):
+        missing.append(f"IPVS modules in {modules}/<version> (package user-mode-linux)")
+    for tool, package in (("ip", "iproute2"), ("modprobe", "kmod")):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            missing.append(f"{tool} (package {package})")
+    return missing
+
+
+# ---- up / status / down ---------------------------------------------------------------------
+
+
+def up(
+    state_dir: Path,
+    *,
+    nodes: int,
+    backends: int,
+    prefix: str = "rlab",
+    memory_mb: int = 128,
+    kernel: Path = DEFAULT_KERNEL,
+    timeout_s: float = BOOT_TIMEOUT_S,
+) -> LabStatus:
+    """Build the lab and wait until every node reports its IPVS modules loaded.
+
+    On any failure everything built so far is torn down before the error propagates.
+    """
+    try:
+        plan = plan_lab(nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb)
+    except ValueError as exc:
+        raise LabError(str(exc)) from exc
+    missing = missing_prerequisites(kernel)
+    if missing:
+        raise LabError("the lab needs " + "; ".join(missing))
+    state_dir = state_dir.absolute()
+    if _load_state(state_dir) is not None:
+        raise LabError(f"a lab is already recorded in {state_dir}; run `rainctl lab down` first")
+    taken = sorted(set(plan.namespaces) & _existing_namespaces())
+    if taken:
+        raise LabError(f"namespaces already exist: {', '.join(taken)} (another lab?)")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = _State(
+        prefix=prefix,
+        nodes=nodes,
+        backends=backends,
+        memory_mb=memory_mb,
+        processes={},
+        frozen=set(),
+    )
+    state.save(state_dir)
+    try:
+        _build_network(plan)
+        _start_backends(plan, state, state_dir)
+        _start_nodes(plan, state, state_dir, kernel)
+        _wait_ready(plan, state, state_dir, timeout_s)
+    except BaseException:
+        down(state_dir)
+        raise
+    return status(state_dir)
+
+
+def _build_network(plan: LabPlan) -> None:
+    switch = plan.switch_namespace
+    hosts = (plan.client, *plan.backends)
+    for namespace in plan.namespaces:
+        _run(["ip", "netns", "add", namespace])
+        _sysctls_off(namespace)
+    commands = ["link set lo up"]
+    for bridge, _network in plan.bridges:
+        commands += [f"link add {bridge} type bridge", f"link set {bridge} up"]
+    for host in hosts:
+        commands += [
+            f"link add {host.bridge_end} type veth peer name eth0 netns {host.namespace}",
+            f"link set {host.bridge_end} master {host.bridge} up",
+        ]
+    for node in plan.nodes:
+        for nic in node.nics:
+            commands += [
+                f"link add {nic.uml_end} type veth peer name {nic.bridge_end}",
+                f"link set {nic.bridge_end} master {nic.bridge} up",
+                f"link set {nic.uml_end} up",
+            ]
+    _ip_batch(switch, commands)
+    for host in hosts:
+        host_commands = [
+            "link set lo up",
+            f"link set eth0 address {host.mac}",
+            f"addr add {host.address} dev eth0",
+            "link set eth0 up",
+        ]
+        if host.gateway is not None:
+            host_commands.append(f"route add default via {host.gateway} dev eth0 onlink")
+        _ip_batch(host.namespace, host_commands)
+
+
+def _start_backends(plan: LabPlan, state: _State, state_dir: Path) -> None:
+    for host in plan.backends:
+        directory = state_dir / "backends" / host.name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "index.html").write_text(f"{host.name}\n", encoding="utf-8")
+        command = (
+            "ip", "netns", "exec", host.namespace, sys.executable, "-m", "rainctl.lab.httpd",
+            str(host.address.ip), str(BACKEND_PORT), str(directory),
+        )  # fmt: skip
+        state.processes[host.name] = _spawn(command, directory / "server.log")
+        state.save(state_dir)
+
+
+def memory_dir(shm_free_mb: int, needed_mb: int, fallback: Path) -> Path:
+    """Where UML keeps its guests' memory files (its TMPDIR).
+
+    UML maps guest memory from a file in /dev/shm by default; where /dev/shm is small (64 MB
+    in a default Docker container) guests die with SIGBUS as they touch memory. Then use
+    `fallback`, on disk: slower, but it works.
+    """
+    return SHM_DIR if shm_free_mb >= needed_mb else fallback
+
+
+def _start_nodes(plan: LabPlan, state: _State, state_dir: Path, kernel: Path) -> None:
+    uml_dir = _uml_dir(state_dir)
+    uml_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        shm_free_mb = shutil.disk_usage(SHM_DIR).free // 2**20
+    except OSError:
+        shm_free_mb = 0
+    memory = memory_dir(shm_free_mb, plan.memory_mb * len(plan.nodes), uml_dir)
+    environment = {**os.environ, "TMPDIR": str(memory)}
+    for node in plan.nodes:
+        scratch = _scratch(state_dir, node)
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(uml_dir / node.name, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        init = scratch / "init.sh"
+        init.write_text(init_script(plan, node, str(scratch)), encoding="utf-8")
+        init.chmod(0o755)
+        command = uml_command(
+            plan, node, kernel=str(kernel), uml_dir=str(uml_dir), init_path=str(init)
+        )
+        state.processes[node.name] = _spawn(
+            command, scratch / "console.log", environment=environment
+        )
+        state.save(state_dir)
+
+
+def _listening(record: ProcessRecord, port: int) -> bool:
+    # /proc/PID/net/tcp lists the sockets of the PID's network namespace; 0A is LISTEN.
+    try:
+        lines = Path(f"/proc/{record.pid}/net/tcp").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return any(
+        fields[1].endswith(f":{port:04X}") and fields[3] == "0A"
+        for fields in (line.split() for line in lines[1:])
+        if len(fields) > 3
+    )
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def _wait_ready(plan: LabPlan, state: _State, state_dir: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting: set[str] = {node.name for node in plan.nodes} | {h.name for h in plan.backends}
+    while waiting:
+        for node in plan.nodes:
+            if node.name not in waiting:
+                continue
+            scratch = _scratch(state_dir, node)
+            if not is_alive(state.processes[node.name]):
+                raise LabError(
+                    f"node {node.name} exited while booting: {_tail(scratch / 'console.log')}"
+                )
+            if (scratch / "ready").exists():
+                errors = _tail(scratch / "errors")
+                if errors:
+                    raise LabError(f"node {node.name}: {errors}")
+                waiting.discard(node.name)
+        for host in plan.backends:
+            if host.name in waiting and _listening(state.processes[host.name], BACKEND_PORT):
+                waiting.discard(host.name)
+        if waiting and time.monotonic() > deadline:
+            raise LabError(
+                f"not ready after {timeout_s:g} s: {', '.join(sorted(waiting))} "
+                f"(see {state_dir}/nodes/*/console.log)"
+            )
+        if waiting:
+            time.sleep(POLL_S)
+
+
+def status(state_dir: Path) -> LabStatus:
+    """What the recorded lab looks like now."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    present = _existing_namespaces()
+    node_states = []
+    for node in plan.nodes:
+        record = state.processes.get(node.name)
+        ready = _scratch(state_dir, node) / "ready"
+        modules: tuple[str, ...] = ()
+        if record is None or not is_alive(record):
+            node_state = "dead"
+        elif not ready.exists():
+            node_state = "booting"
+        else:
+            node_state = "frozen" if node.name in state.frozen else "running"
+            modules = tuple(ready.read_text(encoding="utf-8").split())
+        node_states.append(NodeStatus(node, record, node_state, modules))
+    backend_states = []
+    for host in plan.backends:
+        record = state.processes.get(host.name)
+        alive = record is not None and is_alive(record)
+        backend_states.append(HostStatus(host, record, "running" if alive else "dead"))
+    client_state = "up" if plan.client.namespace in present else "missing"
+    return LabStatus(
+        state_dir=state_dir,
+        plan=plan,
+        namespaces_present=tuple(sorted(set(plan.namespaces) & present)),
+        nodes=tuple(node_states),
+        backends=tuple(backend_states),
+        client=HostStatus(plan.client, None, client_state),
+    )
+
+
+def down(state_dir: Path) -> bool:
+    """End every recorded process, remove the namespaces and the lab's files.
+
+    Idempotent; returns False when no lab was recorded in `state_dir`.
+    """
+    state_dir = state_dir.absolute()
+    state = _load_state(state_dir)
+    if state is None:
+        return False
+    plan = state.plan()
+    for record in state.processes.values():
+        _end_group(record)
+    present = _existing_namespaces()
+    for namespace in plan.namespaces:
+        if namespace in present:
+            _run(["ip", "netns", "del", namespace])
+    for child in ("uml", "nodes", "backends"):
+        shutil.rmtree(state_dir / child, ignore_errors=True)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    (state_dir / f"{STATE_FILE}.tmp").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: it holds files that are not the lab's
+        state_dir.rmdir()
+    return True
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+def _live_node(state_dir: Path, name: str) -> tuple[_State, LabPlan, Node, ProcessRecord]:
+    state = _require_state(state_dir)
+    plan = state.plan()
+    try:
+        node = plan.node(name)
+    except KeyError as exc:
+        raise LabError(str(exc.args[0])) from exc
+    record = state.processes.get(node.name)
+    if record is None or not is_alive(record):
+        raise LabError(f"node {name} is not running")
+    return state, plan, node, record
+
+
+def kill_node(state_dir: Path, name: str) -> None:
+    """Crash a node: SIGKILL its UML process group, then delete its uml_dir entry."""
+    state_dir = state_dir.absolute()
+    state, _plan, node, record = _live_node(state_dir, name)
+    _end_group(record)
+    shutil.rmtree(_uml_dir(state_dir) / node.name, ignore_errors=True)
+    state.frozen.discard(node.name)
+    state.save(state_dir)
+
+
+def _mconsole(state_dir: Path, name: str, line: str) -> tuple[_State, Node]:
+    state, _plan, node, _record = _live_node(state_dir, name)
+    try:
+        mconsole.command(
+            _uml_dir(state_dir) / node.name / "mconsole", line, timeout_s=MCONSOLE_TIMEOUT_S
+        )
+    except mconsole.MconsoleError as exc:
+        raise LabError(f"node {name}: {exc}") from exc
+    return state, node
+
+
+def freeze_node(state_dir: Path, name: str) -> None:
+    """Stop a node's kernel (`uml_mconsole stop`): a hung node, not a dead one."""
+    state_dir = state_dir.absolute()
+    state, node = _mconsole(state_dir, name, "stop")
+    state.frozen.add(node.name)
+    state.save(state_dir)
+
+
+def thaw_node(state_dir: Path, name: str) -> None:
+    """Resume a frozen node (`uml_mconsole go`)."""
+    state_dir = state_dir.absolute()
+    state, node = _mconsole(state_dir, name, "go")
+    state.frozen.discard(node.name)
+    state.save(state_dir)

@@ -1,0 +1,1 @@
+"""Network transports of the ring."""

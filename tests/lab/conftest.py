@@ -1,0 +1,83 @@
+"""One lab for the whole session: 2 user-mode-linux nodes, 2 back-ends, a client.
+
+The lab tests run wherever the suite runs, CI included; a machine that cannot run the lab
+fails them with the reason (docs/lab.md: `make setup` as root installs what they need). They
+never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rainctl.cli.app import app
+from rainctl.lab import builder
+
+NODES = 2
+BACKENDS = 2
+BOOT_BOUND_S = 30.0
+"""A bound, not a benchmark: boots take 2-7 s on a 2-core machine (docs/lab.md)."""
+
+FIGURES: dict[str, float] = {}
+"""Measured times, printed in the terminal summary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    state_dir: Path
+    prefix: str
+    up_output: str
+
+    def rainctl(self, *arguments: str) -> tuple[int, str]:
+        """Run `rainctl lab ARGUMENTS --state-dir ...`; exit code and stdout + stderr."""
+        result = CliRunner().invoke(
+            app, ["lab", *arguments, "--state-dir", str(self.state_dir)], catch_exceptions=False
+        )
+        return result.exit_code, result.output
+
+
+def _require_lab_machine() -> None:
+    missing = builder.missing_prerequisites()
+    if shutil.which("ping") is None:
+        missing.append("ping (package iputils-ping)")
+    if missing:
+        pytest.fail(
+            "the lab tests need " + "; ".join(missing) + " (run `make setup` as root)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    _require_lab_machine()
+    state_dir = tmp_path_factory.mktemp("lab")
+    # Per-process names, so two test runs on one machine do not collide.
+    prefix = f"rlt{os.getpid() % 100_000}"
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "lab", "up", "--nodes", str(NODES), "--backends", str(BACKENDS),
+                "--prefix", prefix, "--state-dir", str(state_dir),
+            ],
+        )  # fmt: skip
+        FIGURES[f"lab up ({NODES} nodes, {BACKENDS} back-ends)"] = time.monotonic() - started
+        assert result.exit_code == 0, result.output
+        yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output)
+    finally:
+        builder.down(state_dir)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("lab figures")
+        for what, seconds in FIGURES.items():
+            terminalreporter.write_line(f"{what}: {seconds:.2f} s")

@@ -1,0 +1,148 @@
+"""The ring driver over the real UDP transport: two nodes in one event loop on loopback.
+
+Also: endpoint parsing, and codec rejects counted by reason (never raised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from random import Random
+
+import pytest
+
+from rainctl.core.codec import DatagramCodec, KeyRing
+from rainctl.core.messages import Beacon
+from rainctl.core.ring import RingMachine
+from rainctl.core.spec import (
+    ExclusionMode,
+    NodeSpec,
+    QuorumPolicy,
+    RebalanceSpec,
+    RingSpec,
+    TimerProfile,
+    VipSpec,
+    derive_timers,
+)
+from rainctl.core.types import NO_RING
+from rainctl.daemon.clock import MonotonicClock
+from rainctl.daemon.driver import RingDriver
+from rainctl.daemon.reconciler import Reconciler
+from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
+from rainctl.net.transport import TransportError, UdpTransport, parse_endpoint
+
+KEYS = KeyRing({1: b"k" * 32}, 1)
+VIPS = ("198.18.2.1", "198.18.2.2")
+
+
+def _free_port(family: socket.AddressFamily, host: str) -> int:
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _spec(host: str, family: socket.AddressFamily) -> RingSpec:
+    template = "[{}]:{}" if family == socket.AF_INET6 else "{}:{}"
+    return RingSpec(
+        cluster_id=9,
+        nodes=tuple(
+            NodeSpec(node_id, template.format(host, _free_port(family, host))) for node_id in (1, 2)
+        ),
+        vips=tuple(VipSpec(vip, None) for vip in VIPS),
+        timers=derive_timers(TimerProfile.FAST),
+        quorum=QuorumPolicy.NONE,
+        exclusion=ExclusionMode.AGGRESSIVE,
+        rebalance=RebalanceSpec(enabled=False, interval_ms=1, dwell_ms=1, margin_permille=1),
+        config_digest=b"d" * 32,
+    )
+
+
+def test_parse_endpoint() -> None:
+    assert parse_endpoint("198.18.0.2:7400") == (("198.18.0.2", 7400), socket.AF_INET)
+    assert parse_endpoint("[2001:db8::1]:7400") == (("2001:db8::1", 7400), socket.AF_INET6)
+
+
+def test_binding_a_foreign_address_is_one_error() -> None:
+    async def scenario() -> None:
+        await UdpTransport.open("192.0.2.1:7400", lambda data: None)
+
+    with pytest.raises(TransportError, match=r"cannot bind the ring transport to 192\.0\.2\.1"):
+        asyncio.run(scenario())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "family"),
+    [
+        ("127.0.0.1", socket.AF_INET),
+        pytest.param(
+            "::1",
+            socket.AF_INET6,
+            marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback"),
+        ),
+    ],
+)
+def test_two_drivers_form_a_ring_and_split_the_vips(
+    host: str, family: socket.AddressFamily
+) -> None:
+    spec = _spec(host, family)
+    clock = MonotonicClock()
+
+    async def scenario() -> None:
+        drivers: dict[int, RingDriver] = {}
+        transports: list[UdpTransport] = []
+        for node in spec.nodes:
+            machine = RingMachine(spec, node.node_id, 1, Random(node.node_id), clock.now_ms())
+            codec = DatagramCodec(spec.cluster_id, node.node_id, 1, KEYS)
+            peers = {
+                other.node_id: parse_endpoint(other.address)[0]
+                for other in spec.nodes
+                if other.node_id != node.node_id
+            }
+            reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
+            driver = RingDriver(machine, codec, peers, reconciler, clock)
+            transport = await UdpTransport.open(node.address, driver.on_datagram)
+            transports.append(transport)
+            drivers[node.node_id] = driver
+        for driver, transport in zip(drivers.values(), transports, strict=True):
+            driver.start(transport)
+        try:
+            for _ in range(300):
+                owned = sorted(vip for d in drivers.values() for vip in d.machine.owned)
+                rings = {d.machine.ring for d in drivers.values()}
+                if owned == sorted(VIPS) and len(rings) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            statuses = [d.machine.status() for d in drivers.values()]
+            assert all(len(status.members) == 2 for status in statuses)
+            assert sorted(v for status in statuses for v in status.owned) == sorted(VIPS)
+            # Garbage and foreign datagrams are counted by reason, never raised.
+            first = parse_endpoint(spec.nodes[0].address)[0]
+            transports[1].send(b"\x00" * 40, first)
+            foreign = DatagramCodec(spec.cluster_id, 2, 1, KeyRing({1: b"x" * 32}, 1))
+            transports[1].send(foreign.encode(1, Beacon(NO_RING, 1, 2)), first)
+            for _ in range(100):
+                if sum(drivers[1].codec_rejects.values()) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert drivers[1].codec_rejects["bad_tag"] == 1
+            assert sum(drivers[1].codec_rejects.values()) == 2
+            # A graceful leave ends with LeftRing and the timer disarmed.
+            drivers[2].request_leave()
+            await asyncio.wait_for(drivers[2].left.wait(), 2.0)
+        finally:
+            for driver in drivers.values():
+                driver.stop()
+            for transport in transports:
+                transport.close()
+
+    asyncio.run(scenario())

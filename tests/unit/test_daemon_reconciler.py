@@ -1,0 +1,82 @@
+"""The reconciler: level-triggered, newest desired state wins, announce only what is owned."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from rainctl.daemon import reconciler as reconciler_module
+from rainctl.daemon.reconciler import Reconciler
+from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
+
+POOL = ("198.18.2.1", "198.18.2.2", "198.18.2.3")
+
+
+async def _settle(reconciler: Reconciler) -> None:
+    for _ in range(200):
+        if reconciler.in_sync():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("reconciler did not settle")
+
+
+def test_applies_the_newest_owned_set_and_announces_after_owning() -> None:
+    addresses, announcer = MemoryVipAddresses(), MemoryArpAnnouncer()
+
+    async def scenario() -> None:
+        reconciler = Reconciler(addresses, announcer, POOL)
+        task = asyncio.create_task(reconciler.run())
+        # Three decisions before the task runs: only the last one reaches the kernel.
+        reconciler.want_owned(POOL[:1])
+        reconciler.want_owned(POOL[:2])
+        reconciler.want_announce(POOL[:2])
+        reconciler.want_owned(POOL[1:2])
+        await _settle(reconciler)
+        assert addresses.configured == frozenset(POOL)
+        assert addresses.owned == {POOL[1]}
+        assert reconciler.applied == POOL[1:2]
+        # The VIP lost before it was applied is never announced.
+        assert announcer.announced == [(POOL[1],)]
+        await reconciler.release_all()
+        assert addresses.owned == frozenset()
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert addresses.changes == 3  # configure the pool, own one, release
+
+
+class _FlakyAddresses(MemoryVipAddresses):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures_left = 1
+
+    def set_owned(self, vips: Sequence[str]) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise OSError("netlink busy")
+        super().set_owned(vips)
+
+
+def test_a_failed_application_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler_module, "RETRY_S", 0.01)
+    addresses = _FlakyAddresses()
+
+    async def scenario() -> None:
+        reconciler = Reconciler(addresses, MemoryArpAnnouncer(), POOL)
+        task = asyncio.create_task(reconciler.run())
+        reconciler.want_owned(POOL)
+        await _settle(reconciler)
+        assert reconciler.failures == 1
+        assert addresses.owned == frozenset(POOL)
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_memory_addresses_refuse_to_own_an_unconfigured_vip() -> None:
+    addresses = MemoryVipAddresses()
+    addresses.ensure_all(POOL[:1])
+    with pytest.raises(ValueError, match=r"198\.18\.2\.2"):
+        addresses.set_owned(POOL[:2])
