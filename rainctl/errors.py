@@ -24,3 +24,14 @@ class OptionError(RainctlError):
 
     The message is one line naming the option, the value given and what is allowed.
     """
+
+
+class KernelError(RainctlError):
+    """A kernel operation (netlink, sysctl, raw socket) failed.
+
+    The message is one line naming the operation, the object and the errno text.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = " ".join(message.split())
+        super().__init__(self.message)

@@ -11,12 +11,14 @@ import typer
 
 from rainctl.daemon.control import DEFAULT_SOCKET
 from rainctl.daemon.service import DEFAULT_STATE_DIR, DaemonOptions, run_daemon
+from rainctl.errors import OptionError
 from rainctl.kernel.interfaces import DataPlane
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def daemon(
+    *,
     config: Annotated[
         Path, typer.Option("--config", help="Cluster config file (TOML).", show_default=False)
     ],
@@ -33,12 +35,25 @@ def daemon(
         DataPlane,
         typer.Option(
             "--data-plane",
-            help="Kernel adapters to drive. Only 'none' exists yet: VIP ownership is decided "
-            "and reported, but no address, ARP or IPVS state is changed.",
+            help="Kernel adapters to drive. 'none': VIP ownership is decided and reported, "
+            "nothing on the machine changes. 'linux': VIP addresses (front interface / "
+            "rainctl0), ARP sysctls and gratuitous ARP / unsolicited NA; no IPVS yet.",
         ),
     ] = DataPlane.NONE,
+    front_interface: Annotated[
+        str | None,
+        typer.Option(
+            "--front-interface",
+            help="LAN interface that carries the owned VIPs (required with --data-plane linux).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
+    if data_plane is DataPlane.LINUX and not front_interface:
+        raise OptionError("--data-plane linux needs --front-interface IFACE")
+    if data_plane is DataPlane.NONE and front_interface:
+        raise OptionError("--front-interface only applies to --data-plane linux")
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     options = DaemonOptions(
@@ -47,6 +62,7 @@ def daemon(
         state_dir=state_dir,
         control_socket=control_socket,
         data_plane=data_plane,
+        front_interface=front_interface,
     )
     asyncio.run(run_daemon(options))
 

@@ -1,21 +1,27 @@
 """`rainctl lab`: build and break the virtual lab (docs/lab.md).
 
 `up` builds namespaces, bridges, back-end servers and user-mode-linux nodes and waits until
-every node has IPVS loaded; `status` shows what is recorded and alive; `down` removes it all.
+every node has IPVS loaded (with `--daemon`, every node also runs `rainctl daemon`); `status`
+shows what is recorded and alive, and each daemon's ring as its status file reports it;
+`down` removes it all.
 `kill`, `freeze` and `thaw` are faults on one node. All of them read and write the lab's
 state directory (`--state-dir`), which is how `down` knows exactly what to end.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from rainctl.lab import builder
-from rainctl.lab.builder import DEFAULT_STATE_DIR, LabStatus
+from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
+from rainctl.lab.plan import PROFILES
 
 lab_app = typer.Typer(
     name="lab",
@@ -59,6 +65,89 @@ def status_lines(status: LabStatus) -> list[str]:
     return lines
 
 
+def ring_label(ring: dict[str, int] | None) -> str:
+    """A ring id as `epoch/creator.incarnation`, or "-" outside a ring."""
+    if ring is None:
+        return "-"
+    return f"{ring.get('epoch')}/{ring.get('creator')}.{ring.get('creator_incarnation')}"
+
+
+def daemon_table(status: LabStatus) -> Table:
+    """The nodes' daemons as their status files report them (docs/lab.md)."""
+    table = Table(title=f"rainctl daemons (profile {status.profile})", title_justify="left")
+    for column in ("node", "id", "daemon", "age", "phase", "ring", "members", "owned", "rss"):
+        table.add_column(column, no_wrap=column != "owned")
+    for daemon in status.daemons:
+        table.add_row(
+            daemon.node.name,
+            str(daemon.node_id),
+            daemon.state,
+            "-" if daemon.age_s is None else f"{daemon.age_s:.1f} s",
+            daemon.phase or "-",
+            ring_label(daemon.ring),
+            ",".join(str(member) for member in daemon.members) or "-",
+            " ".join(daemon.owned) or "-",
+            "-" if daemon.rss_kb is None else f"{daemon.rss_kb / 1024:.0f} MB",
+        )
+    return table
+
+
+def _daemon_json(daemon: DaemonStatus) -> dict[str, Any]:
+    return {
+        "node": daemon.node.name,
+        "node_id": daemon.node_id,
+        "state": daemon.state,
+        "age_s": daemon.age_s,
+        "phase": daemon.phase,
+        "ring": daemon.ring,
+        "members": list(daemon.members),
+        "owned": list(daemon.owned),
+        "rss_kb": daemon.rss_kb,
+        "error": daemon.error,
+        "status": daemon.document,
+    }
+
+
+def status_json(status: LabStatus) -> dict[str, Any]:
+    """The machine view of a lab (`rainctl lab status --json`)."""
+    return {
+        "prefix": status.plan.prefix,
+        "state_dir": str(status.state_dir),
+        "switch_namespace": status.plan.switch_namespace,
+        "namespaces_present": list(status.namespaces_present),
+        "nodes": [
+            {
+                "name": node.node.name,
+                "state": node.state,
+                "pid": node.process.pid if node.process else None,
+                "front": str(node.node.front),
+                "back": str(node.node.back),
+                "ipvs_modules": list(node.ipvs_modules),
+            }
+            for node in status.nodes
+        ],
+        "backends": [
+            {
+                "name": host.host.name,
+                "state": host.state,
+                "pid": host.process.pid if host.process else None,
+                "address": str(host.host.address.ip),
+            }
+            for host in status.backends
+        ],
+        "client": {"state": status.client.state, "address": str(status.client.host.address.ip)},
+        "profile": status.profile,
+        "daemons": [_daemon_json(daemon) for daemon in status.daemons],
+    }
+
+
+def _show(status: LabStatus) -> None:
+    for line in status_lines(status):
+        typer.echo(line)
+    if status.daemons:
+        Console(width=160).print(daemon_table(status))
+
+
 @lab_app.command()
 def up(
     *,
@@ -71,9 +160,21 @@ def up(
     timeout_s: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the nodes to boot.")
     ] = builder.BOOT_TIMEOUT_S,
+    daemon: Annotated[
+        bool,
+        typer.Option(
+            "--daemon/--no-daemon",
+            help="Run `rainctl daemon` (data plane none) on every node, in one ring.",
+        ),
+    ] = False,
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"The ring's timer profile ({', '.join(PROFILES)}).")
+    ] = "fast",
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
-    """Build the lab and wait until every node has IPVS loaded."""
+    """Build the lab and wait until every node has IPVS loaded (and its daemon answers)."""
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
     started = time.monotonic()
     status = builder.up(
         state_dir,
@@ -82,18 +183,24 @@ def up(
         prefix=prefix,
         memory_mb=memory_mb,
         timeout_s=timeout_s,
+        profile=profile if daemon else None,
     )
     elapsed_s = time.monotonic() - started
     typer.echo(f"lab up in {elapsed_s:.1f} s")
-    for line in status_lines(status):
-        typer.echo(line)
+    _show(status)
 
 
 @lab_app.command()
-def status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Show the recorded lab and which of its processes are alive."""
-    for line in status_lines(builder.status(state_dir)):
-        typer.echo(line)
+def status(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show the recorded lab, which of its processes are alive, and the nodes' daemons."""
+    lab_status = builder.status(state_dir)
+    if as_json:
+        typer.echo(json.dumps(status_json(lab_status), indent=2))
+    else:
+        _show(lab_status)
 
 
 @lab_app.command()

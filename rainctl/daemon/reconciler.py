@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 
 from rainctl.core.types import Vip
+from rainctl.errors import KernelError
 from rainctl.kernel.interfaces import ArpAnnouncer, VipAddresses
 
 RETRY_S = 1.0
@@ -51,13 +52,20 @@ class Reconciler:
 
     async def run(self) -> None:
         """Apply the desired state whenever it changes, until cancelled."""
-        await asyncio.to_thread(self._addresses.ensure_all, self._pool)
+        while True:
+            try:
+                await asyncio.to_thread(self._addresses.ensure_all, self._pool)
+                break
+            except (OSError, ValueError, KernelError) as exc:
+                self.failures += 1
+                log.warning("configuring the VIPs failed, retrying: %s", exc)
+                await asyncio.sleep(RETRY_S)
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 await self._apply()
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KernelError) as exc:
                 # The adapters map their failures to these; keep the desired state and retry.
                 self.failures += 1
                 log.warning("kernel update failed, retrying: %s", exc)

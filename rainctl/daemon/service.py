@@ -1,8 +1,10 @@
 """The daemon's composition root: config in, a running ring node out, a clean exit on SIGTERM.
 
 Start-up order, each step failing with one line before anything is sent:
-config and key file (authentication is mandatory) -> incarnation (+1, durable) -> UDP
-transport on the node's cluster address -> control socket -> ring driver -> READY=1.
+config and key file (authentication is mandatory) -> kernel adapters (`--data-plane linux`:
+every VIP configured, ARP sysctls, the announcer's AF_PACKET socket) -> incarnation (+1,
+durable) -> UDP transport on the node's cluster address -> control socket -> ring driver ->
+READY=1.
 
 SIGTERM (and SIGINT, for a foreground run) asks the ring to leave: the node hands its VIPs
 over with the token and the machine reports `LeftRing`, bounded by the ring's
@@ -18,7 +20,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 
@@ -34,8 +37,8 @@ from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import next_incarnation
 from rainctl.daemon.status import status_document
-from rainctl.errors import ConfigError
-from rainctl.kernel.interfaces import DataPlane
+from rainctl.errors import ConfigError, OptionError
+from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, VipAddresses
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
 
@@ -52,6 +55,7 @@ class DaemonOptions:
     state_dir: Path
     control_socket: Path
     data_plane: DataPlane
+    front_interface: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +95,47 @@ def _load(options: DaemonOptions) -> _Setup:
     return _Setup(spec, keys, addresses[options.node_id], peers)
 
 
+@dataclass(slots=True)
+class _Kernel:
+    addresses: VipAddresses
+    announcer: ArpAnnouncer
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
+    """The adapters of the chosen data plane, checked before anything is sent."""
+    if options.data_plane is DataPlane.NONE:
+        return _Kernel(MemoryVipAddresses(), MemoryArpAnnouncer())
+    # Imported here: pyroute2 is only loaded when the kernel is really driven.
+    from rainctl.kernel.addresses import LinuxVipAddresses  # noqa: PLC0415
+    from rainctl.kernel.arp import LinuxArpAnnouncer  # noqa: PLC0415
+
+    if options.front_interface is None:
+        raise OptionError("--data-plane linux needs --front-interface IFACE")
+    addresses = LinuxVipAddresses(options.front_interface)
+    # Every VIP configured and none owned (after a crash the ring may have given this node's
+    # VIPs away meanwhile), the ARP sysctls set: a failure stops the start here, in one line.
+    pool = [vip.vip for vip in setup.spec.vips]
+    await asyncio.to_thread(addresses.ensure_all, pool)
+    await asyncio.to_thread(addresses.set_owned, ())
+    announcer = LinuxArpAnnouncer(
+        options.front_interface, asyncio.get_running_loop(), still_owned=addresses.owns
+    )
+    return _Kernel(addresses, announcer, [announcer.close])
+
+
 async def run_daemon(options: DaemonOptions) -> None:
     """Run the node until it has left the ring after SIGTERM / SIGINT."""
     setup = _load(options)
+    kernel = await _open_kernel(options, setup)
+    try:
+        await _run(options, setup, kernel)
+    finally:
+        for close in kernel.closers:
+            close()
+
+
+async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     incarnation = next_incarnation(options.state_dir, options.node_id)
     clock = MonotonicClock()
     # Back-off jitter only needs to differ between nodes and restarts, not to be secret.
@@ -106,7 +148,7 @@ async def run_daemon(options: DaemonOptions) -> None:
     )
     codec = DatagramCodec(setup.spec.cluster_id, options.node_id, incarnation, setup.keys)
     reconciler = Reconciler(
-        MemoryVipAddresses(), MemoryArpAnnouncer(), [vip.vip for vip in setup.spec.vips]
+        kernel.addresses, kernel.announcer, [vip.vip for vip in setup.spec.vips]
     )
     driver = RingDriver(machine, codec, setup.peers, reconciler, clock)
     transport = await UdpTransport.open(setup.address, driver.on_datagram)

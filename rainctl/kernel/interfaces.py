@@ -6,8 +6,11 @@ them this node owns (`VipAddresses`), and announce newly owned VIPs (`ArpAnnounc
 
 Both are level-triggered and idempotent: calling them again with the same arguments changes
 nothing, so the reconciler may simply re-apply the latest desired state after any failure.
-Calls may block (netlink, raw sockets); the reconciler runs them off the event loop.
-Implementations: `rainctl.kernel.memory` (`--data-plane none`); real Linux adapters later.
+Calls may block (netlink, raw sockets); the reconciler runs them off the event loop. Failures
+are `KernelError` (or `OSError`); a VIP that is not configured cannot be owned (`ValueError`).
+Implementations: `rainctl.kernel.memory` (`--data-plane none`, and the fakes of tests) and
+`rainctl.kernel.addresses` / `rainctl.kernel.arp` (`--data-plane linux`); one contract suite
+(tests/contract) holds both to the same behaviour.
 """
 
 from __future__ import annotations
@@ -25,10 +28,15 @@ class DataPlane(Enum):
     NONE = "none"
     """In memory only: the ring runs and decides, nothing in the kernel changes."""
 
+    LINUX = "linux"
+    """VIP addresses and ARP / NA announcements in the kernel (no IPVS yet)."""
+
 
 class VipAddresses(Protocol):
     def ensure_all(self, vips: Sequence[Vip]) -> None:
-        """Configure every VIP of the pool on this node (answering ARP for none of them)."""
+        """Configure exactly the VIPs of the pool on this node, set up so that only owned VIPs
+        answer ARP, and remove VIPs that are no longer in the pool (owned or not). New VIPs are
+        not owned; VIPs already configured keep their owned state."""
 
     def set_owned(self, vips: Sequence[Vip]) -> None:
         """Answer ARP for exactly these VIPs (a subset of the pool), and for no other."""

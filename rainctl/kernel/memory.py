@@ -21,14 +21,18 @@ class MemoryVipAddresses:
         self._lock = threading.Lock()
         self.configured: frozenset[Vip] = frozenset()
         self.owned: frozenset[Vip] = frozenset()
+        self.arp_isolated = False
+        """Whether ensure_all set the node up to answer ARP for owned VIPs only."""
         self.changes = 0
         """How many calls changed something (idempotent calls do not count)."""
 
     def ensure_all(self, vips: Sequence[Vip]) -> None:
         with self._lock:
-            wanted = self.configured | frozenset(vips)
+            wanted = frozenset(vips)
+            self.arp_isolated = True
             if wanted != self.configured:
                 self.configured = wanted
+                self.owned &= wanted
                 self.changes += 1
 
     def set_owned(self, vips: Sequence[Vip]) -> None:

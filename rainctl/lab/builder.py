@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,16 +24,20 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rainctl.errors import RainctlError
 from rainctl.lab import mconsole
 from rainctl.lab.plan import (
     BACKEND_PORT,
     UML_MODULES_DIR,
+    DaemonLaunch,
     Host,
     LabPlan,
     Node,
+    cluster_config,
     init_script,
+    node_id,
     plan_lab,
     uml_command,
 )
@@ -41,6 +46,11 @@ DEFAULT_STATE_DIR = Path("/var/lib/rainctl-lab")
 """Not under /run: the guests mount a tmpfs on /run and must still see their scratch files."""
 DEFAULT_KERNEL = Path("/usr/bin/linux.uml")
 STATE_FILE = "state.json"
+CONFIG_FILE = "cluster.toml"
+KEY_FILE = "cluster.key"
+STATUS_FILE = "status.json"
+STATUS_STALE_S = 2.0
+"""A node's status file older than this (by its host mtime) means its helper stopped."""
 SHM_DIR = Path("/dev/shm")  # noqa: S108 - UML's own default; it unlinks its files at once
 BOOT_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -81,6 +91,28 @@ class HostStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    """A node's `rainctl daemon` as its status helper last reported it (docs/lab.md)."""
+
+    node: Node
+    node_id: int
+    state: str
+    """"up" (answering), "down" (its process is gone or does not answer), "stale" (no
+    fresh status file: node dead or frozen) or "starting" (no status file yet)."""
+    age_s: float | None
+    """Age of the status file (host clock, from its mtime); None without one."""
+    ring: dict[str, int] | None
+    members: tuple[int, ...]
+    owned: tuple[str, ...]
+    phase: str | None
+    rss_kb: int | None
+    """The daemon's resident memory inside the guest."""
+    error: str | None
+    document: dict[str, Any] | None
+    """The daemon's whole status document (`rainctl status --json`), if any."""
+
+
+@dataclass(frozen=True, slots=True)
 class LabStatus:
     state_dir: Path
     plan: LabPlan
@@ -88,6 +120,9 @@ class LabStatus:
     nodes: tuple[NodeStatus, ...]
     backends: tuple[HostStatus, ...]
     client: HostStatus
+    daemons: tuple[DaemonStatus, ...] = ()
+    """One per node when the lab runs daemons (`up --daemon`), else empty."""
+    profile: str | None = None
 
 
 # ---- processes ------------------------------------------------------------------------------
@@ -221,6 +256,8 @@ class _State:
     memory_mb: int
     processes: dict[str, ProcessRecord]
     frozen: set[str]
+    profile: str | None = None
+    """The ring's timer profile when the nodes run daemons; None when they do not."""
 
     def plan(self) -> LabPlan:
         return plan_lab(
@@ -238,6 +275,7 @@ class _State:
                 for name, record in sorted(self.processes.items())
             },
             "frozen": sorted(self.frozen),
+            "profile": self.profile,
         }
         temporary = state_dir / f"{STATE_FILE}.tmp"
         temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -258,6 +296,7 @@ def _load_state(state_dir: Path) -> _State | None:
                 for name, entry in document["processes"].items()
             },
             frozen={str(name) for name in document["frozen"]},
+            profile=None if document.get("profile") is None else str(document["profile"]),
         )
     except FileNotFoundError:
         return None
@@ -311,13 +350,19 @@ def up(
     memory_mb: int = 128,
     kernel: Path = DEFAULT_KERNEL,
     timeout_s: float = BOOT_TIMEOUT_S,
+    profile: str | None = None,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
+    With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
+    profile, and `up` waits until each daemon answers its status helper.
     On any failure everything built so far is torn down before the error propagates.
     """
     try:
         plan = plan_lab(nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb)
+        config = None
+        if profile is not None:
+            config = cluster_config(plan, profile=profile, key_file=KEY_FILE)
     except ValueError as exc:
         raise LabError(str(exc)) from exc
     missing = missing_prerequisites(kernel)
@@ -337,17 +382,34 @@ def up(
         memory_mb=memory_mb,
         processes={},
         frozen=set(),
+        profile=profile,
     )
     state.save(state_dir)
     try:
+        daemon = None
+        if config is not None:
+            daemon = _write_cluster_files(state_dir, config)
         _build_network(plan)
         _start_backends(plan, state, state_dir)
-        _start_nodes(plan, state, state_dir, kernel)
+        _start_nodes(plan, state, state_dir, kernel, daemon)
         _wait_ready(plan, state, state_dir, timeout_s)
     except BaseException:
         down(state_dir)
         raise
     return status(state_dir)
+
+
+def _write_cluster_files(state_dir: Path, config: str) -> DaemonLaunch:
+    """The cluster config and a fresh key file (0600) for the nodes' daemons."""
+    key = state_dir / KEY_FILE
+    key.unlink(missing_ok=True)
+    descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as output:
+        output.write(f"1:{secrets.token_hex(32)}\n")
+    config_path = state_dir / CONFIG_FILE
+    config_path.write_text(config, encoding="utf-8")
+    # The guest's root is the host's filesystem: the venv's interpreter is there as it is here.
+    return DaemonLaunch(python=sys.executable, config=str(config_path))
 
 
 def _build_network(plan: LabPlan) -> None:
@@ -407,7 +469,9 @@ def memory_dir(shm_free_mb: int, needed_mb: int, fallback: Path) -> Path:
     return SHM_DIR if shm_free_mb >= needed_mb else fallback
 
 
-def _start_nodes(plan: LabPlan, state: _State, state_dir: Path, kernel: Path) -> None:
+def _start_nodes(
+    plan: LabPlan, state: _State, state_dir: Path, kernel: Path, daemon: DaemonLaunch | None
+) -> None:
     uml_dir = _uml_dir(state_dir)
     uml_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -422,7 +486,7 @@ def _start_nodes(plan: LabPlan, state: _State, state_dir: Path, kernel: Path) ->
         shutil.rmtree(uml_dir / node.name, ignore_errors=True)
         scratch.mkdir(parents=True)
         init = scratch / "init.sh"
-        init.write_text(init_script(plan, node, str(scratch)), encoding="utf-8")
+        init.write_text(init_script(plan, node, str(scratch), daemon), encoding="utf-8")
         init.chmod(0o755)
         command = uml_command(
             plan, node, kernel=str(kernel), uml_dir=str(uml_dir), init_path=str(init)
@@ -470,7 +534,8 @@ def _wait_ready(plan: LabPlan, state: _State, state_dir: Path, timeout_s: float)
                 errors = _tail(scratch / "errors")
                 if errors:
                     raise LabError(f"node {node.name}: {errors}")
-                waiting.discard(node.name)
+                if state.profile is None or _daemon_answers(scratch):
+                    waiting.discard(node.name)
         for host in plan.backends:
             if host.name in waiting and _listening(state.processes[host.name], BACKEND_PORT):
                 waiting.discard(host.name)
@@ -481,6 +546,57 @@ def _wait_ready(plan: LabPlan, state: _State, state_dir: Path, timeout_s: float)
             )
         if waiting:
             time.sleep(POLL_S)
+
+
+def _daemon_answers(scratch: Path) -> bool:
+    document = _read_status_file(scratch / STATUS_FILE)
+    return document is not None and isinstance(document.get("status"), dict)
+
+
+def _read_status_file(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def daemon_status(
+    plan: LabPlan, node: Node, path: Path, *, node_running: bool, now: float | None = None
+) -> DaemonStatus:
+    """What a node's status file says about its daemon; `now` is the host's time.time()."""
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = None
+    document = _read_status_file(path) if mtime is not None else None
+    identity = node_id(plan, node)
+    if document is None or mtime is None:
+        state = "starting" if node_running else "stale"
+        return DaemonStatus(node, identity, state, None, None, (), (), None, None, None, None)
+    age_s = max(0.0, (time.time() if now is None else now) - mtime)
+    answer = document.get("status")
+    answer = answer if isinstance(answer, dict) else None
+    if not node_running or age_s > STATUS_STALE_S:
+        state = "stale"
+    else:
+        state = "up" if answer is not None else "down"
+    rss = document.get("daemon_rss_kb")
+    error = document.get("error")
+    ring = answer.get("ring") if answer else None
+    return DaemonStatus(
+        node=node,
+        node_id=identity,
+        state=state,
+        age_s=age_s,
+        ring=ring if isinstance(ring, dict) else None,
+        members=tuple(int(m["node_id"]) for m in answer.get("members", ())) if answer else (),
+        owned=tuple(str(vip) for vip in answer.get("owned", ())) if answer else (),
+        phase=str(answer.get("phase")) if answer else None,
+        rss_kb=rss if isinstance(rss, int) else None,
+        error=error if isinstance(error, str) else None,
+        document=answer,
+    )
 
 
 def status(state_dir: Path) -> LabStatus:
@@ -508,6 +624,19 @@ def status(state_dir: Path) -> LabStatus:
         alive = record is not None and is_alive(record)
         backend_states.append(HostStatus(host, record, "running" if alive else "dead"))
     client_state = "up" if plan.client.namespace in present else "missing"
+    daemons: tuple[DaemonStatus, ...] = ()
+    if state.profile is not None:
+        now = time.time()
+        daemons = tuple(
+            daemon_status(
+                plan,
+                node_status.node,
+                _scratch(state_dir, node_status.node) / STATUS_FILE,
+                node_running=node_status.state == "running",
+                now=now,
+            )
+            for node_status in node_states
+        )
     return LabStatus(
         state_dir=state_dir,
         plan=plan,
@@ -515,6 +644,8 @@ def status(state_dir: Path) -> LabStatus:
         nodes=tuple(node_states),
         backends=tuple(backend_states),
         client=HostStatus(plan.client, None, client_state),
+        daemons=daemons,
+        profile=state.profile,
     )
 
 
@@ -536,6 +667,8 @@ def down(state_dir: Path) -> bool:
             _run(["ip", "netns", "del", namespace])
     for child in ("uml", "nodes", "backends"):
         shutil.rmtree(state_dir / child, ignore_errors=True)
+    for name in (CONFIG_FILE, KEY_FILE):
+        (state_dir / name).unlink(missing_ok=True)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     (state_dir / f"{STATE_FILE}.tmp").unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: it holds files that are not the lab's

@@ -1,4 +1,6 @@
-"""One lab for the whole session: 2 user-mode-linux nodes, 2 back-ends, a client.
+"""The session's labs: 2 user-mode-linux nodes, 2 back-ends and a client for the lab's own
+tests; 3 nodes running `rainctl daemon` (profile fast, no back-ends) for the daemon tests.
+Each test module takes its lab down in its last test; the fixtures' finalizers make sure.
 
 The lab tests run wherever the suite runs, CI included; a machine that cannot run the lab
 fails them with the reason (docs/lab.md: `make setup` as root installs what they need). They
@@ -25,8 +27,13 @@ BACKENDS = 2
 BOOT_BOUND_S = 30.0
 """A bound, not a benchmark: boots take 2-7 s on a 2-core machine (docs/lab.md)."""
 
+DAEMON_NODES = 3
+DAEMON_PROFILE = "fast"
+
 FIGURES: dict[str, float] = {}
 """Measured times, printed in the terminal summary."""
+NOTES: list[str] = []
+"""Other measured figures (memory, CPU), printed after the times."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,8 @@ class Lab:
     state_dir: Path
     prefix: str
     up_output: str
+    started: float = 0.0
+    """time.monotonic() when `up` was called."""
 
     def rainctl(self, *arguments: str) -> tuple[int, str]:
         """Run `rainctl lab ARGUMENTS --state-dir ...`; exit code and stdout + stderr."""
@@ -71,13 +80,38 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )  # fmt: skip
         FIGURES[f"lab up ({NODES} nodes, {BACKENDS} back-ends)"] = time.monotonic() - started
         assert result.exit_code == 0, result.output
-        yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output)
+        yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output, started=started)
+    finally:
+        builder.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def daemon_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    _require_lab_machine()
+    state_dir = tmp_path_factory.mktemp("daemon-lab")
+    prefix = f"rld{os.getpid() % 100_000}"
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "lab", "up", "--nodes", str(DAEMON_NODES), "--backends", "0", "--daemon",
+                "--profile", DAEMON_PROFILE, "--prefix", prefix, "--state-dir", str(state_dir),
+            ],
+        )  # fmt: skip
+        FIGURES[f"daemon lab up ({DAEMON_NODES} nodes, every daemon answering)"] = (
+            time.monotonic() - started
+        )
+        assert result.exit_code == 0, result.output
+        yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output, started=started)
     finally:
         builder.down(state_dir)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
+    if FIGURES or NOTES:
         terminalreporter.section("lab figures")
         for what, seconds in FIGURES.items():
             terminalreporter.write_line(f"{what}: {seconds:.2f} s")
+        for note in NOTES:
+            terminalreporter.write_line(note)

@@ -79,12 +79,43 @@ def test_refusals_are_one_line_and_exit_2(
     assert message in last_line
 
 
-def test_help_says_only_the_none_data_plane_exists() -> None:
+def test_help_names_both_data_planes() -> None:
     result = runner.invoke(app, ["daemon", "--help"])
     assert result.exit_code == 0
     # Rich wraps the help in a box: drop the frame and the line breaks before matching.
     text = " ".join(result.stdout.replace("\u2502", " ").split())
-    assert "Only 'none' exists yet" in text
+    assert "<none|linux>" in text
+    assert "--front-interface" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--data-plane", "linux"], "--data-plane linux needs --front-interface IFACE"),
+        (["--front-interface", "eth0"], "--front-interface only applies to --data-plane linux"),
+        (
+            ["--data-plane", "linux", "--front-interface", "rctc-absent0"],
+            "interface rctc-absent0 does not exist",
+        ),
+    ],
+)
+def test_data_plane_refusals_are_one_line_and_exit_2(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    config = _write(tmp_path)
+    result = runner.invoke(
+        app,
+        [
+            "daemon",
+            *("--config", str(config), "--node", "1"),
+            *("--state-dir", str(tmp_path / "state")),
+            *("--control-socket", str(tmp_path / "control.sock"), *flags),
+        ],
+    )
+    assert result.exit_code == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == f"rainctl: error: {message}"
+    assert not (tmp_path / "state").exists()
 
 
 def test_notify_without_systemd_is_a_no_op() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from rainctl.daemon import reconciler as reconciler_module
 from rainctl.daemon.reconciler import Reconciler
+from rainctl.errors import KernelError
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
 
 POOL = ("198.18.2.1", "198.18.2.2", "198.18.2.3")
@@ -70,6 +71,35 @@ def test_a_failed_application_is_retried(monkeypatch: pytest.MonkeyPatch) -> Non
         await _settle(reconciler)
         assert reconciler.failures == 1
         assert addresses.owned == frozenset(POOL)
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+class _FailingFirstConfiguration(MemoryVipAddresses):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures_left = 2
+
+    def ensure_all(self, vips: Sequence[str]) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise KernelError("setting /proc/sys/net/ipv4/conf/all/arp_ignore to 1: busy")
+        super().ensure_all(vips)
+
+
+def test_a_failed_first_configuration_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler_module, "RETRY_S", 0.01)
+    addresses = _FailingFirstConfiguration()
+
+    async def scenario() -> None:
+        reconciler = Reconciler(addresses, MemoryArpAnnouncer(), POOL)
+        task = asyncio.create_task(reconciler.run())
+        reconciler.want_owned(POOL[:1])
+        await _settle(reconciler)
+        assert reconciler.failures == 2
+        assert addresses.configured == frozenset(POOL)
+        assert addresses.owned == {POOL[0]}
         task.cancel()
 
     asyncio.run(scenario())

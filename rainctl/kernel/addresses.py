@@ -1,0 +1,306 @@
+"""VIP addresses on Linux through rtnetlink (pyroute2): claim 10, docs/protocol.md section 8.
+
+Every VIP of the pool is configured on this node at all times, so the node accepts traffic
+for any VIP; only the owner answers ARP / neighbour solicitations for it:
+
+- owned VIPs sit on the front (LAN) interface, the others on a local device (`rainctl0`,
+  type dummy, created if missing; on kernels built without dummy links an empty bridge, which
+  behaves the same for this purpose, is created instead);
+- `arp_ignore=1` and `arp_announce=2` on the front interface and on `all`: the node answers
+  ARP only for addresses of the interface the request came in on, and never uses a VIP as the
+  source of its own ARP (IPv6 neighbour discovery is per interface already);
+- IPv6 VIPs are added with `nodad` (no duplicate address detection delay on a takeover);
+- addresses are host prefixes (/32, /128) marked with the address protocol `RAINCTL_PROTO`
+  (IFA_PROTO), so the adapter recognises its own addresses on the front interface and never
+  touches the node's other addresses.
+
+Every call reads the kernel first (it is the source of truth) and changes only what differs:
+EEXIST on add and EADDRNOTAVAIL / ENOENT on delete count as success. A VIP that moves between
+the local device and the front interface is added to its new device before it is deleted from
+the old one, so it is never absent from both. pyroute2 objects are turned into `_Address`
+values right at the netlink call; netlink and sysctl failures become `KernelError`.
+
+The calls block (netlink round trips); the reconciler runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from rainctl.core.types import Vip
+from rainctl.errors import KernelError
+
+__all__ = ["IpAddress", "KernelError", "LinuxVipAddresses", "VipState", "parse_vip"]
+
+DEFAULT_LOCAL_DEVICE = "rainctl0"
+RAINCTL_PROTO = 0x52
+"""IFA_PROTO value of the addresses rainctl manages (any value above the kernel's 0..3)."""
+
+IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+SYSCTL_ROOT = Path("/proc/sys/net/ipv4/conf")
+ARP_SYSCTLS = {"arp_ignore": 1, "arp_announce": 2}
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = logging.getLogger("rainctl.kernel.addresses")
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    ip: IpAddress
+    prefixlen: int
+    flags: int
+    proto: int
+
+
+@dataclass(frozen=True, slots=True)
+class VipState:
+    """What the kernel holds for the VIPs, as plain values (the contract tests read it)."""
+
+    on_front: frozenset[Vip]
+    """rainctl's addresses on the front interface: the owned VIPs."""
+    on_local: frozenset[Vip]
+    """rainctl's addresses on the local device: the configured, not owned VIPs."""
+    nodad: frozenset[Vip]
+    """IPv6 VIPs that carry IFA_F_NODAD and are usable (neither tentative nor DAD-failed)."""
+
+
+def parse_vip(vip: Vip) -> IpAddress:
+    try:
+        return ipaddress.ip_address(vip)
+    except ValueError:
+        raise ValueError(f"not an IP address: {vip!r}") from None
+
+
+def _host_prefix(ip: IpAddress) -> int:
+    return 32 if ip.version == 4 else 128
+
+
+def _describe(exc: NetlinkError) -> str:
+    code = exc.code
+    return f"{os.strerror(code)} (errno {code})" if code else str(exc)
+
+
+class LinuxVipAddresses:
+    """`VipAddresses` on the running kernel (the network namespace of the calling thread)."""
+
+    def __init__(
+        self,
+        front: str,
+        *,
+        local_device: str = DEFAULT_LOCAL_DEVICE,
+        sysctl_root: Path = SYSCTL_ROOT,
+    ) -> None:
+        self.front = front
+        self.local_device = local_device
+        self._sysctl_root = sysctl_root
+        self._pool: frozenset[IpAddress] = frozenset()
+        self._owned: frozenset[IpAddress] = frozenset()
+
+    # ---- VipAddresses ------------------------------------------------------------------------
+
+    def ensure_all(self, vips: Sequence[Vip]) -> None:
+        """Configure exactly these VIPs (new ones on the local device, unknown ones removed)."""
+        pool = frozenset(parse_vip(vip) for vip in vips)
+        with self._netlink() as ipr:
+            front = self._index(ipr, self.front)
+            local = self._ensure_local_device(ipr)
+            self._write_arp_sysctls()
+            current = {index: self._ours(ipr, index) for index in (front, local)}
+            for ip in sorted(pool - current[front] - current[local], key=str):
+                self._add(ipr, local, ip)
+            for index, present in current.items():
+                for ip in sorted(present - pool, key=str):
+                    self._delete(ipr, index, ip)
+            missing = pool - self._ours(ipr, front) - self._ours(ipr, local)
+            if missing:
+                # Added without error but not seen with our mark: the kernel drops IFA_PROTO.
+                raise KernelError(
+                    f"added VIPs not found with address protocol {RAINCTL_PROTO:#x} "
+                    f"({', '.join(sorted(map(str, missing)))}); this kernel does not keep "
+                    "IFA_PROTO (Linux >= 6.1 is needed)"
+                )
+        self._pool = pool
+        self._owned &= pool
+
+    def set_owned(self, vips: Sequence[Vip]) -> None:
+        """Put these VIPs on the front interface and every other VIP of the pool on the local
+        device, adding before deleting so that a moving VIP is never absent from both."""
+        owned = frozenset(parse_vip(vip) for vip in vips)
+        unknown = sorted(str(ip) for ip in owned - self._pool)
+        if unknown:
+            raise ValueError(f"VIPs not configured on this node: {', '.join(unknown)}")
+        with self._netlink() as ipr:
+            front = self._index(ipr, self.front)
+            local = self._index(ipr, self.local_device)
+            on_front = self._ours(ipr, front)
+            on_local = self._ours(ipr, local)
+            for ip in sorted(self._pool, key=str):
+                if ip in owned:
+                    target, on_target, other, on_other = front, on_front, local, on_local
+                else:
+                    target, on_target, other, on_other = local, on_local, front, on_front
+                if ip not in on_target:
+                    self._add(ipr, target, ip)
+                if ip in on_other:
+                    self._delete(ipr, other, ip)
+        self._owned = owned
+
+    def owns(self, vip: Vip) -> bool:
+        """Whether the last successful `set_owned` put this VIP on the front interface.
+
+        A cached answer (no netlink), cheap enough for the event loop: the announcer asks it
+        before every repeat. Thread-safe (the set is replaced, never mutated).
+        """
+        try:
+            return parse_vip(vip) in self._owned
+        except ValueError:
+            return False
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def read(self) -> VipState:
+        """rainctl's addresses on both devices, read from the kernel."""
+        with self._netlink() as ipr:
+            front = self._addresses(ipr, self._index(ipr, self.front))
+            local = self._addresses(ipr, self._index(ipr, self.local_device))
+        unusable = IFA_F_TENTATIVE | IFA_F_DADFAILED
+        return VipState(
+            on_front=frozenset(str(a.ip) for a in front),
+            on_local=frozenset(str(a.ip) for a in local),
+            nodad=frozenset(
+                str(a.ip)
+                for a in (*front, *local)
+                if a.ip.version == 6 and a.flags & IFA_F_NODAD and not a.flags & unusable
+            ),
+        )
+
+    def read_arp_sysctls(self) -> dict[str, dict[str, int]]:
+        """{"all": {"arp_ignore": n, "arp_announce": n}, FRONT: {...}} from /proc/sys."""
+        return {
+            device: {
+                name: int((self._sysctl_root / device / name).read_text()) for name in ARP_SYSCTLS
+            }
+            for device in ("all", self.front)
+        }
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _netlink(self) -> Iterator[Any]:
+        try:
+            ipr = IPRoute()
+        except (NetlinkError, OSError) as exc:
+            raise KernelError(f"cannot open a netlink socket: {exc}") from exc
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    def _index(self, ipr: Any, ifname: str) -> int:
+        try:
+            found: list[int] = list(ipr.link_lookup(ifname=ifname))
+        except NetlinkError as exc:
+            raise KernelError(f"looking up interface {ifname}: {_describe(exc)}") from exc
+        if not found:
+            raise KernelError(f"interface {ifname} does not exist")
+        return int(found[0])
+
+    def _ensure_local_device(self, ipr: Any) -> int:
+        name = self.local_device
+        if not ipr.link_lookup(ifname=name):
+            try:
+                ipr.link("add", ifname=name, kind="dummy")
+                log.info("created dummy device %s", name)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    pass
+                elif exc.code == errno.EOPNOTSUPP:
+                    # Kernel without CONFIG_DUMMY: an empty bridge is an equally inert device.
+                    self._create(ipr, name, "bridge")
+                    log.warning("no dummy links in this kernel: created %s as a bridge", name)
+                else:
+                    raise KernelError(f"creating device {name}: {_describe(exc)}") from exc
+        index = self._index(ipr, name)
+        try:
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            raise KernelError(f"setting {name} up: {_describe(exc)}") from exc
+        return index
+
+    def _create(self, ipr: Any, name: str, kind: str) -> None:
+        try:
+            ipr.link("add", ifname=name, kind=kind)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"creating {kind} device {name}: {_describe(exc)}") from exc
+
+    def _write_arp_sysctls(self) -> None:
+        for device in ("all", self.front):
+            for name, value in ARP_SYSCTLS.items():
+                path = self._sysctl_root / device / name
+                try:
+                    if int(path.read_text()) != value:
+                        path.write_text(f"{value}\n")
+                        log.info("set net.ipv4.conf.%s.%s = %d", device, name, value)
+                except (OSError, ValueError) as exc:
+                    raise KernelError(f"setting {path} to {value}: {exc}") from exc
+
+    def _addresses(self, ipr: Any, index: int) -> list[_Address]:
+        try:
+            messages = list(ipr.addr("dump", index=index))
+        except NetlinkError as exc:
+            raise KernelError(f"listing addresses of ifindex {index}: {_describe(exc)}") from exc
+        found = []
+        for message in messages:
+            if message.get("IFA_PROTO") != RAINCTL_PROTO:
+                continue
+            raw = message.get("IFA_LOCAL") or message.get("IFA_ADDRESS")
+            flags = message.get("IFA_FLAGS")
+            found.append(
+                _Address(
+                    ip=ipaddress.ip_address(str(raw)),
+                    prefixlen=int(message["prefixlen"]),
+                    flags=int(flags if flags is not None else message["flags"]),
+                    proto=RAINCTL_PROTO,
+                )
+            )
+        return found
+
+    def _ours(self, ipr: Any, index: int) -> frozenset[IpAddress]:
+        return frozenset(a.ip for a in self._addresses(ipr, index))
+
+    def _add(self, ipr: Any, index: int, ip: IpAddress) -> None:
+        flags = IFA_F_NODAD if ip.version == 6 else 0
+        try:
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(ip),
+                prefixlen=_host_prefix(ip),
+                flags=flags,
+                proto=RAINCTL_PROTO,
+            )
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"adding {ip} to ifindex {index}: {_describe(exc)}") from exc
+
+    def _delete(self, ipr: Any, index: int, ip: IpAddress) -> None:
+        try:
+            ipr.addr("del", index=index, address=str(ip), prefixlen=_host_prefix(ip))
+        except NetlinkError as exc:
+            if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                raise KernelError(f"deleting {ip} from ifindex {index}: {_describe(exc)}") from exc
