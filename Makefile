@@ -18,7 +18,7 @@ SYSTEM_PACKAGES := python3 python3-venv python3-pip
 LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test demo bench lock clean
+.PHONY: setup lint test demo sim-demo bench lock clean
 
 # After the Python environment, the lab's Debian packages: apt-get runs only for packages
 # that are missing (one dpkg-query otherwise). Without root or dpkg, it warns and goes on, so
@@ -84,7 +84,12 @@ test: setup
 	$(BIN)/pytest $(PYTEST_ARGS) || status=1; \
 	exit $$status
 
+# The lab demo (root; docs/lab.md): three UML nodes, SIGKILL of a VIP's owner, the outage the
+# client measures. `sim-demo` is the simulated ring's demo, which needs neither root nor UML.
 demo: setup
+	$(BIN)/rainctl lab demo
+
+sim-demo: setup
 	$(BIN)/rainctl sim --demo
 
 bench: setup

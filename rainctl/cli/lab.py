@@ -4,7 +4,8 @@
 every node has IPVS loaded (with `--daemon`, every node also runs `rainctl daemon`); `status`
 shows what is recorded and alive, and each daemon's ring as its status file reports it;
 `down` removes it all.
-`kill`, `freeze` and `thaw` are faults on one node. All of them read and write the lab's
+`kill`, `freeze` and `thaw` are faults on one node; `demo` kills a VIP's owner and measures
+the outage the client sees. All of them read and write the lab's
 state directory (`--state-dir`), which is how `down` knows exactly what to end.
 """
 
@@ -19,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rainctl.lab import builder
-from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
+from rainctl.lab import builder, demo
+from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabError, LabStatus
 from rainctl.lab.plan import PROFILES
 
 lab_app = typer.Typer(
@@ -164,7 +165,7 @@ def up(
         bool,
         typer.Option(
             "--daemon/--no-daemon",
-            help="Run `rainctl daemon` (data plane none) on every node, in one ring.",
+            help="Run `rainctl daemon` (data plane linux on vec0) on every node, in one ring.",
         ),
     ] = False,
     profile: Annotated[
@@ -232,6 +233,115 @@ def thaw(node: NodeName, state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     """Resume a frozen node (uml_mconsole go)."""
     builder.thaw_node(state_dir, node)
     typer.echo(f"thawed {node}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def demo_table(trials: list[demo.Trial]) -> Table:
+    """One row per VIP of each killed node: who had it, who has it, what the client saw."""
+    table = Table(title="rainctl lab demo: SIGKILL of the first VIP's owner", title_justify="left")
+    columns = ("trial", "profile", "VIP", "old owner", "new owner", "outage ms", "lost probes",
+               "GARP seen after ms", "GARP from new owner", "client MAC ok")  # fmt: skip
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for number, trial in enumerate(trials, 1):
+        for outcome in trial.failover.vips:
+            table.add_row(
+                str(number),
+                trial.profile,
+                outcome.vip,
+                outcome.old_owner,
+                outcome.new_owner or "-",
+                _ms(outcome.outage_ms),
+                str(outcome.lost),
+                _ms(outcome.garp_ms),
+                "yes" if outcome.garp_mac and outcome.garp_mac == outcome.new_owner_mac else "no",
+                "yes" if outcome.client_mac == outcome.new_owner_mac else "no",
+            )
+    return table
+
+
+def demo_json(trials: list[demo.Trial]) -> list[dict[str, Any]]:
+    """The machine view of the demo's trials (`rainctl lab demo --json`)."""
+    return [
+        {
+            "profile": trial.profile,
+            "nodes": trial.nodes,
+            "ring_s": trial.ring_s,
+            "victim": trial.failover.victim,
+            "killed_at": trial.failover.killed_at,
+            "survivors_agreed_s": trial.failover.agreed_s,
+            "client_macs_before": {
+                vip: {"owner_mac": mac, "client_mac": client}
+                for vip, (mac, client) in sorted(trial.before.items())
+            },
+            "vips": [
+                {
+                    "vip": o.vip,
+                    "old_owner": o.old_owner,
+                    "new_owner": o.new_owner,
+                    "new_owner_mac": o.new_owner_mac,
+                    "outage_ms": o.outage_ms,
+                    "lost_probes": o.lost,
+                    "garp_ms": o.garp_ms,
+                    "garp_mac": o.garp_mac,
+                    "client_mac": o.client_mac,
+                }
+                for o in trial.failover.vips
+            ],
+            "problems": demo.problems(trial),
+        }
+        for trial in trials
+    ]
+
+
+@lab_app.command("demo")
+def demo_command(
+    *,
+    nodes: Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")] = 3,
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"The ring's timer profile ({', '.join(PROFILES)}).")
+    ] = "fast",
+    trials: Annotated[
+        int, typer.Option("--trials", help="Whole demos (up, kill, measure, down) in a row.")
+    ] = 1,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
+    ] = "rlab",
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Kill the owner of a VIP and measure the outage the client sees, then take the lab down.
+
+    Each trial: `up --daemon` (no back-ends), wait for the ring, start the resident prober
+    (client) and GARP reader (br0), SIGKILL the node owning the first VIP, measure every VIP
+    it owned, `down` (always).
+    """
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
+    if trials < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--trials")
+    if nodes < 2:
+        raise typer.BadParameter("must be at least 2 (a survivor)", param_hint="--nodes")
+    results = []
+    for _ in range(trials):
+        results.append(demo.run_trial(state_dir, nodes=nodes, profile=profile, prefix=prefix))
+        if not as_json:
+            trial = results[-1]
+            typer.echo(
+                f"trial {len(results)}: ring of {nodes} in {trial.ring_s:.1f} s; killed "
+                f"{trial.failover.victim}; survivors' status files agreed after "
+                f"{trial.failover.agreed_s * 1000:.0f} ms"
+            )
+    if as_json:
+        typer.echo(json.dumps(demo_json(results), indent=2))
+    else:
+        Console(width=200).print(demo_table(results))
+    found = [problem for trial in results for problem in demo.problems(trial)]
+    if found:
+        raise LabError(f"demo: {len(found)} problem(s): " + "; ".join(found))
 
 
 def register(app: typer.Typer) -> None:

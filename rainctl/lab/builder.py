@@ -37,6 +37,7 @@ from rainctl.lab.plan import (
     Node,
     cluster_config,
     init_script,
+    lab_vips,
     node_id,
     plan_lab,
     uml_command,
@@ -665,7 +666,7 @@ def down(state_dir: Path) -> bool:
     for namespace in plan.namespaces:
         if namespace in present:
             _run(["ip", "netns", "del", namespace])
-    for child in ("uml", "nodes", "backends"):
+    for child in ("uml", "nodes", "backends", WATCH_DIR):
         shutil.rmtree(state_dir / child, ignore_errors=True)
     for name in (CONFIG_FILE, KEY_FILE):
         (state_dir / name).unlink(missing_ok=True)
@@ -674,6 +675,61 @@ def down(state_dir: Path) -> bool:
     with contextlib.suppress(OSError):  # not empty: it holds files that are not the lab's
         state_dir.rmdir()
     return True
+
+
+# ---- watchers (rainctl lab demo) -------------------------------------------------------------
+
+WATCH_DIR = "watch"
+PROBER = "prober"
+GARP_READER = "garp-reader"
+PROBE_LOG = "probe.log"
+GARP_LOG = "garp.log"
+
+
+@dataclass(frozen=True, slots=True)
+class Watchers:
+    """The logs of the resident prober (client) and GARP reader (switch's br0)."""
+
+    probe_log: Path
+    garp_log: Path
+
+
+def start_watchers(state_dir: Path) -> Watchers:
+    """Start the resident VIP prober and GARP reader (rainctl.lab.probe); `down` ends them.
+
+    Each is one Python process started once with its PID recorded like the nodes'; the prober
+    sends an ICMP echo to every lab VIP every 10 ms from the client namespace, the reader logs
+    every gratuitous ARP on br0 in the switch namespace. Raises LabError when they run already.
+    """
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    for name in (PROBER, GARP_READER):
+        record = state.processes.get(name)
+        if record is not None and is_alive(record):
+            raise LabError(f"the {name} runs already (pid {record.pid})")
+    directory = state_dir / WATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    watchers = Watchers(probe_log=directory / PROBE_LOG, garp_log=directory / GARP_LOG)
+    for path in (watchers.probe_log, watchers.garp_log):
+        path.unlink(missing_ok=True)
+        path.touch()
+    python = (sys.executable, "-m", "rainctl.lab.probe")
+    vips = [str(vip) for vip in lab_vips(plan)]
+    commands = {
+        GARP_READER: (
+            "ip", "netns", "exec", plan.switch_namespace, *python, "garp",
+            "--output", str(watchers.garp_log), "--interface", plan.bridges[0][0],
+        ),
+        PROBER: (
+            "ip", "netns", "exec", plan.client.namespace, *python, "ping",
+            "--output", str(watchers.probe_log), *vips,
+        ),
+    }  # fmt: skip
+    for name, command in commands.items():
+        state.processes[name] = _spawn(command, directory / f"{name}.err")
+        state.save(state_dir)
+    return watchers
 
 
 # ---- faults ---------------------------------------------------------------------------------

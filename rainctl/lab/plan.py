@@ -307,13 +307,15 @@ halt -f
 
 
 _DAEMON_TEMPLATE = string.Template(
-    r"""# The node's resident rainctl daemon (no data plane yet), started once: Python costs
-# 0.3-1 s to start inside UML. Its status helper is one more resident Python process that asks
+    r"""# The node's resident rainctl daemon, started once: Python costs 0.3-1 s to start inside
+# UML. Data plane linux: owned VIPs go on $front_interface (GARP on takeover), the others on
+# the local rainctl0 device. Its status helper is one more resident Python process that asks
 # the daemon every $interval s over the control socket and writes $scratch/status.json
 # (tmp + rename) for the host, which cannot connect to a socket of the guest's kernel.
 mkdir -p $scratch/state
 $python -c 'from rainctl.cli.app import main; main()' daemon --config $config \
-    --node $node_id --state-dir $scratch/state --control-socket $socket --data-plane none \
+    --node $node_id --state-dir $scratch/state --control-socket $socket \
+    --data-plane linux --front-interface $front_interface \
     < /dev/null > $scratch/daemon.log 2>&1 &
 daemon_pid=$$!
 $python -m rainctl.lab.agent --socket $socket --daemon-pid "$$daemon_pid" \
@@ -338,6 +340,7 @@ def init_script(plan: LabPlan, node: Node, scratch: str, daemon: DaemonLaunch | 
             scratch=shlex.quote(scratch),
             socket=GUEST_CONTROL_SOCKET,
             interval=STATUS_INTERVAL_S,
+            front_interface=node.nics[0].guest_name,
         )
     lines = []
     for nic in node.nics:

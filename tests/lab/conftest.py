@@ -56,6 +56,8 @@ def _require_lab_machine() -> None:
     missing = builder.missing_prerequisites()
     if shutil.which("ping") is None:
         missing.append("ping (package iputils-ping)")
+    if shutil.which("arping") is None:
+        missing.append("arping (package iputils-arping)")
     if missing:
         pytest.fail(
             "the lab tests need " + "; ".join(missing) + " (run `make setup` as root)",

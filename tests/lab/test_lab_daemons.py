@@ -17,14 +17,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rainctl.lab import builder
+from rainctl.lab import builder, demo
 from rainctl.lab.builder import DaemonStatus, LabStatus
-from rainctl.lab.plan import STATUS_INTERVAL_S, lab_vips
+from rainctl.lab.plan import lab_vips
 from tests.lab.conftest import DAEMON_NODES, FIGURES, NOTES, Lab
 
 FORMATION_BOUND_S = 30.0
 """From `up`'s start: boots, Python start-up inside UML (0.3-1 s each, 2 processes per
 node), the fast profile's joins. A bound, not a benchmark (docs/lab.md has the figures)."""
+ARPING = ("-c", "2", "-w", "2", "-I", "eth0")
+"""Two ARP requests, at most 2 s: every responder answers both."""
+OUTAGE_BOUND_S = 3.0
+"""The client's longest run of lost probes to a VIP of the killed node (fast: ~0.1-0.2 s)."""
 FAILOVER_BOUND_S = 5.0
 """From `lab kill`: token loss or a failed hop (fast profile: < 0.3 s) plus the status
 files' delay."""
@@ -93,7 +97,7 @@ def test_daemons_form_one_ring_owning_every_vip_once(daemon_lab: Lab) -> None:
         assert daemon.rss_kb is not None, daemon
         assert daemon.rss_kb > 0, daemon
         assert daemon.document is not None
-        assert daemon.document["data_plane"] == "none"
+        assert daemon.document["data_plane"] == "linux"
         log = (daemon_lab.state_dir / "nodes" / daemon.node.name / "daemon.log").read_text()
         assert f"node {daemon.node_id} incarnation 1 listening on {daemon.node.front}:7400" in log
     key = daemon_lab.state_dir / builder.KEY_FILE
@@ -151,36 +155,81 @@ def test_lab_status_shows_the_daemons(daemon_lab: Lab) -> None:
         assert daemon["node"] in output
 
 
+def test_each_vip_answers_the_client_from_its_owners_mac(daemon_lab: Lab) -> None:
+    status = builder.status(daemon_lab.state_dir)
+    vips = all_vips(daemon_lab)
+    started = time.monotonic()
+    watchers = builder.start_watchers(daemon_lab.state_dir)
+    demo.wait_for_probes(watchers, vips, since=time.time())
+    FIGURES["prober started, every VIP answering"] = time.monotonic() - started
+    neighbours = demo.client_neighbours(status)
+    macs = demo.owner_macs(status)
+    assert set(macs) == vips
+    for vip in sorted(vips):
+        assert neighbours.get(vip) == macs[vip], (vip, neighbours, macs)
+    # ARP: exactly the owner answers (the others hold the VIP on rainctl0, arp_ignore=1).
+    arpings = {
+        vip: subprocess.Popen(
+            ["ip", "netns", "exec", status.plan.client.namespace, "arping", *ARPING, vip],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for vip in sorted(vips)
+    }
+    for vip, process in arpings.items():
+        output, _ = process.communicate(timeout=10)
+        responders = {mac.lower() for mac in re.findall(r"\[([0-9A-Fa-f:]{17})\]", output)}
+        assert responders == {macs[vip]}, (vip, output)
+    code, output = daemon_lab.rainctl("status", "--json")
+    assert code == 0, output
+    for daemon in json.loads(output)["daemons"]:
+        assert daemon["status"]["data_plane"] == "linux"
+
+
 def test_kill_of_a_vip_owner_moves_its_vips_to_the_survivors(daemon_lab: Lab) -> None:
+    """The demo's core path: the client's outage and the new owner's GARP on br0."""
     vips = all_vips(daemon_lab)
     vip = min(vips)
     status = builder.status(daemon_lab.state_dir)
     victim = next(d for d in status.daemons if vip in d.owned)
     survivors = {d.node_id for d in status.daemons} - {victim.node_id}
-    killed_at = time.time()
-    started = time.monotonic()
-    code, output = daemon_lab.rainctl("kill", victim.node.name)
-    assert code == 0, output
-    status, seen = wait_for(
-        daemon_lab,
-        lambda s: agree([d for d in s.daemons if d.node_id in survivors], survivors, vips),
-        FAILOVER_BOUND_S,
-        f"the survivors {sorted(survivors)} in a ring of their own owning every VIP",
-    )
-    failover_s = seen - started
-    FIGURES[f"failover seen through the status files (kill of {vip}'s owner)"] = failover_s
-    installed = _ring_installed_after(daemon_lab, survivors, killed_at)
-    print(
-        f"{vip} left node {victim.node_id} (killed); survivors {sorted(survivors)} report a "
-        f"2-member ring owning it {failover_s:.2f} s after the kill started (status files "
-        f"add up to {STATUS_INTERVAL_S:g} s); their logs: ring installed {installed}"
-    )
+    watch = daemon_lab.state_dir / builder.WATCH_DIR
+    watchers = builder.Watchers(watch / builder.PROBE_LOG, watch / builder.GARP_LOG)
+    result = demo.failover(daemon_lab.state_dir, watchers, vip)
+    assert result.victim == victim.node.name
+    FIGURES[f"failover seen through the status files (kill of {vip}'s owner)"] = result.agreed_s
+    installed = _ring_installed_after(daemon_lab, survivors, result.killed_at)
     NOTES.append(f"failover in the daemons' logs (ring of 2 installed after the kill): {installed}")
-    assert failover_s < FAILOVER_BOUND_S
+    assert result.agreed_s < FAILOVER_BOUND_S
+    status = builder.status(daemon_lab.state_dir)
+    assert agree([d for d in status.daemons if d.node_id in survivors], survivors, vips)
     dead = next(d for d in status.daemons if d.node_id == victim.node_id)
     assert dead.state == "stale"
-    new_owner = next(d for d in status.daemons if vip in d.owned and d.node_id in survivors)
-    assert new_owner.node_id != victim.node_id
+    assert {o.vip for o in result.vips} == set(victim.owned)
+    for outcome in result.vips:
+        print(
+            f"{outcome.vip}: {outcome.old_owner} -> {outcome.new_owner}, client outage "
+            f"{outcome.outage_ms} ms ({outcome.lost} probes lost), GARP after {outcome.garp_ms} ms"
+        )
+        assert outcome.new_owner is not None
+        assert outcome.new_owner != victim.node.name
+        assert outcome.outage_ms is not None, f"{outcome.vip} never answered the client again"
+        assert outcome.outage_ms < OUTAGE_BOUND_S * 1000, outcome
+        assert outcome.garp_ms is not None, f"no GARP for {outcome.vip} on br0"
+        assert outcome.garp_mac == outcome.new_owner_mac, outcome
+        assert outcome.client_mac == outcome.new_owner_mac, outcome
+    first = next(o for o in result.vips if o.vip == vip)
+    assert first.outage_ms is not None
+    assert first.garp_ms is not None
+    FIGURES[f"client-observed outage of {vip} (10 ms ICMP probes)"] = first.outage_ms / 1000
+    FIGURES[f"first GARP for {vip} on br0 after the kill"] = first.garp_ms / 1000
+    assert (
+        demo.problems(
+            demo.Trial(profile="fast", nodes=DAEMON_NODES, ring_s=0.0, before={}, failover=result)
+        )
+        == []
+    )
 
 
 def _ring_installed_after(lab: Lab, survivors: set[int], killed_at: float) -> str:

@@ -1,0 +1,238 @@
+"""The lab's resident watchers: a VIP prober for the client and a GARP reader for the switch.
+
+`python -m rainctl.lab.probe ping --output FILE VIP...` runs in the client namespace (root):
+one process, one raw ICMP socket, and every `--interval` (10 ms) an echo request to each VIP,
+which the owner's kernel answers with no service running. It logs one line per sent probe and
+per reply, wall-clock time (the client namespace shares the host's clock):
+
+    S <time> <vip> <seq>        a probe sent
+    R <time> <vip> <seq>        its echo reply arrived
+
+`python -m rainctl.lab.probe garp --output FILE --interface br0` runs in the switch namespace:
+one AF_PACKET socket for ARP on the bridge, one line per gratuitous ARP (sender address =
+target address, request or reply):
+
+    G <time> <sender mac> <address> <op>
+
+Neither ever forks (LAB.md pitfall 1); both run until SIGKILLed (`rainctl lab down`).
+`outages()` and `garps()` read the logs back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+INTERVAL_S = 0.01
+ETH_P_ARP = 0x0806
+_ICMP_ECHO_REQUEST = 8
+_ICMP_ECHO_REPLY = 0
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
+
+
+def echo_request(ident: int, seq: int) -> bytes:
+    """An ICMP echo request with an 8-byte payload."""
+    payload = b"rainctl!"
+    header = struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    checksum = _checksum(header + payload)
+    return struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, checksum, ident, seq) + payload
+
+
+def parse_echo_reply(packet: bytes, ident: int) -> int | None:
+    """The sequence number of an echo reply to `ident` in a raw IPv4 packet, else None."""
+    if len(packet) < 20:
+        return None
+    header_len = (packet[0] & 0x0F) * 4
+    icmp = packet[header_len : header_len + 8]
+    if len(icmp) < 8:
+        return None
+    kind, _code, _sum, reply_ident, seq = struct.unpack("!BBHHH", icmp)
+    if kind != _ICMP_ECHO_REPLY or reply_ident != ident:
+        return None
+    return int(seq)
+
+
+def run_prober(vips: Sequence[str], output: Path, interval_s: float = INTERVAL_S) -> None:
+    """Probe every VIP each `interval_s` for ever, logging sends and replies to `output`."""
+    ident = os.getpid() & 0xFFFF
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.setblocking(False)
+    with output.open("a", encoding="ascii", buffering=1) as log:
+        seq = 0
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_tick:
+                seq = (seq + 1) & 0xFFFF
+                for index, vip in enumerate(vips):
+                    # One sequence space per VIP: seq * n + index identifies VIP and round.
+                    wire_seq = (seq * len(vips) + index) & 0xFFFF
+                    with contextlib.suppress(OSError):  # no route yet: counted as lost
+                        sock.sendto(echo_request(ident, wire_seq), (vip, 0))
+                    log.write(f"S {time.time():.6f} {vip} {wire_seq}\n")
+                next_tick += interval_s
+                if next_tick < now:  # fell behind (host busy): do not burst
+                    next_tick = now + interval_s
+            readable, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
+            if not readable:
+                continue
+            while True:
+                try:
+                    packet, (source, _port) = sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                reply_seq = parse_echo_reply(packet, ident)
+                if reply_seq is not None:
+                    log.write(f"R {time.time():.6f} {source} {reply_seq}\n")
+
+
+def parse_garp(frame: bytes) -> tuple[str, str, int] | None:
+    """(sender MAC, address, op) of a gratuitous ARP Ethernet frame, else None."""
+    if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
+        return None
+    arp = frame[14:42]
+    _htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", arp[:8])
+    if ptype != 0x0800 or hlen != 6 or plen != 4:
+        return None
+    sender_mac = arp[8:14]
+    sender_ip = arp[14:18]
+    target_ip = arp[24:28]
+    if sender_ip != target_ip:
+        return None
+    return sender_mac.hex(":"), str(ipaddress.IPv4Address(sender_ip)), int(op)
+
+
+def run_garp_reader(interface: str, output: Path) -> None:
+    """Log every gratuitous ARP seen on `interface` to `output`, for ever."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    sock.bind((interface, ETH_P_ARP))
+    with output.open("a", encoding="ascii", buffering=1) as log:
+        while True:
+            frame = sock.recv(2048)
+            seen = time.time()
+            garp = parse_garp(frame)
+            if garp is not None:
+                mac, address, op = garp
+                log.write(f"G {seen:.6f} {mac} {address} {op}\n")
+
+
+# ---- reading the logs back ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The longest run of lost probes of one VIP."""
+
+    vip: str
+    start: float
+    """When the first lost probe of the run was sent (wall clock)."""
+    end: float | None
+    """When the first answered probe after it was sent; None: not answered again yet."""
+    lost: int
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+def outages(log: Path, *, since: float, until: float | None = None) -> dict[str, Outage | None]:
+    """Per VIP, the longest run of lost probes among those sent in [since, until].
+
+    A probe counts as lost when no reply with its sequence number arrived; a VIP with no lost
+    probe maps to None.
+    """
+    sent: dict[str, list[tuple[float, int]]] = {}
+    answered: set[tuple[str, int]] = set()
+    for line in log.read_text(encoding="ascii").splitlines():
+        fields = line.split()
+        if len(fields) != 4:
+            continue  # a line being written
+        kind, stamp, vip, seq = fields
+        if kind == "S":
+            sent.setdefault(vip, []).append((float(stamp), int(seq)))
+        elif kind == "R":
+            answered.add((vip, int(seq)))
+    result: dict[str, Outage | None] = {}
+    for vip, probes in sent.items():
+        best: Outage | None = None
+        run_start: float | None = None
+        run_lost = 0
+        for sent_at, number in probes:
+            if sent_at < since or (until is not None and sent_at > until):
+                continue
+            if (vip, number) in answered:
+                if run_start is not None and (best is None or run_lost > best.lost):
+                    best = Outage(vip, run_start, sent_at, run_lost)
+                run_start, run_lost = None, 0
+            else:
+                if run_start is None:
+                    run_start = sent_at
+                run_lost += 1
+        if run_start is not None and (best is None or run_lost > best.lost):
+            best = Outage(vip, run_start, None, run_lost)
+        result[vip] = best
+    return result
+
+
+def answered(log: Path, *, since: float) -> set[str]:
+    """The VIPs that answered at least one probe sent at or after `since`."""
+    sent: dict[tuple[str, int], float] = {}
+    result: set[str] = set()
+    for line in log.read_text(encoding="ascii").splitlines():
+        fields = line.split()
+        if len(fields) != 4:
+            continue
+        kind, stamp, vip, seq = fields
+        if kind == "S":
+            sent[(vip, int(seq))] = float(stamp)
+        elif kind == "R" and sent.get((vip, int(seq)), 0.0) >= since:
+            result.add(vip)
+    return result
+
+
+def garps(log: Path) -> list[tuple[float, str, str]]:
+    """Every gratuitous ARP logged: (time, sender MAC, address)."""
+    seen = []
+    for line in log.read_text(encoding="ascii").splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[0] == "G":
+            seen.append((float(fields[1]), fields[2], fields[3]))
+    return seen
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rainctl.lab.probe")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ping = commands.add_parser("ping", help="probe VIPs with ICMP echo")
+    ping.add_argument("--output", type=Path, required=True)
+    ping.add_argument("--interval", type=float, default=INTERVAL_S)
+    ping.add_argument("vips", nargs="+")
+    garp = commands.add_parser("garp", help="log gratuitous ARP on an interface")
+    garp.add_argument("--output", type=Path, required=True)
+    garp.add_argument("--interface", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "ping":
+        run_prober(args.vips, args.output, args.interval)
+    else:
+        run_garp_reader(args.interface, args.output)
+
+
+if __name__ == "__main__":
+    main()

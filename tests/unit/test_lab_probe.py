@@ -1,0 +1,127 @@
+"""The lab's prober and GARP reader codecs, their logs and the demo's verdicts (no root)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rainctl.cli.app import app
+from rainctl.lab import probe
+from rainctl.lab.demo import Failover, Trial, VipOutcome, problems
+
+
+def _ip_packet(payload: bytes) -> bytes:
+    return bytes([0x45]) + bytes(19) + payload
+
+
+def test_echo_request_has_a_valid_checksum_and_parses_as_a_reply() -> None:
+    request = probe.echo_request(0x1234, 7)
+    assert probe._checksum(request) == 0
+    reply = bytes([0]) + request[1:]
+    assert probe.parse_echo_reply(_ip_packet(reply), 0x1234) == 7
+    assert probe.parse_echo_reply(_ip_packet(reply), 0x1235) is None
+    assert probe.parse_echo_reply(_ip_packet(request), 0x1234) is None  # a request
+    assert probe.parse_echo_reply(b"short", 0x1234) is None
+
+
+def _arp_frame(sender_ip: bytes, target_ip: bytes, op: int = 1) -> bytes:
+    mac = bytes.fromhex("02524c000200")
+    ethernet = b"\xff" * 6 + mac + struct.pack("!H", probe.ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + sender_ip + bytes(6) + target_ip
+    return ethernet + arp
+
+
+def test_parse_garp_accepts_only_gratuitous_arp() -> None:
+    vip = bytes([198, 18, 0, 100])
+    assert probe.parse_garp(_arp_frame(vip, vip)) == ("02:52:4c:00:02:00", "198.18.0.100", 1)
+    assert probe.parse_garp(_arp_frame(vip, vip, op=2)) == ("02:52:4c:00:02:00", "198.18.0.100", 2)
+    assert probe.parse_garp(_arp_frame(vip, bytes([198, 18, 0, 10]))) is None
+    assert probe.parse_garp(b"\0" * 20) is None
+
+
+def test_outages_take_the_longest_run_of_lost_probes(tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    lines = []
+    for seq in range(10):
+        lines.append(f"S {100 + seq * 0.01:.6f} 198.18.0.100 {seq}")
+        lines.append(f"S {100 + seq * 0.01:.6f} 198.18.0.101 {seq}")
+        lines.append(f"R {100 + seq * 0.01 + 0.001:.6f} 198.18.0.101 {seq}")
+        if seq not in {1, 4, 5, 6}:
+            lines.append(f"R {100 + seq * 0.01 + 0.001:.6f} 198.18.0.100 {seq}")
+    log.write_text("\n".join(lines) + "\nS 1", encoding="ascii")  # a line being written
+    runs = probe.outages(log, since=0)
+    assert runs["198.18.0.101"] is None
+    run = runs["198.18.0.100"]
+    assert run is not None
+    assert run.lost == 3
+    assert run.duration_s is not None
+    assert abs(run.duration_s - 0.03) < 1e-6
+    assert probe.outages(log, since=100.065)["198.18.0.100"] is None
+    assert probe.answered(log, since=100.085) == {"198.18.0.100", "198.18.0.101"}
+    assert probe.answered(log, since=200) == set()
+
+
+def test_an_unfinished_outage_has_no_end(tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    log.write_text("S 1.0 a 1\nR 1.1 a 1\nS 2.0 a 2\nS 3.0 a 3\n", encoding="ascii")
+    run = probe.outages(log, since=0)["a"]
+    assert run is not None
+    assert run.end is None
+    assert run.duration_s is None
+    assert run.lost == 2
+
+
+def test_garps_reads_the_reader_log(tmp_path: Path) -> None:
+    log = tmp_path / "garp.log"
+    log.write_text("G 5.5 02:52:4c:00:02:00 198.18.0.100 1\nG 6", encoding="ascii")
+    assert probe.garps(log) == [(5.5, "02:52:4c:00:02:00", "198.18.0.100")]
+
+
+def _trial(**changes: object) -> Trial:
+    fields: dict[str, object] = {
+        "vip": "198.18.0.100",
+        "old_owner": "rlab-node1",
+        "new_owner": "rlab-node2",
+        "new_owner_mac": "02:52:4c:00:02:00",
+        "outage_ms": 150.0,
+        "lost": 15,
+        "garp_ms": 140.0,
+        "garp_mac": "02:52:4c:00:02:00",
+        "client_mac": "02:52:4c:00:02:00",
+    }
+    fields.update(changes)
+    outcome = VipOutcome(**fields)  # type: ignore[arg-type]
+    return Trial(
+        profile="fast",
+        nodes=3,
+        ring_s=6.0,
+        before={"198.18.0.100": ("02:52:4c:00:01:00", "02:52:4c:00:01:00")},
+        failover=Failover(victim="rlab-node1", killed_at=1.0, agreed_s=0.3, vips=(outcome,)),
+    )
+
+
+def test_demo_problems() -> None:
+    assert problems(_trial()) == []
+    assert problems(_trial(outage_ms=None)) == ["198.18.0.100: the client never reached it again"]
+    assert problems(_trial(garp_mac=None, garp_ms=None)) == [
+        "198.18.0.100: no GARP seen on br0 after the kill"
+    ]
+    assert problems(_trial(garp_mac="02:52:4c:00:03:00")) == [
+        "198.18.0.100: GARP from 02:52:4c:00:03:00, not the new owner"
+    ]
+
+
+def test_demo_refuses_bad_options(tmp_path: Path) -> None:
+    for arguments, message in (
+        (["--profile", "slow"], "--profile"),
+        (["--trials", "0"], "--trials"),
+        (["--nodes", "1"], "--nodes"),
+    ):
+        result = CliRunner().invoke(
+            app, ["lab", "demo", *arguments, "--state-dir", str(tmp_path / "s")]
+        )
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert not (tmp_path / "s").exists()
