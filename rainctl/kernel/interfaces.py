@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Protocol
 
 from rainctl.core.types import Vip
+from rainctl.kernel.ipvs import RealServer, ServiceEntry, VirtualService
 
 
 class DataPlane(Enum):
@@ -45,3 +46,30 @@ class VipAddresses(Protocol):
 class ArpAnnouncer(Protocol):
     def announce(self, vips: Sequence[Vip]) -> None:
         """Send gratuitous ARP / unsolicited NA for these owned VIPs."""
+
+
+class IpvsTable(Protocol):
+    """The kernel's IPVS virtual services and their real servers (rainctl.kernel.ipvs values).
+
+    Adds of an identical existing object and deletes of a missing one succeed (idempotent);
+    an add that conflicts with an existing object's settings, an update of a missing object,
+    and real-server calls on a missing service raise `IpvsError` (a `KernelError`) with the
+    kernel's errno. Implementations: `MemoryIpvsTable` and `LinuxIpvsTable` (pyroute2); one
+    contract suite (tests/contract/test_ipvs_table.py) holds both to the same behaviour.
+    """
+
+    def list_services(self) -> list[ServiceEntry]:
+        """Every service with its real servers and counters, in `service_order`."""
+
+    def add_service(self, service: VirtualService) -> None: ...
+    def update_service(self, service: VirtualService) -> None: ...
+    def delete_service(self, service: VirtualService) -> None:
+        """Delete the service and its real servers."""
+
+    def add_real_server(self, service: VirtualService, server: RealServer) -> None: ...
+    def update_real_server(self, service: VirtualService, server: RealServer) -> None:
+        """Change the weight (0 drains) or the forwarding method of an existing server."""
+
+    def delete_real_server(self, service: VirtualService, server: RealServer) -> None: ...
+    def flush(self) -> None:
+        """Delete every service (and real server) of the table."""

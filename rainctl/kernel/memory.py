@@ -8,10 +8,19 @@ They enforce the same contract as a real adapter: only configured VIPs can be ow
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Sequence
 
 from rainctl.core.types import Vip
+from rainctl.kernel.ipvs import (
+    IpvsError,
+    RealServer,
+    RealServerEntry,
+    ServiceEntry,
+    VirtualService,
+    service_order,
+)
 
 
 class MemoryVipAddresses:
@@ -56,3 +65,102 @@ class MemoryArpAnnouncer:
     def announce(self, vips: Sequence[Vip]) -> None:
         with self._lock:
             self.announced.append(tuple(vips))
+
+
+class MemoryIpvsTable:
+    """An IPVS table as the kernel holds it, with the kernel's errnos (ESRCH for a missing
+    service, ENOENT for a missing real server, EEXIST for a conflicting add) and the adapter
+    contract on top (identical add and missing delete succeed). Counters stay zero.
+    Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[tuple[object, ...], VirtualService] = {}
+        self._servers: dict[tuple[object, ...], dict[tuple[str, int], RealServer]] = {}
+        self.changes = 0
+        """How many calls changed something (idempotent calls do not count)."""
+
+    def list_services(self) -> list[ServiceEntry]:
+        with self._lock:
+            return [
+                ServiceEntry(
+                    service,
+                    tuple(
+                        RealServerEntry(server)
+                        for _key, server in sorted(self._servers[service.key].items())
+                    ),
+                )
+                for service in sorted(self._services.values(), key=service_order)
+            ]
+
+    def add_service(self, service: VirtualService) -> None:
+        with self._lock:
+            existing = self._services.get(service.key)
+            if existing == service:
+                return
+            if existing is not None:
+                raise IpvsError(
+                    f"add service {service}", errno.EEXIST, "exists with other settings"
+                )
+            self._services[service.key] = service
+            self._servers[service.key] = {}
+            self.changes += 1
+
+    def update_service(self, service: VirtualService) -> None:
+        with self._lock:
+            existing = self._services.get(service.key)
+            if existing is None:
+                raise IpvsError(f"update service {service}", errno.ESRCH)
+            if existing != service:
+                self._services[service.key] = service
+                self.changes += 1
+
+    def delete_service(self, service: VirtualService) -> None:
+        with self._lock:
+            if self._services.pop(service.key, None) is not None:
+                del self._servers[service.key]
+                self.changes += 1
+
+    def _servers_of(
+        self, operation: str, service: VirtualService
+    ) -> dict[tuple[str, int], RealServer]:
+        servers = self._servers.get(service.key)
+        if servers is None:
+            raise IpvsError(operation, errno.ESRCH)
+        return servers
+
+    def add_real_server(self, service: VirtualService, server: RealServer) -> None:
+        operation = f"add real server {server} to {service}"
+        with self._lock:
+            servers = self._servers_of(operation, service)
+            existing = servers.get(server.key)
+            if existing == server:
+                return
+            if existing is not None:
+                raise IpvsError(operation, errno.EEXIST, "exists with other settings")
+            servers[server.key] = server
+            self.changes += 1
+
+    def update_real_server(self, service: VirtualService, server: RealServer) -> None:
+        operation = f"update real server {server} of {service}"
+        with self._lock:
+            servers = self._servers_of(operation, service)
+            existing = servers.get(server.key)
+            if existing is None:
+                raise IpvsError(operation, errno.ENOENT)
+            if existing != server:
+                servers[server.key] = server
+                self.changes += 1
+
+    def delete_real_server(self, service: VirtualService, server: RealServer) -> None:
+        with self._lock:
+            servers = self._servers.get(service.key)
+            if servers is not None and servers.pop(server.key, None) is not None:
+                self.changes += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._services:
+                self._services.clear()
+                self._servers.clear()
+                self.changes += 1

@@ -32,6 +32,7 @@ from rainctl.lab.plan import (
     BACKEND_PORT,
     UML_MODULES_DIR,
     DaemonLaunch,
+    GuestJob,
     Host,
     LabPlan,
     Node,
@@ -316,6 +317,17 @@ def _scratch(state_dir: Path, node: Node) -> Path:
     return state_dir / "nodes" / node.name
 
 
+def job_output(state_dir: Path, job: GuestJob) -> Path:
+    """Where the first node writes the result of the `job` given to `up` (whole, once done)."""
+    state = _load_state(state_dir.absolute())
+    if state is None:
+        raise LabError(f"no lab is recorded in {state_dir}")
+    plan = plan_lab(
+        nodes=state.nodes, backends=state.backends, prefix=state.prefix, memory_mb=state.memory_mb
+    )
+    return _scratch(state_dir.absolute(), plan.nodes[0]) / job.output
+
+
 def _uml_dir(state_dir: Path) -> Path:
     return state_dir / "uml"
 
@@ -352,11 +364,13 @@ def up(
     kernel: Path = DEFAULT_KERNEL,
     timeout_s: float = BOOT_TIMEOUT_S,
     profile: str | None = None,
+    job: GuestJob | None = None,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
     With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
-    profile, and `up` waits until each daemon answers its status helper.
+    profile, and `up` waits until each daemon answers its status helper. With a `job`, the
+    first node also runs it once after its ready marker (`job_output` names its result file).
     On any failure everything built so far is torn down before the error propagates.
     """
     try:
@@ -392,7 +406,7 @@ def up(
             daemon = _write_cluster_files(state_dir, config)
         _build_network(plan)
         _start_backends(plan, state, state_dir)
-        _start_nodes(plan, state, state_dir, kernel, daemon)
+        _start_nodes(plan, state, state_dir, kernel, daemon, job=job)
         _wait_ready(plan, state, state_dir, timeout_s)
     except BaseException:
         down(state_dir)
@@ -471,7 +485,13 @@ def memory_dir(shm_free_mb: int, needed_mb: int, fallback: Path) -> Path:
 
 
 def _start_nodes(
-    plan: LabPlan, state: _State, state_dir: Path, kernel: Path, daemon: DaemonLaunch | None
+    plan: LabPlan,
+    state: _State,
+    state_dir: Path,
+    kernel: Path,
+    daemon: DaemonLaunch | None,
+    *,
+    job: GuestJob | None = None,
 ) -> None:
     uml_dir = _uml_dir(state_dir)
     uml_dir.mkdir(parents=True, exist_ok=True)
@@ -487,7 +507,9 @@ def _start_nodes(
         shutil.rmtree(uml_dir / node.name, ignore_errors=True)
         scratch.mkdir(parents=True)
         init = scratch / "init.sh"
-        init.write_text(init_script(plan, node, str(scratch), daemon), encoding="utf-8")
+        node_job = job if node is plan.nodes[0] else None
+        script = init_script(plan, node, str(scratch), daemon, node_job)
+        init.write_text(script, encoding="utf-8")
         init.chmod(0o755)
         command = uml_command(
             plan, node, kernel=str(kernel), uml_dir=str(uml_dir), init_path=str(init)

@@ -254,6 +254,21 @@ class DaemonLaunch:
     """The cluster config on the host's filesystem."""
 
 
+@dataclass(frozen=True, slots=True)
+class GuestJob:
+    """A one-shot command a node runs once its ready marker is written (tests: an in-guest
+    pytest run). Its stdout and stderr, then a last line `exit status N`, go to `output` in
+    the node's scratch directory, written whole (tmp + rename) when the command ends."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    """A directory of the host's filesystem (the guest's root is hostfs)."""
+    output: str = "job.txt"
+
+
+JOB_EXIT_PREFIX = "exit status "
+
+
 # ---- the guest's init script ---------------------------------------------------------------
 
 _INIT_TEMPLATE = string.Template(
@@ -293,7 +308,7 @@ done
 # The ready marker lists the IPVS modules the guest really has loaded.
 grep -E '^ip_vs' /proc/modules | cut -d ' ' -f 1 > $scratch/ready.tmp
 mv $scratch/ready.tmp $scratch/ready
-$daemon# Idle on builtins only (LAB.md pitfall 1): a read on a FIFO opened read-write never sees
+$daemon$job# Idle on builtins only (LAB.md pitfall 1): a read on a FIFO opened read-write never sees
 # end of file. A later agent may write "halt" into it; otherwise the node ends by kill or
 # `uml_mconsole ... halt`.
 mkfifo /run/rainctl/idle
@@ -325,12 +340,38 @@ $python -m rainctl.lab.agent --socket $socket --daemon-pid "$$daemon_pid" \
 )
 
 
-def init_script(plan: LabPlan, node: Node, scratch: str, daemon: DaemonLaunch | None = None) -> str:
+_JOB_TEMPLATE = string.Template(
+    r"""# A one-shot job (rainctl.lab.plan.GuestJob), in the background so the node idles as usual.
+(
+    (cd $cwd && exec $command) < /dev/null > $scratch/$output.tmp 2>&1
+    echo "$exit_prefix$$?" >> $scratch/$output.tmp
+    mv $scratch/$output.tmp $scratch/$output
+) &
+"""
+)
+
+
+def init_script(
+    plan: LabPlan,
+    node: Node,
+    scratch: str,
+    daemon: DaemonLaunch | None = None,
+    job: GuestJob | None = None,
+) -> str:
     """The shell script UML runs as PID 1; `scratch` is the node's directory on the host.
 
     With `daemon`, the node also starts its `rainctl daemon` and status helper once the
-    ready marker is written.
+    ready marker is written; with `job`, it also runs that command once, in the background.
     """
+    job_section = ""
+    if job is not None:
+        job_section = _JOB_TEMPLATE.substitute(
+            cwd=shlex.quote(job.cwd),
+            command=shlex.join(job.argv),
+            scratch=shlex.quote(scratch),
+            output=shlex.quote(job.output),
+            exit_prefix=JOB_EXIT_PREFIX,
+        )
     daemon_section = ""
     if daemon is not None:
         daemon_section = _DAEMON_TEMPLATE.substitute(
@@ -356,6 +397,7 @@ def init_script(plan: LabPlan, node: Node, scratch: str, daemon: DaemonLaunch | 
         addresses="\n".join(lines),
         modules=" ".join(IPVS_MODULES),
         daemon=daemon_section,
+        job=job_section,
     )
 
 

@@ -1,0 +1,60 @@
+"""The IPVS contract suite (tests/contract/test_ipvs_table.py) against a real kernel: a 1-node
+lab whose node runs that file with pytest once it has loaded IPVS (`up(job=...)`), both the
+in-memory and the real-kernel (`ipvs_kernel`) cases; the host waits for the node's result
+file and asserts the run passed. The guest's root is the host's filesystem, so the node runs
+this checkout with the host's interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rainctl.lab import builder
+from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
+from tests.lab.conftest import FIGURES, NOTES, _require_lab_machine
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT_BOUND_S = 300.0
+"""A bound: Python and pytest start slowly inside UML (0.3-1 s per interpreter start)."""
+
+JOB = GuestJob(
+    argv=(
+        sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+        "-m", "ipvs_kernel or not ipvs_kernel", "tests/contract/test_ipvs_table.py",
+    ),
+    cwd=str(ROOT),
+    output="ipvs-contract.txt",
+)  # fmt: skip
+
+
+def test_ipvs_contract_inside_a_lab_node(tmp_path: Path) -> None:
+    _require_lab_machine()
+    state_dir = tmp_path / "ipvs-lab"
+    prefix = f"rli{os.getpid() % 100_000}"
+    started = time.monotonic()
+    try:
+        builder.up(state_dir, nodes=1, backends=0, prefix=prefix, memory_mb=256, job=JOB)
+        result = builder.job_output(state_dir, JOB)
+        deadline = time.monotonic() + RESULT_BOUND_S
+        while not result.exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"no result from the node within {RESULT_BOUND_S:.0f} s")
+            time.sleep(0.5)
+        FIGURES["ipvs contract in a lab node (up + in-guest pytest)"] = time.monotonic() - started
+        output = result.read_text(encoding="utf-8")
+    finally:
+        builder.down(state_dir)
+    print(output)
+    lines = output.strip().splitlines()
+    NOTES.extend(line.strip() for line in lines if line.strip().startswith("IPVS-FIGURES"))
+    assert lines[-1] == f"{JOB_EXIT_PREFIX}0", output
+    summary = [line for line in lines if " passed" in line]
+    assert summary, output
+    assert "deselected" not in summary[-1], summary[-1]
+    assert "skipped" not in summary[-1], summary[-1]
+    assert "IPVS-FIGURES" in output, output

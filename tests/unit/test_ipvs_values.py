@@ -1,0 +1,240 @@
+"""IPVS values, the in-memory table's errno semantics, and golden bytes of the netlink
+requests the pyroute2 adapter sends (encoded offline: the host kernel has no IPVS)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+from pyroute2.netlink.generic import ipvs as nl
+
+from rainctl.errors import KernelError
+from rainctl.kernel.interfaces import IpvsTable
+from rainctl.kernel.ipvs import (
+    Forwarding,
+    IpProtocol,
+    IpvsError,
+    RealServer,
+    RealServerEntry,
+    ServiceEntry,
+    VirtualService,
+    decode_dest,
+    decode_service,
+    dest_attrs,
+    encode_request,
+    service_attrs,
+)
+from rainctl.kernel.memory import MemoryIpvsTable
+
+WEB = VirtualService("192.0.2.10", 80, IpProtocol.TCP, "wlc", persistence_s=300)
+DNS6 = VirtualService("2001:db8::10", 443, IpProtocol.UDP, "rr")
+RS1 = RealServer("198.18.1.11", 80, weight=5, forwarding=Forwarding.NAT)
+RS2 = RealServer("198.18.1.12", 80)
+
+# ---- values --------------------------------------------------------------------------------
+
+
+def test_defaults_and_canonical_addresses() -> None:
+    service = VirtualService("2001:DB8:0::10", 443)
+    assert service.address == "2001:db8::10"
+    assert (service.protocol, service.scheduler, service.persistence_s, service.flags) == (
+        IpProtocol.TCP,
+        "wlc",
+        0,
+        0,
+    )
+    assert service.key == ("2001:db8::10", 443, IpProtocol.TCP)
+    assert str(service) == "tcp [2001:db8::10]:443"
+    server = RealServer("198.18.1.11", 8080)
+    assert (server.weight, server.forwarding) == (1, Forwarding.DR)
+    assert str(server) == "198.18.1.11:8080"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"address": "not-an-ip", "port": 80}, "not an IPv4 or IPv6 address"),
+        ({"address": "192.0.2.1", "port": 0}, "not in 1..65535"),
+        ({"address": "192.0.2.1", "port": 65536}, "not in 1..65535"),
+        ({"address": "192.0.2.1", "port": 80, "scheduler": ""}, "scheduler"),
+        ({"address": "192.0.2.1", "port": 80, "scheduler": "x" * 16}, "scheduler"),
+        ({"address": "192.0.2.1", "port": 80, "persistence_s": -1}, "persistence_s"),
+        ({"address": "192.0.2.1", "port": 80, "flags": 0x1}, "flags"),
+        ({"address": "192.0.2.1", "port": 80, "flags": 0x2}, "flags"),
+    ],
+)
+def test_invalid_services(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VirtualService(**kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_real_servers_and_types() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        RealServer("198.18.1.11", 80, weight=-1)
+    with pytest.raises(ValueError, match="weight"):
+        RealServer("198.18.1.11", 80, weight=2**31)
+    with pytest.raises(ValueError, match="port"):
+        RealServer("198.18.1.11", 0)
+    with pytest.raises(TypeError, match="Forwarding"):
+        RealServer("198.18.1.11", 80, forwarding="dr")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="IpProtocol"):
+        VirtualService("192.0.2.1", 80, protocol="tcp")  # type: ignore[arg-type]
+    assert VirtualService("192.0.2.1", 80, flags=0x3C).flags == 0x3C
+
+
+def test_ipvs_error_is_one_line_kernel_error() -> None:
+    error = IpvsError("add service tcp 192.0.2.10:80", errno.EEXIST, "exists with other settings")
+    assert isinstance(error, KernelError)
+    assert error.errno == errno.EEXIST
+    assert str(error) == "ipvs add service tcp 192.0.2.10:80: EEXIST (exists with other settings)"
+    assert "\n" not in str(IpvsError("dump services", errno.ENOENT))
+
+
+# ---- the in-memory table -------------------------------------------------------------------
+
+
+def test_memory_table_idempotent_adds_and_deletes() -> None:
+    table: IpvsTable = MemoryIpvsTable()
+    table.add_service(WEB)
+    table.add_service(WEB)
+    table.add_real_server(WEB, RS1)
+    table.add_real_server(WEB, RS1)
+    table.add_real_server(WEB, RS2)
+    assert table.list_services() == [
+        ServiceEntry(WEB, (RealServerEntry(RS1), RealServerEntry(RS2)))
+    ]
+    table.delete_real_server(WEB, RS2)
+    table.delete_real_server(WEB, RS2)
+    table.delete_real_server(DNS6, RS2)  # missing service: success too
+    table.delete_service(DNS6)
+    assert table.list_services() == [ServiceEntry(WEB, (RealServerEntry(RS1),))]
+    table.delete_service(WEB)
+    assert table.list_services() == []
+    assert isinstance(table, MemoryIpvsTable)
+    assert table.changes == 5
+
+
+@pytest.mark.parametrize(
+    ("action", "code"),
+    [
+        (lambda t: t.add_service(VirtualService("192.0.2.10", 80, scheduler="rr")), errno.EEXIST),
+        (lambda t: t.update_service(DNS6), errno.ESRCH),
+        (lambda t: t.add_real_server(DNS6, RS1), errno.ESRCH),
+        (lambda t: t.update_real_server(DNS6, RS1), errno.ESRCH),
+        (lambda t: t.update_real_server(WEB, RS2), errno.ENOENT),
+        (lambda t: t.add_real_server(WEB, RealServer("198.18.1.11", 80, weight=9)), errno.EEXIST),
+    ],
+)
+def test_memory_table_kernel_errnos(action: object, code: int) -> None:
+    table = MemoryIpvsTable()
+    table.add_service(WEB)
+    table.add_real_server(WEB, RS1)
+    with pytest.raises(IpvsError) as caught:
+        action(table)  # type: ignore[operator]
+    assert caught.value.errno == code
+
+
+def test_memory_table_updates_sorting_and_flush() -> None:
+    table = MemoryIpvsTable()
+    for service in (DNS6, WEB, VirtualService("192.0.2.9", 53, IpProtocol.UDP)):
+        table.add_service(service)
+    assert [entry.service.address for entry in table.list_services()] == [
+        "192.0.2.9",
+        "192.0.2.10",
+        "2001:db8::10",
+    ]
+    table.add_real_server(WEB, RS1)
+    drained = RealServer("198.18.1.11", 80, weight=0, forwarding=Forwarding.TUNNEL)
+    table.update_real_server(WEB, drained)
+    edited = VirtualService("192.0.2.10", 80, scheduler="sh", flags=0x8)
+    table.update_service(edited)
+    assert ServiceEntry(edited, (RealServerEntry(drained),)) in table.list_services()
+    table.flush()
+    assert table.list_services() == []
+
+
+# ---- golden bytes --------------------------------------------------------------------------
+# genl header (cmd, version 1, reserved) then the attributes, exactly as sent; the nlmsghdr
+# (family id, sequence number) is left out. A change here means pyroute2 changed its wire
+# format: check it against include/uapi/linux/ip_vs.h before updating the constant.
+
+GOLDEN_SERVICE_ADD = bytes.fromhex(
+    "01010000"  # cmd NEW_SERVICE, version 1
+    "48000100"  # IPVS_CMD_ATTR_SERVICE, nested
+    "0600010002000000"  # AF = AF_INET
+    "0600020006000000"  # PROTOCOL = TCP
+    "08000300c000020a"  # ADDR 192.0.2.10
+    "0600040000500000"  # PORT 80 (be16)
+    "08000600776c6300"  # SCHED_NAME "wlc"
+    "0c00070001000000ffffffff"  # FLAGS {flags PERSISTENT, mask ~0}
+    "080008002c010000"  # TIMEOUT 300
+    "08000900ffffffff"  # NETMASK 255.255.255.255
+)
+
+GOLDEN_V6_SERVICE_SET = bytes.fromhex(
+    "02010000"  # cmd SET_SERVICE ("set", never pyroute2's deleting "update")
+    "54000100"
+    "060001000a000000"  # AF = AF_INET6
+    "0600020011000000"  # PROTOCOL = UDP
+    "1400030020010db8000000000000000000000010"  # ADDR 2001:db8::10
+    "0600040001bb0000"  # PORT 443
+    "0700060072720000"  # SCHED_NAME "rr"
+    "0c00070000000000ffffffff"  # FLAGS {0, ~0}
+    "0800080000000000"  # TIMEOUT 0
+    "0800090080000000"  # NETMASK: host-order u32 prefix length 128
+)
+
+GOLDEN_DEST_ADD = bytes.fromhex(
+    "05010000"  # cmd NEW_DEST
+    "24000100"  # the service key only
+    "0600010002000000"
+    "0600020006000000"
+    "08000300c000020a"
+    "0600040000500000"
+    "3c000200"  # IPVS_CMD_ATTR_DEST
+    "06000b0002000000"  # ADDR_FAMILY = AF_INET
+    "08000100c612010b"  # ADDR 198.18.1.11
+    "0600020000500000"  # PORT 80
+    "0800030000000000"  # FWD_METHOD 0 = NAT (masq)
+    "0800040005000000"  # WEIGHT 5
+    "0800050000000000"  # U_THRESH
+    "0800060000000000"  # L_THRESH
+)
+
+
+def test_golden_service_add() -> None:
+    assert encode_request("add", service_attrs(WEB)) == GOLDEN_SERVICE_ADD
+
+
+def test_golden_ipv6_service_set() -> None:
+    assert encode_request("set", service_attrs(DNS6)) == GOLDEN_V6_SERVICE_SET
+
+
+def test_golden_real_server_add() -> None:
+    assert encode_request("add", service_attrs(WEB), dest_attrs(RS1)) == GOLDEN_DEST_ADD
+
+
+def test_forwarding_codes_are_the_kernels() -> None:
+    assert {method: method.code for method in Forwarding} == {
+        Forwarding.NAT: 0,
+        Forwarding.TUNNEL: 2,
+        Forwarding.DR: 3,
+    }
+
+
+def test_replies_decode_without_from_message() -> None:
+    def reply(verb: str, dest: RealServer | None) -> nl.ipvsmsg:
+        data = encode_request(verb, service_attrs(WEB), dest_attrs(dest) if dest else None)
+        header = struct.pack("=IHHII", 16 + len(data), 0x20, 0, 0, 0)
+        msg = nl.ipvsmsg(header + data)
+        msg.decode()
+        return msg
+
+    # A dest dump reply carries the dest attributes; NAT (0) must stay NAT.
+    entry = decode_dest(reply("add", RS1))
+    assert entry is not None
+    assert entry.server == RS1
+    decoded = decode_service(reply("add", None))
+    assert decoded is not None
+    assert decoded[0] == WEB
