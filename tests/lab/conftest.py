@@ -65,49 +65,51 @@ def _require_lab_machine() -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def _session_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    prefix_stem: str,
+    figure: str,
+    options: list[str],
+) -> Iterator[Lab]:
+    """`lab up` with `options` for the whole session, timed; always `down` at the end."""
     _require_lab_machine()
-    state_dir = tmp_path_factory.mktemp("lab")
+    state_dir = tmp_path_factory.mktemp(name)
     # Per-process names, so two test runs on one machine do not collide.
-    prefix = f"rlt{os.getpid() % 100_000}"
+    prefix = f"{prefix_stem}{os.getpid() % 100_000}"
     started = time.monotonic()
     try:
         result = CliRunner().invoke(
-            app,
-            [
-                "lab", "up", "--nodes", str(NODES), "--backends", str(BACKENDS),
-                "--prefix", prefix, "--state-dir", str(state_dir),
-            ],
-        )  # fmt: skip
-        FIGURES[f"lab up ({NODES} nodes, {BACKENDS} back-ends)"] = time.monotonic() - started
+            app, ["lab", "up", *options, "--prefix", prefix, "--state-dir", str(state_dir)]
+        )
+        FIGURES[figure] = time.monotonic() - started
         assert result.exit_code == 0, result.output
         yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output, started=started)
     finally:
         builder.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _session_lab(
+        tmp_path_factory,
+        "lab",
+        "rlt",
+        f"lab up ({NODES} nodes, {BACKENDS} back-ends)",
+        ["--nodes", str(NODES), "--backends", str(BACKENDS)],
+    )
 
 
 @pytest.fixture(scope="session")
 def daemon_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    _require_lab_machine()
-    state_dir = tmp_path_factory.mktemp("daemon-lab")
-    prefix = f"rld{os.getpid() % 100_000}"
-    started = time.monotonic()
-    try:
-        result = CliRunner().invoke(
-            app,
-            [
-                "lab", "up", "--nodes", str(DAEMON_NODES), "--backends", "0", "--daemon",
-                "--profile", DAEMON_PROFILE, "--prefix", prefix, "--state-dir", str(state_dir),
-            ],
-        )  # fmt: skip
-        FIGURES[f"daemon lab up ({DAEMON_NODES} nodes, every daemon answering)"] = (
-            time.monotonic() - started
-        )
-        assert result.exit_code == 0, result.output
-        yield Lab(state_dir=state_dir, prefix=prefix, up_output=result.output, started=started)
-    finally:
-        builder.down(state_dir)
+    yield from _session_lab(
+        tmp_path_factory,
+        "daemon-lab",
+        "rld",
+        f"daemon lab up ({DAEMON_NODES} nodes, every daemon answering)",
+        ["--nodes", str(DAEMON_NODES), "--backends", "0", "--daemon",
+         "--profile", DAEMON_PROFILE],
+    )  # fmt: skip
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
