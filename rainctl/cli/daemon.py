@@ -36,24 +36,27 @@ def daemon(
         typer.Option(
             "--data-plane",
             help="Kernel adapters to drive. 'none': VIP ownership is decided and reported, "
-            "nothing on the machine changes. 'linux': VIP addresses (front interface / "
-            "rainctl0), ARP sysctls and gratuitous ARP / unsolicited NA; no IPVS yet.",
+            "IPVS is kept in memory, nothing on the machine changes. 'linux': VIP addresses "
+            "(front interface / rainctl0), ARP sysctls and gratuitous ARP / unsolicited NA, "
+            "no IPVS. 'ipvs': 'linux' plus the config's IPVS services and connection sync "
+            "daemons.",
         ),
     ] = DataPlane.NONE,
     front_interface: Annotated[
         str | None,
         typer.Option(
             "--front-interface",
-            help="LAN interface that carries the owned VIPs (required with --data-plane linux).",
+            help="LAN interface that carries the owned VIPs (required with --data-plane linux "
+            "and ipvs).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
-    if data_plane is DataPlane.LINUX and not front_interface:
-        raise OptionError("--data-plane linux needs --front-interface IFACE")
+    if data_plane is not DataPlane.NONE and not front_interface:
+        raise OptionError(f"--data-plane {data_plane.value} needs --front-interface IFACE")
     if data_plane is DataPlane.NONE and front_interface:
-        raise OptionError("--front-interface only applies to --data-plane linux")
+        raise OptionError("--front-interface only applies to --data-plane linux or ipvs")
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     options = DaemonOptions(

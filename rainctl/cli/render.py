@@ -10,6 +10,7 @@ from rich.text import Text
 
 from rainctl.config.keys import ClusterKeys
 from rainctl.config.models import ClusterConfig
+from rainctl.config.services import ServiceEntry
 from rainctl.core.spec import ProfileDefaults, RingSpec, RingTimers
 
 _PROFILE_TIMERS = frozenset(field.name for field in dataclasses.fields(ProfileDefaults))
@@ -60,6 +61,8 @@ def config_summary(
         rebalance_line,
         _nodes_table(spec),
         _vips_table(spec),
+        _sync_line(config),
+        _services_table(config) if config.services else Text("services: none"),
         _timers_table(config, spec.timers),
     )
 
@@ -69,6 +72,7 @@ def config_document(
 ) -> dict[str, object]:
     """The ring-relevant data of a valid config file as a JSON-ready document (no secrets)."""
     cluster = config.cluster
+    back_interfaces = {node.id: node.back_interface for node in config.nodes}
     return {
         "cluster": {
             "name": cluster.name,
@@ -79,17 +83,84 @@ def config_document(
             "key_file": cluster.key_file,
         },
         "config_digest": spec.config_digest.hex(),
-        "nodes": [{"id": node.node_id, "address": node.address} for node in spec.nodes],
+        "nodes": [
+            {
+                "id": node.node_id,
+                "address": node.address,
+                "back_interface": back_interfaces.get(node.node_id),
+            }
+            for node in spec.nodes
+        ],
         "vips": [{"address": vip.vip, "home": vip.home} for vip in spec.vips],
         "timers": ring_timer_values(spec.timers),
         "rebalance": dataclasses.asdict(spec.rebalance),
         "limits": dataclasses.asdict(spec.limits),
+        "sync": {"enabled": config.sync.enabled, "sync_id": config.sync.sync_id},
+        "services": [_service_document(service) for service in config.services],
         "keys": (
             None
             if keys is None
             else {"key_ids": sorted(keys.keys), "send_key_id": keys.send_key_id}
         ),
     }
+
+
+def _service_document(service: ServiceEntry) -> dict[str, object]:
+    """A service with its defaults resolved (real servers' port and forwarding)."""
+    return {
+        "vip": service.vip,
+        "port": service.port,
+        "protocol": service.protocol.value,
+        "scheduler": service.scheduler.value,
+        "mh_port": service.mh_port,
+        "forwarding": service.forwarding.value,
+        "persistence_s": service.persistence_s,
+        "real_servers": [
+            {
+                "address": server.address,
+                "port": service.port_of(server),
+                "weight": server.weight,
+                "forwarding": service.forwarding_of(server).value,
+            }
+            for server in service.real_servers
+        ],
+    }
+
+
+def _sync_line(config: ClusterConfig) -> Text:
+    sync = config.sync
+    if not sync.enabled:
+        return Text("connection sync: disabled")
+    return Text(
+        f"connection sync: sync_id {sync.sync_id}, master + backup daemon on every node "
+        "(nodes[].back_interface, else the front interface)"
+    )
+
+
+def _services_table(config: ClusterConfig) -> Table:
+    table = Table(title="services", title_justify="left")
+    table.add_column("service")
+    table.add_column("scheduler")
+    table.add_column("persistence")
+    table.add_column("real servers")
+    for service in config.services:
+        scheduler = service.scheduler.value + (" +port" if service.mh_port else "")
+        servers = "\n".join(
+            f"{_host(server.address)}:{service.port_of(server)} "
+            f"{service.forwarding_of(server).value} weight {server.weight}"
+            for server in service.real_servers
+        )
+        table.add_row(
+            service.describe(),
+            scheduler,
+            f"{service.persistence_s} s" if service.persistence_s else "-",
+            servers or "-",
+        )
+    return table
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _keys_line(key_file: str | None, keys: ClusterKeys | None) -> Text:

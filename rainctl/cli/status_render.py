@@ -22,11 +22,58 @@ def status_view(document: dict[str, Any]) -> RenderableType:
         ("node ", "bold"),
         (str(document["node_id"]), "bold cyan"),
         f" incarnation {document['incarnation']}: {document['phase']}, ring {ring_text}, "
-        f"token seq {document['seq']}, " + ("quorum" if document["has_quorum"] else "NO QUORUM"),
+        f"token seq {document['seq']}, rotation {_rotation(document)}, "
+        + ("quorum" if document["has_quorum"] else "NO QUORUM"),
     )
     owned = ", ".join(document["owned"]) or "none"
     owned_line = Text(f"owns: {owned} (data plane {document['data_plane']})")
-    return Group(header, owned_line, _members_table(document), _vips_table(document))
+    parts: list[RenderableType] = [
+        header,
+        owned_line,
+        _members_table(document),
+        _vips_table(document),
+    ]
+    ipvs = document.get("ipvs")
+    if ipvs is not None:
+        parts.append(_ipvs_table(ipvs))
+    return Group(*parts)
+
+
+def _ipvs_table(ipvs: dict[str, Any]) -> RenderableType:
+    """Services and real servers with their counters, as of the reconciler's last pass."""
+    state = "in sync" if ipvs["in_sync"] else f"NOT IN SYNC ({ipvs['last_error'] or 'pending'})"
+    sync = ", ".join(
+        f"{daemon['state']} on {daemon['interface']} id {daemon['sync_id']}"
+        for daemon in ipvs["sync_daemons"]
+    )
+    table = Table(title=f"IPVS: {state}; connection sync: {sync or 'off'}", title_justify="left")
+    for column in ("service", "scheduler", "real server", "fwd", "weight", "active", "inactive"):
+        table.add_column(
+            column, justify="left" if column in ("service", "real server") else "right"
+        )
+    for service in ipvs["services"]:
+        name = f"{service['protocol']} {service['vip']}:{service['port']}"
+        servers = service["real_servers"] or [None]
+        for index, server in enumerate(servers):
+            first = index == 0
+            if server is None:
+                table.add_row(name, service["scheduler"], "(none)", "", "", "", "")
+                continue
+            table.add_row(
+                name if first else "",
+                service["scheduler"] if first else "",
+                f"{server['address']}:{server['port']}",
+                server["forwarding"],
+                str(server["weight"]),
+                str(server["active_connections"]),
+                str(server["inactive_connections"]),
+            )
+    return table
+
+
+def _rotation(document: dict[str, Any]) -> str:
+    rotation_ms = document.get("rotation_ms")
+    return "-" if rotation_ms is None else f"{rotation_ms} ms"
 
 
 def _members_table(document: dict[str, Any]) -> Table:
@@ -55,12 +102,37 @@ def _vips_table(document: dict[str, Any]) -> Table:
     table.add_column("VIP")
     table.add_column("owner", justify="right")
     table.add_column("moving to", justify="right")
+    table.add_column("pinned to", justify="right")
+    pins = {pin["vip"]: pin["node"] for pin in document.get("pins", [])}
     for record in document["vips"]:
         owner = record["owner"]
         pending = record["pending_owner"]
+        pin = pins.get(record["vip"])
         table.add_row(
             record["vip"],
             "-" if owner is None else str(owner),
             "" if pending is None else str(pending),
+            "" if pin is None else str(pin),
+        )
+    return table
+
+
+def vips_view(document: dict[str, Any]) -> RenderableType:
+    """`rainctl vips`: every configured VIP with its owner, planned move, pin and home."""
+    table = Table(
+        title=f"VIPs as node {document['node_id']} sees them"
+        + ("" if document["in_ring"] else " (NOT IN A RING: owners unknown)"),
+        title_justify="left",
+    )
+    for column in ("VIP", "owner", "moving to", "pinned to", "home", "here"):
+        table.add_column(column, justify="left" if column == "VIP" else "right")
+    for row in document["vips"]:
+        table.add_row(
+            row["vip"],
+            *(
+                "" if row[key] is None else str(row[key])
+                for key in ("owner", "pending_owner", "pinned_to", "home")
+            ),
+            "yes" if row["owned_here"] else "",
         )
     return table

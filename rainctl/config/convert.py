@@ -4,6 +4,10 @@ The config digest is the sha256 of the canonical JSON of the validated model: ke
 whitespace, every default filled in, addresses in canonical form, nodes ordered by id and VIPs
 by address. Two nodes whose files say the same thing, however written, get the same digest;
 any change of meaning changes it.
+
+The data-plane settings are left out of the digest: `[sync]`, `[[services]]` and
+`nodes[].back_interface` program each node's IPVS, not the ring, and nodes may briefly
+disagree on them during a rolling reload (SIGHUP) without splitting the ring.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ import hashlib
 import json
 
 from rainctl.config.models import ClusterConfig, NodeEntry, VipEntry, vip_sort_key
+from rainctl.core.dataplane import RealServerSpec, ServiceSpec, SyncSpec
 from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
+
+DATA_PLANE_KEYS = frozenset({"sync", "services"})
+"""Top-level sections outside the digest."""
+DATA_PLANE_NODE_KEYS = frozenset({"back_interface"})
 
 
 def canonical_json(config: ClusterConfig) -> bytes:
     """The canonical serialisation the config digest is computed over."""
-    document = config.model_dump(mode="json")
-    document["nodes"] = [node.model_dump(mode="json") for node in _sorted_nodes(config)]
+    document = config.model_dump(mode="json", exclude=set(DATA_PLANE_KEYS))
+    document["nodes"] = [
+        node.model_dump(mode="json", exclude=set(DATA_PLANE_NODE_KEYS))
+        for node in _sorted_nodes(config)
+    ]
     document["vips"] = [vip.model_dump(mode="json") for vip in _sorted_vips(config)]
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii")
 
@@ -46,6 +58,35 @@ def to_ring_spec(config: ClusterConfig) -> RingSpec:
         ),
         config_digest=config_digest(config),
     )
+
+
+def to_services(config: ClusterConfig) -> tuple[ServiceSpec, ...]:
+    """The `[[services]]` as core values, defaults resolved (real server port and forwarding
+    from their service), in file order."""
+    return tuple(
+        ServiceSpec(
+            vip=service.vip,
+            port=service.port,
+            protocol=service.protocol,
+            scheduler=service.scheduler,
+            mh_port=service.mh_port,
+            persistence_s=service.persistence_s,
+            real_servers=tuple(
+                RealServerSpec(
+                    address=server.address,
+                    port=service.port_of(server),
+                    weight=server.weight,
+                    forwarding=service.forwarding_of(server),
+                )
+                for server in service.real_servers
+            ),
+        )
+        for service in config.services
+    )
+
+
+def to_sync(config: ClusterConfig) -> SyncSpec:
+    return SyncSpec(enabled=config.sync.enabled, sync_id=config.sync.sync_id)
 
 
 def _sorted_nodes(config: ClusterConfig) -> list[NodeEntry]:

@@ -1,4 +1,5 @@
-"""Pydantic models of the ring part of the cluster config file (TOML).
+"""Pydantic models of the cluster config file (TOML); `[sync]` / `[[services]]` are in
+`rainctl.config.services`.
 
 Field names are the file's keys, so a validation error's location is the key path an operator
 sees in the file. Models are strict (TOML has real integers and booleans; "42" is not a node
@@ -19,6 +20,12 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rainctl.config.diagnostics import Problem, conflict_error, value_error
+from rainctl.config.services import (
+    ServiceEntry,
+    SyncSection,
+    check_interface,
+    service_problems,
+)
 from rainctl.core.spec import (
     ExclusionMode,
     Limits,
@@ -142,11 +149,19 @@ class NodeEntry(BaseModel):
 
     id: int = Field(ge=1, le=NODE_ID_MAX)
     address: str
+    back_interface: str | None = None
+    """Interface of the IPVS connection sync daemons; None: the daemon's front interface.
+    A data-plane setting: not part of the config digest."""
 
     @field_validator("address")
     @classmethod
     def _canonical_address(cls, value: str) -> str:
         return canonical_endpoint(value)
+
+    @field_validator("back_interface")
+    @classmethod
+    def _check_back_interface(cls, value: str | None) -> str | None:
+        return None if value is None else check_interface(value)
 
 
 class VipEntry(BaseModel):
@@ -164,7 +179,7 @@ class VipEntry(BaseModel):
 
 
 class ClusterConfig(BaseModel):
-    """The ring part of a cluster config file, validated as a whole."""
+    """A cluster config file, validated as a whole."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -173,6 +188,8 @@ class ClusterConfig(BaseModel):
     rebalance: RebalanceSection = Field(default_factory=RebalanceSection)
     nodes: tuple[NodeEntry, ...] = Field(default=(), strict=False)
     vips: tuple[VipEntry, ...] = Field(default=(), strict=False)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    services: tuple[ServiceEntry, ...] = Field(default=(), strict=False)
 
     def ring_timers(self) -> RingTimers:
         """The effective timers: profile defaults, the file's overrides, derived timeouts."""
@@ -185,6 +202,7 @@ class ClusterConfig(BaseModel):
             *_vip_problems(self),
             *_timer_problems(self),
             *_upstream_problems(self.cluster),
+            *service_problems(self.services, [vip.address for vip in self.vips]),
         ]
         if problems:
             raise conflict_error(problems)

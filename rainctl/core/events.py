@@ -47,6 +47,16 @@ class UpstreamChecked:
 
 
 @dataclass(frozen=True, slots=True)
+class PinRequested:
+    """An operator pins `vip` to `node` (None: removes the pin). Pins live in the token; this
+    node writes the change into it the next time it holds the token, and the next maintenance
+    moves the VIP. The driver validates the VIP and node against the config."""
+
+    vip: Vip
+    node: NodeId | None
+
+
+@dataclass(frozen=True, slots=True)
 class MulticastRequested:
     """Send `body` to every member in token order (delivered to the origin too)."""
 
@@ -60,6 +70,7 @@ Event = (
     | LeaveRequested
     | LoadMeasured
     | MulticastRequested
+    | PinRequested
     | UpstreamChecked
 )
 

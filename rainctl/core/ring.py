@@ -47,6 +47,7 @@ from rainctl.core.events import (
     MessageReceived,
     MulticastRequested,
     OwnVips,
+    PinRequested,
     Send,
     UpstreamChecked,
 )
@@ -126,6 +127,7 @@ class RingStatus:
     has_quorum: bool
     promised_epoch: int
     token: Token | None
+    rotation_ms: int | None
     counters: dict[str, int]
 
 
@@ -169,7 +171,8 @@ class _ProbeDuty:
 class RingMachine:
     """One node's view of the ring. Deterministic given (spec, events, times, rng seed)."""
 
-    def __init__(
+    # One assignment per field: the constructor is the inventory of the machine's state.
+    def __init__(  # noqa: PLR0915
         self, spec: RingSpec, node_id: NodeId, incarnation: int, rng: Random, now: Instant
     ) -> None:
         if node_id not in spec.node_ids():
@@ -185,6 +188,9 @@ class RingMachine:
         self.token: Token | None = None
         self.abandoned_ring: RingId = NO_RING
         self.last_token_at: Instant = now
+        self.token_accepted_at: Instant | None = None
+        self.rotation_ms: int | None = None
+        """Time between this node's last two receipts of the token of one ring."""
         self.loss_timer_base: Instant = now
         self.promised_epoch = 0
         self.highest_epoch = 0
@@ -210,6 +216,8 @@ class RingMachine:
         """(table, pins, members and states) of the last maintenance that changed nothing."""
         self.load: LoadMeasured | None = None
         self.outbox: list[tuple[int, bytes]] = []
+        self.pin_requests: dict[Vip, NodeId | None] = {}
+        """Operator pin changes not yet written into the token (newest per VIP)."""
         self.next_multicast_seq = 1
         self.delivered: dict[tuple[NodeId, int], int] = {}
         self.vip_moved_at: dict[Vip, tuple[int, Instant]] = {}
@@ -237,6 +245,8 @@ class RingMachine:
             self.load = event
         elif isinstance(event, MulticastRequested):
             self._enqueue_multicast(event)
+        elif isinstance(event, PinRequested):
+            self.pin_requests[event.vip] = event.node
         elif isinstance(event, LeaveRequested):
             self._on_leave_requested(now, actions)
         elif isinstance(event, UpstreamChecked):
@@ -290,6 +300,7 @@ class RingMachine:
             has_quorum=self._has_quorum(),
             promised_epoch=self.promised_epoch,
             token=token,
+            rotation_ms=self.rotation_ms if token else None,
             counters=dict(sorted(self.counters.items())),
         )
 
@@ -678,6 +689,9 @@ class RingMachine:
             set(self.token.member_ids()) if self.token and self.phase in IN_RING else set()
         )
         ring_changed = token.ring != self.ring or self.phase not in IN_RING
+        if not ring_changed and self.token_accepted_at is not None:
+            self.rotation_ms = now - self.token_accepted_at
+        self.token_accepted_at = now
         self.phase = Phase.HOLDING
         self.hop = None
         self.sos = None
@@ -776,6 +790,21 @@ class RingMachine:
         self.counters["joins_admitted"] += len(admitted)
         return self._with_members(token, members)
 
+    def _apply_pin_requests(self, token: Token) -> Token:
+        """Write the operator's pending pin changes into the token (sorted by VIP)."""
+        if not self.pin_requests:
+            return token
+        pins = dict(token.pins)
+        for vip, node in self.pin_requests.items():
+            if node is None:
+                pins.pop(vip, None)
+            else:
+                pins[vip] = node
+        self.pin_requests.clear()
+        self.counters["pin_changes"] += 1
+        ordered = tuple(sorted(pins.items()))
+        return replace(token, pins=ordered)
+
     def _maintain_vips(self, token: Token, now: Instant) -> Token:
         rebalance = self.spec.rebalance
         rebalance_allowed = (
@@ -824,6 +853,7 @@ class RingMachine:
             loads = (*(r for r in token.loads if r.node_id != self.node_id), report)
             token = replace(token, loads=tuple(sorted(loads, key=lambda r: r.node_id)))
         token = self._append_outbox(token, actions)
+        token = self._apply_pin_requests(token)
         token = self._admit_joiners(token, now)
         if self.leave_requested:
             self.leave_index = token.member_ids().index(self.node_id)

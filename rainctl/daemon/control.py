@@ -1,10 +1,11 @@
 """The control API: one JSON request per Unix-socket connection, one JSON answer.
 
-Wire form: the client sends one line, `{"command": "status"}`, and the daemon answers one
-line, `{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`, then closes. One
-request per connection keeps both ends trivial and makes a stuck client harmless: it holds
-only its own connection, which times out. The socket is created mode 0600 (only root, or the
-daemon's user, may ask), and only read-only commands exist so far.
+Wire form: the client sends one line, `{"command": "pin", "vip": "198.18.0.100", "node": 2}`
+(the command's name and its arguments as the other keys), and the daemon answers one line,
+`{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`, then closes. One request
+per connection keeps both ends trivial and makes a stuck client harmless: it holds only its
+own connection, which times out. The socket is created mode 0600: only root, or the daemon's
+user, may ask, which is the whole access control (commands change the cluster).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,8 @@ CLIENT_TIMEOUT_S = 5.0
 DEFAULT_SOCKET = Path("/run/rainctl/control.sock")
 
 JsonObject = dict[str, Any]
-Handler = Callable[[str], JsonObject]
-"""Answers a command; raises ControlError for an unknown or failed one."""
+Handler = Callable[["ControlRequest"], JsonObject]
+"""Answers a request; raises ControlError for an unknown command, bad arguments or a refusal."""
 
 log = logging.getLogger("rainctl.control")
 
@@ -40,19 +42,56 @@ class ControlError(RainctlError):
 # ---- encoding (pure) ---------------------------------------------------------------------
 
 
-def encode_request(command: str) -> bytes:
-    return json.dumps({"command": command}).encode() + b"\n"
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """A command and its arguments (JSON values by name)."""
+
+    command: str
+    arguments: JsonObject = field(default_factory=dict)
+
+    def integer(self, name: str) -> int:
+        """Argument `name`, which must be a JSON integer."""
+        value = self.arguments.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ControlError(
+                f"{self.command}: argument {name!r} must be an integer, got {value!r}"
+            )
+        return value
+
+    def text(self, name: str) -> str:
+        """Argument `name`, which must be a JSON string."""
+        value = self.arguments.get(name)
+        if not isinstance(value, str):
+            raise ControlError(f"{self.command}: argument {name!r} must be a string, got {value!r}")
+        return value
+
+    def expect(self, *names: str) -> None:
+        """Refuse arguments other than `names` (a typo must not be ignored silently)."""
+        unknown = sorted(set(self.arguments) - set(names))
+        if unknown:
+            allowed = ", ".join(names) or "none"
+            raise ControlError(
+                f"{self.command}: unknown argument(s) {', '.join(unknown)} (allowed: {allowed})"
+            )
 
 
-def decode_request(line: bytes) -> str:
+def encode_request(command: str, arguments: JsonObject | None = None) -> bytes:
+    document: JsonObject = dict(arguments or {})
+    if "command" in document:
+        raise ControlError("'command' cannot be an argument name")
+    document["command"] = command
+    return json.dumps(document, sort_keys=True).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> ControlRequest:
     try:
         document = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ControlError(f"request is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("command"), str):
         raise ControlError('request must be a JSON object like {"command": "status"}')
-    command: str = document["command"]
-    return command
+    command: str = document.pop("command")
+    return ControlRequest(command, document)
 
 
 def encode_result(result: JsonObject) -> bytes:
@@ -96,7 +135,7 @@ class ControlServer:
                 line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT_S)
                 try:
                     answer = encode_result(handler(decode_request(line)))
-                except ControlError as exc:
+                except RainctlError as exc:  # ControlError and every expected failure
                     answer = encode_error(str(exc))
                 writer.write(answer)
                 await asyncio.wait_for(writer.drain(), CLIENT_TIMEOUT_S)
@@ -149,13 +188,18 @@ def _claim_socket_path(path: Path) -> None:
 # ---- client ------------------------------------------------------------------------------
 
 
-def request(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> JsonObject:
+def request(
+    path: Path,
+    command: str,
+    timeout_s: float = CLIENT_TIMEOUT_S,
+    arguments: JsonObject | None = None,
+) -> JsonObject:
     """Ask the daemon listening at `path`; blocking (the CLI has no event loop)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout_s)
         try:
             client.connect(str(path))
-            client.sendall(encode_request(command))
+            client.sendall(encode_request(command, arguments))
             chunks: list[bytes] = []
             received = 0
             while chunk := client.recv(65536):

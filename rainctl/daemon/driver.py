@@ -6,10 +6,13 @@ It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing
   dropped, the others become `MessageReceived`;
 * ONE timer is kept armed at `machine.next_deadline()`, re-armed after every step; when it
   fires the machine gets `ClockAdvanced`;
-* a load sample is fed in every second (`LoadMeasured`);
+* a load sample is fed in every second (`LoadMeasured`), carrying the node's state
+  (active, or drained by the operator: `set_state` reports a change at once);
+* operator commands come in through `submit` (pins, drain multicasts);
 * actions are carried out at once: `Send` is encoded and sent; `OwnVips` and `Announce` go
   to the reconciler, which applies them in its own task, so the kernel never delays the
-  token; `InstallRing`, `Deliver` and `LeftRing` are logged and recorded for status.
+  token; `Deliver` goes to the `on_deliver` callback (operator drain requests);
+  `InstallRing` and `LeftRing` are logged and recorded for status.
 
 Everything runs on the event loop thread, so the machine is never stepped concurrently.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rainctl.core.codec import CodecError, DatagramCodec
 from rainctl.core.events import (
@@ -36,7 +39,7 @@ from rainctl.core.events import (
     Send,
 )
 from rainctl.core.ring import RingMachine
-from rainctl.core.types import Instant, NodeId
+from rainctl.core.types import Instant, NodeId, NodeState
 from rainctl.daemon.clock import Clock
 from rainctl.daemon.load import INTERVAL_S, measure_load
 from rainctl.daemon.reconciler import Reconciler
@@ -53,6 +56,8 @@ class RingDriver:
         peers: Mapping[NodeId, SocketAddress],
         reconciler: Reconciler,
         clock: Clock,
+        *,
+        node_state: NodeState = NodeState.ACTIVE,
     ) -> None:
         self.machine = machine
         self.codec = codec
@@ -67,6 +72,10 @@ class RingDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: Instant | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self.node_state = node_state
+        self.on_deliver: Callable[[NodeId, int, bytes], None] | None = None
+        self.connection_count: Callable[[], int] = lambda: 0
+        """Where load samples get the node's connection count (the IPVS counters)."""
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -74,6 +83,8 @@ class RingDriver:
         """Begin driving the machine; `port` must already deliver to `on_datagram`."""
         self.port = port
         self._step(ClockAdvanced())
+        # The state goes out with the first report: a node restarted drained gets no VIPs.
+        self._step(measure_load(self.node_state, self.connection_count()))
         self._load_task = asyncio.get_running_loop().create_task(self._sample_load())
 
     def request_leave(self) -> None:
@@ -90,6 +101,19 @@ class RingDriver:
             self._load_task.cancel()
 
     # ---- inputs --------------------------------------------------------------------------
+
+    def submit(self, event: Event) -> None:
+        """Feed an operator's event (pin, multicast) to the machine now."""
+        self._step(event)
+
+    def set_state(self, state: NodeState) -> None:
+        """Report a new node state (drain / undrain) without waiting for the next sample."""
+        if state is self.node_state:
+            return
+        log.info("node state: %s", state.name.lower())
+        self.node_state = state
+        if self.port is not None and not self.left.is_set():
+            self._step(measure_load(state, self.connection_count()))
 
     def on_datagram(self, data: bytes) -> None:
         if self.port is None or self.left.is_set():
@@ -110,7 +134,7 @@ class RingDriver:
         while True:
             await asyncio.sleep(INTERVAL_S)
             if not self.left.is_set():
-                self._step(measure_load())
+                self._step(measure_load(self.node_state, self.connection_count()))
 
     # ---- stepping ------------------------------------------------------------------------
 
@@ -145,8 +169,9 @@ class RingDriver:
             members = ",".join(str(member.node_id) for member in action.members)
             log.info("ring %d.%d installed: [%s]", ring.epoch, ring.creator, members)
         elif isinstance(action, Deliver):
-            # No application consumes multicast yet; count it so status shows it arrived.
             self.driver_counters["delivered"] += 1
+            if self.on_deliver is not None:
+                self.on_deliver(action.origin, action.kind, action.body)
         elif isinstance(action, LeftRing):
             log.info("left the ring")
             self.left.set()

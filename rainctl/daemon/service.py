@@ -9,9 +9,11 @@ READY=1.
 SIGTERM (and SIGINT, for a foreground run) asks the ring to leave: the node hands its VIPs
 over with the token and the machine reports `LeftRing`, bounded by the ring's
 `leave_timeout_ms` (plus a margin for the loop itself). Then the kernel is told to own
-nothing, the sockets are closed, and the process exits 0. SIGHUP (config reload) is not
-implemented yet; it is logged and ignored, because its default action would kill the node
-without a leave.
+nothing, the sockets are closed, and the process exits 0. SIGHUP (like `rainctl reload`)
+reads the config again and applies it by diff (`reload_config`); ring settings cannot change
+live and are refused whole.
+
+Operator commands (`rainctl vips|node|vip`) are served by `rainctl.daemon.commands`.
 """
 
 from __future__ import annotations
@@ -25,21 +27,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 
-from rainctl.config import key_file_path, load_config, load_keys, to_ring_spec
+from rainctl.config import (
+    ClusterConfig,
+    key_file_path,
+    load_config,
+    load_keys,
+    to_ring_spec,
+    to_services,
+)
 from rainctl.core.codec import DatagramCodec, KeyRing
+from rainctl.core.events import UpstreamChecked
 from rainctl.core.ring import RingMachine
 from rainctl.core.spec import QuorumPolicy, RingSpec
-from rainctl.core.types import NodeId
+from rainctl.core.types import NodeId, NodeState
 from rainctl.daemon.clock import MonotonicClock
+from rainctl.daemon.commands import Commands, read_drained
 from rainctl.daemon.control import ControlError, ControlServer, JsonObject
+from rainctl.daemon.dataplane import DataPlaneReconciler, sync_wanted
 from rainctl.daemon.driver import RingDriver
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import next_incarnation
 from rainctl.daemon.status import status_document
-from rainctl.errors import ConfigError, OptionError
-from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, VipAddresses
-from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
+from rainctl.daemon.upstream import UpstreamMonitor
+from rainctl.errors import ConfigError, KernelError, OptionError, RainctlError
+from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, IpvsTable, VipAddresses
+from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryIpvsTable, MemoryVipAddresses
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
 
 LEAVE_MARGIN_S = 1.0
@@ -64,6 +77,7 @@ class _Setup:
     keys: KeyRing
     address: str
     peers: dict[NodeId, SocketAddress]
+    config: ClusterConfig
 
 
 def _load(options: DaemonOptions) -> _Setup:
@@ -76,11 +90,6 @@ def _load(options: DaemonOptions) -> _Setup:
         )
     keys = KeyRing(*load_keys(key_path))
     spec = to_ring_spec(config)
-    if spec.quorum is QuorumPolicy.UPSTREAM:
-        raise ConfigError(
-            f'{options.config}: cluster.quorum = "upstream" needs upstream probes, which the '
-            "daemon does not run yet"
-        )
     addresses = {node.node_id: node.address for node in spec.nodes}
     if options.node_id not in addresses:
         configured = ", ".join(str(node_id) for node_id in sorted(addresses))
@@ -92,7 +101,7 @@ def _load(options: DaemonOptions) -> _Setup:
         for node_id, address in addresses.items()
         if node_id != options.node_id
     }
-    return _Setup(spec, keys, addresses[options.node_id], peers)
+    return _Setup(spec, keys, addresses[options.node_id], peers, config)
 
 
 @dataclass(slots=True)
@@ -100,28 +109,50 @@ class _Kernel:
     addresses: VipAddresses
     announcer: ArpAnnouncer
     closers: list[Callable[[], None]] = field(default_factory=list)
+    ipvs: IpvsTable | None = None
+    """None: this data plane does not drive IPVS (`linux`)."""
 
 
 async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
     """The adapters of the chosen data plane, checked before anything is sent."""
     if options.data_plane is DataPlane.NONE:
-        return _Kernel(MemoryVipAddresses(), MemoryArpAnnouncer())
+        # The IPVS path runs too, in memory, so that tests and `rainctl status` exercise it.
+        return _Kernel(MemoryVipAddresses(), MemoryArpAnnouncer(), ipvs=MemoryIpvsTable())
     # Imported here: pyroute2 is only loaded when the kernel is really driven.
     from rainctl.kernel.addresses import LinuxVipAddresses  # noqa: PLC0415
     from rainctl.kernel.arp import LinuxArpAnnouncer  # noqa: PLC0415
+    from rainctl.kernel.ipvs import LinuxIpvsTable  # noqa: PLC0415
 
     if options.front_interface is None:
-        raise OptionError("--data-plane linux needs --front-interface IFACE")
-    addresses = LinuxVipAddresses(options.front_interface)
-    # Every VIP configured and none owned (after a crash the ring may have given this node's
-    # VIPs away meanwhile), the ARP sysctls set: a failure stops the start here, in one line.
-    pool = [vip.vip for vip in setup.spec.vips]
-    await asyncio.to_thread(addresses.ensure_all, pool)
-    await asyncio.to_thread(addresses.set_owned, ())
-    announcer = LinuxArpAnnouncer(
-        options.front_interface, asyncio.get_running_loop(), still_owned=addresses.owns
-    )
-    return _Kernel(addresses, announcer, [announcer.close])
+        plane = options.data_plane.value
+        raise OptionError(f"--data-plane {plane} needs --front-interface IFACE")
+    ipvs: LinuxIpvsTable | None = None
+    if options.data_plane is DataPlane.IPVS:
+        # First, so a kernel without IPVS stops the start (one line) before anything changes.
+        try:
+            ipvs = await asyncio.to_thread(LinuxIpvsTable)
+        except KernelError as exc:
+            raise KernelError(
+                f"--data-plane ipvs: cannot open the kernel's IPVS table ({exc}); is the ip_vs "
+                "module loaded? Without IPVS use --data-plane linux"
+            ) from exc
+    try:
+        addresses = LinuxVipAddresses(options.front_interface)
+        # Every VIP configured and none owned (after a crash the ring may have given this
+        # node's VIPs away meanwhile), the ARP sysctls set: a failure stops the start here.
+        pool = [vip.vip for vip in setup.spec.vips]
+        await asyncio.to_thread(addresses.ensure_all, pool)
+        await asyncio.to_thread(addresses.set_owned, ())
+        announcer = LinuxArpAnnouncer(
+            options.front_interface, asyncio.get_running_loop(), still_owned=addresses.owns
+        )
+    except BaseException:
+        if ipvs is not None:
+            ipvs.close()
+        raise
+    if ipvs is None:
+        return _Kernel(addresses, announcer, [announcer.close])
+    return _Kernel(addresses, announcer, [announcer.close, ipvs.close], ipvs)
 
 
 async def run_daemon(options: DaemonOptions) -> None:
@@ -150,12 +181,14 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     reconciler = Reconciler(
         kernel.addresses, kernel.announcer, [vip.vip for vip in setup.spec.vips]
     )
-    driver = RingDriver(machine, codec, setup.peers, reconciler, clock)
+    driver = RingDriver(
+        machine, codec, setup.peers, reconciler, clock, node_state=_initial_state(options)
+    )
+    dataplane = _data_plane(options, setup, kernel, driver)
+    upstream = _upstream_monitor(setup, clock, driver, kernel)
     transport = await UdpTransport.open(setup.address, driver.on_datagram)
 
-    def answer(command: str) -> JsonObject:
-        if command != "status":
-            raise ControlError(f"unknown command {command!r} (known: status)")
+    def status() -> JsonObject:
         return status_document(
             machine.status(),
             data_plane=options.data_plane.value,
@@ -163,21 +196,45 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             codec_rejects=driver.codec_rejects,
             transport_errors=transport.counters,
             driver_counters=driver.driver_counters,
+            ipvs=None if dataplane is None else dataplane.status(),
+            upstream=None if upstream is None else upstream.status(),
         )
 
+    def reload() -> JsonObject:
+        return reload_config(options, setup, dataplane)
+
+    def reload_on_signal() -> None:
+        log.info("SIGHUP: reloading %s", options.config)
+        with contextlib.suppress(ControlError):  # already logged; the node runs on
+            reload()
+
+    commands = Commands(
+        spec=setup.spec,
+        machine=machine,
+        state_dir=options.state_dir,
+        step=driver.submit,
+        set_state=driver.set_state,
+        status=status,
+        reload=reload,
+    )
+    driver.on_deliver = commands.on_deliver
     try:
-        control = await ControlServer.start(options.control_socket, answer)
+        control = await ControlServer.start(options.control_socket, commands.answer)
     except BaseException:
         transport.close()
         raise
     loop = asyncio.get_running_loop()
-    background = [loop.create_task(reconciler.run())]
+    background = [
+        loop.create_task(reconciler.run()),
+        *([] if dataplane is None else [loop.create_task(dataplane.run())]),
+        *([] if upstream is None else [loop.create_task(upstream.run())]),
+    ]
     watchdog_s = watchdog_interval_s()
     if watchdog_s is not None:
         background.append(loop.create_task(keep_watchdog_fed(watchdog_s)))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, driver.request_leave)
-    loop.add_signal_handler(signal.SIGHUP, _ignore_reload)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
     try:
         driver.start(transport)
         log.info(
@@ -205,8 +262,91 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     log.info("stopped")
 
 
-def _ignore_reload() -> None:
-    log.warning("SIGHUP (config reload) is not supported yet; ignored")
+def _initial_state(options: DaemonOptions) -> NodeState:
+    """DRAIN if the operator left this node drained before it stopped, else ACTIVE."""
+    if read_drained(options.state_dir, options.node_id):
+        log.warning("starting drained (left so by the operator): `rainctl node undrain` clears it")
+        return NodeState.DRAIN
+    return NodeState.ACTIVE
+
+
+def _upstream_monitor(
+    setup: _Setup, clock: MonotonicClock, driver: RingDriver, kernel: _Kernel
+) -> UpstreamMonitor | None:
+    """Under quorum = "upstream", the opened monitor feeding the machine (closed with the
+    kernel adapters); else None."""
+    if setup.spec.quorum is not QuorumPolicy.UPSTREAM:
+        return None
+    monitor = UpstreamMonitor(
+        setup.config.cluster.upstream,
+        clock,
+        lambda reachable: driver.submit(UpstreamChecked(reachable)),
+    )
+    monitor.open()
+    kernel.closers.append(monitor.close)
+    return monitor
+
+
+def reload_config(
+    options: DaemonOptions, setup: _Setup, dataplane: DataPlaneReconciler | None
+) -> JsonObject:
+    """SIGHUP / `rainctl reload`: read the config again and apply what may change live.
+
+    Nothing is applied unless the whole file is valid. Ring settings (cluster, timers,
+    nodes, VIPs: what the config digest covers) cannot change under a running ring, whose
+    members compare digests; a change there is refused whole, with a log line, and the node
+    keeps running its current config. Data-plane sections go to the IPVS reconciler, which
+    diffs them against the kernel: unchanged services and real servers are not touched.
+    """
+    problem: str | None = None
+    try:
+        config = load_config(options.config)
+        spec = to_ring_spec(config)
+    except RainctlError as exc:
+        problem = str(exc)
+    if problem is not None:
+        log.error("reload refused, the running config stays: %s", problem)
+        raise ControlError(f"reload refused: {problem}")
+    if spec.config_digest != setup.spec.config_digest:
+        message = (
+            f"{options.config}: ring settings ([cluster], [timers], [rebalance], [[nodes]], "
+            "[[vips]]) changed; they need a restart of every node, the running config stays"
+        )
+        log.error("reload refused: %s", message)
+        raise ControlError(f"reload refused: {message}")
+    services = len(config.services)
+    if dataplane is not None:
+        dataplane.reload(config, options.node_id, options.front_interface)
+        log.info("reload: ring settings unchanged, %d service(s) handed to IPVS", services)
+    else:
+        log.info(
+            "reload: ring settings unchanged; data plane %s programs no services",
+            options.data_plane.value,
+        )
+    return {"reloaded": True, "services": services, "ipvs": dataplane is not None}
+
+
+def _data_plane(
+    options: DaemonOptions, setup: _Setup, kernel: _Kernel, driver: RingDriver
+) -> DataPlaneReconciler | None:
+    """The IPVS reconciler, when this data plane drives IPVS (in memory for `none`); the
+    driver's load samples get their connection count from it."""
+    config = setup.config
+    if kernel.ipvs is None:
+        if config.services or config.sync.enabled:
+            log.warning(
+                "--data-plane %s does not drive IPVS: [[services]] and [sync] of the config "
+                "are not programmed (use --data-plane ipvs)",
+                options.data_plane.value,
+            )
+        return None
+    dataplane = DataPlaneReconciler(
+        kernel.ipvs,
+        to_services(config),
+        sync_wanted(config, options.node_id, options.front_interface),
+    )
+    driver.connection_count = dataplane.connections
+    return dataplane
 
 
 async def _leave(driver: RingDriver, reconciler: Reconciler, leave_timeout_s: float) -> None:

@@ -23,6 +23,8 @@ def status_document(
     codec_rejects: Mapping[str, int],
     transport_errors: Mapping[str, int],
     driver_counters: Mapping[str, int],
+    ipvs: JsonObject | None = None,
+    upstream: JsonObject | None = None,
 ) -> JsonObject:
     token = status.token
     ring = status.ring
@@ -42,6 +44,7 @@ def status_document(
             for member in status.members
         ],
         "seq": status.seq,
+        "rotation_ms": status.rotation_ms,
         "has_quorum": status.has_quorum,
         "owned": list(status.owned),
         "data_plane": data_plane,
@@ -52,6 +55,7 @@ def status_document(
             {"vip": record.vip, "owner": record.owner, "pending_owner": record.pending_owner}
             for record in token.vips
         ],
+        "pins": [] if token is None else [{"vip": vip, "node": node} for vip, node in token.pins],
         "loads": []
         if token is None
         else [
@@ -64,6 +68,8 @@ def status_document(
             }
             for load in token.loads
         ],
+        "ipvs": ipvs,
+        "upstream": upstream,
         "counters": {
             "ring": dict(status.counters),
             "codec_rejects": dict(sorted(codec_rejects.items())),

@@ -20,7 +20,14 @@ from enum import Enum
 from typing import Protocol
 
 from rainctl.core.types import Vip
-from rainctl.kernel.ipvs import RealServer, ServiceEntry, VirtualService
+from rainctl.kernel.ipvs import (
+    IpvsTimeouts,
+    RealServer,
+    ServiceEntry,
+    SyncDaemon,
+    SyncState,
+    VirtualService,
+)
 
 
 class DataPlane(Enum):
@@ -30,7 +37,10 @@ class DataPlane(Enum):
     """In memory only: the ring runs and decides, nothing in the kernel changes."""
 
     LINUX = "linux"
-    """VIP addresses and ARP / NA announcements in the kernel (no IPVS yet)."""
+    """VIP addresses and ARP / NA announcements in the kernel, no IPVS (kernels without it)."""
+
+    IPVS = "ipvs"
+    """`linux`, plus the config's IPVS services and the connection sync daemons."""
 
 
 class VipAddresses(Protocol):
@@ -72,4 +82,23 @@ class IpvsTable(Protocol):
 
     def delete_real_server(self, service: VirtualService, server: RealServer) -> None: ...
     def flush(self) -> None:
-        """Delete every service (and real server) of the table."""
+        """Delete every service (and real server) of the table. Sync daemons and timeouts
+        stay as they are."""
+
+    def list_sync_daemons(self) -> list[SyncDaemon]:
+        """The running connection-synchronisation daemons, master before backup."""
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None:
+        """Start the daemon of `daemon.state`; succeeds when an identical one runs. A different
+        one of that state running: `IpvsError` EEXIST (stop it first); no such interface:
+        `IpvsError` ENODEV."""
+
+    def stop_sync_daemon(self, state: SyncState) -> None:
+        """Stop the daemon of that state; succeeds when none runs."""
+
+    def get_timeouts(self) -> IpvsTimeouts:
+        """The connection timeouts (TCP, TCP FIN, UDP), as the kernel reports them."""
+
+    def set_timeouts(self, timeouts: IpvsTimeouts) -> None:
+        """Set all three timeouts (never 0: `IpvsTimeouts` rejects it, the kernel would read
+        it as "unchanged")."""

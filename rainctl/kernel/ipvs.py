@@ -19,6 +19,22 @@ delete of a missing one succeed (idempotent); add of an object that exists with 
 settings, update of a missing one and real-server calls on a missing service fail with
 `IpvsError` carrying the kernel's errno. pyroute2 objects never leave this module; netlink
 errors become `IpvsError` (a `KernelError`) with a one-line message. Calls block.
+
+Connection synchronisation and timeouts, which pyroute2 does not wrap, use message classes
+of this module (`_IpvsMessage`: the IPVS family with IPVS_CMD_ATTR_DAEMON nested and the
+three timeouts as u32; the socket decodes replies with it too). `list_sync_daemons()`
+dumps IPVS_CMD_GET_DAEMON and returns the running `SyncDaemon`s (state, multicast
+interface, sync id) sorted by state, master first. `start_sync_daemon(daemon)` sends
+IPVS_CMD_NEW_DAEMON (state, interface, sync id; the kernel's defaults for the newer
+attributes: group 224.0.0.81, port 8848, TTL 1, payload from the interface's MTU); starting
+a daemon identical to the running one of that state succeeds, a different one running fails
+with EEXIST, an interface that does not exist with ENODEV. `stop_sync_daemon(state)` sends
+IPVS_CMD_DEL_DAEMON and succeeds when none runs (the kernel's ESRCH); it first lets a daemon
+that this object started run for `SYNC_SETTLE_S` (a UML kernel hang, see there). `get_timeouts()`
+(IPVS_CMD_GET_CONFIG) returns the TCP established, TCP FIN-wait and UDP timeouts in
+seconds (`ipvsadm --set` order), `set_timeouts(timeouts)` (IPVS_CMD_SET_CONFIG) sets all
+three. The kernel reads 0 as "leave unchanged", so an `IpvsTimeouts` field must be in
+1..`TIMEOUT_MAX` (ValueError otherwise) and a set always sets all three.
 """
 
 from __future__ import annotations
@@ -28,13 +44,14 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
 
 from pyroute2 import IPVS
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic import ipvs as nl
 
@@ -45,10 +62,13 @@ __all__ = [
     "IpProtocol",
     "IpvsError",
     "IpvsStats",
+    "IpvsTimeouts",
     "LinuxIpvsTable",
     "RealServer",
     "RealServerEntry",
     "ServiceEntry",
+    "SyncDaemon",
+    "SyncState",
     "VirtualService",
 ]
 
@@ -62,6 +82,14 @@ IP_VS_CONN_F_FWD_MASK: Final = 0x0007
 MAX_WEIGHT: Final = 0x7FFFFFFF
 SCHEDULER_MAX: Final = 15
 """IP_VS_SCHEDNAME_MAXLEN (16) minus the NUL."""
+
+IFNAME_MAX: Final = 15
+"""IP_VS_IFNAME_MAXLEN (16, IFNAMSIZ) minus the NUL."""
+SYNC_ID_MAX: Final = 255
+"""The kernel keeps the sync id in a u8 (a larger one would be cut silently)."""
+TIMEOUT_MAX: Final = 2_147_483
+"""INT_MAX // 1000: the kernel rejects a timeout above INT_MAX / HZ (EINVAL), and 1000 is
+the largest HZ, so every kernel accepts this."""
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -195,6 +223,81 @@ class ServiceEntry:
     real_servers: tuple[RealServerEntry, ...] = ()
     """Sorted by key."""
     stats: IpvsStats = field(default_factory=IpvsStats)
+
+
+class SyncState(Enum):
+    """Which connection-synchronisation daemon (IP_VS_STATE_MASTER / IP_VS_STATE_BACKUP): a
+    master sends the node's connections, a backup receives its peers'. Both may run."""
+
+    MASTER = 1
+    BACKUP = 2
+
+
+def _interface_name(name: str, what: str) -> None:
+    """The kernel's dev_valid_name(), limited to printable ASCII."""
+    if not (
+        0 < len(name) <= IFNAME_MAX
+        and name.isascii()
+        and name.isprintable()
+        and name not in (".", "..")
+        and not any(char in name for char in "/: ")
+    ):
+        raise ValueError(
+            f"{what}: interface {name!r} is not an interface name (1..{IFNAME_MAX} printable "
+            "ASCII characters, no '/', ':' or space)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDaemon:
+    """An IPVS connection-synchronisation daemon: multicast on `interface` (the kernel's
+    group 224.0.0.81, port 8848), only messages of `sync_id` are accepted by a backup."""
+
+    state: SyncState
+    interface: str
+    sync_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, SyncState):
+            raise TypeError("sync daemon: state must be a SyncState")
+        what = f"{self.state.name.lower()} sync daemon"
+        _interface_name(self.interface, what)
+        if not 0 <= self.sync_id <= SYNC_ID_MAX:
+            raise ValueError(f"{what}: sync_id {self.sync_id} not in 0..{SYNC_ID_MAX}")
+
+    def __str__(self) -> str:
+        return f"{self.state.name.lower()} on {self.interface} (sync id {self.sync_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsTimeouts:
+    """The kernel's connection timeouts in seconds: TCP established, TCP after a FIN, UDP
+    (`ipvsadm --set tcp tcpfin udp`). Each in 1..TIMEOUT_MAX: the kernel reads 0 as "leave
+    unchanged", which a value that means "the timeouts" must not express."""
+
+    tcp_s: int
+    tcp_fin_s: int
+    udp_s: int
+
+    def __post_init__(self) -> None:
+        for name in ("tcp_s", "tcp_fin_s", "udp_s"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 < value <= TIMEOUT_MAX:
+                raise ValueError(f"ipvs timeouts: {name} {value!r} not in 1..{TIMEOUT_MAX}")
+
+    def __str__(self) -> str:
+        return f"tcp {self.tcp_s} s, tcp fin {self.tcp_fin_s} s, udp {self.udp_s} s"
+
+
+SYNC_SETTLE_S: Final = 0.2
+"""How long `LinuxIpvsTable.stop_sync_daemon` lets a daemon it started itself run before it
+stops it. In the lab's UML 6.1 guest, IPVS_CMD_DEL_DAEMON sent a few ms after the
+IPVS_CMD_NEW_DAEMON of a master, before its kernel thread first ran, never answered and
+left the IPVS sync mutex held (every later daemon call hung too); 0.1 s after the start it
+always worked (docs/lab.md, "IPVS sync daemons in a node")."""
+
+KERNEL_DEFAULT_TIMEOUTS: Final = IpvsTimeouts(tcp_s=900, tcp_fin_s=120, udp_s=300)
+"""What a freshly loaded ip_vs reports (and what `MemoryIpvsTable` starts with)."""
 
 
 class IpvsError(KernelError):
@@ -355,6 +458,128 @@ def decode_dest(msg: Any) -> RealServerEntry | None:
     )
 
 
+# ---- synchronisation daemons and timeouts (not wrapped by pyroute2) -----------------------
+
+_DAEMON: Final = "IPVS_CMD_ATTR_DAEMON"
+_TIMEOUT_ATTRS: Final = (
+    "IPVS_CMD_ATTR_TIMEOUT_TCP",
+    "IPVS_CMD_ATTR_TIMEOUT_TCP_FIN",
+    "IPVS_CMD_ATTR_TIMEOUT_UDP",
+)
+
+
+class _IpvsMessage(genlmsg):  # type: ignore[misc]
+    """pyroute2's IPVS message with the attributes it leaves as "hex" typed
+    (include/uapi/linux/ip_vs.h): the nested daemon and the three u32 timeouts. Services and
+    destinations use pyroute2's nested classes, so they decode exactly as before.
+
+    Not a subclass of `nl.ipvsmsg`: pyroute2 caches a compiled attribute map in class
+    attributes on first use, and a subclass would inherit the parent's (decoding the daemon
+    as hex again, and failing to encode it) once the parent had decoded a message."""
+
+    prefix = "IPVS_CMD_ATTR_"
+    service = nl.ipvsmsg.service
+    dest = nl.ipvsmsg.dest
+    nla_map = (
+        ("IPVS_CMD_ATTR_UNSPEC", "none"),
+        ("IPVS_CMD_ATTR_SERVICE", "service"),
+        ("IPVS_CMD_ATTR_DEST", "dest"),
+        ("IPVS_CMD_ATTR_DAEMON", "daemon"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
+    )
+
+    class daemon(nla):  # type: ignore[misc]  # noqa: N801 (pyroute2 names nla classes so)
+        prefix = "IPVS_DAEMON_ATTR_"
+        nla_map = (
+            ("IPVS_DAEMON_ATTR_UNSPEC", "none"),
+            ("IPVS_DAEMON_ATTR_STATE", "uint32"),
+            ("IPVS_DAEMON_ATTR_MCAST_IFN", "asciiz"),  # the kernel wants NLA_NUL_STRING
+            ("IPVS_DAEMON_ATTR_SYNC_ID", "uint32"),
+            ("IPVS_DAEMON_ATTR_SYNC_MAXLEN", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP", "ip4addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP6", "ip6addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_PORT", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_TTL", "uint8"),
+        )
+
+
+def _message(command: int, attrs: list[tuple[str, Any]]) -> _IpvsMessage:
+    msg = _IpvsMessage()
+    msg["cmd"] = command
+    msg["version"] = nl.GENL_VERSION
+    msg["attrs"] = attrs
+    return msg
+
+
+def start_daemon_message(daemon: SyncDaemon) -> _IpvsMessage:
+    """IPVS_CMD_NEW_DAEMON with the three attributes the kernel requires."""
+    return _message(
+        nl.IPVS_CMD_NEW_DAEMON,
+        [
+            (
+                _DAEMON,
+                {
+                    "attrs": [
+                        ("IPVS_DAEMON_ATTR_STATE", daemon.state.value),
+                        ("IPVS_DAEMON_ATTR_MCAST_IFN", daemon.interface),
+                        ("IPVS_DAEMON_ATTR_SYNC_ID", daemon.sync_id),
+                    ]
+                },
+            )
+        ],
+    )
+
+
+def stop_daemon_message(state: SyncState) -> _IpvsMessage:
+    """IPVS_CMD_DEL_DAEMON: the kernel reads only the state."""
+    return _message(
+        nl.IPVS_CMD_DEL_DAEMON, [(_DAEMON, {"attrs": [("IPVS_DAEMON_ATTR_STATE", state.value)]})]
+    )
+
+
+def set_timeouts_message(timeouts: IpvsTimeouts) -> _IpvsMessage:
+    values = (timeouts.tcp_s, timeouts.tcp_fin_s, timeouts.udp_s)
+    return _message(nl.IPVS_CMD_SET_CONFIG, list(zip(_TIMEOUT_ATTRS, values, strict=True)))
+
+
+def encode_message(msg: _IpvsMessage) -> bytes:
+    """The generic-netlink payload of `msg` (genl header and attributes, no nlmsghdr), as the
+    adapter sends it; golden-bytes tests pin it."""
+    msg.encode()
+    data: bytes = bytes(msg.data[16 : msg["header"]["length"]])
+    return data
+
+
+def decode_daemon(msg: Any) -> SyncDaemon | None:
+    """A reply of the IPVS_CMD_GET_DAEMON dump (None: not a daemon, or an unknown state)."""
+    daemon = msg.get(_DAEMON)
+    if daemon is None:
+        return None
+    if not hasattr(daemon, "get"):  # decoded by pyroute2's class: "hex" text
+        raise IpvsError("list sync daemons", errno.EPROTO, "daemon attribute not decoded")
+    try:
+        state = SyncState(int(daemon.get("IPVS_DAEMON_ATTR_STATE") or 0))
+    except ValueError:
+        return None
+    return SyncDaemon(
+        state=state,
+        interface=str(daemon.get("IPVS_DAEMON_ATTR_MCAST_IFN")),
+        sync_id=int(daemon.get("IPVS_DAEMON_ATTR_SYNC_ID") or 0),
+    )
+
+
+def decode_timeouts(msg: Any) -> IpvsTimeouts:
+    """The reply of IPVS_CMD_GET_CONFIG. A missing or zero timeout (a kernel built without
+    TCP or UDP support for IPVS) is an `IpvsError` (EPROTO)."""
+    values = [int(msg.get(name) or 0) for name in _TIMEOUT_ATTRS]
+    try:
+        return IpvsTimeouts(*values)
+    except ValueError as error:
+        raise IpvsError("get timeouts", errno.EPROTO, str(error)) from None
+
+
 _T = TypeVar("_T")
 
 
@@ -366,6 +591,11 @@ class LinuxIpvsTable:
 
     def __init__(self) -> None:
         self._socket: Any = self._call("open", IPVS)
+        # Decode this family's replies with the class that knows daemons and timeouts
+        # (pyroute2's own leaves them as hex); services and destinations decode the same.
+        self._socket.asyncore.marshal.msg_map[self._socket.prid] = _IpvsMessage
+        self._started: dict[SyncState, float] = {}
+        """When this object started the daemon of a state (time.monotonic())."""
 
     def close(self) -> None:
         self._socket.close()
@@ -477,6 +707,64 @@ class LinuxIpvsTable:
 
     def flush(self) -> None:
         self._call("flush", self._socket.service, (nl.IPVS_CMD_FLUSH, NLM_F_REQUEST | NLM_F_ACK))
+
+    # -- synchronisation daemons and timeouts --
+
+    def _send(self, operation: str, msg: _IpvsMessage, flags: int) -> list[Any]:
+        def request() -> list[Any]:
+            return list(self._socket.nlm_request(msg, msg_type=self._socket.prid, msg_flags=flags))
+
+        return self._call(operation, request)
+
+    def list_sync_daemons(self) -> list[SyncDaemon]:
+        replies = self._send(
+            "list sync daemons",
+            _message(nl.IPVS_CMD_GET_DAEMON, []),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        daemons = [daemon for daemon in map(decode_daemon, replies) if daemon is not None]
+        return sorted(daemons, key=lambda daemon: daemon.state.value)
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None:
+        operation = f"start sync daemon {daemon}"
+        try:
+            self._send(operation, start_daemon_message(daemon), NLM_F_REQUEST | NLM_F_ACK)
+        except IpvsError as error:
+            if error.errno != errno.EEXIST:
+                raise
+            running = [found for found in self.list_sync_daemons() if found.state is daemon.state]
+            if running != [daemon]:
+                other = f"{running[0]} runs" if running else "another one runs"
+                raise IpvsError(operation, errno.EEXIST, other) from None
+        else:
+            self._started[daemon.state] = time.monotonic()
+
+    def stop_sync_daemon(self, state: SyncState) -> None:
+        operation = f"stop {state.name.lower()} sync daemon"
+        started = self._started.pop(state, None)
+        if started is not None:  # see SYNC_SETTLE_S
+            time.sleep(max(0.0, started + SYNC_SETTLE_S - time.monotonic()))
+        try:
+            self._send(operation, stop_daemon_message(state), NLM_F_REQUEST | NLM_F_ACK)
+        except IpvsError as error:
+            if error.errno != errno.ESRCH:  # none of that state runs
+                raise
+
+    def get_timeouts(self) -> IpvsTimeouts:
+        replies = self._send(
+            "get timeouts", _message(nl.IPVS_CMD_GET_CONFIG, []), NLM_F_REQUEST | NLM_F_ACK
+        )
+        for reply in replies:
+            if reply.get(_TIMEOUT_ATTRS[0]) is not None:
+                return decode_timeouts(reply)
+        raise IpvsError("get timeouts", errno.EPROTO, "no reply with timeouts")
+
+    def set_timeouts(self, timeouts: IpvsTimeouts) -> None:
+        self._send(
+            f"set timeouts {timeouts}",
+            set_timeouts_message(timeouts),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
 
 
 def service_order(service: VirtualService) -> tuple[int, int, int, str]:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rainctl.core.types import Vip
 from rainctl.kernel.ipvs import (
+    KERNEL_DEFAULT_TIMEOUTS,
     IpvsError,
+    IpvsTimeouts,
     RealServer,
     RealServerEntry,
     ServiceEntry,
+    SyncDaemon,
+    SyncState,
     VirtualService,
     service_order,
 )
@@ -71,12 +75,17 @@ class MemoryIpvsTable:
     """An IPVS table as the kernel holds it, with the kernel's errnos (ESRCH for a missing
     service, ENOENT for a missing real server, EEXIST for a conflicting add) and the adapter
     contract on top (identical add and missing delete succeed). Counters stay zero.
-    Thread-safe."""
+    Synchronisation daemons and timeouts behave as in `LinuxIpvsTable` (the timeouts start at
+    the kernel's defaults); with `interfaces`, a daemon on any other interface fails with
+    ENODEV as in the kernel, without it every valid name is accepted. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, interfaces: Collection[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._services: dict[tuple[object, ...], VirtualService] = {}
         self._servers: dict[tuple[object, ...], dict[tuple[str, int], RealServer]] = {}
+        self._interfaces = None if interfaces is None else frozenset(interfaces)
+        self._daemons: dict[SyncState, SyncDaemon] = {}
+        self._timeouts = KERNEL_DEFAULT_TIMEOUTS
         self.changes = 0
         """How many calls changed something (idempotent calls do not count)."""
 
@@ -164,3 +173,42 @@ class MemoryIpvsTable:
                 self._services.clear()
                 self._servers.clear()
                 self.changes += 1
+
+    def list_sync_daemons(self) -> list[SyncDaemon]:
+        with self._lock:
+            return [self._daemons[state] for state in sorted(self._daemons, key=_state_order)]
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None:
+        operation = f"start sync daemon {daemon}"
+        with self._lock:
+            # The kernel looks the interface up before it looks at the running daemons.
+            if self._interfaces is not None and daemon.interface not in self._interfaces:
+                raise IpvsError(operation, errno.ENODEV)
+            running = self._daemons.get(daemon.state)
+            if running == daemon:
+                return
+            if running is not None:
+                raise IpvsError(operation, errno.EEXIST, f"{running} runs")
+            self._daemons[daemon.state] = daemon
+            self.changes += 1
+
+    def stop_sync_daemon(self, state: SyncState) -> None:
+        with self._lock:
+            if self._daemons.pop(state, None) is not None:
+                self.changes += 1
+
+    def get_timeouts(self) -> IpvsTimeouts:
+        with self._lock:
+            return self._timeouts
+
+    def set_timeouts(self, timeouts: IpvsTimeouts) -> None:
+        if not isinstance(timeouts, IpvsTimeouts):
+            raise TypeError("set_timeouts: timeouts must be IpvsTimeouts")
+        with self._lock:
+            if timeouts != self._timeouts:
+                self._timeouts = timeouts
+                self.changes += 1
+
+
+def _state_order(state: SyncState) -> int:
+    return state.value

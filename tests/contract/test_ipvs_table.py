@@ -5,7 +5,8 @@ The host kernel has no IPVS, so the real-kernel cases carry the marker `ipvs_ker
 the host's pytest configuration deselects (`-m "not ipvs_kernel"` in addopts: they are
 reported as deselected, never skipped). tests/lab/test_ipvs_contract.py runs this whole file
 inside a user-mode-linux lab node, where IPVS is real, with both kinds of cases selected.
-Each real-kernel case starts and ends with an empty IPVS table (flush).
+Each real-kernel case starts and ends with an empty IPVS table (flush), no sync daemon, and
+the timeouts it found (restored).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import pytest
 
 from rainctl.kernel.interfaces import IpvsTable
 from rainctl.kernel.ipvs import (
+    KERNEL_DEFAULT_TIMEOUTS,
     Forwarding,
     IpProtocol,
     IpvsError,
+    IpvsTimeouts,
     LinuxIpvsTable,
     RealServer,
+    SyncDaemon,
+    SyncState,
     VirtualService,
 )
 from rainctl.kernel.memory import MemoryIpvsTable
@@ -33,6 +38,13 @@ WEB6 = VirtualService("2001:db8:5::100", 443, IpProtocol.TCP, "rr", persistence_
 NAT = RealServer("198.18.1.11", 8080, weight=3, forwarding=Forwarding.NAT)
 DR = RealServer("198.18.1.12", 80, weight=1, forwarding=Forwarding.DR)
 TUN = RealServer("198.18.1.13", 80, weight=7, forwarding=Forwarding.TUNNEL)
+
+SYNC_INTERFACE = "lo"
+"""Exists and is up in every lab guest (and on any Linux): the kernel only needs a device
+of that name for the daemons, and this suite checks the netlink calls, not the traffic."""
+GUEST_INTERFACES = ("lo", "vec0", "vec1")
+MASTER = SyncDaemon(SyncState.MASTER, SYNC_INTERFACE, sync_id=7)
+BACKUP = SyncDaemon(SyncState.BACKUP, SYNC_INTERFACE, sync_id=7)
 
 Shape = list[tuple[VirtualService, tuple[RealServer, ...]]]
 
@@ -53,14 +65,20 @@ def shape(table: IpvsTable) -> Shape:
 )
 def table(request: pytest.FixtureRequest) -> Iterator[IpvsTable]:
     if request.param == "memory":
-        yield MemoryIpvsTable()
+        yield MemoryIpvsTable(interfaces=GUEST_INTERFACES)
         return
     with LinuxIpvsTable() as linux:
         linux.flush()
+        for state in SyncState:
+            linux.stop_sync_daemon(state)
+        timeouts = linux.get_timeouts()
         try:
             yield linux
         finally:
             linux.flush()
+            for state in SyncState:
+                linux.stop_sync_daemon(state)
+            linux.set_timeouts(timeouts)
 
 
 def errno_of(action: object) -> int:
@@ -177,6 +195,80 @@ def test_counters_are_plain_ints(table: IpvsTable) -> None:
 
 def vars_of(stats: object) -> list[object]:
     return [getattr(stats, name) for name in type(stats).__slots__]  # type: ignore[attr-defined]
+
+
+# ---- connection-synchronisation daemons ----------------------------------------------------
+
+
+def test_sync_daemons_start_idempotently_and_list_master_first(table: IpvsTable) -> None:
+    assert table.list_sync_daemons() == []
+    table.start_sync_daemon(BACKUP)
+    table.start_sync_daemon(BACKUP)
+    assert table.list_sync_daemons() == [BACKUP]
+    table.start_sync_daemon(MASTER)
+    table.start_sync_daemon(MASTER)
+    assert table.list_sync_daemons() == [MASTER, BACKUP]
+
+
+def test_a_different_daemon_of_a_running_state_is_eexist(table: IpvsTable) -> None:
+    table.start_sync_daemon(MASTER)
+    other_id = SyncDaemon(SyncState.MASTER, SYNC_INTERFACE, sync_id=8)
+    assert errno_of(lambda: table.start_sync_daemon(other_id)) == errno.EEXIST
+    default_id = SyncDaemon(SyncState.MASTER, SYNC_INTERFACE)
+    assert errno_of(lambda: table.start_sync_daemon(default_id)) == errno.EEXIST
+    assert table.list_sync_daemons() == [MASTER]
+    table.start_sync_daemon(SyncDaemon(SyncState.BACKUP, SYNC_INTERFACE, sync_id=8))
+    assert [daemon.sync_id for daemon in table.list_sync_daemons()] == [7, 8]
+
+
+def test_a_daemon_on_a_missing_interface_is_enodev(table: IpvsTable) -> None:
+    missing = SyncDaemon(SyncState.BACKUP, "rainctl-none0", sync_id=1)
+    assert errno_of(lambda: table.start_sync_daemon(missing)) == errno.ENODEV
+    table.start_sync_daemon(BACKUP)
+    # The kernel looks the interface up first: ENODEV even when a backup runs.
+    assert errno_of(lambda: table.start_sync_daemon(missing)) == errno.ENODEV
+    assert table.list_sync_daemons() == [BACKUP]
+
+
+def test_stop_sync_daemon_is_idempotent_and_stops_one_state(table: IpvsTable) -> None:
+    table.stop_sync_daemon(SyncState.MASTER)
+    table.start_sync_daemon(MASTER)
+    table.start_sync_daemon(BACKUP)
+    table.stop_sync_daemon(SyncState.MASTER)
+    table.stop_sync_daemon(SyncState.MASTER)
+    assert table.list_sync_daemons() == [BACKUP]
+    other = SyncDaemon(SyncState.MASTER, SYNC_INTERFACE, sync_id=9)
+    table.start_sync_daemon(other)  # a stopped state can start with other settings
+    assert table.list_sync_daemons() == [other, BACKUP]
+    table.stop_sync_daemon(SyncState.BACKUP)
+    table.stop_sync_daemon(SyncState.MASTER)
+    assert table.list_sync_daemons() == []
+
+
+def test_sync_daemons_outlive_a_flush(table: IpvsTable) -> None:
+    table.start_sync_daemon(MASTER)
+    table.add_service(WEB)
+    table.flush()
+    assert table.list_sync_daemons() == [MASTER]
+
+
+# ---- timeouts ------------------------------------------------------------------------------
+
+
+def test_timeouts_start_at_the_kernels_defaults(table: IpvsTable) -> None:
+    assert table.get_timeouts() == KERNEL_DEFAULT_TIMEOUTS
+
+
+def test_set_timeouts_sets_all_three(table: IpvsTable) -> None:
+    long = IpvsTimeouts(tcp_s=3600, tcp_fin_s=30, udp_s=45)
+    table.set_timeouts(long)
+    table.set_timeouts(long)
+    assert table.get_timeouts() == long
+    ones = IpvsTimeouts(tcp_s=1, tcp_fin_s=1, udp_s=1)
+    table.set_timeouts(ones)
+    assert table.get_timeouts() == ones
+    table.set_timeouts(KERNEL_DEFAULT_TIMEOUTS)
+    assert table.get_timeouts() == KERNEL_DEFAULT_TIMEOUTS
 
 
 @pytest.mark.ipvs_kernel

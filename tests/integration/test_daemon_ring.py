@@ -73,9 +73,22 @@ def write_cluster(directory: Path, quorum: str) -> Path:
         "",
     ]
     for node_id, port in zip(NODES, ports, strict=True):
-        lines += ["[[nodes]]", f"id = {node_id}", f'address = "127.0.0.1:{port}"', ""]
+        lines += ["[[nodes]]", f"id = {node_id}", f'address = "127.0.0.1:{port}"']
+        lines += ['back_interface = "lo"', ""]
     for vip in VIPS:
         lines += ["[[vips]]", f'address = "{vip}"', ""]
+    lines += ["[sync]", "enabled = true", "sync_id = 5", ""]
+    lines += [
+        "[[services]]",
+        f'vip = "{VIPS[0]}"',
+        "port = 80",
+        "[[services.real_servers]]",
+        'address = "198.18.1.11"',
+        "[[services.real_servers]]",
+        'address = "198.18.1.12"',
+        "weight = 0",
+        "",
+    ]
     path = directory / "cluster.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -146,11 +159,37 @@ def converged(daemons: list[Daemon]) -> bool:
     return sorted(owned) == sorted(VIPS)
 
 
+def ipvs_programmed(daemons: list[Daemon]) -> bool:
+    """Every daemon has the config's service in its (in-memory) IPVS table and sync daemons."""
+    for daemon in daemons:
+        document = daemon.status()
+        if document is None or not document["ipvs"]["in_sync"]:
+            return False
+    return True
+
+
 def test_three_daemons_ring_failover_and_leave(cluster: Cluster) -> None:
     daemons = cluster.daemons
     logs = [daemon.log_path for daemon in daemons.values()]
     everyone = list(daemons.values())
     wait_for(lambda: converged(everyone), 15.0, "a ring of 3 owning every VIP once", logs)
+    # IPVS is programmed on every node, owner of the VIP or not (in memory: --data-plane none).
+    wait_for(lambda: ipvs_programmed(everyone), 10.0, "IPVS programmed everywhere", logs)
+    for daemon in everyone:
+        document = daemon.status()
+        assert document is not None
+        ipvs = document["ipvs"]
+        assert [(s["vip"], s["port"], s["protocol"]) for s in ipvs["services"]] == [
+            (VIPS[0], 80, "tcp")
+        ]
+        assert [
+            (rs["address"], rs["port"], rs["weight"], rs["forwarding"])
+            for rs in ipvs["services"][0]["real_servers"]
+        ] == [("198.18.1.11", 80, 1, "dr"), ("198.18.1.12", 80, 0, "dr")]
+        assert ipvs["sync_daemons"] == [
+            {"state": "master", "interface": "lo", "sync_id": 5},
+            {"state": "backup", "interface": "lo", "sync_id": 5},
+        ]
     documents = [daemon.status() for daemon in everyone]
     for document in documents:
         assert document is not None
@@ -161,7 +200,7 @@ def test_three_daemons_ring_failover_and_leave(cluster: Cluster) -> None:
         assert len(document["owned"]) <= 2
         assert {record["owner"] for record in document["vips"]} <= set(NODES)
 
-    # SIGHUP (reload) is not implemented: it must not take the node down.
+    # SIGHUP reloads the (unchanged) config: it must not take the node down.
     daemons[3].process.send_signal(signal.SIGHUP)
 
     # Crash node 1 (SIGKILL: no leave) and time how long until the survivors own everything.

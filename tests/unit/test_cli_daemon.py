@@ -59,13 +59,6 @@ def _run(tmp_path: Path, config: Path, node: int = 1) -> tuple[int, str]:
     [
         (False, "", 1, "", "cluster.key_file is required to run the daemon"),
         (True, "", 2, "", "node 2 is not configured (nodes: 1)"),
-        (
-            True,
-            'quorum = "upstream"\nupstream = ["198.18.0.1"]',
-            1,
-            "",
-            'quorum = "upstream" needs upstream probes',
-        ),
         (True, "", 1, "192.0.2.1:7400", "cannot bind the ring transport to 192.0.2.1:7400"),
     ],
 )
@@ -79,12 +72,12 @@ def test_refusals_are_one_line_and_exit_2(
     assert message in last_line
 
 
-def test_help_names_both_data_planes() -> None:
+def test_help_names_every_data_plane() -> None:
     result = runner.invoke(app, ["daemon", "--help"])
     assert result.exit_code == 0
     # Rich wraps the help in a box: drop the frame and the line breaks before matching.
     text = " ".join(result.stdout.replace("\u2502", " ").split())
-    assert "<none|linux>" in text
+    assert "<none|linux|ipvs>" in text
     assert "--front-interface" in text
 
 
@@ -92,7 +85,11 @@ def test_help_names_both_data_planes() -> None:
     ("flags", "message"),
     [
         (["--data-plane", "linux"], "--data-plane linux needs --front-interface IFACE"),
-        (["--front-interface", "eth0"], "--front-interface only applies to --data-plane linux"),
+        (["--data-plane", "ipvs"], "--data-plane ipvs needs --front-interface IFACE"),
+        (
+            ["--front-interface", "eth0"],
+            "--front-interface only applies to --data-plane linux or ipvs",
+        ),
         (
             ["--data-plane", "linux", "--front-interface", "rctc-absent0"],
             "interface rctc-absent0 does not exist",

@@ -388,12 +388,13 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         ),
         pytest.param(
             "verbose = true\n" + document(),
-            "verbose: unknown key (allowed: cluster, timers, rebalance, nodes, vips)",
+            "verbose: unknown key (allowed: cluster, timers, rebalance, nodes, vips, sync, "
+            "services)",
             id="unknown-top-level-key",
         ),
         pytest.param(
             document(nodes=THREE_NODES + "weight = 3\n"),
-            "nodes[2].weight: unknown key (allowed: id, address)",
+            "nodes[2].weight: unknown key (allowed: id, address, back_interface)",
             id="unknown-node-key",
         ),
         pytest.param(

@@ -12,6 +12,7 @@ import pytest
 
 from rainctl.daemon.control import (
     ControlError,
+    ControlRequest,
     ControlServer,
     JsonObject,
     decode_request,
@@ -27,7 +28,29 @@ def test_request_round_trip() -> None:
     line = encode_request("status")
     assert line.endswith(b"\n")
     assert json.loads(line) == {"command": "status"}
-    assert decode_request(line) == "status"
+    assert decode_request(line) == ControlRequest("status", {})
+
+
+def test_request_arguments_round_trip() -> None:
+    line = encode_request("pin", {"vip": "198.18.0.100", "node": 2})
+    assert decode_request(line) == ControlRequest("pin", {"vip": "198.18.0.100", "node": 2})
+    with pytest.raises(ControlError, match="'command' cannot be an argument name"):
+        encode_request("pin", {"command": "x"})
+
+
+def test_argument_accessors_refuse_wrong_types_and_unknown_names() -> None:
+    pin = ControlRequest("pin", {"vip": "198.18.0.100", "node": 2, "flag": True})
+    assert pin.integer("node") == 2
+    assert pin.text("vip") == "198.18.0.100"
+    with pytest.raises(ControlError, match="pin: argument 'flag' must be an integer, got True"):
+        pin.integer("flag")
+    with pytest.raises(ControlError, match="pin: argument 'node' must be a string, got 2"):
+        pin.text("node")
+    with pytest.raises(ControlError, match="pin: argument 'missing' must be an integer, got None"):
+        pin.integer("missing")
+    with pytest.raises(ControlError, match=r"unknown argument\(s\) flag \(allowed: vip, node\)"):
+        pin.expect("vip", "node")
+    pin.expect("vip", "node", "flag")
 
 
 @pytest.mark.parametrize(
@@ -60,10 +83,10 @@ def test_malformed_answers_are_errors(line: bytes) -> None:
         decode_response(line)
 
 
-def _answer(command: str) -> JsonObject:
-    if command == "status":
-        return {"node_id": 1}
-    raise ControlError(f"unknown command {command!r}")
+def _answer(request: ControlRequest) -> JsonObject:
+    if request.command == "status":
+        return {"node_id": 1, **request.arguments}
+    raise ControlError(f"unknown command {request.command!r}")
 
 
 def _serve_and_ask(path: Path, commands: list[str]) -> list[JsonObject | str]:
@@ -92,6 +115,19 @@ def test_server_answers_one_request_per_connection(tmp_path: Path) -> None:
         "the daemon refused: unknown command 'bogus'",
         {"node_id": 1},
     ]
+
+
+def test_arguments_reach_the_handler(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+
+    async def scenario() -> JsonObject:
+        server = await ControlServer.start(path, _answer)
+        try:
+            return await asyncio.to_thread(request, path, "status", 2.0, {"extra": [1]})
+        finally:
+            server.close()
+
+    assert asyncio.run(scenario()) == {"node_id": 1, "extra": [1]}
 
 
 def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:

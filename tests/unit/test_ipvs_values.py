@@ -12,18 +12,29 @@ from pyroute2.netlink.generic import ipvs as nl
 from rainctl.errors import KernelError
 from rainctl.kernel.interfaces import IpvsTable
 from rainctl.kernel.ipvs import (
+    KERNEL_DEFAULT_TIMEOUTS,
+    TIMEOUT_MAX,
     Forwarding,
     IpProtocol,
     IpvsError,
+    IpvsTimeouts,
     RealServer,
     RealServerEntry,
     ServiceEntry,
+    SyncDaemon,
+    SyncState,
     VirtualService,
+    decode_daemon,
     decode_dest,
     decode_service,
+    decode_timeouts,
     dest_attrs,
+    encode_message,
     encode_request,
     service_attrs,
+    set_timeouts_message,
+    start_daemon_message,
+    stop_daemon_message,
 )
 from rainctl.kernel.memory import MemoryIpvsTable
 
@@ -238,3 +249,148 @@ def test_replies_decode_without_from_message() -> None:
     decoded = decode_service(reply("add", None))
     assert decoded is not None
     assert decoded[0] == WEB
+
+
+# ---- sync daemons and timeouts -------------------------------------------------------------
+
+
+def test_sync_daemon_values() -> None:
+    daemon = SyncDaemon(SyncState.BACKUP, "vec1", sync_id=255)
+    assert str(daemon) == "backup on vec1 (sync id 255)"
+    assert SyncDaemon(SyncState.MASTER, "eth0").sync_id == 0
+    assert (SyncState.MASTER.value, SyncState.BACKUP.value) == (1, 2)  # IP_VS_STATE_*
+
+
+@pytest.mark.parametrize(
+    ("interface", "sync_id", "message"),
+    [
+        ("", 0, "interface"),
+        ("x" * 16, 0, "interface"),
+        ("eth0:1", 0, "interface"),
+        ("a/b", 0, "interface"),
+        ("a b", 0, "interface"),
+        ("..", 0, "interface"),
+        ("vec1", -1, "sync_id -1 not in 0..255"),
+        ("vec1", 256, "sync_id 256 not in 0..255"),
+    ],
+)
+def test_invalid_sync_daemons(interface: str, sync_id: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SyncDaemon(SyncState.MASTER, interface, sync_id)
+
+
+def test_sync_daemon_state_must_be_a_sync_state() -> None:
+    with pytest.raises(TypeError, match="SyncState"):
+        SyncDaemon(1, "vec1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ((0, 120, 300), "tcp_s 0 not in 1..2147483"),
+        ((900, 0, 300), "tcp_fin_s 0"),
+        ((900, 120, -1), "udp_s -1"),
+        ((TIMEOUT_MAX + 1, 120, 300), "tcp_s 2147484"),
+        ((900.0, 120, 300), "tcp_s 900.0"),
+    ],
+)
+def test_zero_or_huge_timeouts_are_rejected(values: tuple[int, int, int], message: str) -> None:
+    """0 would mean "unchanged" to the kernel; above INT_MAX / HZ it answers EINVAL."""
+    with pytest.raises(ValueError, match=message):
+        IpvsTimeouts(*values)
+
+
+def test_timeouts_text_and_defaults() -> None:
+    assert str(KERNEL_DEFAULT_TIMEOUTS) == "tcp 900 s, tcp fin 120 s, udp 300 s"
+    assert IpvsTimeouts(1, 1, TIMEOUT_MAX).udp_s == TIMEOUT_MAX
+
+
+# include/uapi/linux/ip_vs.h: IPVS_CMD_NEW_DAEMON 9, DEL_DAEMON 10, SET_CONFIG 12;
+# IPVS_CMD_ATTR_DAEMON 3 (nested: STATE 1 u32, MCAST_IFN 2 NUL-terminated, SYNC_ID 3 u32);
+# IPVS_CMD_ATTR_TIMEOUT_TCP 4, _TCP_FIN 5, _UDP 6 (u32 seconds).
+GOLDEN_DAEMON_START = bytes.fromhex(
+    "09010000"  # cmd NEW_DAEMON, version 1
+    "20000300"  # IPVS_CMD_ATTR_DAEMON, nested
+    "0800010002000000"  # STATE = IP_VS_STATE_BACKUP
+    "090002007665633100000000"  # MCAST_IFN "vec1" NUL-terminated, padded to 4 bytes
+    "0800030007000000"  # SYNC_ID 7
+)
+GOLDEN_DAEMON_STOP = bytes.fromhex(
+    "0a010000"  # cmd DEL_DAEMON
+    "0c000300"
+    "0800010001000000"  # STATE = IP_VS_STATE_MASTER (the kernel reads nothing else)
+)
+GOLDEN_SET_TIMEOUTS = bytes.fromhex(
+    "0c010000"  # cmd SET_CONFIG
+    "08000400100e0000"  # TIMEOUT_TCP 3600
+    "080005001e000000"  # TIMEOUT_TCP_FIN 30
+    "080006002d000000"  # TIMEOUT_UDP 45
+)
+
+
+def test_golden_daemon_start_and_stop() -> None:
+    daemon = SyncDaemon(SyncState.BACKUP, "vec1", sync_id=7)
+    assert encode_message(start_daemon_message(daemon)) == GOLDEN_DAEMON_START
+    assert encode_message(stop_daemon_message(SyncState.MASTER)) == GOLDEN_DAEMON_STOP
+
+
+def test_golden_set_timeouts() -> None:
+    timeouts = IpvsTimeouts(tcp_s=3600, tcp_fin_s=30, udp_s=45)
+    assert encode_message(set_timeouts_message(timeouts)) == GOLDEN_SET_TIMEOUTS
+
+
+def _reply(payload: bytes, message_class: type[nl.ipvsmsg]) -> nl.ipvsmsg:
+    header = struct.pack("=IHHII", 16 + len(payload), 0x20, 0, 0, 0)
+    msg = message_class(header + payload)
+    msg.decode()
+    return msg
+
+
+def test_daemon_and_timeout_replies_decode_after_pyroute2s_class() -> None:
+    """pyroute2 caches a compiled attribute map per class; decoding with its own ipvsmsg
+    first must not change how the adapter's class decodes (or encodes) daemons."""
+    _reply(GOLDEN_DAEMON_START, nl.ipvsmsg)
+    message_class = type(start_daemon_message(SyncDaemon(SyncState.MASTER, "lo")))
+    daemon = decode_daemon(_reply(GOLDEN_DAEMON_START, message_class))
+    assert daemon == SyncDaemon(SyncState.BACKUP, "vec1", sync_id=7)
+    timeouts = decode_timeouts(_reply(GOLDEN_SET_TIMEOUTS, message_class))
+    assert timeouts == IpvsTimeouts(3600, 30, 45)
+    assert encode_message(stop_daemon_message(SyncState.MASTER)) == GOLDEN_DAEMON_STOP
+
+
+def test_undecoded_or_zero_replies_are_ipvs_errors() -> None:
+    with pytest.raises(IpvsError, match="not decoded") as caught:
+        decode_daemon(_reply(GOLDEN_DAEMON_START, nl.ipvsmsg))
+    assert caught.value.errno == errno.EPROTO
+    message_class = type(stop_daemon_message(SyncState.MASTER))
+    zero_fin = bytes.fromhex("0d01000008000400100e00000800050000000000080006002d000000")
+    with pytest.raises(IpvsError, match="tcp_fin_s 0") as caught:
+        decode_timeouts(_reply(zero_fin, message_class))
+    assert caught.value.errno == errno.EPROTO
+
+
+def test_memory_table_sync_daemons_and_timeouts_count_changes() -> None:
+    table = MemoryIpvsTable()
+    master = SyncDaemon(SyncState.MASTER, "any0", sync_id=1)
+    table.start_sync_daemon(master)
+    table.start_sync_daemon(master)
+    table.stop_sync_daemon(SyncState.BACKUP)
+    table.set_timeouts(KERNEL_DEFAULT_TIMEOUTS)
+    assert table.changes == 1
+    table.set_timeouts(IpvsTimeouts(60, 10, 30))
+    table.stop_sync_daemon(SyncState.MASTER)
+    assert table.changes == 3
+    assert table.list_sync_daemons() == []
+    with pytest.raises(TypeError, match="IpvsTimeouts"):
+        table.set_timeouts((60, 10, 30))  # type: ignore[arg-type]
+
+
+def test_memory_table_with_interfaces_is_enodev_for_others() -> None:
+    table = MemoryIpvsTable(interfaces=["vec1"])
+    with pytest.raises(IpvsError) as caught:
+        table.start_sync_daemon(SyncDaemon(SyncState.BACKUP, "vec0"))
+    assert caught.value.errno == errno.ENODEV
+    table.start_sync_daemon(SyncDaemon(SyncState.BACKUP, "vec1"))
+    with pytest.raises(IpvsError, match="backup on vec1 \\(sync id 0\\) runs") as caught:
+        table.start_sync_daemon(SyncDaemon(SyncState.BACKUP, "vec1", sync_id=3))
+    assert caught.value.errno == errno.EEXIST

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rainctl.core.codec import encode_token
-from rainctl.core.events import ClockAdvanced, MessageReceived, MulticastRequested
+from rainctl.core.events import ClockAdvanced, MessageReceived, MulticastRequested, PinRequested
 from rainctl.core.messages import Envelope, Message
 from rainctl.core.reliable import split_payload
 from rainctl.core.ring import IN_RING, Phase, RingMachine
@@ -506,6 +506,60 @@ def test_multicast_delivered_once_everywhere_in_one_order(network: NetworkCondit
         assert delivered == reference, node
     counters = sim._result().counters
     assert counters.get("multicast_dropped_queue_full", 0) == 0
+
+
+# ---- operator pins ------------------------------------------------------------------------------
+
+
+def test_pin_moves_the_vip_to_the_pinned_node_and_unpin_keeps_it_there() -> None:
+    scenario = Scenario(seed=12, nodes=3, vips=6, duration_ms=8000)
+    t = timers_of(scenario)
+    sim = Simulation(scenario)
+    advance(sim, 2500)
+    vip = all_vips(sim)[0]
+    (owner,) = live_owners(sim)[vip]
+    target = next(node for node in (1, 2, 3) if node != owner)
+    # Asked on a third node: pins travel in the token, whoever asks.
+    asker = next(node for node in (1, 2, 3) if node not in (owner, target))
+    sim._step(sim.nodes[asker], PinRequested(vip, target))
+    # The asker writes it at its next hold; the owner hands over at its next one after that.
+    advance(sim, 2500 + 3 * t.round_ms + t.hop_failure_ms)
+    assert live_owners(sim)[vip] == [target]
+    token = sim.nodes[target].machine.token
+    assert token is not None
+    assert (vip, target) in token.pins
+    assert sim.nodes[asker].machine.status().counters["pin_changes"] == 1
+    # Unpinned, the VIP stays where it is (no move without a reason).
+    sim._step(sim.nodes[owner], PinRequested(vip, None))
+    advance(sim, 5000)
+    assert live_owners(sim)[vip] == [target]
+    token = sim.nodes[owner].machine.token
+    assert token is not None
+    assert all(pinned != vip for pinned, _ in token.pins)
+    sim.run()
+
+
+def test_a_pin_to_a_node_that_leaves_binds_again_when_it_returns() -> None:
+    scenario = Scenario(
+        seed=13,
+        nodes=3,
+        vips=3,
+        duration_ms=12_000,
+        faults=(Fault(4000, "crash", node=3), Fault(6000, "restart", node=3)),
+    )
+    sim = Simulation(scenario)
+    advance(sim, 2500)
+    vip = all_vips(sim)[0]
+    sim._step(sim.nodes[1], PinRequested(vip, 3))
+    advance(sim, 3900)
+    assert live_owners(sim)[vip] == [3]
+    advance(sim, 5900)
+    # Node 3 is gone: the pin does not bind, the VIP is served by a live node.
+    assert live_owners(sim)[vip] != [3]
+    assert len(live_owners(sim)[vip]) == 1
+    sim.run()
+    # Back in the ring, the pinned node gets its VIP again (pins survive in the token).
+    assert live_owners(sim)[vip] == [3]
 
 
 # ---- garbage from configured peers --------------------------------------------------------------

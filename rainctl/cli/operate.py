@@ -1,0 +1,92 @@
+"""Operator commands on a running cluster, through the local daemon's control socket.
+
+`rainctl vips`, `rainctl node drain|undrain ID`, `rainctl vip pin|unpin VIP [NODE]` and
+`rainctl reload`. Any node's daemon can be asked: pins travel in the token and drains of
+other members as ring multicast (rainctl.daemon.commands). The daemon validates the
+arguments against its config and refuses with one line; the CLI exits 2 then.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from rainctl.cli.status_render import vips_view
+from rainctl.daemon.control import DEFAULT_SOCKET, request
+
+SocketOption = Annotated[Path, typer.Option("--socket", help="The daemon's control socket.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the daemon's JSON answer.")]
+NodeArgument = Annotated[int, typer.Argument(help="A configured node id.", min=1, max=65535)]
+VipArgument = Annotated[str, typer.Argument(help="A VIP of the configured pool.")]
+
+node_app = typer.Typer(help="Drain or undrain a node.", no_args_is_help=True)
+vip_app = typer.Typer(help="Pin a VIP to a node, or unpin it.", no_args_is_help=True)
+
+
+def _print(document: dict[str, Any], as_json: bool, line: str) -> None:
+    typer.echo(json.dumps(document, indent=2) if as_json else line)
+
+
+def vips(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
+    """Show every configured VIP: owner, planned move, pin, home, owned here."""
+    document = request(socket_path, "vips")
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(vips_view(document))
+
+
+@node_app.command("drain")
+def drain(
+    node: NodeArgument, socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False
+) -> None:
+    """Move every VIP off NODE and give it no new ones (persists across its restarts)."""
+    document = request(socket_path, "drain", arguments={"node": node})
+    _print(document, as_json, f"node {node}: drain requested ({document['via']})")
+
+
+@node_app.command("undrain")
+def undrain(
+    node: NodeArgument, socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False
+) -> None:
+    """Make NODE eligible for VIPs again."""
+    document = request(socket_path, "undrain", arguments={"node": node})
+    _print(document, as_json, f"node {node}: undrain requested ({document['via']})")
+
+
+@vip_app.command("pin")
+def pin(
+    vip: VipArgument,
+    node: NodeArgument,
+    socket_path: SocketOption = DEFAULT_SOCKET,
+    as_json: JsonOption = False,
+) -> None:
+    """Keep VIP on NODE while NODE is an eligible member (it moves there now)."""
+    document = request(socket_path, "pin", arguments={"vip": vip, "node": node})
+    _print(document, as_json, f"{document['vip']}: pinned to node {node}")
+
+
+@vip_app.command("unpin")
+def unpin(
+    vip: VipArgument, socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False
+) -> None:
+    """Remove VIP's pin (it stays where it is until something else moves it)."""
+    document = request(socket_path, "unpin", arguments={"vip": vip})
+    _print(document, as_json, f"{document['vip']}: unpinned")
+
+
+def reload(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
+    """Re-read the daemon's config and apply it by diff (like SIGHUP); refused whole if invalid."""
+    document = request(socket_path, "reload")
+    _print(document, as_json, "reloaded")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("vips")(vips)
+    app.command("reload")(reload)
+    app.add_typer(node_app, name="node")
+    app.add_typer(vip_app, name="vip")

@@ -1,0 +1,202 @@
+"""Pydantic models of the data-plane part of the cluster config: `[sync]` and `[[services]]`.
+
+These sections program IPVS on every node (rainctl/core/dataplane.py). They are not part of
+the ring's config digest (rainctl/config/convert.py): during a rolling reload nodes may
+briefly disagree on them without splitting the ring. Cross-field checks (VIP configured,
+families, unique keys, ports of dr/tunnel real servers, `mh_port`) run in `ClusterConfig`'s
+model validator through `service_problems`, so each problem names its full key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rainctl.config.diagnostics import Problem, value_error
+from rainctl.core.dataplane import (
+    PERSISTENCE_S_MAX,
+    PORT_MAX,
+    SYNC_ID_MAX,
+    WEIGHT_MAX,
+    ForwardingMethod,
+    Scheduler,
+    ServiceProtocol,
+)
+
+SERVICES_MAX = 1024
+REAL_SERVERS_MAX = 1024
+"""Per service."""
+
+_INTERFACE = re.compile(r"[!-~]{1,15}")
+"""A Linux interface name (the kernel's dev_valid_name, printable ASCII only): at most
+IFNAMSIZ - 1 characters, no '/', ':' or space, not "." or ".."."""
+
+
+def canonical_address(text: str) -> str:
+    """`text` as canonical IPv4 / IPv6 text; raises on anything else."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise value_error(f"{text!r} is not an IPv4 or IPv6 address (e.g. 198.18.1.11)") from None
+    if ip.is_unspecified or ip.is_multicast:
+        raise value_error(f"{text!r} is an unspecified or multicast address")
+    return str(ip)
+
+
+def check_interface(value: str) -> str:
+    if _INTERFACE.fullmatch(value) is None or value in {".", ".."} or set(value) & set("/:"):
+        raise value_error(
+            f"{value!r} is not an interface name (1 to 15 printable ASCII characters, "
+            "no '/', ':' or space)"
+        )
+    return value
+
+
+class SyncSection(BaseModel):
+    """`[sync]`: IPVS connection synchronisation (a master and a backup daemon per node)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool = False
+    sync_id: int = Field(default=0, ge=0, le=SYNC_ID_MAX)
+
+
+class RealServerEntry(BaseModel):
+    """One `[[services.real_servers]]` entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    address: str
+    port: int | None = Field(default=None, ge=1, le=PORT_MAX)
+    """None: the service's port."""
+    weight: int = Field(default=1, ge=0, le=WEIGHT_MAX)
+    forwarding: ForwardingMethod | None = Field(default=None, strict=False)
+    """None: the service's `forwarding`."""
+
+    @field_validator("address")
+    @classmethod
+    def _canonical_address(cls, value: str) -> str:
+        return canonical_address(value)
+
+
+class ServiceEntry(BaseModel):
+    """One `[[services]]` entry: an IPVS virtual service on a configured VIP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    vip: str
+    port: int = Field(ge=1, le=PORT_MAX)
+    protocol: ServiceProtocol = Field(default=ServiceProtocol.TCP, strict=False)
+    scheduler: Scheduler = Field(default=Scheduler.WLC, strict=False)
+    mh_port: bool = False
+    forwarding: ForwardingMethod = Field(default=ForwardingMethod.DR, strict=False)
+    persistence_s: int = Field(default=0, ge=0, le=PERSISTENCE_S_MAX)
+    real_servers: tuple[RealServerEntry, ...] = Field(default=(), strict=False)
+
+    @field_validator("vip")
+    @classmethod
+    def _canonical_vip(cls, value: str) -> str:
+        return canonical_address(value)
+
+    def forwarding_of(self, server: RealServerEntry) -> ForwardingMethod:
+        return self.forwarding if server.forwarding is None else server.forwarding
+
+    def port_of(self, server: RealServerEntry) -> int:
+        return self.port if server.port is None else server.port
+
+    def describe(self) -> str:
+        host = f"[{self.vip}]" if ":" in self.vip else self.vip
+        return f"{self.protocol.value} {host}:{self.port}"
+
+
+def _family(address: str) -> str:
+    return f"IPv{ipaddress.ip_address(address).version}"
+
+
+def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> list[Problem]:
+    """Every cross-field problem of `[[services]]`, given the configured VIP addresses."""
+    problems: list[Problem] = []
+    if len(services) > SERVICES_MAX:
+        problems.append(
+            (("services",), f"{len(services)} services configured, at most {SERVICES_MAX}")
+        )
+    configured = set(vips)
+    first_by_key: dict[tuple[str, int, ServiceProtocol], int] = {}
+    for index, service in enumerate(services):
+        loc = ("services", index)
+        if service.vip not in configured:
+            problems.append(
+                ((*loc, "vip"), f"{service.vip!r} is not a configured [[vips]] address")
+            )
+        key = (service.vip, service.port, service.protocol)
+        if key in first_by_key:
+            problems.append(
+                (
+                    loc,
+                    f"{service.describe()} is already configured at services[{first_by_key[key]}]",
+                )
+            )
+        else:
+            first_by_key[key] = index
+        if service.mh_port and service.scheduler is not Scheduler.MH:
+            problems.append(
+                (
+                    (*loc, "mh_port"),
+                    f'only used with scheduler = "mh" (scheduler is "{service.scheduler.value}")',
+                )
+            )
+        problems.extend(_real_server_problems(service, loc))
+    return problems
+
+
+def _real_server_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[Problem]:
+    problems: list[Problem] = []
+    servers = service.real_servers
+    if len(servers) > REAL_SERVERS_MAX:
+        problems.append(
+            (
+                (*loc, "real_servers"),
+                f"{len(servers)} real servers configured, at most {REAL_SERVERS_MAX}",
+            )
+        )
+    first_by_key: dict[tuple[str, int], int] = {}
+    for index, server in enumerate(servers):
+        server_loc = (*loc, "real_servers", index)
+        port = service.port_of(server)
+        if _family(server.address) != _family(service.vip):
+            problems.append(
+                (
+                    (*server_loc, "address"),
+                    f"{server.address!r} is {_family(server.address)}, the service's vip "
+                    f"{service.vip} is {_family(service.vip)}",
+                )
+            )
+        key = (server.address, port)
+        if key in first_by_key:
+            host = f"[{server.address}]" if ":" in server.address else server.address
+            problems.append(
+                (
+                    server_loc,
+                    f"{host}:{port} is already configured at "
+                    f"{_format(loc)}.real_servers[{first_by_key[key]}]",
+                )
+            )
+        else:
+            first_by_key[key] = index
+        forwarding = service.forwarding_of(server)
+        if forwarding.keeps_port and port != service.port:
+            problems.append(
+                (
+                    (*server_loc, "port"),
+                    f"{port} must equal the service port {service.port} with forwarding = "
+                    f'"{forwarding.value}" (only "nat" can change the port)',
+                )
+            )
+    return problems
+
+
+def _format(loc: tuple[str, int]) -> str:
+    return f"{loc[0]}[{loc[1]}]"

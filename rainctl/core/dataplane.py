@@ -1,0 +1,310 @@
+"""IPVS planning: the desired virtual services of a node and the operations that reach them.
+
+Pure: config values in (`ServiceSpec`), a desired table out (`desired_ipvs`), and the
+ordered operations that turn the table the kernel holds into it (`diff_ipvs`). The daemon's
+data-plane reconciler (rainctl/daemon/dataplane.py) reads the kernel, diffs and applies;
+level-triggered, so after any failure it simply reads and diffs again.
+
+Every service is configured on every node, owner of its VIP or not (docs/protocol.md, "ARP
+behaviour": the VIP is on every node, only the owner receives its traffic), so the desired
+table depends on the config alone, never on ownership, and a VIP move touches no service.
+
+A service is identified by (vip, port, protocol), a real server within its service by
+(address, port). Everything else is changed in place (IPVS "set"), so a service whose
+scheduler, flags, persistence or real-server weights change keeps its connections, and a
+service that did not change gets no operation at all. Order, for each service in key order:
+new service first, then its real servers; real servers removed before the service they
+belong to; within a service that stays: deletes, then the service update, then real-server
+updates, then adds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from itertools import pairwise
+
+PORT_MAX = 65535
+WEIGHT_MAX = 65535
+PERSISTENCE_S_MAX = 2**31 - 1
+SYNC_ID_MAX = 255
+
+IP_VS_SVC_F_SCHED_MH_PORT = 0x0010
+"""IP_VS_SVC_F_SCHED2: the "mh" scheduler hashes the source port too."""
+
+
+class ServiceProtocol(Enum):
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class ForwardingMethod(Enum):
+    DR = "dr"
+    NAT = "nat"
+    TUNNEL = "tunnel"
+
+    @property
+    def keeps_port(self) -> bool:
+        """Direct routing and tunnelling deliver to the service port: only NAT rewrites it."""
+        return self is not ForwardingMethod.NAT
+
+
+class Scheduler(Enum):
+    """The kernel's IPVS schedulers (ip_vs_<name> modules)."""
+
+    RR = "rr"
+    WRR = "wrr"
+    LC = "lc"
+    WLC = "wlc"
+    LBLC = "lblc"
+    LBLCR = "lblcr"
+    DH = "dh"
+    SH = "sh"
+    SED = "sed"
+    NQ = "nq"
+    FO = "fo"
+    OVF = "ovf"
+    MH = "mh"
+
+
+# ---- the config's intent -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerSpec:
+    address: str
+    """Canonical IPv4 / IPv6 text, same family as the service's VIP."""
+    port: int
+    weight: int = 1
+    forwarding: ForwardingMethod = ForwardingMethod.DR
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    vip: str
+    port: int
+    protocol: ServiceProtocol = ServiceProtocol.TCP
+    scheduler: Scheduler = Scheduler.WLC
+    mh_port: bool = False
+    persistence_s: int = 0
+    real_servers: tuple[RealServerSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSpec:
+    """IPVS connection synchronisation: every node runs a master and a backup daemon."""
+
+    enabled: bool = False
+    sync_id: int = 0
+
+
+# ---- the kernel's table, as plain values ---------------------------------------------------
+
+ServiceKey = tuple[int, int, int, str]
+"""(IP version, address as int, port, protocol): the kernel's service order."""
+
+ServerKey = tuple[int, int, int]
+
+
+def address_order(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsService:
+    """A virtual service as the kernel holds it (the core's view of `VirtualService`)."""
+
+    vip: str
+    port: int
+    protocol: ServiceProtocol
+    scheduler: str
+    persistence_s: int = 0
+    flags: int = 0
+    """Scheduler flags (IP_VS_SVC_F_SCHED1..3, ONEPACKET); PERSISTENT is `persistence_s`."""
+
+    @property
+    def key(self) -> ServiceKey:
+        return (*address_order(self.vip), self.port, self.protocol.value)
+
+    def __str__(self) -> str:
+        host = f"[{self.vip}]" if ":" in self.vip else self.vip
+        return f"{self.protocol.value} {host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsRealServer:
+    address: str
+    port: int
+    weight: int
+    forwarding: ForwardingMethod
+
+    @property
+    def key(self) -> ServerKey:
+        return (*address_order(self.address), self.port)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsEntry:
+    service: IpvsService
+    real_servers: tuple[IpvsRealServer, ...] = ()
+    """Sorted by key, keys unique."""
+
+
+IpvsState = tuple[IpvsEntry, ...]
+"""A whole table: entries sorted by service key, keys unique."""
+
+
+class OpKind(Enum):
+    ADD_SERVICE = "add service"
+    UPDATE_SERVICE = "update service"
+    DELETE_SERVICE = "delete service"
+    ADD_REAL_SERVER = "add real server"
+    UPDATE_REAL_SERVER = "update real server"
+    DELETE_REAL_SERVER = "delete real server"
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsOp:
+    kind: OpKind
+    service: IpvsService
+    real_server: IpvsRealServer | None = None
+    """Set exactly for the real-server kinds."""
+
+    def __str__(self) -> str:
+        if self.real_server is None:
+            return f"{self.kind.value} {self.service}"
+        return f"{self.kind.value} {self.real_server} of {self.service}"
+
+
+def normalised(entries: Iterable[IpvsEntry]) -> IpvsState:
+    """`entries` in key order, their real servers too; ValueError on a duplicate key."""
+    ordered = sorted(entries, key=lambda entry: entry.service.key)
+    result: list[IpvsEntry] = []
+    for entry in ordered:
+        if result and result[-1].service.key == entry.service.key:
+            raise ValueError(f"service {entry.service} appears twice")
+        servers = sorted(entry.real_servers, key=lambda server: server.key)
+        for before, after in pairwise(servers):
+            if before.key == after.key:
+                raise ValueError(f"real server {after} appears twice in {entry.service}")
+        result.append(IpvsEntry(entry.service, tuple(servers)))
+    return tuple(result)
+
+
+def desired_ipvs(services: Sequence[ServiceSpec]) -> IpvsState:
+    """The IPVS table the config asks for (identical on every node)."""
+    return normalised(
+        IpvsEntry(
+            IpvsService(
+                vip=spec.vip,
+                port=spec.port,
+                protocol=spec.protocol,
+                scheduler=spec.scheduler.value,
+                persistence_s=spec.persistence_s,
+                flags=IP_VS_SVC_F_SCHED_MH_PORT if spec.mh_port else 0,
+            ),
+            tuple(
+                IpvsRealServer(server.address, server.port, server.weight, server.forwarding)
+                for server in spec.real_servers
+            ),
+        )
+        for spec in services
+    )
+
+
+def diff_ipvs(current: Sequence[IpvsEntry], desired: Sequence[IpvsEntry]) -> list[IpvsOp]:
+    """The operations that turn `current` into `desired`, in the module's order."""
+    now = {entry.service.key: entry for entry in normalised(current)}
+    wanted = {entry.service.key: entry for entry in normalised(desired)}
+    ops: list[IpvsOp] = []
+    for key in sorted(now.keys() | wanted.keys()):
+        ops.extend(_service_ops(now.get(key), wanted.get(key)))
+    return ops
+
+
+def _service_ops(current: IpvsEntry | None, desired: IpvsEntry | None) -> list[IpvsOp]:
+    if desired is None:
+        assert current is not None
+        service = current.service
+        return [
+            *(IpvsOp(OpKind.DELETE_REAL_SERVER, service, rs) for rs in current.real_servers),
+            IpvsOp(OpKind.DELETE_SERVICE, service),
+        ]
+    service = desired.service
+    if current is None:
+        return [
+            IpvsOp(OpKind.ADD_SERVICE, service),
+            *(IpvsOp(OpKind.ADD_REAL_SERVER, service, rs) for rs in desired.real_servers),
+        ]
+    now = {server.key: server for server in current.real_servers}
+    wanted = {server.key: server for server in desired.real_servers}
+    ops = [
+        IpvsOp(OpKind.DELETE_REAL_SERVER, current.service, now[key])
+        for key in sorted(now.keys() - wanted.keys())
+    ]
+    if current.service != service:
+        ops.append(IpvsOp(OpKind.UPDATE_SERVICE, service))
+    ops.extend(
+        IpvsOp(OpKind.UPDATE_REAL_SERVER, service, wanted[key])
+        for key in sorted(now.keys() & wanted.keys())
+        if now[key] != wanted[key]
+    )
+    ops.extend(
+        IpvsOp(OpKind.ADD_REAL_SERVER, service, wanted[key])
+        for key in sorted(wanted.keys() - now.keys())
+    )
+    return ops
+
+
+def apply_ipvs(state: Sequence[IpvsEntry], ops: Iterable[IpvsOp]) -> IpvsState:
+    """What a table holds after `ops`, with the kernel's meaning of each operation (a model
+    for tests and checks; a service's deletion takes its real servers with it). ValueError for
+    an operation the kernel would refuse (add of an existing key, anything on a missing one)."""
+    table: dict[ServiceKey, tuple[IpvsService, dict[ServerKey, IpvsRealServer]]] = {
+        entry.service.key: (entry.service, {rs.key: rs for rs in entry.real_servers})
+        for entry in normalised(state)
+    }
+    for op in ops:
+        key = op.service.key
+        found = table.get(key)
+        if op.kind is OpKind.ADD_SERVICE:
+            if found is not None:
+                raise ValueError(f"{op}: exists")
+            table[key] = (op.service, {})
+            continue
+        if found is None:
+            raise ValueError(f"{op}: no such service")
+        servers = found[1]
+        if op.kind is OpKind.UPDATE_SERVICE:
+            table[key] = (op.service, servers)
+        elif op.kind is OpKind.DELETE_SERVICE:
+            del table[key]
+        else:
+            _apply_server_op(op, servers)
+    return normalised(
+        IpvsEntry(service, tuple(servers.values())) for service, servers in table.values()
+    )
+
+
+def _apply_server_op(op: IpvsOp, servers: dict[ServerKey, IpvsRealServer]) -> None:
+    server = op.real_server
+    assert server is not None
+    exists = server.key in servers
+    if op.kind is OpKind.ADD_REAL_SERVER:
+        if exists:
+            raise ValueError(f"{op}: exists")
+        servers[server.key] = server
+    elif not exists:
+        raise ValueError(f"{op}: no such real server")
+    elif op.kind is OpKind.UPDATE_REAL_SERVER:
+        servers[server.key] = server
+    else:
+        del servers[server.key]
