@@ -14,8 +14,14 @@ STAMP := $(VENV)/.setup-stamp
 SYSTEM_PACKAGES := python3 python3-venv python3-pip
 # The virtual lab's tools (docs/lab.md): the user-mode-linux kernel with its IPVS modules,
 # kmod for modprobe inside the guests, iproute2 for namespaces, bridges and veths, ping for
-# the lab tests, and ipvsadm, arping and tcpdump for looking inside.
-LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump
+# the lab tests, and ipvsadm, arping and tcpdump for looking inside. keepalived is the peer
+# `rainctl bench failover --peer keepalived` runs inside the lab's UML nodes (never on the
+# host): its package enables and would start a keepalived service on the host, so `setup`
+# installs with a policy-rc.d that denies every service start (exit 101, invoke-rc.d's
+# convention; Debian's Docker images ship one already, which is then left as it is). The
+# same holds in CI: the package's service must not run on a CI host either.
+LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump \
+	keepalived
 PYTEST_ARGS ?=
 
 .PHONY: setup lint test demo sim-demo bench lock clean
@@ -43,7 +49,16 @@ setup: $(STAMP)
 	    echo "make setup: installing$$missing with apt-get"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get update -q; \
-	    apt-get install -y -q --no-install-recommends $$missing; \
+	    policy=/usr/sbin/policy-rc.d; own_policy=""; \
+	    if [ ! -e "$$policy" ]; then \
+	      printf '#!/bin/sh\n# rainctl make setup: no service starts while it installs\nexit 101\n' \
+	        > "$$policy"; \
+	      chmod 0755 "$$policy"; own_policy=1; \
+	    fi; \
+	    status=0; \
+	    apt-get install -y -q --no-install-recommends $$missing || status=$$?; \
+	    if [ -n "$$own_policy" ]; then rm -f "$$policy"; fi; \
+	    exit $$status; \
 	  fi; \
 	fi
 

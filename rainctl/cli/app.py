@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from rainctl.cli import bench as bench_commands
 from rainctl.cli import config as config_commands
 from rainctl.cli import daemon as daemon_commands
 from rainctl.cli import lab as lab_commands
@@ -62,6 +63,7 @@ def version() -> None:
 
 
 # Every sub-command module, registered here and nowhere else.
+bench_commands.register(app)
 config_commands.register(app)
 daemon_commands.register(app)
 lab_commands.register(app)

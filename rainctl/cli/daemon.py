@@ -46,15 +46,13 @@ def daemon(
         str | None,
         typer.Option(
             "--front-interface",
-            help="LAN interface that carries the owned VIPs (required with --data-plane linux "
-            "and ipvs).",
+            help="LAN interface that carries the owned VIPs, with --data-plane linux and ipvs "
+            "(default: this node's front_interface in the config).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
-    if data_plane is not DataPlane.NONE and not front_interface:
-        raise OptionError(f"--data-plane {data_plane.value} needs --front-interface IFACE")
     if data_plane is DataPlane.NONE and front_interface:
         raise OptionError("--front-interface only applies to --data-plane linux or ipvs")
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.

@@ -4,8 +4,9 @@
 every node has IPVS loaded (with `--daemon`, every node also runs `rainctl daemon`); `status`
 shows what is recorded and alive, and each daemon's ring as its status file reports it;
 `down` removes it all.
-`kill`, `freeze` and `thaw` are faults on one node; `demo` kills a VIP's owner and measures
-the outage the client sees. All of them read and write the lab's
+`kill`, `freeze` and `thaw` are faults on one node, `partition` and `heal` cut the nodes into
+groups and join them again; `ctl` sends a control command to a node's daemon; `demo` kills a
+VIP's owner and measures the outage the client sees. All of them read and write the lab's
 state directory (`--state-dir`), which is how `down` knows exactly what to end.
 """
 
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from rainctl.lab import builder, demo
 from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabError, LabStatus
-from rainctl.lab.plan import PROFILES
+from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES
 
 lab_app = typer.Typer(
     name="lab",
@@ -42,7 +43,9 @@ def status_lines(status: LabStatus) -> list[str]:
     plan = status.plan
     missing = sorted(set(plan.namespaces) - set(status.namespaces_present))
     lines = [
-        f"lab {plan.prefix}: switch namespace {plan.switch_namespace}, state {status.state_dir}"
+        f"lab {plan.prefix} ({plan.mode}): switch namespace {plan.switch_namespace} "
+        f"(router {', '.join(str(address.ip) for _bridge, address in plan.routers)}), "
+        f"state {status.state_dir}"
         + (f" (missing namespaces: {', '.join(missing)})" if missing else "")
     ]
     for node in status.nodes:
@@ -56,7 +59,7 @@ def status_lines(status: LabStatus) -> list[str]:
         pid = backend.process.pid if backend.process else "-"
         lines.append(
             f"backend {backend.host.name:<16} {backend.state:<8} pid {pid!s:<8} "
-            f"{backend.host.address.ip}:80 in {backend.host.namespace}"
+            f"{backend.host.address.ip}:{BACKEND_PORT},{ECHO_PORT} in {backend.host.namespace}"
         )
     client = status.client
     lines.append(
@@ -115,6 +118,7 @@ def status_json(status: LabStatus) -> dict[str, Any]:
         "prefix": status.plan.prefix,
         "state_dir": str(status.state_dir),
         "switch_namespace": status.plan.switch_namespace,
+        "mode": status.plan.mode,
         "namespaces_present": list(status.namespaces_present),
         "nodes": [
             {
@@ -165,9 +169,13 @@ def up(
         bool,
         typer.Option(
             "--daemon/--no-daemon",
-            help="Run `rainctl daemon` (data plane linux on vec0) on every node, in one ring.",
+            help="Run `rainctl daemon` (data plane ipvs, VIPs on vec0) on every node, in one ring.",
         ),
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help=f"IPVS forwarding to the back-ends ({', '.join(MODES)})."),
+    ] = "dr",
     profile: Annotated[
         str, typer.Option("--profile", help=f"The ring's timer profile ({', '.join(PROFILES)}).")
     ] = "fast",
@@ -176,6 +184,8 @@ def up(
     """Build the lab and wait until every node has IPVS loaded (and its daemon answers)."""
     if profile not in PROFILES:
         raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
+    if mode not in MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
     started = time.monotonic()
     status = builder.up(
         state_dir,
@@ -185,6 +195,7 @@ def up(
         memory_mb=memory_mb,
         timeout_s=timeout_s,
         profile=profile if daemon else None,
+        mode=mode,
     )
     elapsed_s = time.monotonic() - started
     typer.echo(f"lab up in {elapsed_s:.1f} s")
@@ -222,6 +233,20 @@ def kill(node: NodeName, state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
 
 @lab_app.command()
+def restart(
+    node: NodeName,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the node to boot.")
+    ] = builder.BOOT_TIMEOUT_S,
+) -> None:
+    """Boot a killed node again with its init script (and daemon); wait until it is ready."""
+    started = time.monotonic()
+    builder.restart_node(state_dir, node, timeout_s=timeout_s)
+    typer.echo(f"restarted {node} in {time.monotonic() - started:.1f} s")
+
+
+@lab_app.command()
 def freeze(node: NodeName, state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     """Freeze a node's kernel (uml_mconsole stop): hung, not dead."""
     builder.freeze_node(state_dir, node)
@@ -233,6 +258,58 @@ def thaw(node: NodeName, state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     """Resume a frozen node (uml_mconsole go)."""
     builder.thaw_node(state_dir, node)
     typer.echo(f"thawed {node}")
+
+
+@lab_app.command("partition")
+def partition_command(
+    groups: Annotated[
+        str,
+        typer.Argument(
+            help="Groups of nodes (names or ids) separated by '/', e.g. 1,2/3; the nodes not "
+            "listed form one more group."
+        ),
+    ],
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Cut the nodes into groups that cannot reach each other (the client still reaches all)."""
+    names = builder.partition(state_dir, groups)
+    typer.echo("partitioned: " + " / ".join(",".join(group) for group in names))
+
+
+@lab_app.command()
+def heal(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Undo `partition`: every node reaches every other again."""
+    typer.echo("healed" if builder.heal(state_dir) else "no partition in place")
+
+
+def parse_arguments(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs -> a JSON object; a value that parses as JSON (numbers, true, null,
+    quoted strings) is that value, anything else is a string."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise typer.BadParameter(f"{pair!r}: must be key=value", param_hint="--arg")
+        try:
+            result[key] = json.loads(value)
+        except ValueError:
+            result[key] = value
+    return result
+
+
+@lab_app.command()
+def ctl(
+    node: Annotated[str, typer.Argument(help="A node's name or id.")],
+    command: Annotated[str, typer.Argument(help="A control command: status, vips, drain, ...")],
+    arguments: Annotated[
+        list[str] | None,
+        typer.Option("--arg", help="An argument of the command, key=value (repeatable)."),
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Send a control command to a node's daemon (through its helper) and print the answer."""
+    result = builder.control(state_dir, node, command, parse_arguments(arguments or []))
+    typer.echo(json.dumps(result, indent=2))
 
 
 def _ms(value: float | None) -> str:

@@ -1,9 +1,10 @@
 """Operator commands on a running cluster, through the local daemon's control socket.
 
-`rainctl vips`, `rainctl node drain|undrain ID`, `rainctl vip pin|unpin VIP [NODE]` and
-`rainctl reload`. Any node's daemon can be asked: pins travel in the token and drains of
-other members as ring multicast (rainctl.daemon.commands). The daemon validates the
-arguments against its config and refuses with one line; the CLI exits 2 then.
+`rainctl vips`, `rainctl node drain|undrain ID`, `rainctl node leave`,
+`rainctl vip pin|unpin VIP [NODE]` and `rainctl reload`. Any node's daemon can be asked: pins
+travel in the token and drains of other members as ring multicast (rainctl.daemon.commands);
+`node leave` stops the asked daemon itself. The daemon validates the arguments against its
+config and refuses with one line; the CLI exits 2 then.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the daemon's JSO
 NodeArgument = Annotated[int, typer.Argument(help="A configured node id.", min=1, max=65535)]
 VipArgument = Annotated[str, typer.Argument(help="A VIP of the configured pool.")]
 
-node_app = typer.Typer(help="Drain or undrain a node.", no_args_is_help=True)
+node_app = typer.Typer(help="Drain, undrain or stop a node.", no_args_is_help=True)
 vip_app = typer.Typer(help="Pin a VIP to a node, or unpin it.", no_args_is_help=True)
 
 
@@ -83,6 +84,13 @@ def reload(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = Fal
     """Re-read the daemon's config and apply it by diff (like SIGHUP); refused whole if invalid."""
     document = request(socket_path, "reload")
     _print(document, as_json, "reloaded")
+
+
+@node_app.command("leave")
+def leave(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
+    """Make the asked daemon leave the ring (its VIPs go to the others) and exit, as SIGTERM."""
+    document = request(socket_path, "leave")
+    _print(document, as_json, f"node {document['node']}: leaving the ring")
 
 
 def register(app: typer.Typer) -> None:

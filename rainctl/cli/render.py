@@ -72,7 +72,7 @@ def config_document(
 ) -> dict[str, object]:
     """The ring-relevant data of a valid config file as a JSON-ready document (no secrets)."""
     cluster = config.cluster
-    back_interfaces = {node.id: node.back_interface for node in config.nodes}
+    entries = {node.id: node for node in config.nodes}
     return {
         "cluster": {
             "name": cluster.name,
@@ -87,7 +87,8 @@ def config_document(
             {
                 "id": node.node_id,
                 "address": node.address,
-                "back_interface": back_interfaces.get(node.node_id),
+                "front_interface": entries[node.node_id].front_interface,
+                "back_interface": entries[node.node_id].back_interface,
             }
             for node in spec.nodes
         ],

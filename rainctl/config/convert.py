@@ -6,8 +6,9 @@ by address. Two nodes whose files say the same thing, however written, get the s
 any change of meaning changes it.
 
 The data-plane settings are left out of the digest: `[sync]`, `[[services]]` and
-`nodes[].back_interface` program each node's IPVS, not the ring, and nodes may briefly
-disagree on them during a rolling reload (SIGHUP) without splitting the ring.
+`nodes[].front_interface` / `back_interface` program each node's kernel, not the ring, and
+nodes may briefly disagree on them during a rolling reload (SIGHUP) without splitting the
+ring.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
 
 DATA_PLANE_KEYS = frozenset({"sync", "services"})
 """Top-level sections outside the digest."""
-DATA_PLANE_NODE_KEYS = frozenset({"back_interface"})
+DATA_PLANE_NODE_KEYS = frozenset({"front_interface", "back_interface"})
 
 
 def canonical_json(config: ClusterConfig) -> bytes:

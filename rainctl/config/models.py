@@ -149,6 +149,9 @@ class NodeEntry(BaseModel):
 
     id: int = Field(ge=1, le=NODE_ID_MAX)
     address: str
+    front_interface: str | None = None
+    """LAN interface that carries this node's owned VIPs (`--front-interface` overrides it).
+    A data-plane setting: not part of the config digest."""
     back_interface: str | None = None
     """Interface of the IPVS connection sync daemons; None: the daemon's front interface.
     A data-plane setting: not part of the config digest."""
@@ -158,9 +161,9 @@ class NodeEntry(BaseModel):
     def _canonical_address(cls, value: str) -> str:
         return canonical_endpoint(value)
 
-    @field_validator("back_interface")
+    @field_validator("front_interface", "back_interface")
     @classmethod
-    def _check_back_interface(cls, value: str | None) -> str | None:
+    def _check_interface(cls, value: str | None) -> str | None:
         return None if value is None else check_interface(value)
 
 

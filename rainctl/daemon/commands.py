@@ -10,7 +10,8 @@ Commands that change the cluster never touch the token directly (only its holder
   ordered ring multicast (`DRAIN_KIND`) that the named node applies on delivery, so the
   operator can drain any member from any node. The state is persisted in the state
   directory: a drained node stays drained across restarts until undrained.
-* `reload` is SIGHUP's work, done by the composition root's callback.
+* `reload` is SIGHUP's work and `leave` SIGTERM's (leave the ring, hand the VIPs over,
+  exit), both done by the composition root's callbacks.
 
 Arguments are validated against the config before anything happens; a refusal is one line
 naming the argument, the value and what is allowed.
@@ -76,6 +77,7 @@ StepEvent = Callable[[PinRequested | MulticastRequested], None]
 SetState = Callable[[NodeState], None]
 Document = Callable[[], JsonObject]
 Reload = Callable[[], JsonObject]
+Leave = Callable[[], None]
 
 
 class Commands:
@@ -91,6 +93,7 @@ class Commands:
         set_state: SetState,
         status: Document,
         reload: Reload,
+        leave: Leave,
     ) -> None:
         self._spec = spec
         self._machine = machine
@@ -99,6 +102,7 @@ class Commands:
         self._set_state = set_state
         self._status = status
         self._reload = reload
+        self._leave = leave
         self._homes = {vip.vip: vip.home for vip in spec.vips}
 
     def answer(self, request: ControlRequest) -> JsonObject:
@@ -110,6 +114,7 @@ class Commands:
             "pin": self._pin_command,
             "unpin": self._unpin_command,
             "reload": self._reload_command,
+            "leave": self._leave_command,
         }
         handler = handlers.get(request.command)
         if handler is None:
@@ -201,6 +206,11 @@ class Commands:
     def _reload_command(self, request: ControlRequest) -> JsonObject:
         request.expect()
         return self._reload()
+
+    def _leave_command(self, request: ControlRequest) -> JsonObject:
+        request.expect()
+        self._leave()
+        return {"node": self._machine.node_id, "leaving": True}
 
     # ---- helpers -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,6 @@ JsonObject = dict[str, Any]
 
 log = logging.getLogger("rainctl.dataplane")
 
-_KERNEL_PROTOCOLS = frozenset(protocol.value for protocol in IpProtocol)
-
 
 @dataclass(frozen=True, slots=True)
 class SyncWanted:
@@ -98,11 +97,6 @@ def sync_wanted(
 
 
 # ---- between the core's values and the adapter's ------------------------------------------
-
-
-def programmable(service: ServiceSpec | IpvsService) -> bool:
-    """Whether the kernel adapter can program this service (its protocol is modelled)."""
-    return service.protocol.value in _KERNEL_PROTOCOLS
 
 
 def kernel_service(service: IpvsService) -> VirtualService:
@@ -186,17 +180,19 @@ class DataPlaneReconciler:
         services: Sequence[ServiceSpec],
         sync: SyncWanted | None,
         *,
+        worker: Executor | None = None,
         refresh_s: float = REFRESH_S,
         retry_s: float = RETRY_S,
     ) -> None:
         self._table = table
+        self._worker = worker
+        """Where the table's calls run: pyroute2 sockets keep per-thread state, so a kernel
+        table needs the one thread that opened it (None: the loop's default pool)."""
         self._refresh_s = refresh_s
         self._retry_s = retry_s
         self._wake = asyncio.Event()
         self._desired: IpvsState = ()
         self._sync: SyncWanted | None = None
-        self.not_programmed: tuple[str, ...] = ()
-        """Services of the config the kernel adapter cannot program (protocol)."""
         self.want(services, sync)
         self._applied: tuple[IpvsState, SyncWanted | None] | None = None
         self._last: _Pass | None = None
@@ -213,19 +209,7 @@ class DataPlaneReconciler:
     def want(self, services: Sequence[ServiceSpec], sync: SyncWanted | None) -> None:
         """The new desired state (start-up, config reload); applied by the next pass, at once.
         The services must be valid config values (unique keys: `ValueError` otherwise)."""
-        skipped = tuple(
-            f"{spec.protocol.value} {spec.vip}:{spec.port}"
-            for spec in services
-            if not programmable(spec)
-        )
-        if skipped and skipped != self.not_programmed:
-            log.warning(
-                "not programmed (the IPVS adapter has no %s): %s",
-                "/".join(sorted({name.split()[0] for name in skipped})),
-                ", ".join(skipped),
-            )
-        self.not_programmed = skipped
-        self._desired = desired_ipvs([spec for spec in services if programmable(spec)])
+        self._desired = desired_ipvs(services)
         self._sync = sync
         self._wake.set()
 
@@ -258,7 +242,6 @@ class DataPlaneReconciler:
             "passes": self.passes,
             "failures": self.failures,
             "last_error": self.last_error,
-            "not_programmed": list(self.not_programmed),
             "sync_wanted": None
             if self._sync is None
             else {"interface": self._sync.interface, "sync_id": self._sync.sync_id},
@@ -279,7 +262,9 @@ class DataPlaneReconciler:
             self._wake.clear()
             desired, sync = self._desired, self._sync
             try:
-                done = await asyncio.to_thread(self._pass, desired, sync)
+                done = await asyncio.get_running_loop().run_in_executor(
+                    self._worker, self._pass, desired, sync
+                )
             except (OSError, ValueError, KernelError) as exc:
                 # The adapters map their failures to these; read, diff and retry.
                 self.failures += 1

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
 
@@ -111,6 +113,8 @@ class _Kernel:
     closers: list[Callable[[], None]] = field(default_factory=list)
     ipvs: IpvsTable | None = None
     """None: this data plane does not drive IPVS (`linux`)."""
+    ipvs_worker: Executor | None = None
+    """The thread the kernel's IPVS table must be used from (None: any, in memory)."""
 
 
 async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
@@ -121,17 +125,22 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
     # Imported here: pyroute2 is only loaded when the kernel is really driven.
     from rainctl.kernel.addresses import LinuxVipAddresses  # noqa: PLC0415
     from rainctl.kernel.arp import LinuxArpAnnouncer  # noqa: PLC0415
-    from rainctl.kernel.ipvs import LinuxIpvsTable  # noqa: PLC0415
+    from rainctl.kernel.ipvs import LinuxIpvsTable, set_ipvs_sysctls  # noqa: PLC0415
 
-    if options.front_interface is None:
-        plane = options.data_plane.value
-        raise OptionError(f"--data-plane {plane} needs --front-interface IFACE")
+    # Resolved (flag or config) by _with_front_interface before the kernel is opened.
+    assert options.front_interface is not None
     ipvs: LinuxIpvsTable | None = None
+    # pyroute2 keeps a socket's state per thread: the IPVS table lives on one thread of its
+    # own, opened there and used only from there (DataPlaneReconciler's worker).
+    ipvs_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainctl-ipvs")
+    loop = asyncio.get_running_loop()
     if options.data_plane is DataPlane.IPVS:
         # First, so a kernel without IPVS stops the start (one line) before anything changes.
         try:
-            ipvs = await asyncio.to_thread(LinuxIpvsTable)
+            ipvs = await loop.run_in_executor(ipvs_worker, LinuxIpvsTable)
+            set_ipvs_sysctls()
         except KernelError as exc:
+            ipvs_worker.shutdown()
             raise KernelError(
                 f"--data-plane ipvs: cannot open the kernel's IPVS table ({exc}); is the ip_vs "
                 "module loaded? Without IPVS use --data-plane linux"
@@ -147,17 +156,26 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
             options.front_interface, asyncio.get_running_loop(), still_owned=addresses.owns
         )
     except BaseException:
-        if ipvs is not None:
-            ipvs.close()
+        _close_on(ipvs_worker, None if ipvs is None else ipvs.close)
         raise
-    if ipvs is None:
-        return _Kernel(addresses, announcer, [announcer.close])
-    return _Kernel(addresses, announcer, [announcer.close, ipvs.close], ipvs)
+    closers: list[Callable[[], None]] = [
+        announcer.close,
+        functools.partial(_close_on, ipvs_worker, None if ipvs is None else ipvs.close),
+    ]
+    return _Kernel(addresses, announcer, closers, ipvs, ipvs_worker)
+
+
+def _close_on(worker: ThreadPoolExecutor, close: Callable[[], None] | None) -> None:
+    """Close the IPVS table on its own thread, then end the thread."""
+    if close is not None:
+        worker.submit(close).result()
+    worker.shutdown()
 
 
 async def run_daemon(options: DaemonOptions) -> None:
     """Run the node until it has left the ring after SIGTERM / SIGINT."""
     setup = _load(options)
+    options = _with_front_interface(options, setup.config)
     kernel = await _open_kernel(options, setup)
     try:
         await _run(options, setup, kernel)
@@ -216,6 +234,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         set_state=driver.set_state,
         status=status,
         reload=reload,
+        leave=driver.request_leave,
     )
     driver.on_deliver = commands.on_deliver
     try:
@@ -260,6 +279,21 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         transport.close()
         control.close()
     log.info("stopped")
+
+
+def _with_front_interface(options: DaemonOptions, config: ClusterConfig) -> DaemonOptions:
+    """The options with the effective front interface: `--front-interface`, else the node's
+    `front_interface` in the config (needed by every data plane but `none`)."""
+    if options.data_plane is DataPlane.NONE:
+        return options
+    node = next(node for node in config.nodes if node.id == options.node_id)
+    front = options.front_interface or node.front_interface
+    if front is None:
+        raise OptionError(
+            f"--data-plane {options.data_plane.value} needs --front-interface IFACE or "
+            f"front_interface in the config's [[nodes]] entry of node {options.node_id}"
+        )
+    return replace(options, front_interface=front)
 
 
 def _initial_state(options: DaemonOptions) -> NodeState:
@@ -344,6 +378,7 @@ def _data_plane(
         kernel.ipvs,
         to_services(config),
         sync_wanted(config, options.node_id, options.front_interface),
+        worker=kernel.ipvs_worker,
     )
     driver.connection_count = dataplane.connections
     return dataplane

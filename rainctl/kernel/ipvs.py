@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from pyroute2 import IPVS
@@ -97,10 +98,18 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class IpProtocol(Enum):
     TCP = "tcp"
     UDP = "udp"
+    SCTP = "sctp"
 
     @property
     def number(self) -> int:
-        return socket.IPPROTO_TCP if self is IpProtocol.TCP else socket.IPPROTO_UDP
+        return _PROTOCOL_NUMBERS[self]
+
+
+_PROTOCOL_NUMBERS = {
+    IpProtocol.TCP: socket.IPPROTO_TCP,
+    IpProtocol.UDP: socket.IPPROTO_UDP,
+    IpProtocol.SCTP: socket.IPPROTO_SCTP,
+}
 
 
 class Forwarding(Enum):
@@ -417,12 +426,9 @@ def decode_service(msg: Any) -> tuple[VirtualService, IpvsStats] | None:
     if svc is None or svc.get("IPVS_SVC_ATTR_FWMARK"):
         return None  # fwmark services are not rainctl's (no address / port)
     number = svc.get("IPVS_SVC_ATTR_PROTOCOL")
-    if number == socket.IPPROTO_TCP:
-        protocol = IpProtocol.TCP
-    elif number == socket.IPPROTO_UDP:
-        protocol = IpProtocol.UDP
-    else:
-        return None  # SCTP: not modelled
+    protocol = next((p for p, n in _PROTOCOL_NUMBERS.items() if n == number), None)
+    if protocol is None:
+        return None  # a protocol rainctl does not configure
     flags = int((svc.get("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0))
     timeout = int(svc.get("IPVS_SVC_ATTR_TIMEOUT") or 0)
     service = VirtualService(
@@ -581,6 +587,25 @@ def decode_timeouts(msg: Any) -> IpvsTimeouts:
 
 
 _T = TypeVar("_T")
+
+
+IPVS_SYSCTLS = {"sloppy_tcp": 1, "sloppy_sctp": 1}
+"""Set on every node with `--data-plane ipvs`. A VIP that moves brings the client's next
+packets of an established connection to a node that may not know the connection yet
+(connection sync flushes a partly filled buffer only every 2 s). Without "sloppy" IPVS
+passes such a mid-stream packet to the local stack, which resets the connection; with it,
+IPVS schedules the packet, and with a consistent scheduler (mh) it reaches the real server
+that already holds the connection."""
+
+
+def set_ipvs_sysctls(root: Path = Path("/proc/sys/net/ipv4/vs")) -> None:
+    """Write IPVS_SYSCTLS (the ip_vs module must be loaded); KernelError if one fails."""
+    for name, value in IPVS_SYSCTLS.items():
+        path = root / name
+        try:
+            path.write_text(f"{value}\n", encoding="ascii")
+        except OSError as exc:
+            raise KernelError(f"cannot set {path}: {exc.strerror or exc}") from exc
 
 
 class LinuxIpvsTable:

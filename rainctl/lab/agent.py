@@ -8,7 +8,15 @@ every `--interval` seconds through the ordinary control client, adds what the gu
 says about the daemon (alive, resident memory), and replaces `--output` atomically (write a
 temporary file, then rename) so that a reader never sees half a document.
 
+With `--control-dir D` it also carries the host's control requests to the daemon: the host
+writes `D/requests/<id>.json` (`{"command": ..., "arguments": {...}}`, written under another
+name and renamed), the helper, checking every REQUEST_POLL_S, removes it, asks the daemon with
+the ordinary control client and writes the answer as `D/responses/<id>.json` (tmp + rename):
+`{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`, the control protocol's own
+answer shapes.
+
     python -m rainctl.lab.agent --socket S --daemon-pid P --output F [--interval 0.2]
+                                [--control-dir D]
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ from typing import Any
 from rainctl.daemon.control import ControlError, request
 
 REQUEST_TIMEOUT_S = 1.0
+CONTROL_TIMEOUT_S = 10.0
+"""For the host's requests (drain and reload may take longer than a status)."""
+REQUEST_POLL_S = 0.05
+REQUESTS = "requests"
+RESPONSES = "responses"
 
 
 def rss_kb(pid: int) -> int | None:
@@ -37,6 +50,16 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of `pid` in clock ticks, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def snapshot(socket_path: Path, daemon_pid: int) -> dict[str, Any]:
     """One status document: the daemon's answer (or the error) and its process figures."""
     document: dict[str, Any] = {
@@ -44,6 +67,11 @@ def snapshot(socket_path: Path, daemon_pid: int) -> dict[str, Any]:
         "daemon_pid": daemon_pid,
         "daemon_rss_kb": rss_kb(daemon_pid),
         "agent_rss_kb": rss_kb(os.getpid()),
+        # For CPU at rest (rainctl bench failover): the daemon's utime + stime in clock ticks
+        # and the guest's monotonic clock, so two documents give % of one core.
+        "daemon_cpu_ticks": cpu_ticks(daemon_pid),
+        "monotonic": time.monotonic(),
+        "clock_ticks": os.sysconf("SC_CLK_TCK"),
         "status": None,
         "error": None,
     }
@@ -60,16 +88,60 @@ def write_atomically(path: Path, document: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def answer(socket_path: Path, document: object) -> dict[str, Any]:
+    """The daemon's answer to one request document, in the control protocol's shapes."""
+    if not isinstance(document, dict) or not isinstance(document.get("command"), str):
+        return {"ok": False, "error": "a request needs a string 'command'"}
+    arguments = document.get("arguments") or None
+    if arguments is not None and not isinstance(arguments, dict):
+        return {"ok": False, "error": "'arguments' must be an object"}
+    try:
+        result = request(
+            socket_path, document["command"], timeout_s=CONTROL_TIMEOUT_S, arguments=arguments
+        )
+    except ControlError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "result": result}
+
+
+def serve_requests(socket_path: Path, control_dir: Path) -> int:
+    """Answer every request file waiting in `control_dir`/requests; how many there were."""
+    served = 0
+    for path in sorted((control_dir / REQUESTS).glob("*.json")):
+        try:
+            text = path.read_text(encoding="utf-8")
+            path.unlink()
+        except OSError:
+            continue  # removed meanwhile
+        try:
+            document: object = json.loads(text)
+        except ValueError as exc:
+            reply: dict[str, Any] = {"ok": False, "error": f"unreadable request: {exc}"}
+        else:
+            reply = answer(socket_path, document)
+        write_atomically(control_dir / RESPONSES / path.name, reply)
+        served += 1
+    return served
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rainctl.lab.agent", description=__doc__)
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--daemon-pid", type=int, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--control-dir", type=Path, default=None)
     arguments = parser.parse_args(argv)
+    next_status = time.monotonic()
     while True:
-        write_atomically(arguments.output, snapshot(arguments.socket, arguments.daemon_pid))
-        time.sleep(arguments.interval)
+        if time.monotonic() >= next_status:
+            write_atomically(arguments.output, snapshot(arguments.socket, arguments.daemon_pid))
+            next_status = time.monotonic() + arguments.interval
+        if arguments.control_dir is not None:
+            serve_requests(arguments.socket, arguments.control_dir)
+            time.sleep(min(REQUEST_POLL_S, max(0.0, next_status - time.monotonic())))
+        else:
+            time.sleep(max(0.0, next_status - time.monotonic()))
 
 
 if __name__ == "__main__":

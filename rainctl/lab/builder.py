@@ -21,15 +21,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rainctl.errors import RainctlError
+from rainctl.kernel.interfaces import DataPlane
 from rainctl.lab import mconsole
 from rainctl.lab.plan import (
     BACKEND_PORT,
+    ECHO_PORT,
     UML_MODULES_DIR,
     DaemonLaunch,
     GuestJob,
@@ -37,9 +39,13 @@ from rainctl.lab.plan import (
     LabPlan,
     Node,
     cluster_config,
+    find_node,
+    heal_commands,
     init_script,
     lab_vips,
     node_id,
+    partition_commands,
+    partition_groups,
     plan_lab,
     uml_command,
 )
@@ -58,6 +64,11 @@ BOOT_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 MCONSOLE_TIMEOUT_S = 5.0
 POLL_S = 0.02
+
+PeerHook = Callable[[LabPlan, Node, Path], str]
+"""`up(peer=...)`: called with each node's fresh scratch directory before it boots; writes what
+the node's peer needs there and returns the init-script section that starts it
+(rainctl.bench.failover: keepalived instead of rainctl daemon)."""
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 """Processes started by this Python process, so that ending one also reaps it."""
@@ -260,10 +271,18 @@ class _State:
     frozen: set[str]
     profile: str | None = None
     """The ring's timer profile when the nodes run daemons; None when they do not."""
+    mode: str = "dr"
+    """IPVS forwarding of the lab's services (plan.MODES)."""
+    partition: list[list[str]] | None = None
+    """The node groups of the current partition (`lab partition`), None when whole."""
 
     def plan(self) -> LabPlan:
         return plan_lab(
-            nodes=self.nodes, backends=self.backends, prefix=self.prefix, memory_mb=self.memory_mb
+            nodes=self.nodes,
+            backends=self.backends,
+            prefix=self.prefix,
+            memory_mb=self.memory_mb,
+            mode=self.mode,
         )
 
     def save(self, state_dir: Path) -> None:
@@ -278,6 +297,8 @@ class _State:
             },
             "frozen": sorted(self.frozen),
             "profile": self.profile,
+            "mode": self.mode,
+            "partition": self.partition,
         }
         temporary = state_dir / f"{STATE_FILE}.tmp"
         temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -299,6 +320,12 @@ def _load_state(state_dir: Path) -> _State | None:
             },
             frozen={str(name) for name in document["frozen"]},
             profile=None if document.get("profile") is None else str(document["profile"]),
+            mode=str(document.get("mode", "dr")),
+            partition=(
+                None
+                if document.get("partition") is None
+                else [[str(name) for name in group] for group in document["partition"]]
+            ),
         )
     except FileNotFoundError:
         return None
@@ -322,10 +349,7 @@ def job_output(state_dir: Path, job: GuestJob) -> Path:
     state = _load_state(state_dir.absolute())
     if state is None:
         raise LabError(f"no lab is recorded in {state_dir}")
-    plan = plan_lab(
-        nodes=state.nodes, backends=state.backends, prefix=state.prefix, memory_mb=state.memory_mb
-    )
-    return _scratch(state_dir.absolute(), plan.nodes[0]) / job.output
+    return _scratch(state_dir.absolute(), state.plan().nodes[0]) / job.output
 
 
 def _uml_dir(state_dir: Path) -> Path:
@@ -365,19 +389,26 @@ def up(
     timeout_s: float = BOOT_TIMEOUT_S,
     profile: str | None = None,
     job: GuestJob | None = None,
+    mode: str = "dr",
+    peer: PeerHook | None = None,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
     With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
-    profile, and `up` waits until each daemon answers its status helper. With a `job`, the
-    first node also runs it once after its ready marker (`job_output` names its result file).
-    On any failure everything built so far is torn down before the error propagates.
+    profile (data plane `guest_data_plane()`), and `up` waits until each daemon answers its
+    status helper. `mode` ("dr" or "nat") is the IPVS forwarding of the lab's services and
+    decides the back-ends' routes. With a `job`, the first node also runs it once after its
+    ready marker (`job_output` names its result file). On any failure everything built so far
+    is torn down before the error propagates.
     """
     try:
-        plan = plan_lab(nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb)
+        plan = plan_lab(
+            nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb, mode=mode
+        )
         config = None
+        data_plane = guest_data_plane()
         if profile is not None:
-            config = cluster_config(plan, profile=profile, key_file=KEY_FILE)
+            config = cluster_config(plan, profile=profile, key_file=KEY_FILE, data_plane=data_plane)
     except ValueError as exc:
         raise LabError(str(exc)) from exc
     missing = missing_prerequisites(kernel)
@@ -398,15 +429,16 @@ def up(
         processes={},
         frozen=set(),
         profile=profile,
+        mode=mode,
     )
     state.save(state_dir)
     try:
         daemon = None
         if config is not None:
-            daemon = _write_cluster_files(state_dir, config)
+            daemon = _write_cluster_files(state_dir, config, data_plane)
         _build_network(plan)
         _start_backends(plan, state, state_dir)
-        _start_nodes(plan, state, state_dir, kernel, daemon, job=job)
+        _start_nodes(plan, state, state_dir, kernel, daemon, job=job, peer=peer)
         _wait_ready(plan, state, state_dir, timeout_s)
     except BaseException:
         down(state_dir)
@@ -414,7 +446,13 @@ def up(
     return status(state_dir)
 
 
-def _write_cluster_files(state_dir: Path, config: str) -> DaemonLaunch:
+def guest_data_plane() -> str:
+    """The data plane the guests' daemons run: "ipvs" when this rainctl has it, else "linux"
+    (VIPs and ARP only, and a config without [sync] and [[services]])."""
+    return "ipvs" if "ipvs" in {plane.value for plane in DataPlane} else "linux"
+
+
+def _write_cluster_files(state_dir: Path, config: str, data_plane: str) -> DaemonLaunch:
     """The cluster config and a fresh key file (0600) for the nodes' daemons."""
     key = state_dir / KEY_FILE
     key.unlink(missing_ok=True)
@@ -424,7 +462,7 @@ def _write_cluster_files(state_dir: Path, config: str) -> DaemonLaunch:
     config_path = state_dir / CONFIG_FILE
     config_path.write_text(config, encoding="utf-8")
     # The guest's root is the host's filesystem: the venv's interpreter is there as it is here.
-    return DaemonLaunch(python=sys.executable, config=str(config_path))
+    return DaemonLaunch(python=sys.executable, config=str(config_path), data_plane=data_plane)
 
 
 def _build_network(plan: LabPlan) -> None:
@@ -448,7 +486,14 @@ def _build_network(plan: LabPlan) -> None:
                 f"link set {nic.bridge_end} master {nic.bridge} up",
                 f"link set {nic.uml_end} up",
             ]
+    # The switch namespace is the upstream router between the client's and the back-ends'
+    # subnets (DR replies: back-end -> router -> client). Reverse-path filtering off: a DR
+    # reply arrives on br1 from a VIP of br0's subnet.
+    for bridge, address in plan.routers:
+        commands.append(f"addr add {address} dev {bridge}")
     _ip_batch(switch, commands)
+    _sysctls(switch, {"net/ipv4/ip_forward": 1, **_rp_filter_off("br0", "br1")})
+    dr_vips = lab_vips(plan) if plan.mode == "dr" else ()
     for host in hosts:
         host_commands = [
             "link set lo up",
@@ -458,17 +503,40 @@ def _build_network(plan: LabPlan) -> None:
         ]
         if host.gateway is not None:
             host_commands.append(f"route add default via {host.gateway} dev eth0 onlink")
+        if host in plan.backends:
+            # DR: every VIP on lo, and never an ARP answer or source for one (arp_ignore=1:
+            # answer only for addresses of the asking interface; arp_announce=2: best local
+            # source address), so only the director that owns a VIP answers ARP for it.
+            host_commands += [f"addr add {vip}/32 dev lo" for vip in dr_vips]
+            _sysctls(
+                host.namespace,
+                {
+                    f"net/ipv4/conf/{interface}/{name}": value
+                    for interface in ("all", "default", "lo", "eth0")
+                    for name, value in (("arp_ignore", 1), ("arp_announce", 2))
+                },
+            )
         _ip_batch(host.namespace, host_commands)
+
+
+def _rp_filter_off(*interfaces: str) -> dict[str, int]:
+    return {f"net/ipv4/conf/{i}/rp_filter": 0 for i in ("all", "default", *interfaces)}
+
+
+def _sysctls(namespace: str, values: dict[str, int]) -> None:
+    """Write /proc/sys values inside `namespace` (one shell, no sysctl(8) needed)."""
+    script = "".join(f"echo {value} > /proc/sys/{key}; " for key, value in values.items())
+    _run(["ip", "netns", "exec", namespace, "sh", "-ec", script])
 
 
 def _start_backends(plan: LabPlan, state: _State, state_dir: Path) -> None:
     for host in plan.backends:
         directory = state_dir / "backends" / host.name
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "index.html").write_text(f"{host.name}\n", encoding="utf-8")
+        # Any address: in DR mode requests arrive addressed to a VIP (on the back-end's lo).
         command = (
             "ip", "netns", "exec", host.namespace, sys.executable, "-m", "rainctl.lab.httpd",
-            str(host.address.ip), str(BACKEND_PORT), str(directory),
+            "--name", host.name, "--http-port", str(BACKEND_PORT), "--echo-port", str(ECHO_PORT),
         )  # fmt: skip
         state.processes[host.name] = _spawn(command, directory / "server.log")
         state.save(state_dir)
@@ -492,6 +560,7 @@ def _start_nodes(
     daemon: DaemonLaunch | None,
     *,
     job: GuestJob | None = None,
+    peer: PeerHook | None = None,
 ) -> None:
     uml_dir = _uml_dir(state_dir)
     uml_dir.mkdir(parents=True, exist_ok=True)
@@ -508,7 +577,8 @@ def _start_nodes(
         scratch.mkdir(parents=True)
         init = scratch / "init.sh"
         node_job = job if node is plan.nodes[0] else None
-        script = init_script(plan, node, str(scratch), daemon, node_job)
+        peer_section = "" if peer is None else peer(plan, node, scratch)
+        script = init_script(plan, node, str(scratch), daemon, node_job, peer=peer_section)
         init.write_text(script, encoding="utf-8")
         init.chmod(0o755)
         command = uml_command(
@@ -560,7 +630,10 @@ def _wait_ready(plan: LabPlan, state: _State, state_dir: Path, timeout_s: float)
                 if state.profile is None or _daemon_answers(scratch):
                     waiting.discard(node.name)
         for host in plan.backends:
-            if host.name in waiting and _listening(state.processes[host.name], BACKEND_PORT):
+            record = state.processes[host.name]
+            if host.name in waiting and all(
+                _listening(record, port) for port in (BACKEND_PORT, ECHO_PORT)
+            ):
                 waiting.discard(host.name)
         if waiting and time.monotonic() > deadline:
             raise LabError(
@@ -805,3 +878,253 @@ def thaw_node(state_dir: Path, name: str) -> None:
     state, node = _mconsole(state_dir, name, "go")
     state.frozen.discard(node.name)
     state.save(state_dir)
+
+
+# ---- restarts and extra processes (rainctl bench failover) ---------------------------------
+
+
+def restart_node(state_dir: Path, name: str, *, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+    """Boot a dead node again with the init script it booted with (`<scratch>/init.sh`), so a
+    benchmark can kill the same lab's nodes many times; waits for its ready marker and, when
+    the lab runs daemons, until its daemon answers. Its scratch files (logs, the daemon's
+    incarnation) stay; the ready marker and status file are removed first."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    try:
+        node = plan.node(name)
+    except KeyError as exc:
+        raise LabError(str(exc.args[0])) from exc
+    record = state.processes.get(node.name)
+    if record is not None and is_alive(record):
+        raise LabError(f"node {name} is running; kill it first")
+    scratch = _scratch(state_dir, node)
+    init = scratch / "init.sh"
+    if not init.exists():
+        raise LabError(f"node {name} has no init script in {scratch}")
+    for stale in ("ready", STATUS_FILE, f"{STATUS_FILE}.tmp"):
+        (scratch / stale).unlink(missing_ok=True)
+    uml_dir = _uml_dir(state_dir)
+    shutil.rmtree(uml_dir / node.name, ignore_errors=True)
+    try:
+        shm_free_mb = shutil.disk_usage(SHM_DIR).free // 2**20
+    except OSError:
+        shm_free_mb = 0
+    memory = memory_dir(shm_free_mb, plan.memory_mb * len(plan.nodes), uml_dir)
+    command = uml_command(
+        plan, node, kernel=str(DEFAULT_KERNEL), uml_dir=str(uml_dir), init_path=str(init)
+    )
+    state.processes[node.name] = _spawn(
+        command, scratch / "console.log", environment={**os.environ, "TMPDIR": str(memory)}
+    )
+    state.frozen.discard(node.name)
+    state.save(state_dir)
+    deadline = time.monotonic() + timeout_s
+    while not (scratch / "ready").exists() or (
+        state.profile is not None and not _daemon_answers(scratch)
+    ):
+        if not is_alive(state.processes[node.name]):
+            raise LabError(f"node {name} exited while booting: {_tail(scratch / 'console.log')}")
+        if time.monotonic() > deadline:
+            raise LabError(f"node {name} not ready {timeout_s:g} s after its restart")
+        time.sleep(POLL_S)
+
+
+def start_process(state_dir: Path, name: str, command: Sequence[str], log: Path) -> None:
+    """Start a resident helper (e.g. a packet counter in the switch namespace) and record it
+    like the nodes, so `down` ends it. Raises LabError when one of that name runs already."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    record = state.processes.get(name)
+    if record is not None and is_alive(record):
+        raise LabError(f"the {name} runs already (pid {record.pid})")
+    state.processes[name] = _spawn(command, log)
+    state.save(state_dir)
+
+
+# ---- partitions (rainctl lab partition / heal) -----------------------------------------------
+
+
+def partition(state_dir: Path, spec: str) -> tuple[tuple[str, ...], ...]:
+    """Cut the lab's nodes into the groups of `spec` (plan.partition_groups) on both bridges;
+    the client, the back-ends and the router still reach every node. A partition already in
+    place is healed first. Returns the groups' node names."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    try:
+        groups = partition_groups(plan, spec)
+    except ValueError as exc:
+        raise LabError(str(exc)) from exc
+    if state.partition is not None:
+        heal(state_dir)
+        state = _require_state(state_dir)
+    names = tuple(tuple(node.name for node in group) for group in groups)
+    state.partition = [list(group) for group in names]
+    state.save(state_dir)  # before: a failure half-way is still healed by `heal` or `down`
+    _ip_batch(plan.switch_namespace, partition_commands(plan, groups))
+    return names
+
+
+def heal(state_dir: Path) -> bool:
+    """Undo the partition: every node port back on its bridge. False when there was none."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    if state.partition is None:
+        return False
+    plan = state.plan()
+    links = json.loads(_run(["ip", "-n", plan.switch_namespace, "-j", "link", "show"]) or "[]")
+    existing = {str(link["ifname"]) for link in links}
+    # A half-made partition (an error part-way) is healed too: delete only what exists.
+    commands = [
+        line
+        for line in heal_commands(plan, len(state.partition))
+        if not line.startswith("link del ") or line.split()[-1] in existing
+    ]
+    _ip_batch(plan.switch_namespace, commands)
+    state.partition = None
+    state.save(state_dir)
+    return True
+
+
+# ---- control requests into the guests (rainctl lab ctl) ---------------------------------------
+
+CONTROL_TIMEOUT_S = 15.0
+"""A request's round trip: the helper's poll (50 ms), the daemon, hostfs both ways."""
+
+
+def control(
+    state_dir: Path,
+    node_reference: str,
+    command: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    timeout_s: float = CONTROL_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Send one control command to a node's daemon (by name or id) through its helper's
+    request directory; the daemon's result, or LabError with the daemon's refusal."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    if state.profile is None:
+        raise LabError("the lab runs no daemons (`rainctl lab up --daemon`)")
+    plan = state.plan()
+    try:
+        node = find_node(plan, node_reference)
+    except ValueError as exc:
+        raise LabError(str(exc)) from exc
+    record = state.processes.get(node.name)
+    if record is None or not is_alive(record):
+        raise LabError(f"node {node.name} is not running")
+    if node.name in state.frozen:
+        raise LabError(f"node {node.name} is frozen")
+    scratch = _scratch(state_dir, node)
+    identity = f"{os.getpid()}-{time.monotonic_ns()}"
+    request_path = scratch / "requests" / f"{identity}.json"
+    response_path = scratch / "responses" / f"{identity}.json"
+    temporary = scratch / "requests" / f".{identity}.tmp"
+    document = {"command": command, "arguments": arguments or {}}
+    try:
+        temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
+        temporary.replace(request_path)
+    except OSError as exc:
+        raise LabError(f"node {node.name}: cannot write a request ({exc})") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            answer = json.loads(response_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            answer = None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"node {node.name}: unreadable answer ({exc})") from exc
+        if answer is not None:
+            response_path.unlink(missing_ok=True)
+            break
+        if time.monotonic() > deadline:
+            request_path.unlink(missing_ok=True)
+            raise LabError(
+                f"node {node.name}: no answer to {command!r} within {timeout_s:g} s "
+                f"(see {scratch}/agent.log)"
+            )
+        time.sleep(POLL_S)
+    if not isinstance(answer, dict) or answer.get("ok") is not True:
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        raise LabError(f"node {node.name}: {command}: {error}")
+    result = answer.get("result")
+    return result if isinstance(result, dict) else {}
+
+
+# ---- client traffic (rainctl.lab.traffic) -----------------------------------------------------
+
+TRAFFIC_PREFIX = "traffic-"
+
+
+def start_traffic(
+    state_dir: Path,
+    name: str,
+    kind: str,
+    targets: Sequence[str],
+    *,
+    interval_s: float = 0.05,
+    timeout_s: float = 1.0,
+    path: str = "/",
+) -> Path:
+    """Start a resident traffic generator (`kind` "http" or "echo") in the client namespace,
+    recorded as `traffic-<name>` so that `down` (or `stop_traffic`) ends it; its log."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    if kind not in {"http", "echo"} or (kind == "echo" and len(targets) != 1) or not targets:
+        raise LabError(f"traffic {kind!r} to {list(targets)}: http to targets, or echo to one")
+    record_name = TRAFFIC_PREFIX + name
+    record = state.processes.get(record_name)
+    if record is not None and is_alive(record):
+        raise LabError(f"traffic {name!r} runs already (pid {record.pid})")
+    directory = state_dir / WATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / f"{record_name}.log"
+    log.unlink(missing_ok=True)
+    log.touch()
+    options = ["--output", str(log), "--interval", str(interval_s), "--timeout", str(timeout_s)]
+    if kind == "http":
+        options += ["--path", path]
+    command = (
+        "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
+        "rainctl.lab.traffic", kind, *options, *targets,
+    )  # fmt: skip
+    state.processes[record_name] = _spawn(command, directory / f"{record_name}.err")
+    state.save(state_dir)
+    return log
+
+
+def stop_traffic(state_dir: Path, name: str) -> None:
+    """End the traffic generator `name` (its log stays until `down`)."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    record = state.processes.pop(TRAFFIC_PREFIX + name, None)
+    if record is None:
+        raise LabError(f"no traffic {name!r} recorded")
+    _end_group(record)
+    state.save(state_dir)
+
+
+def start_garp_reader(state_dir: Path) -> Path:
+    """Start only the resident GARP reader on br0 (as `start_watchers` does, without the
+    prober); its log. Raises LabError when it runs already."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    record = state.processes.get(GARP_READER)
+    if record is not None and is_alive(record):
+        raise LabError(f"the {GARP_READER} runs already (pid {record.pid})")
+    directory = state_dir / WATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / GARP_LOG
+    log.unlink(missing_ok=True)
+    log.touch()
+    command = (
+        "ip", "netns", "exec", plan.switch_namespace, sys.executable, "-m", "rainctl.lab.probe",
+        "garp", "--output", str(log), "--interface", plan.bridges[0][0],
+    )  # fmt: skip
+    state.processes[GARP_READER] = _spawn(command, directory / f"{GARP_READER}.err")
+    state.save(state_dir)
+    return log

@@ -4,9 +4,14 @@ Layout (LAB.md, "Topology that worked"): a switch namespace holds bridge br0 (fr
 198.18.0.0/24) and br1 (back, 198.18.1.0/24) and runs the user-mode-linux nodes; node i has
 vec0 = 198.18.0.(1+i) on br0 and vec1 = 198.18.1.(1+i) on br1, each through a veth pair made
 in the switch namespace (the UML end is opened with a raw socket, the other end is on the
-bridge). A client namespace sits on br0 at 198.18.0.10; back-end namespaces sit on br1 at
-198.18.1.(10+j) with a default route via the gateway VIP 198.18.1.1 (NAT mode) and no leg on
-the front subnet (LAB.md pitfall 5). Pure: no I/O, so it is unit-tested without root.
+bridge). The switch namespace is also the upstream router: 198.18.0.1 on br0 and
+198.18.1.254 on br1, forwarding between them. A client namespace sits on br0 at 198.18.0.10
+with its default route via the router; back-end namespaces sit on br1 at 198.18.1.(10+j) with
+no leg on the front subnet (LAB.md pitfall 5). In DR mode (the default, the classic LVS-DR
+layout) each back-end holds every lab VIP on its loopback and answers the client directly
+through the router; in NAT mode the back-ends have no default route and the director that
+holds a connection masquerades it to its own back address, so replies come back through it.
+Pure: no I/O, so it is unit-tested without root.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import re
 import shlex
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NODES_MAX = 8
@@ -28,9 +34,26 @@ LAB_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
 FRONT_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 BACK_NETWORK = ipaddress.IPv4Network("198.18.1.0/24")
 CLIENT_ADDRESS = ipaddress.IPv4Address("198.18.0.10")
-GATEWAY_VIP = ipaddress.IPv4Address("198.18.1.1")
+ROUTER_FRONT = ipaddress.IPv4Interface("198.18.0.1/24")
+"""The switch namespace's address on br0: the client's default gateway."""
+ROUTER_BACK = ipaddress.IPv4Interface("198.18.1.254/24")
+"""The switch namespace's address on br1: the DR back-ends' default gateway."""
 BACKEND_PORT = 80
-IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc")
+ECHO_PORT = 9000
+"""Each back-end's resident TCP echo server (long-lived connections, connection sync)."""
+SERVICE_PORTS = (BACKEND_PORT, ECHO_PORT)
+"""Every lab VIP gets one IPVS service per port, every back-end a real server of each."""
+SERVICE_SCHEDULER = "mh"
+"""Maglev hashing of the source address and port (mh_port): every node picks the same back-end
+for a connection, so a VIP that moves keeps its connections even before connection sync has
+copied them (the daemons run IPVS with sloppy_tcp; docs/operations.md)."""
+MODES = ("dr", "nat")
+"""IPVS forwarding of the lab's services: direct routing (default) or NAT."""
+SYNC_ID = 1
+DATA_PLANES = ("linux", "ipvs")
+"""What the guests' daemons can run: `ipvs` (VIPs, IPVS services, connection sync) or `linux`
+(VIPs and ARP only: the config then has no [sync] and no [[services]])."""
+IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_mh")
 UML_MODULES_DIR = "/usr/lib/uml/modules"
 RING_PORT = 7400
 """UDP port of the ring transport on each node's front address."""
@@ -106,6 +129,13 @@ class LabPlan:
     backends: tuple[Host, ...]
     nodes: tuple[Node, ...]
     memory_mb: int
+    mode: str = "dr"
+    """IPVS forwarding of the lab's services: "dr" or "nat" (MODES)."""
+
+    @property
+    def routers(self) -> tuple[tuple[str, ipaddress.IPv4Interface], ...]:
+        """The switch namespace's router addresses: (bridge, address)."""
+        return ((self.bridges[0][0], ROUTER_FRONT), (self.bridges[1][0], ROUTER_BACK))
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -126,7 +156,9 @@ def _mac(kind: int, index: int, nic: int) -> str:
     return f"02:52:4c:{kind:02x}:{index:02x}:{nic:02x}"
 
 
-def plan_lab(*, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int = 128) -> LabPlan:
+def plan_lab(
+    *, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int = 128, mode: str = "dr"
+) -> LabPlan:
     """The plan of a lab with `nodes` UML nodes and `backends` back-end namespaces.
 
     Raises ValueError naming the bad value.
@@ -142,6 +174,8 @@ def plan_lab(*, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int 
         )
     if memory_mb < MEMORY_MB_MIN:
         raise ValueError(f"memory {memory_mb} MB: must be at least {MEMORY_MB_MIN}")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
     front_bridge, back_bridge = "br0", "br1"
     client = Host(
         name="client",
@@ -150,7 +184,7 @@ def plan_lab(*, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int 
         bridge_end=f"{prefix}c0b",
         mac=_mac(1, 0, 0),
         address=ipaddress.IPv4Interface(f"{CLIENT_ADDRESS}/{FRONT_NETWORK.prefixlen}"),
-        gateway=None,
+        gateway=ROUTER_FRONT.ip,
     )
     backend_hosts = tuple(
         Host(
@@ -162,7 +196,8 @@ def plan_lab(*, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int 
             address=ipaddress.IPv4Interface(
                 f"{BACK_NETWORK.network_address + 10 + j}/{BACK_NETWORK.prefixlen}"
             ),
-            gateway=GATEWAY_VIP,
+            # NAT: replies go to the director's back address (it masquerades), on-link.
+            gateway=ROUTER_BACK.ip if mode == "dr" else None,
         )
         for j in range(1, backends + 1)
     )
@@ -192,7 +227,85 @@ def plan_lab(*, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int 
         backends=backend_hosts,
         nodes=tuple(node_list),
         memory_mb=memory_mb,
+        mode=mode,
     )
+
+
+def find_node(plan: LabPlan, reference: str) -> Node:
+    """A node by name (`rlab-node2`) or id (`2`); raises ValueError naming the known ones."""
+    for index, node in enumerate(plan.nodes, 1):
+        if reference in {node.name, str(index)}:
+            return node
+    known = ", ".join(node.name for node in plan.nodes)
+    raise ValueError(f"no node {reference!r} in the lab (nodes: {known}, or their ids 1..)")
+
+
+def partition_groups(plan: LabPlan, spec: str) -> tuple[tuple[Node, ...], ...]:
+    """The node groups of a partition spec: groups separated by '/', nodes in a group by ','
+    (names or ids), e.g. `1,2/3`. The nodes no group lists form one more group together, so
+    `3` alone cuts node 3 off from the rest. Raises ValueError when a node is unknown or listed
+    twice, a group is empty, or fewer than two groups result."""
+    groups: list[tuple[Node, ...]] = []
+    seen: set[str] = set()
+    for text in spec.split("/"):
+        references = [reference.strip() for reference in text.split(",")]
+        if not all(references):
+            raise ValueError(f"partition {spec!r}: empty group or node (form: 1,2/3)")
+        group = []
+        for reference in references:
+            node = find_node(plan, reference)
+            if node.name in seen:
+                raise ValueError(f"partition {spec!r}: node {node.name} is listed twice")
+            seen.add(node.name)
+            group.append(node)
+        groups.append(tuple(group))
+    rest = tuple(node for node in plan.nodes if node.name not in seen)
+    if rest:
+        groups.append(rest)
+    if len(groups) < 2:
+        raise ValueError(f"partition {spec!r}: needs at least two groups of nodes")
+    return tuple(groups)
+
+
+def partition_commands(plan: LabPlan, groups: Sequence[Sequence[Node]]) -> list[str]:
+    """`ip -batch` lines (switch namespace) that split every bridge into `groups`.
+
+    Per bridge B and group k: a bridge `Bg<k>` holding the group's ports of B, joined to B by a
+    veth pair whose end on B (`Bg<k>u`) is an isolated bridge port. Isolated ports never
+    forward to one another, only to B's other ports (the client, the back-ends, the router),
+    so the groups are cut off from each other while everything else reaches every node.
+    """
+    commands = []
+    for bridge, _network in plan.bridges:
+        for k, group in enumerate(groups, 1):
+            sub = f"{bridge}g{k}"
+            commands += [
+                f"link add {sub} type bridge",
+                f"link set {sub} up",
+                f"link add {sub}t type veth peer name {sub}u",
+                f"link set {sub}t master {sub} up",
+                f"link set {sub}u master {bridge}",
+                f"link set {sub}u type bridge_slave isolated on",
+                f"link set {sub}u up",
+            ]
+            for node in group:
+                commands += [
+                    f"link set {nic.bridge_end} master {sub}"
+                    for nic in node.nics
+                    if nic.bridge == bridge
+                ]
+    return commands
+
+
+def heal_commands(plan: LabPlan, groups: int) -> list[str]:
+    """`ip -batch` lines that undo `partition_commands` with `groups` groups."""
+    commands = [
+        f"link set {nic.bridge_end} master {nic.bridge}" for node in plan.nodes for nic in node.nics
+    ]
+    for bridge, _network in plan.bridges:
+        for k in range(1, groups + 1):
+            commands += [f"link del {bridge}g{k}u", f"link del {bridge}g{k}"]
+    return commands
 
 
 # ---- the ring the nodes' daemons form -------------------------------------------------------
@@ -208,15 +321,22 @@ def lab_vips(plan: LabPlan) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(VIP_BASE + index for index in range(VIPS_PER_NODE * len(plan.nodes)))
 
 
-def cluster_config(plan: LabPlan, *, profile: str, key_file: str) -> str:
+def cluster_config(plan: LabPlan, *, profile: str, key_file: str, data_plane: str = "ipvs") -> str:
     """The cluster config (TOML) every node's daemon runs with.
 
     Nodes are the front addresses on br0, port RING_PORT; VIP k has node (k mod n) + 1 as its
     home, so a formed ring spreads them evenly; quorum is the majority of the configured nodes.
-    Raises ValueError for an unknown profile.
+    With data plane "ipvs": connection sync on (every node master and backup, on its back
+    interface vec1, SYNC_ID) and, when the lab has back-ends, for every VIP one service per
+    SERVICE_PORTS port (tcp, SERVICE_SCHEDULER) with every back-end as a real server
+    (forwarding = the plan's mode, weight 1).
+    Raises ValueError for an unknown profile or data plane.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile {profile!r}: must be one of {', '.join(PROFILES)}")
+    if data_plane not in DATA_PLANES:
+        raise ValueError(f"data plane {data_plane!r}: must be one of {', '.join(DATA_PLANES)}")
+    ipvs = data_plane == "ipvs"
     lines = [
         f"# The lab's cluster ({plan.prefix}), generated by rainctl.lab: do not edit.",
         "[cluster]",
@@ -227,15 +347,40 @@ def cluster_config(plan: LabPlan, *, profile: str, key_file: str) -> str:
         'quorum = "majority"',
         "",
     ]
+    if ipvs:
+        lines += ["[sync]", "enabled = true", f"sync_id = {SYNC_ID}", ""]
     for node in plan.nodes:
         lines += [
             "[[nodes]]",
             f"id = {node_id(plan, node)}",
             f'address = "{node.front}:{RING_PORT}"',
         ]
+        if ipvs:
+            lines.append(f'back_interface = "{node.nics[1].guest_name}"')
         lines.append("")
     for index, vip in enumerate(lab_vips(plan)):
         lines += ["[[vips]]", f'address = "{vip}"', f"home = {index % len(plan.nodes) + 1}", ""]
+    if ipvs:
+        for vip in lab_vips(plan):
+            for port in SERVICE_PORTS if plan.backends else ():
+                lines += [
+                    "[[services]]",
+                    f'vip = "{vip}"',
+                    f"port = {port}",
+                    'protocol = "tcp"',
+                    f'scheduler = "{SERVICE_SCHEDULER}"',
+                    "mh_port = true",
+                    f'forwarding = "{plan.mode}"',
+                    "",
+                ]
+                for host in plan.backends:
+                    lines += [
+                        "[[services.real_servers]]",
+                        f'address = "{host.address.ip}"',
+                        f"port = {port}",
+                        "weight = 1",
+                        "",
+                    ]
     return "\n".join(lines)
 
 
@@ -252,6 +397,8 @@ class DaemonLaunch:
     """The interpreter with rainctl installed (the host's venv: the guest root is hostfs)."""
     config: str
     """The cluster config on the host's filesystem."""
+    data_plane: str = "ipvs"
+    """`rainctl daemon --data-plane` (DATA_PLANES); must match the config's data plane."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,9 +452,10 @@ $addresses
 for module in $modules; do
     modprobe "$$module" || echo "modprobe $$module failed" >> $scratch/errors
 done
-# The ready marker lists the IPVS modules the guest really has loaded.
+$nat# The ready marker lists the IPVS modules the guest really has loaded.
 grep -E '^ip_vs' /proc/modules | cut -d ' ' -f 1 > $scratch/ready.tmp
 mv $scratch/ready.tmp $scratch/ready
+$peer
 $daemon$job# Idle on builtins only (LAB.md pitfall 1): a read on a FIFO opened read-write never sees
 # end of file. A later agent may write "halt" into it; otherwise the node ends by kill or
 # `uml_mconsole ... halt`.
@@ -321,20 +469,36 @@ halt -f
 )
 
 
+_NAT_TEMPLATE = string.Template(
+    r"""# NAT mode: IPVS rewrites the destination to a back-end; the director also masquerades
+# the client's address to its own back address, so that the back-end's reply comes back to
+# the director holding the connection (the back-ends have no route to the client). IPVS
+# keeps netfilter connection tracking for its connections (vs/conntrack) so that the NAT
+# hook sees them. The guest kernel has iptable_nat and xt_MASQUERADE but no nft NAT chain,
+# so this is iptables-legacy, the host's binary (package iptables; the root is hostfs).
+echo 1 > /proc/sys/net/ipv4/vs/conntrack
+iptables-legacy -t nat -A POSTROUTING -o $back -d $network -j MASQUERADE \
+    || echo "iptables-legacy failed: NAT mode needs the package iptables" >> $scratch/errors
+"""
+)
+
+
 _DAEMON_TEMPLATE = string.Template(
     r"""# The node's resident rainctl daemon, started once: Python costs 0.3-1 s to start inside
-# UML. Data plane linux: owned VIPs go on $front_interface (GARP on takeover), the others on
-# the local rainctl0 device. Its status helper is one more resident Python process that asks
-# the daemon every $interval s over the control socket and writes $scratch/status.json
-# (tmp + rename) for the host, which cannot connect to a socket of the guest's kernel.
-mkdir -p $scratch/state
+# UML. Data plane $data_plane: owned VIPs go on $front_interface (GARP on takeover), the others
+# on the local rainctl0 device (ipvs: plus the config's IPVS services and connection sync).
+# Its helper is one more resident Python process that asks the daemon every $interval s over
+# the control socket and writes $scratch/status.json (tmp + rename) for the host, which
+# cannot connect to a socket of the guest's kernel, and forwards the control requests the
+# host drops into $scratch/requests (answers in $scratch/responses).
+mkdir -p $scratch/state $scratch/requests $scratch/responses
 $python -c 'from rainctl.cli.app import main; main()' daemon --config $config \
     --node $node_id --state-dir $scratch/state --control-socket $socket \
-    --data-plane linux --front-interface $front_interface \
+    --data-plane $data_plane --front-interface $front_interface \
     < /dev/null > $scratch/daemon.log 2>&1 &
 daemon_pid=$$!
 $python -m rainctl.lab.agent --socket $socket --daemon-pid "$$daemon_pid" \
-    --output $scratch/status.json --interval $interval \
+    --output $scratch/status.json --interval $interval --control-dir $scratch \
     < /dev/null > $scratch/agent.log 2>&1 &
 """
 )
@@ -357,11 +521,15 @@ def init_script(
     scratch: str,
     daemon: DaemonLaunch | None = None,
     job: GuestJob | None = None,
+    *,
+    peer: str = "",
 ) -> str:
     """The shell script UML runs as PID 1; `scratch` is the node's directory on the host.
 
     With `daemon`, the node also starts its `rainctl daemon` and status helper once the
     ready marker is written; with `job`, it also runs that command once, in the background.
+    `peer` is shell text run at the same point instead of (or besides) the daemon: the
+    benchmark's keepalived section (rainctl.lab.keepalived.init_section).
     """
     job_section = ""
     if job is not None:
@@ -382,6 +550,7 @@ def init_script(
             socket=GUEST_CONTROL_SOCKET,
             interval=STATUS_INTERVAL_S,
             front_interface=node.nics[0].guest_name,
+            data_plane=daemon.data_plane,
         )
     lines = []
     for nic in node.nics:
@@ -396,7 +565,13 @@ def init_script(
         modules_dir=UML_MODULES_DIR,
         addresses="\n".join(lines),
         modules=" ".join(IPVS_MODULES),
+        nat=_NAT_TEMPLATE.substitute(
+            back=node.nics[1].guest_name, network=BACK_NETWORK, scratch=shlex.quote(scratch)
+        )
+        if plan.mode == "nat"
+        else "",
         daemon=daemon_section,
+        peer=peer,
         job=job_section,
     )
 

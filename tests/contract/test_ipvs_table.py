@@ -34,6 +34,7 @@ from rainctl.kernel.memory import MemoryIpvsTable
 
 WEB = VirtualService("198.18.0.100", 80, IpProtocol.TCP, "wlc")
 DNS = VirtualService("198.18.0.100", 53, IpProtocol.UDP, "rr")
+SIGNALLING = VirtualService("198.18.0.100", 2905, IpProtocol.SCTP, "sh")
 WEB6 = VirtualService("2001:db8:5::100", 443, IpProtocol.TCP, "rr", persistence_s=60)
 NAT = RealServer("198.18.1.11", 8080, weight=3, forwarding=Forwarding.NAT)
 DR = RealServer("198.18.1.12", 80, weight=1, forwarding=Forwarding.DR)
@@ -100,6 +101,15 @@ def test_add_service_is_idempotent_and_conflicts_are_eexist(table: IpvsTable) ->
     other = VirtualService(WEB.address, WEB.port, WEB.protocol, "rr")
     assert errno_of(lambda: table.add_service(other)) == errno.EEXIST
     assert shape(table) == [(DNS, ()), (WEB, ())]
+
+
+def test_sctp_services_round_trip(table: IpvsTable) -> None:
+    server = RealServer("198.18.1.12", SIGNALLING.port, weight=2, forwarding=Forwarding.DR)
+    table.add_service(SIGNALLING)
+    table.add_real_server(SIGNALLING, server)
+    assert shape(table) == [(SIGNALLING, (server,))]
+    table.delete_service(SIGNALLING)
+    assert shape(table) == []
 
 
 def test_update_service_uses_set_and_keeps_real_servers(table: IpvsTable) -> None:

@@ -1,5 +1,6 @@
 """The session's labs: 2 user-mode-linux nodes, 2 back-ends and a client for the lab's own
-tests; 3 nodes running `rainctl daemon` (profile fast, no back-ends) for the daemon tests.
+tests; 3 nodes running `rainctl daemon` (profile fast, no back-ends) for the daemon tests;
+3 nodes with daemons and 2 DR back-ends for the client-traffic tests.
 Each test module takes its lab down in its last test; the fixtures' finalizers make sure.
 
 The lab tests run wherever the suite runs, CI included; a machine that cannot run the lab
@@ -26,6 +27,8 @@ NODES = 2
 BACKENDS = 2
 BOOT_BOUND_S = 30.0
 """A bound, not a benchmark: boots take 2-7 s on a 2-core machine (docs/lab.md)."""
+
+LAB_UP_FIGURE = f"lab up ({NODES} nodes, {BACKENDS} back-ends)"
 
 DAEMON_NODES = 3
 DAEMON_PROFILE = "fast"
@@ -95,7 +98,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         tmp_path_factory,
         "lab",
         "rlt",
-        f"lab up ({NODES} nodes, {BACKENDS} back-ends)",
+        LAB_UP_FIGURE,
         ["--nodes", str(NODES), "--backends", str(BACKENDS)],
     )
 
@@ -109,6 +112,22 @@ def daemon_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         f"daemon lab up ({DAEMON_NODES} nodes, every daemon answering)",
         ["--nodes", str(DAEMON_NODES), "--backends", "0", "--daemon",
          "--profile", DAEMON_PROFILE],
+    )  # fmt: skip
+
+
+DR_NODES = 3
+DR_BACKENDS = 2
+
+
+@pytest.fixture(scope="session")
+def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _session_lab(
+        tmp_path_factory,
+        "dr-lab",
+        "rlr",
+        f"DR lab up ({DR_NODES} nodes, {DR_BACKENDS} back-ends, every daemon answering)",
+        ["--nodes", str(DR_NODES), "--backends", str(DR_BACKENDS), "--daemon",
+         "--profile", DAEMON_PROFILE, "--mode", "dr"],
     )  # fmt: skip
 
 

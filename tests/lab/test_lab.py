@@ -12,8 +12,8 @@ import time
 import urllib.parse
 
 from rainctl.lab import builder
-from rainctl.lab.plan import BACKEND_PORT, IPVS_MODULES
-from tests.lab.conftest import BOOT_BOUND_S, FIGURES, NODES, Lab
+from rainctl.lab.plan import BACKEND_PORT, IPVS_MODULES, lab_vips
+from tests.lab.conftest import BOOT_BOUND_S, FIGURES, LAB_UP_FIGURE, NODES, Lab
 
 
 def ping(namespace: str, address: object, *, attempts: int = 1) -> bool:
@@ -37,7 +37,7 @@ def namespaces() -> set[str]:
 
 
 def test_up_boots_every_node_with_ipvs(lab: Lab) -> None:
-    boot_s = next(iter(FIGURES.values()))
+    boot_s = FIGURES[LAB_UP_FIGURE]
     print(f"lab up with {NODES} nodes in {boot_s:.2f} s")
     assert boot_s < BOOT_BOUND_S
     status = builder.status(lab.state_dir)
@@ -49,7 +49,7 @@ def test_up_boots_every_node_with_ipvs(lab: Lab) -> None:
     code, output = lab.rainctl("status")
     assert code == 0, output
     assert output.count(" running ") == NODES + len(status.backends)
-    assert "ip_vs,ip_vs_rr,ip_vs_wlc" in output
+    assert "ipvs " + ",".join(sorted(IPVS_MODULES)) in output
     assert "lab up in" in lab.up_output
 
 
@@ -59,20 +59,24 @@ def test_client_reaches_every_node_front(lab: Lab) -> None:
         assert ping(plan.client.namespace, node.front, attempts=3), node.name
 
 
-def test_backends_reach_nodes_back_but_not_the_client_side(lab: Lab) -> None:
+def test_backends_reach_nodes_back_and_the_client_through_the_router(lab: Lab) -> None:
     plan = builder.status(lab.state_dir).plan
     for backend in plan.backends:
         for node in plan.nodes:
             assert ping(backend.namespace, node.back, attempts=3), (backend.name, node.name)
-    # NAT mode (LAB.md pitfall 5): the client has no route to the back-end subnet, and the
-    # back-ends have no leg on the client's.
+    # DR layout: the back-ends have no leg on the client's subnet (LAB.md pitfall 5) but hold
+    # every VIP on lo, and the switch namespace routes between the two subnets.
+    vips = {f"{vip}/32" for vip in lab_vips(plan)}
     for backend in plan.backends:
-        assert not ping(plan.client.namespace, backend.address.ip)
+        assert ping(plan.client.namespace, backend.address.ip, attempts=3), backend.name
         addresses = subprocess.run(
             ["ip", "-n", backend.namespace, "-o", "-4", "addr", "show"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        assert "198.18.0." not in addresses
+        by_device: dict[str, set[str]] = {}
+        for line in addresses.splitlines():
+            by_device.setdefault(line.split()[1], set()).add(line.split()[3])
+        assert by_device == {"lo": vips | {"127.0.0.1/8"}, "eth0": {str(backend.address)}}
 
 
 def test_backends_serve_http(lab: Lab) -> None:

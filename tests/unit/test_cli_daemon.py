@@ -84,8 +84,16 @@ def test_help_names_every_data_plane() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--data-plane", "linux"], "--data-plane linux needs --front-interface IFACE"),
-        (["--data-plane", "ipvs"], "--data-plane ipvs needs --front-interface IFACE"),
+        (
+            ["--data-plane", "linux"],
+            "--data-plane linux needs --front-interface IFACE or front_interface in the "
+            "config's [[nodes]] entry of node 1",
+        ),
+        (
+            ["--data-plane", "ipvs"],
+            "--data-plane ipvs needs --front-interface IFACE or front_interface in the "
+            "config's [[nodes]] entry of node 1",
+        ),
         (
             ["--front-interface", "eth0"],
             "--front-interface only applies to --data-plane linux or ipvs",

@@ -394,7 +394,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         ),
         pytest.param(
             document(nodes=THREE_NODES + "weight = 3\n"),
-            "nodes[2].weight: unknown key (allowed: id, address, back_interface)",
+            "nodes[2].weight: unknown key (allowed: id, address, front_interface, back_interface)",
             id="unknown-node-key",
         ),
         pytest.param(

@@ -293,7 +293,8 @@ def _uncommented_example() -> str:
     head, marker, tail = EXAMPLE.read_text(encoding="utf-8").partition("# ---- Data plane")
     assert marker
     setting = re.compile(r"^# (?=\[|[a-z_]+ = )", re.MULTILINE)
-    head = head.replace('# back_interface = "vec1"', 'back_interface = "vec1"')
+    for key in ("front_interface", "back_interface"):
+        head = head.replace(f"# {key} = ", f"{key} = ")
     return head + marker + setting.sub("", tail)
 
 
@@ -301,7 +302,8 @@ def test_the_example_data_plane_settings_are_valid() -> None:
     text = _uncommented_example()
     config = parse_config(text, "example")
     assert config.sync.enabled
-    assert config.nodes[0].back_interface == "vec1"
+    assert config.nodes[0].front_interface == "eth0"
+    assert config.nodes[0].back_interface == "eth1"
     assert [len(spec.real_servers) for spec in to_services(config)] == [2]
     # Switching them on leaves the ring's digest alone.
     assert config_digest(config) == config_digest(parse_config(EXAMPLE.read_text(), "example"))
@@ -322,7 +324,8 @@ def test_config_check_shows_services(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     document_ = json.loads(result.stdout)
     assert document_["sync"] == {"enabled": True, "sync_id": 1}
-    assert document_["nodes"][0]["back_interface"] == "vec1"
+    assert document_["nodes"][0]["back_interface"] == "eth1"
+    assert document_["nodes"][0]["front_interface"] == "eth0"
     assert document_["services"] == [
         {
             "vip": "198.18.0.100",

@@ -31,12 +31,16 @@ class Recorder:
         self.events: list[PinRequested | MulticastRequested] = []
         self.states: list[NodeState] = []
         self.reloads = 0
+        self.leaves = 0
 
     def step(self, event: PinRequested | MulticastRequested) -> None:
         self.events.append(event)
 
     def set_state(self, state: NodeState) -> None:
         self.states.append(state)
+
+    def leave(self) -> None:
+        self.leaves += 1
 
     def reload(self) -> JsonObject:
         self.reloads += 1
@@ -60,6 +64,7 @@ def _commands(machine: RingMachine, state_dir: Path, recorder: Recorder) -> Comm
         set_state=recorder.set_state,
         status=lambda: {"node_id": machine.node_id},
         reload=recorder.reload,
+        leave=recorder.leave,
     )
 
 
@@ -112,7 +117,7 @@ def test_pin_and_unpin_become_events_after_validation(tmp_path: Path) -> None:
         (ControlRequest("drain", {"node": "2"}), "argument 'node' must be an integer"),
         (ControlRequest("drain", {"node": 2, "force": True}), "unknown argument(s) force"),
         (ControlRequest("status", {"verbose": 1}), "unknown argument(s) verbose"),
-        (ControlRequest("shutdown"), "unknown command 'shutdown' (known: drain, pin, reload"),
+        (ControlRequest("shutdown"), "unknown command 'shutdown' (known: drain, leave, pin"),
     ],
 )
 def test_bad_requests_are_refused_and_change_nothing(
@@ -179,3 +184,10 @@ def test_a_drain_that_cannot_be_saved_still_applies_and_says_so(tmp_path: Path) 
     assert recorder.states == [NodeState.DRAIN]
     commands.on_deliver(2, DRAIN_KIND, encode_drain(1, False))  # logged, not raised
     assert recorder.states == [NodeState.DRAIN, NodeState.ACTIVE]
+
+
+def test_leave_is_the_callback(tmp_path: Path) -> None:
+    recorder = Recorder()
+    commands = _commands(_machine(2), tmp_path, recorder)
+    assert commands.answer(ControlRequest("leave")) == {"node": 2, "leaving": True}
+    assert recorder.leaves == 1

@@ -25,7 +25,6 @@ from rainctl.daemon.dataplane import (
     core_entry,
     kernel_server,
     kernel_service,
-    programmable,
     sync_wanted,
 )
 from rainctl.kernel.ipvs import (
@@ -357,20 +356,6 @@ def test_connections_sum_active_and_inactive_over_real_servers() -> None:
         assert reconciler.status()["services"][0]["stats"]["connections"] == 20
 
     run(CountingTable(), [WEB, DNS], None, scenario)
-
-
-def test_services_the_adapter_cannot_program_are_reported() -> None:
-    sctp = ServiceSpec("198.18.0.100", 5000, ServiceProtocol.SCTP, real_servers=WEB.real_servers)
-    table = RecordingTable()
-
-    async def scenario(reconciler: DataPlaneReconciler) -> None:
-        await settled(reconciler)
-        programmed = [spec for spec in (WEB, sctp) if programmable(spec)]
-        assert table_state(table) == desired_ipvs(programmed)
-        expected = [] if programmable(sctp) else ["sctp 198.18.0.100:5000"]
-        assert reconciler.status()["not_programmed"] == expected
-
-    run(table, [WEB, sctp], None, scenario)
 
 
 # ---- helpers ------------------------------------------------------------------------------

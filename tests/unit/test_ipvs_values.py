@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from pathlib import Path
 
 import pytest
 from pyroute2.netlink.generic import ipvs as nl
@@ -32,6 +33,7 @@ from rainctl.kernel.ipvs import (
     encode_message,
     encode_request,
     service_attrs,
+    set_ipvs_sysctls,
     set_timeouts_message,
     start_daemon_message,
     stop_daemon_message,
@@ -394,3 +396,13 @@ def test_memory_table_with_interfaces_is_enodev_for_others() -> None:
     with pytest.raises(IpvsError, match="backup on vec1 \\(sync id 0\\) runs") as caught:
         table.start_sync_daemon(SyncDaemon(SyncState.BACKUP, "vec1", sync_id=3))
     assert caught.value.errno == errno.EEXIST
+
+
+def test_ipvs_sysctls_are_written_and_failures_are_one_error(tmp_path: Path) -> None:
+    set_ipvs_sysctls(tmp_path)
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {
+        "sloppy_tcp": "1\n",
+        "sloppy_sctp": "1\n",
+    }
+    with pytest.raises(KernelError, match=r"cannot set .*missing/sloppy_tcp"):
+        set_ipvs_sysctls(tmp_path / "missing")

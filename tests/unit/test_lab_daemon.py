@@ -62,13 +62,16 @@ def test_init_script_starts_the_daemon_and_its_status_helper_once() -> None:
     flat = " ".join(script.replace("\\\n", " ").split())
     assert (
         f"--node 2 --state-dir /s/nodes/rlab-node2/state --control-socket {GUEST_CONTROL_SOCKET}"
-        " --data-plane linux --front-interface vec0"
+        " --data-plane ipvs --front-interface vec0"
         " < /dev/null > /s/nodes/rlab-node2/daemon.log 2>&1 &"
     ) in flat
     assert (
         f"/v/bin/python -m rainctl.lab.agent --socket {GUEST_CONTROL_SOCKET} "
         '--daemon-pid "$daemon_pid" --output /s/nodes/rlab-node2/status.json --interval 0.2'
+        " --control-dir /s/nodes/rlab-node2"
     ) in flat
+    linux = DaemonLaunch(python="/v/bin/python", config="/c", data_plane="linux")
+    assert "--data-plane linux" in init_script(plan, plan.nodes[1], "/s", linux)
     assert "sleep" not in script
     assert "daemon" not in init_script(plan, plan.nodes[1], "/s/nodes/rlab-node2")
 

@@ -36,10 +36,19 @@ def test_addresses_follow_the_layout() -> None:
     assert [str(node.back) for node in plan.nodes] == ["198.18.1.2", "198.18.1.3", "198.18.1.4"]
     assert str(plan.client.address) == "198.18.0.10/24"
     assert plan.client.bridge == "br0"
-    assert plan.client.gateway is None
+    assert str(plan.client.gateway) == "198.18.0.1"
     assert [str(host.address) for host in plan.backends] == ["198.18.1.11/24", "198.18.1.12/24"]
     assert {host.bridge for host in plan.backends} == {"br1"}
-    assert {str(host.gateway) for host in plan.backends} == {"198.18.1.1"}
+    assert plan.mode == "dr"
+    assert {str(host.gateway) for host in plan.backends} == {"198.18.1.254"}
+    assert [(bridge, str(address)) for bridge, address in plan.routers] == [
+        ("br0", "198.18.0.1/24"),
+        ("br1", "198.18.1.254/24"),
+    ]
+    # NAT: the director masquerades, so the back-ends need no route off their subnet.
+    nat = plan_lab(nodes=3, backends=2, mode="nat")
+    assert {host.gateway for host in nat.backends} == {None}
+    assert str(nat.client.gateway) == "198.18.0.1"
     assert [nic.bridge for nic in plan.nodes[0].nics] == ["br0", "br1"]
     assert [nic.guest_name for nic in plan.nodes[0].nics] == ["vec0", "vec1"]
     assert plan.switch_namespace == "rlab-sw"
@@ -81,6 +90,7 @@ def test_names_addresses_and_macs_are_unique_and_fit(nodes: int, backends: int) 
         ({"nodes": 1, "backends": 0, "prefix": "Lab"}, "prefix 'Lab'"),
         ({"nodes": 1, "backends": 0, "prefix": "toolongpx"}, "prefix 'toolongpx'"),
         ({"nodes": 1, "backends": 0, "memory_mb": 32}, "memory 32 MB"),
+        ({"nodes": 1, "backends": 0, "mode": "tun"}, "mode 'tun': must be one of dr, nat"),
     ],
 )
 def test_bad_sizes_are_refused(arguments: dict[str, object], message: str) -> None:
@@ -230,10 +240,11 @@ def test_status_lines() -> None:
     )
     lines = [" ".join(line.split()) for line in status_lines(status)]
     assert lines == [
-        "lab rlab: switch namespace rlab-sw, state /s (missing namespaces: rlab-sw)",
+        "lab rlab (dr): switch namespace rlab-sw (router 198.18.0.1, 198.18.1.254), state /s "
+        "(missing namespaces: rlab-sw)",
         "node rlab-node1 running pid 101 front 198.18.0.2 back 198.18.1.2 ipvs ip_vs,ip_vs_rr",
         "node rlab-node2 dead pid - front 198.18.0.3 back 198.18.1.3 ipvs -",
-        "backend backend1 running pid 99 198.18.1.11:80 in rlab-be1",
+        "backend backend1 running pid 99 198.18.1.11:80,9000 in rlab-be1",
         "client client up 198.18.0.10 in rlab-client",
     ]
 

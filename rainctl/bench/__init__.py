@@ -1,0 +1,1 @@
+"""`rainctl bench`: benchmarks that print figures (docs/benchmarks.md), not pass/fail tests."""

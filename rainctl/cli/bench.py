@@ -1,0 +1,173 @@
+"""`rainctl bench`: benchmarks in the lab that print figures (docs/benchmarks.md).
+
+`failover` kills a VIP's owner many times in a lab running rainctl, then in labs running
+keepalived VRRPv3 at each advert_int, and prints the client's outage (p50 / p99 / max) per
+system and case, the ratio to rainctl, the control packets per second at rest, and the
+daemons' CPU and memory at rest inside the guests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rainctl.bench import failover, report
+from rainctl.lab import keepalived
+from rainctl.lab.plan import NODES_MAX, PROFILES
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks in the virtual lab (root; figures, not pass/fail).",
+    no_args_is_help=True,
+)
+
+DEFAULT_STATE_DIR = Path("/var/lib/rainctl-bench")
+PEERS = ("keepalived", "none")
+
+
+def parse_advert_ints(text: str) -> tuple[float, ...]:
+    """`1,0.1,0.05` -> (1.0, 0.1, 0.05); BadParameter names the bad value."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(keepalived.check_advert_int(float(item)))
+        except ValueError as exc:
+            raise typer.BadParameter(
+                str(exc) if item.strip() else "empty value", param_hint="--advert-int"
+            ) from exc
+    return tuple(values)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def failover_table(results: list[report.SystemResult], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ("system", "case", "trials", "failed", "p50 ms", "p99 ms", "max ms",
+               "p50 / rainctl", "p99 / rainctl", "ctl pkt/s at rest", "CPU % at rest",
+               "RSS MB")  # fmt: skip
+    for column in columns:
+        table.add_column(column, no_wrap=True, justify="left" if column in columns[:2] else "right")
+    for row in report.rows(results):
+        table.add_row(
+            row.system,
+            row.case,
+            str(row.summary.count),
+            str(row.summary.failed),
+            _ms(row.summary.p50_ms),
+            _ms(row.summary.p99_ms),
+            _ms(row.summary.max_ms),
+            _ratio(row.ratio_p50),
+            _ratio(row.ratio_p99),
+            "-" if row.control_pps is None else f"{row.control_pps:.0f}",
+            "-" if row.cpu_percent is None else f"{row.cpu_percent:.2f}",
+            "-" if row.rss_mb is None else f"{row.rss_mb:.1f}",
+        )
+    return table
+
+
+@bench_app.command("failover")
+def failover_command(
+    *,
+    trials: Annotated[int, typer.Option("--trials", help="Kills per system.")] = 20,
+    nodes: Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")] = 3,
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"rainctl's timer profile ({', '.join(PROFILES)}).")
+    ] = "fast",
+    peer: Annotated[
+        str, typer.Option("--peer", help="The peer run in the same way (keepalived | none).")
+    ] = "keepalived",
+    advert_int: Annotated[
+        str,
+        typer.Option("--advert-int", help="keepalived VRRPv3 advert_int values, comma-separated."),
+    ] = ",".join(f"{value:g}" for value in keepalived.ADVERT_INTS),
+    rest_s: Annotated[
+        float,
+        typer.Option("--rest", help="Seconds at rest per system (control packets, CPU, RSS)."),
+    ] = 10.0,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
+    ] = "rbf",
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="The labs' state directory (one at a time).")
+    ] = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Also write the JSON results to this file.")
+    ] = None,
+) -> None:
+    """Kill the owner of a VIP N times per system (rainctl, then keepalived at each
+    advert_int), each system in its own lab of the same topology; print the client's outage.
+
+    rainctl trials alternate a kill right after the token reached the victim and right after
+    it went to another node; the table's case is what the wire log showed at the kill.
+    Between trials the killed node boots again and the cluster settles.
+    """
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
+    if peer not in PEERS:
+        raise typer.BadParameter(f"must be one of {', '.join(PEERS)}", param_hint="--peer")
+    if trials < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--trials")
+    if not 2 <= nodes <= NODES_MAX:
+        raise typer.BadParameter(
+            f"must be 2..{NODES_MAX} (a survivor is needed)", param_hint="--nodes"
+        )
+    if rest_s <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--rest")
+    adverts = parse_advert_ints(advert_int)
+    specs = failover.systems(profile, None if peer == "none" else peer, adverts)
+    started = datetime.datetime.now(datetime.UTC)
+    clock = time.monotonic()
+
+    def progress(line: str) -> None:
+        if not as_json:
+            typer.echo(line)
+
+    results = failover.run(
+        specs,
+        state_dir=state_dir,
+        prefix=prefix,
+        nodes=nodes,
+        trials=trials,
+        rest_s=rest_s,
+        progress=progress,
+    )
+    meta = {
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - clock, 1),
+        "machine": platform.node(),
+        "nodes": nodes,
+        "profile": profile,
+        "trials": trials,
+        "rest_s": rest_s,
+        "probe_interval_ms": 10,
+    }
+    document = json.dumps(report.report_json(results, meta), indent=2)
+    if save is not None:
+        save.write_text(document + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(document)
+        return
+    title = (
+        f"rainctl bench failover: {nodes} nodes, {trials} SIGKILLs per system, probes every "
+        f"10 ms; {meta['started']}, {meta['wall_s']} s"
+    )
+    Console(width=200).print(failover_table(results, title))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app)

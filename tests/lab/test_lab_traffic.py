@@ -1,0 +1,417 @@
+"""Client traffic through IPVS (DR) to the back-ends, with faults: freeze, partition, kill.
+
+One 3-node lab with daemons (profile fast) and 2 DR back-ends for this module; the tests
+run in file order (a partition needs all three nodes, so the kill comes last) and the last
+one takes the lab down. The client's traffic comes from the resident tools of
+rainctl.lab.traffic in the client namespace; the daemons are seen through their status
+files (up to STATUS_INTERVAL_S late) and reached through `lab ctl`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rainctl.lab import builder, probe, traffic
+from rainctl.lab.builder import DaemonStatus, LabStatus
+from rainctl.lab.plan import ECHO_PORT, lab_vips
+from tests.lab.conftest import DR_NODES, FIGURES, NOTES, Lab
+from tests.lab.test_lab_daemons import agree, wait_for
+
+FORMATION_BOUND_S = 40.0
+"""From `up`'s start until one ring of every node owns every VIP once (bound, not figure)."""
+CHANGE_BOUND_S = 15.0
+"""A fault or repair until the daemons agree again (fast profile: well under 1 s)."""
+RECOVERY_BOUND_S = 15.0
+"""A fault until every VIP answers the client's HTTP loop again."""
+OUTAGE_BOUND_S = 3.0
+REQUEST_TIMEOUT_S = 0.5
+INTERVAL_S = 0.05
+ECHO_TIMEOUT_S = 10.0
+ALL = set(range(1, DR_NODES + 1))
+
+
+def _vips(lab: Lab) -> list[str]:
+    return [str(vip) for vip in lab_vips(builder.status(lab.state_dir).plan)]
+
+
+def applied(daemons: Sequence[DaemonStatus]) -> bool:
+    """Every daemon holds in the kernel exactly the VIPs it owns."""
+    return all(
+        sorted((d.document or {}).get("applied_owned") or []) == sorted(d.owned) for d in daemons
+    )
+
+
+def in_sync(daemons: Sequence[DaemonStatus]) -> bool:
+    """Every daemon's IPVS data plane reports the kernel in sync with its config."""
+    return all(((d.document or {}).get("ipvs") or {}).get("in_sync") is True for d in daemons)
+
+
+def _formed(lab: Lab) -> LabStatus:
+    vips = set(_vips(lab))
+    status, _ = wait_for(
+        lab,
+        lambda s: agree(s.daemons, ALL, vips) and applied(s.daemons),
+        max(1.0, FORMATION_BOUND_S - (time.monotonic() - lab.started)),
+        "one ring of every node owning every VIP once, applied",
+    )
+    return status
+
+
+def _warm_up(lab: Lab, vips: Sequence[str]) -> None:
+    """Until every VIP has answered one HTTP request (the directors' services are there)."""
+    log = builder.start_traffic(lab.state_dir, "warm-up", "http", vips, interval_s=0.1,
+                                timeout_s=1.0)  # fmt: skip
+    deadline = time.monotonic() + RECOVERY_BOUND_S
+    try:
+        while True:
+            summary = traffic.summarize(traffic.read_log(log))
+            if all(vip in summary and summary[vip].ok for vip in vips):
+                return
+            assert time.monotonic() < deadline, f"not every VIP answers HTTP: {summary}"
+            time.sleep(0.1)
+    finally:
+        builder.stop_traffic(lab.state_dir, "warm-up")
+
+
+def _only(daemons: Sequence[DaemonStatus], ids: set[int]) -> list[DaemonStatus]:
+    return [daemon for daemon in daemons if daemon.node_id in ids]
+
+
+def wait_recovered(log: Path, vips: Sequence[str], since: float) -> float:
+    """Until the last settled request to every VIP sent at least 1 s after `since` succeeded
+    (a request is settled once its timeout has passed); the wall-clock time it held."""
+    deadline = time.monotonic() + RECOVERY_BOUND_S
+    while True:
+        settled = time.time() - REQUEST_TIMEOUT_S - 0.2
+        last: dict[str, traffic.Event] = {}
+        for event in traffic.read_log(log):
+            if since <= event.at <= settled:
+                last[event.target] = event
+        if settled > since + 1.0 and all(vip in last and last[vip].result == "OK" for vip in vips):
+            return settled
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the client's requests did not all succeed again within {RECOVERY_BOUND_S} s: "
+                f"{ {vip: last.get(vip) for vip in vips} }"
+            )
+        time.sleep(0.1)
+
+
+def test_every_node_programs_ipvs(dr_lab: Lab) -> None:
+    """The daemons' IPVS data plane: every service of the config on every node, in sync."""
+    _formed(dr_lab)
+    status, _ = wait_for(dr_lab, lambda s: in_sync(s.daemons), CHANGE_BOUND_S, "IPVS in sync")
+    for daemon in status.daemons:
+        assert daemon.document is not None
+        services = daemon.document["ipvs"]["services"]
+        assert len(services) == 2 * len(_vips(dr_lab)), services
+
+
+def test_http_through_every_vip_is_spread_over_the_backends(dr_lab: Lab) -> None:
+    _formed(dr_lab)
+    vips = _vips(dr_lab)
+    _warm_up(dr_lab, vips)
+    log = builder.start_traffic(dr_lab.state_dir, "spread", "http", vips, interval_s=0.1,
+                                timeout_s=2.0)  # fmt: skip
+    echo_target = f"{vips[0]}:{ECHO_PORT}"
+    echo_log = builder.start_traffic(dr_lab.state_dir, "echo", "echo", [echo_target],
+                                     interval_s=0.1, timeout_s=2.0)  # fmt: skip
+    deadline = time.monotonic() + 20.0
+    while True:
+        summary = traffic.summarize(traffic.read_log(log))
+        echoes = traffic.summarize(traffic.read_log(echo_log)).get(echo_target)
+        enough = all(summary.get(vip) and summary[vip].ok >= 10 for vip in vips)
+        if enough and echoes is not None and echoes.ok >= 10:
+            break
+        assert time.monotonic() < deadline, (summary, echoes)
+        time.sleep(0.1)
+    builder.stop_traffic(dr_lab.state_dir, "spread")
+    builder.stop_traffic(dr_lab.state_dir, "echo")
+    summary = traffic.summarize(traffic.read_log(log))
+    for vip in vips:
+        assert summary[vip].failed == 0, (vip, summary[vip])
+        assert set(summary[vip].backends) == {"backend1", "backend2"}, (vip, summary[vip])
+    echoes = traffic.summarize(traffic.read_log(echo_log))[echo_target]
+    assert (echoes.connects, echoes.failed) == (1, 0), echoes
+    spread = {name: sum(s.backends[name] for s in summary.values()) for name in ("backend1",
+              "backend2")}  # fmt: skip
+    NOTES.append(
+        f"DR: {sum(s.ok for s in summary.values())} HTTP requests through {len(vips)} VIPs, "
+        f"none failed; answered by {spread}; {echoes.ok} echoes on one connection"
+    )
+
+
+def test_ctl_asks_a_daemon_inside_its_node(dr_lab: Lab) -> None:
+    started = time.monotonic()
+    code, output = dr_lab.rainctl("ctl", "2", "status")
+    FIGURES["lab ctl round trip (status)"] = time.monotonic() - started
+    assert code == 0, output
+    document = json.loads(output)
+    assert document["node_id"] == 2
+    assert {m["node_id"] for m in document["members"]} == ALL
+    node1 = builder.status(dr_lab.state_dir).plan.nodes[0].name
+    assert builder.control(dr_lab.state_dir, node1, "status")["node_id"] == 1
+    code, output = dr_lab.rainctl("ctl", node1, "nonesuch")
+    assert code == 2
+    assert output.startswith(f"rainctl: error: node {node1}: nonesuch: ")
+    assert output.count("\n") == 1
+    code, output = dr_lab.rainctl("ctl", "9", "status")
+    assert code == 2
+    assert "no node '9' in the lab" in output
+
+
+def _owner(status: LabStatus, vip: str) -> DaemonStatus:
+    return next(d for d in status.daemons if vip in d.owned)
+
+
+def test_freeze_of_a_vip_owner_then_thaw(dr_lab: Lab) -> None:
+    status = _formed(dr_lab)
+    vips = _vips(dr_lab)
+    victim = _owner(status, vips[0])
+    survivors = ALL - {victim.node_id}
+    log = builder.start_traffic(dr_lab.state_dir, "freeze", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    time.sleep(1.0)
+    frozen_at = time.time()
+    builder.freeze_node(dr_lab.state_dir, victim.node.name)
+    wait_for(
+        dr_lab,
+        lambda s: agree(_only(s.daemons, survivors), survivors, set(vips)),
+        CHANGE_BOUND_S,
+        "the survivors of a freeze owning every VIP",
+    )
+    recovered = wait_recovered(log, vips, frozen_at)
+    thawed_at = time.time()
+    started = time.monotonic()
+    builder.thaw_node(dr_lab.state_dir, victim.node.name)
+    _, rejoined = wait_for(
+        dr_lab, lambda s: agree(s.daemons, ALL, set(vips)), 30.0, "a ring of 3 after the thaw"
+    )
+    FIGURES["thaw until a ring of 3 owns every VIP (status files)"] = rejoined - started
+    wait_recovered(log, vips, thawed_at)
+    builder.stop_traffic(dr_lab.state_dir, "freeze")
+    events = traffic.read_log(log)
+    during = traffic.summarize(events, since=frozen_at - 0.2, until=recovered)
+    moved = [vip for vip in vips if vip in victim.owned]
+    for vip in vips:
+        if vip not in moved:
+            assert during[vip].failed == 0, (vip, during[vip])
+    worst = max(during[vip].outage_s for vip in moved)
+    assert worst < OUTAGE_BOUND_S, during
+    FIGURES[f"client HTTP outage, freeze of {vips[0]}'s owner (worst of its VIPs)"] = worst
+    after = traffic.summarize(events, since=thawed_at - 0.2)
+    failures = ", ".join(f"{vip} {after[vip].failed}" for vip in vips if after[vip].failed)
+    NOTES.append(f"thaw of the frozen owner, failed client HTTP requests: {failures or 'none'}")
+
+
+def test_partition_minority_releases_and_heal_reannounces(dr_lab: Lab) -> None:
+    status = _formed(dr_lab)
+    vips = _vips(dr_lab)
+    garp_log = builder.start_garp_reader(dr_lab.state_dir)
+    log = builder.start_traffic(dr_lab.state_dir, "partition", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    time.sleep(0.5)
+    started = time.monotonic()
+    cut_at = time.time()
+    code, output = dr_lab.rainctl("partition", "1,2/3")
+    assert code == 0, output
+    names = [node.name for node in status.plan.nodes]
+    assert output == f"partitioned: {names[0]},{names[1]} / {names[2]}\n"
+
+    def split(s: LabStatus) -> bool:
+        minority = next(d for d in s.daemons if d.node_id == 3)
+        return (
+            minority.state == "up"
+            and minority.document is not None
+            and minority.document.get("has_quorum") is False
+            and minority.owned == ()
+            and agree(_only(s.daemons, {1, 2}), {1, 2}, set(vips))
+        )
+
+    _, split_at = wait_for(dr_lab, split, CHANGE_BOUND_S, "node 3 released, 1 and 2 own all")
+    FIGURES["partition {1,2}/{3}: node 3 released, {1,2} own every VIP"] = split_at - started
+    wait_recovered(log, vips, cut_at)
+    healed_at = time.time()
+    started = time.monotonic()
+    code, output = dr_lab.rainctl("heal")
+    assert (code, output) == (0, "healed\n")
+    status, merged = wait_for(
+        dr_lab, lambda s: agree(s.daemons, ALL, set(vips)), 30.0, "a ring of 3 after the heal"
+    )
+    FIGURES["heal: a ring of 3 owns every VIP"] = merged - started
+    owners = {vip: d.node.nics[0].mac for d in status.daemons for vip in d.owned}
+    deadline = time.monotonic() + 5.0
+    while True:
+        seen = {(mac, vip) for at, mac, vip in probe.garps(garp_log) if at >= healed_at}
+        if all((owners[vip], vip) in seen for vip in vips) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert all((owners[vip], vip) in seen for vip in vips), (owners, seen)
+    wait_recovered(log, vips, healed_at)
+    builder.stop_traffic(dr_lab.state_dir, "partition")
+    summary = traffic.summarize(traffic.read_log(log), since=cut_at - 0.2)
+    worst = max(s.outage_s for s in summary.values())
+    FIGURES["client HTTP outage around partition and heal (worst VIP)"] = worst
+    links = subprocess.run(
+        ["ip", "-n", status.plan.switch_namespace, "-o", "link", "show"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "br0g1" not in links
+    assert "br1g2" not in links
+
+
+def test_drain_moves_vips_off_a_node_without_a_failed_request(dr_lab: Lab) -> None:
+    """`lab ctl` drain through another node (via the ring), then undrain."""
+    status = _formed(dr_lab)
+    vips = _vips(dr_lab)
+    victim = _owner(status, vips[0])
+    other = next(d for d in status.daemons if d.node_id != victim.node_id)
+    log = builder.start_traffic(dr_lab.state_dir, "drain", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    time.sleep(1.0)
+    drained_at = time.time()
+    started = time.monotonic()
+    answer = builder.control(dr_lab.state_dir, str(other.node_id), "drain",
+                             {"node": victim.node_id})  # fmt: skip
+    assert answer == {"node": victim.node_id, "drained": True, "via": "ring"}
+
+    def moved(s: LabStatus) -> bool:
+        drained = next(d for d in s.daemons if d.node_id == victim.node_id)
+        return drained.owned == () and agree(s.daemons, ALL, set(vips)) and applied(s.daemons)
+
+    _, done = wait_for(dr_lab, moved, CHANGE_BOUND_S, f"node {victim.node_id} drained")
+    FIGURES["drain: the drained node's VIPs moved (status files)"] = done - started
+    settled = wait_recovered(log, vips, drained_at)
+    code, output = dr_lab.rainctl("ctl", str(victim.node_id), "undrain", "--arg",
+                                  f"node={victim.node_id}")  # fmt: skip
+    assert code == 0, output
+    assert json.loads(output) == {"node": victim.node_id, "drained": False, "via": "local"}
+    builder.stop_traffic(dr_lab.state_dir, "drain")
+    summary = traffic.summarize(traffic.read_log(log), since=drained_at - 0.5, until=settled)
+    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
+    assert failed == {}, failed
+    NOTES.append(
+        f"drain of node {victim.node_id} ({len(victim.owned)} VIPs) under 50 ms HTTP requests: "
+        f"{sum(s.ok for s in summary.values())} requests, none failed"
+    )
+
+
+def test_graceful_leave_and_join_without_a_failed_request(dr_lab: Lab) -> None:
+    """`node leave` of a VIP owner (its VIPs handed over with the token, the daemon exits),
+    then the node boots again and its daemon joins: no client request fails either time."""
+    status = _formed(dr_lab)
+    vips = _vips(dr_lab)
+    leaver = _owner(status, vips[1])
+    others = ALL - {leaver.node_id}
+    log = builder.start_traffic(dr_lab.state_dir, "leave", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    time.sleep(1.0)
+    left_at = time.time()
+    started = time.monotonic()
+    answer = builder.control(dr_lab.state_dir, str(leaver.node_id), "leave")
+    assert answer == {"node": leaver.node_id, "leaving": True}
+    _, done = wait_for(
+        dr_lab,
+        lambda s: agree(_only(s.daemons, others), others, set(vips)),
+        CHANGE_BOUND_S,
+        f"node {leaver.node_id} gone, the others owning every VIP",
+    )
+    FIGURES["graceful leave of a VIP owner: the others own every VIP (status files)"] = (
+        done - started
+    )
+    # The node itself stays up without a daemon; boot it again so its daemon rejoins.
+    builder.kill_node(dr_lab.state_dir, leaver.node.name)
+    joined_from = time.monotonic()
+    builder.restart_node(dr_lab.state_dir, leaver.node.name)
+    _, joined = wait_for(
+        dr_lab,
+        lambda s: agree(s.daemons, ALL, set(vips)) and applied(s.daemons),
+        FORMATION_BOUND_S,
+        f"node {leaver.node_id} back in a ring of {len(ALL)}",
+    )
+    FIGURES["join after a restart: ring of 3 owning every VIP (from boot)"] = joined - joined_from
+    settled = wait_recovered(log, vips, left_at)
+    builder.stop_traffic(dr_lab.state_dir, "leave")
+    summary = traffic.summarize(traffic.read_log(log), since=left_at - 0.5, until=settled)
+    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
+    assert failed == {}, failed
+    NOTES.append(
+        f"graceful leave of node {leaver.node_id} ({len(leaver.owned)} VIPs) and its join "
+        f"under 50 ms HTTP requests: {sum(s.ok for s in summary.values())} requests, none failed"
+    )
+
+
+def test_kill_of_a_vip_owner_client_http_recovers(dr_lab: Lab) -> None:
+    status = _formed(dr_lab)
+    vips = _vips(dr_lab)
+    victim = _owner(status, vips[0])
+    survivors = ALL - {victim.node_id}
+    log = builder.start_traffic(dr_lab.state_dir, "kill", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    # One long-lived TCP connection through the victim's VIP: the new owner must carry it on
+    # (its IPVS has the connection from the sync daemons) instead of resetting it. The
+    # timeout is long so that TCP's own retransmissions bridge the outage.
+    echo_target = f"{vips[0]}:{ECHO_PORT}"
+    echo_log = builder.start_traffic(dr_lab.state_dir, "kill-echo", "echo", [echo_target],
+                                     interval_s=INTERVAL_S, timeout_s=ECHO_TIMEOUT_S)  # fmt: skip
+    time.sleep(1.0)
+    killed_at = time.time()
+    started = time.monotonic()
+    builder.kill_node(dr_lab.state_dir, victim.node.name)
+    _, agreed = wait_for(
+        dr_lab,
+        lambda s: agree(_only(s.daemons, survivors), survivors, set(vips)),
+        CHANGE_BOUND_S,
+        "the survivors of a kill owning every VIP",
+    )
+    FIGURES["kill of a VIP owner: survivors own every VIP (status files)"] = agreed - started
+    recovered = wait_recovered(log, vips, killed_at)
+    builder.stop_traffic(dr_lab.state_dir, "kill")
+    echo_resumed = _echo_resumed(echo_log, echo_target, killed_at)
+    builder.stop_traffic(dr_lab.state_dir, "kill-echo")
+    echo = traffic.summarize(traffic.read_log(echo_log))[echo_target]
+    assert echo.connects == 1, f"the echo connection was re-made: {echo}"
+    assert echo.failed == 0, f"the echo connection failed: {echo}"
+    FIGURES["long-lived TCP echo through the killed owner's VIP: stall"] = echo_resumed
+    during = traffic.summarize(traffic.read_log(log), since=killed_at - 0.2, until=recovered)
+    moved = [vip for vip in vips if vip in victim.owned]
+    for vip in vips:
+        if vip not in moved:
+            assert during[vip].failed == 0, (vip, during[vip])
+    for vip in moved:
+        assert during[vip].outage_s < OUTAGE_BOUND_S, (vip, during[vip])
+    FIGURES[f"client HTTP outage, kill of {vips[0]}'s owner"] = during[vips[0]].outage_s
+    NOTES.append(
+        "kill of a VIP owner, client HTTP outage per moved VIP (50 ms requests, 0.5 s timeout): "
+        + ", ".join(f"{vip} {during[vip].outage_s * 1000:.0f} ms" for vip in moved)
+    )
+
+
+def _echo_resumed(log: Path, target: str, since: float) -> float:
+    """Seconds from `since` until the echo connection's first echo sent after `since`
+    (it stalls while the VIP moves and resumes on the same connection)."""
+    deadline = time.monotonic() + RECOVERY_BOUND_S
+    while time.monotonic() < deadline:
+        later = [
+            event
+            for event in traffic.read_log(log)
+            if event.target == target and event.result == "ECHO" and event.at > since
+        ]
+        if later:
+            return later[0].at + later[0].ms / 1000 - since
+        time.sleep(0.1)
+    raise AssertionError(f"the echo connection did not resume within {RECOVERY_BOUND_S} s")
+
+
+def test_dr_lab_down_leaves_nothing(dr_lab: Lab) -> None:
+    code, output = dr_lab.rainctl("down")
+    assert code == 0, output
+    assert not dr_lab.state_dir.exists()
+    namespaces = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert dr_lab.prefix not in namespaces
