@@ -19,9 +19,11 @@ SYSTEM_PACKAGES := python3 python3-venv python3-pip
 # host): its package enables and would start a keepalived service on the host, so `setup`
 # installs with a policy-rc.d that denies every service start (exit 101, invoke-rc.d's
 # convention; Debian's Docker images ship one already, which is then left as it is). The
-# same holds in CI: the package's service must not run on a CI host either.
+# same holds in CI: the package's service must not run on a CI host either. iptables: the
+# NAT-mode guests' masquerade rule (iptables-legacy, run from the host's filesystem inside
+# the guests); nftables: the drop rule of `rainctl bench soak` in the switch namespace.
 LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump \
-	keepalived
+	keepalived iptables nftables
 PYTEST_ARGS ?=
 
 .PHONY: setup lint test demo sim-demo bench lock clean

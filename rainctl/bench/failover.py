@@ -28,7 +28,8 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,14 @@ class SystemSpec:
     """"rainctl" or "keepalived"."""
     profile: str | None = None
     advert_int: float | None = None
+    exclusion: str = "aggressive"
+    """rainctl's `cluster.exclusion`."""
 
     @property
     def name(self) -> str:
         if self.kind == "rainctl":
-            return f"rainctl {self.profile}"
+            suffix = "" if self.exclusion == "aggressive" else f" {self.exclusion}"
+            return f"rainctl {self.profile}{suffix}"
         return f"keepalived {self.advert_int:g}"
 
     @property
@@ -325,21 +329,22 @@ def run_trial(
     return TrialResult(spec.name, number, case, victim.name, moved, worst, lost)
 
 
-def run_system(
-    spec: SystemSpec,
-    *,
-    state_dir: Path,
-    prefix: str,
-    nodes: int,
-    trials: int,
-    rest_s: float,
-    progress: Progress,
-) -> SystemResult:
-    """One lab for `spec`: up, settle, rest, `trials` kills; down always."""
-    result = SystemResult(system=spec.name, kind=spec.kind, setting=spec.setting)
-    started = time.monotonic()
+@contextmanager
+def watched_lab(
+    spec: SystemSpec, *, state_dir: Path, prefix: str, nodes: int
+) -> Iterator[tuple[Path, Watchers, Path]]:
+    """A settled lab of `spec` (no back-ends) with the client's prober, the GARP reader and
+    the br0 packet counter running: (absolute state dir, watchers, wire log). `down` at the
+    end, always."""
     if spec.kind == "rainctl":
-        builder.up(state_dir, nodes=nodes, backends=0, prefix=prefix, profile=spec.profile)
+        builder.up(
+            state_dir,
+            nodes=nodes,
+            backends=0,
+            prefix=prefix,
+            profile=spec.profile,
+            exclusion=spec.exclusion,
+        )
     else:
         assert spec.advert_int is not None
         builder.up(
@@ -361,6 +366,26 @@ def run_system(
             state_dir / builder.WATCH_DIR / f"{WIRE}.err",
         )  # fmt: skip
         wait_settled(spec, state_dir, watchers)
+        yield state_dir, watchers, wire_log
+    finally:
+        builder.down(state_dir)
+
+
+def run_system(
+    spec: SystemSpec,
+    *,
+    state_dir: Path,
+    prefix: str,
+    nodes: int,
+    trials: int,
+    rest_s: float,
+    progress: Progress,
+) -> SystemResult:
+    """One lab for `spec`: up, settle, rest, `trials` kills; down always."""
+    result = SystemResult(system=spec.name, kind=spec.kind, setting=spec.setting)
+    started = time.monotonic()
+    with watched_lab(spec, state_dir=state_dir, prefix=prefix, nodes=nodes) as lab:
+        state_dir, watchers, wire_log = lab
         progress(f"{spec.name}: lab settled in {time.monotonic() - started:.1f} s; resting")
         result.rest = measure_rest(spec, state_dir, wire_log, rest_s)
         for number in range(1, trials + 1):
@@ -371,8 +396,6 @@ def run_system(
                 f"{spec.name}: trial {number}/{trials} killed {trial.victim} ({trial.case}, "
                 f"{' '.join(trial.vips)}): outage {outage}"
             )
-    finally:
-        builder.down(state_dir)
     return result
 
 

@@ -3,11 +3,13 @@
 `failover` kills a VIP's owner many times in a lab running rainctl, then in labs running
 keepalived VRRPv3 at each advert_int, and prints the client's outage (p50 / p99 / max) per
 system and case, the ratio to rainctl, the control packets per second at rest, and the
-daemons' CPU and memory at rest inside the guests.
+daemons' CPU and memory at rest inside the guests. `soak` runs each system for a while with
+every core busy and a share of its control packets dropped, and counts false failovers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import platform
@@ -19,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rainctl.bench import failover, report
+from rainctl.bench import failover, report, soak
+from rainctl.core.spec import ExclusionMode
 from rainctl.lab import keepalived
 from rainctl.lab.plan import NODES_MAX, PROFILES
 
@@ -44,6 +47,20 @@ def parse_advert_ints(text: str) -> tuple[float, ...]:
                 str(exc) if item.strip() else "empty value", param_hint="--advert-int"
             ) from exc
     return tuple(values)
+
+
+def _systems(profile: str, peer: str, nodes: int, advert_int: str) -> list[failover.SystemSpec]:
+    """The systems a benchmark runs, after checking the options every benchmark shares."""
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
+    if peer not in PEERS:
+        raise typer.BadParameter(f"must be one of {', '.join(PEERS)}", param_hint="--peer")
+    if not 2 <= nodes <= NODES_MAX:
+        raise typer.BadParameter(
+            f"must be 2..{NODES_MAX} (a survivor is needed)", param_hint="--nodes"
+        )
+    adverts = parse_advert_ints(advert_int)
+    return failover.systems(profile, None if peer == "none" else peer, adverts)
 
 
 def _ms(value: float | None) -> str:
@@ -116,20 +133,11 @@ def failover_command(
     it went to another node; the table's case is what the wire log showed at the kill.
     Between trials the killed node boots again and the cluster settles.
     """
-    if profile not in PROFILES:
-        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
-    if peer not in PEERS:
-        raise typer.BadParameter(f"must be one of {', '.join(PEERS)}", param_hint="--peer")
     if trials < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--trials")
-    if not 2 <= nodes <= NODES_MAX:
-        raise typer.BadParameter(
-            f"must be 2..{NODES_MAX} (a survivor is needed)", param_hint="--nodes"
-        )
     if rest_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--rest")
-    adverts = parse_advert_ints(advert_int)
-    specs = failover.systems(profile, None if peer == "none" else peer, adverts)
+    specs = _systems(profile, peer, nodes, advert_int)
     started = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
 
@@ -167,6 +175,132 @@ def failover_command(
         f"10 ms; {meta['started']}, {meta['wall_s']} s"
     )
     Console(width=200).print(failover_table(results, title))
+
+
+def soak_table(results: list[soak.SoakResult], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ("system", "minutes", "false VIP moves", "ring changes", "client gaps >= 50 ms",
+               "longest gap ms", "control pkts", "dropped", "loss %")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for result in results:
+        loss = result.loss_percent
+        table.add_row(
+            result.system,
+            f"{result.duration_s / 60:.1f}",
+            str(result.vip_moves),
+            "-" if result.kind != "rainctl" else str(result.ring_changes),
+            str(result.client_gaps),
+            _ms(result.longest_gap_ms),
+            str(result.control_packets),
+            str(result.dropped),
+            "-" if loss is None else f"{loss:.2f}",
+        )
+    return table
+
+
+@bench_app.command("soak")
+def soak_command(
+    *,
+    duration_s: Annotated[
+        float, typer.Option("--duration", help="Seconds of stress per system.")
+    ] = 600.0,
+    nodes: Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")] = 3,
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"rainctl's timer profile ({', '.join(PROFILES)}).")
+    ] = "lan",
+    peer: Annotated[
+        str, typer.Option("--peer", help="The peer run in the same way (keepalived | none).")
+    ] = "keepalived",
+    advert_int: Annotated[
+        str,
+        typer.Option("--advert-int", help="keepalived VRRPv3 advert_int values, comma-separated."),
+    ] = "1,0.1",
+    loss_permille: Annotated[
+        int,
+        typer.Option("--loss-permille", help="Control packets dropped on the switch (10 = 1 %)."),
+    ] = 10,
+    hogs: Annotated[
+        int | None,
+        typer.Option(
+            "--hogs", help="CPU hog processes (default: one per host core).", show_default=False
+        ),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
+    ] = "rbs",
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="The labs' state directory (one at a time).")
+    ] = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Also write the JSON results to this file.")
+    ] = None,
+    logs: Annotated[
+        Path | None,
+        typer.Option("--logs", help="Copy the nodes' logs here (one directory per system)."),
+    ] = None,
+    exclusion: Annotated[
+        ExclusionMode,
+        typer.Option("--exclusion", help="rainctl's cluster.exclusion for this run."),
+    ] = ExclusionMode.AGGRESSIVE,
+) -> None:
+    """Run each system (rainctl, then keepalived at each advert_int) in its own lab for
+    --duration seconds with every core busy and --loss-permille of its control packets
+    dropped; nothing is killed, so every VIP move is a false failover (GOALS.md F3)."""
+    if duration_s <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--duration")
+    if not 0 <= loss_permille <= 1000:
+        raise typer.BadParameter("must be 0..1000", param_hint="--loss-permille")
+    if hogs is not None and hogs < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--hogs")
+    specs = [
+        dataclasses.replace(spec, exclusion=exclusion.value)
+        for spec in _systems(profile, peer, nodes, advert_int)
+    ]
+    started = datetime.datetime.now(datetime.UTC)
+    clock = time.monotonic()
+
+    def progress(line: str) -> None:
+        if not as_json:
+            typer.echo(line)
+
+    results = [
+        soak.run_system(
+            spec,
+            state_dir=state_dir,
+            prefix=prefix,
+            nodes=nodes,
+            duration_s=duration_s,
+            loss_permille=loss_permille,
+            hogs=hogs,
+            progress=progress,
+            logs=logs,
+        )
+        for spec in specs
+    ]
+    meta = {
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - clock, 1),
+        "machine": platform.node(),
+        "nodes": nodes,
+        "profile": profile,
+        "duration_s": duration_s,
+        "loss_permille": loss_permille,
+        "hogs": hogs,
+        "exclusion": exclusion.value,
+    }
+    document = json.dumps({"meta": meta, "systems": [r.as_json() for r in results]}, indent=2)
+    if save is not None:
+        save.write_text(document + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(document)
+        return
+    title = (
+        f"rainctl bench soak: {nodes} nodes, {duration_s:g} s per system, "
+        f"{loss_permille / 10:g} % control loss, CPU hogs; {meta['started']}"
+    )
+    Console(width=200).print(soak_table(results, title))
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 from rainctl.core.types import Vip
 from rainctl.kernel.addresses import KernelError, parse_vip
+from rainctl.net.icmp import internet_checksum
 
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
@@ -67,16 +68,6 @@ def garp_request(mac: bytes, vip: ipaddress.IPv4Address) -> bytes:
 def garp_reply(mac: bytes, vip: ipaddress.IPv4Address) -> bytes:
     """Gratuitous ARP reply (42 bytes): VIP is-at MAC, to broadcast."""
     return _arp(ARP_REPLY, mac, vip, mac)
-
-
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071 ones' complement sum, complemented."""
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def icmpv6_checksum(

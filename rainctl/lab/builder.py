@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from rainctl.errors import RainctlError
-from rainctl.kernel.interfaces import DataPlane
 from rainctl.lab import mconsole
 from rainctl.lab.plan import (
     BACKEND_PORT,
@@ -56,6 +55,8 @@ DEFAULT_KERNEL = Path("/usr/bin/linux.uml")
 STATE_FILE = "state.json"
 CONFIG_FILE = "cluster.toml"
 KEY_FILE = "cluster.key"
+GUEST_DATA_PLANE = "ipvs"
+"""What the guests' daemons run: VIPs and ARP, IPVS services and connection sync."""
 STATUS_FILE = "status.json"
 STATUS_STALE_S = 2.0
 """A node's status file older than this (by its host mtime) means its helper stopped."""
@@ -391,11 +392,12 @@ def up(
     job: GuestJob | None = None,
     mode: str = "dr",
     peer: PeerHook | None = None,
+    exclusion: str = "aggressive",
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
     With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
-    profile (data plane `guest_data_plane()`), and `up` waits until each daemon answers its
+    profile (data plane GUEST_DATA_PLANE), and `up` waits until each daemon answers its
     status helper. `mode` ("dr" or "nat") is the IPVS forwarding of the lab's services and
     decides the back-ends' routes. With a `job`, the first node also runs it once after its
     ready marker (`job_output` names its result file). On any failure everything built so far
@@ -406,9 +408,15 @@ def up(
             nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb, mode=mode
         )
         config = None
-        data_plane = guest_data_plane()
+        data_plane = GUEST_DATA_PLANE
         if profile is not None:
-            config = cluster_config(plan, profile=profile, key_file=KEY_FILE, data_plane=data_plane)
+            config = cluster_config(
+                plan,
+                profile=profile,
+                key_file=KEY_FILE,
+                data_plane=data_plane,
+                exclusion=exclusion,
+            )
     except ValueError as exc:
         raise LabError(str(exc)) from exc
     missing = missing_prerequisites(kernel)
@@ -444,12 +452,6 @@ def up(
         down(state_dir)
         raise
     return status(state_dir)
-
-
-def guest_data_plane() -> str:
-    """The data plane the guests' daemons run: "ipvs" when this rainctl has it, else "linux"
-    (VIPs and ARP only, and a config without [sync] and [[services]])."""
-    return "ipvs" if "ipvs" in {plane.value for plane in DataPlane} else "linux"
 
 
 def _write_cluster_files(state_dir: Path, config: str, data_plane: str) -> DaemonLaunch:
@@ -830,14 +832,21 @@ def start_watchers(state_dir: Path) -> Watchers:
 # ---- faults ---------------------------------------------------------------------------------
 
 
-def _live_node(state_dir: Path, name: str) -> tuple[_State, LabPlan, Node, ProcessRecord]:
+def _recorded_node(
+    state_dir: Path, name: str
+) -> tuple[_State, LabPlan, Node, ProcessRecord | None]:
+    """The lab's state, plan, node `name` and its process record (None if never started)."""
     state = _require_state(state_dir)
     plan = state.plan()
     try:
         node = plan.node(name)
     except KeyError as exc:
         raise LabError(str(exc.args[0])) from exc
-    record = state.processes.get(node.name)
+    return state, plan, node, state.processes.get(node.name)
+
+
+def _live_node(state_dir: Path, name: str) -> tuple[_State, LabPlan, Node, ProcessRecord]:
+    state, plan, node, record = _recorded_node(state_dir, name)
     if record is None or not is_alive(record):
         raise LabError(f"node {name} is not running")
     return state, plan, node, record
@@ -889,13 +898,7 @@ def restart_node(state_dir: Path, name: str, *, timeout_s: float = BOOT_TIMEOUT_
     the lab runs daemons, until its daemon answers. Its scratch files (logs, the daemon's
     incarnation) stay; the ready marker and status file are removed first."""
     state_dir = state_dir.absolute()
-    state = _require_state(state_dir)
-    plan = state.plan()
-    try:
-        node = plan.node(name)
-    except KeyError as exc:
-        raise LabError(str(exc.args[0])) from exc
-    record = state.processes.get(node.name)
+    state, plan, node, record = _recorded_node(state_dir, name)
     if record is not None and is_alive(record):
         raise LabError(f"node {name} is running; kill it first")
     scratch = _scratch(state_dir, node)
@@ -939,6 +942,25 @@ def start_process(state_dir: Path, name: str, command: Sequence[str], log: Path)
     if record is not None and is_alive(record):
         raise LabError(f"the {name} runs already (pid {record.pid})")
     state.processes[name] = _spawn(command, log)
+    state.save(state_dir)
+
+
+def in_switch(state_dir: Path, command: Sequence[str], *, stdin: str | None = None) -> str:
+    """Run `command` in the lab's switch namespace (e.g. nft for a benchmark's drop rule);
+    its stdout, or LabError with its stderr."""
+    state = _require_state(state_dir.absolute())
+    return _run(("ip", "netns", "exec", state.plan().switch_namespace, *command), stdin=stdin)
+
+
+def stop_process(state_dir: Path, name: str) -> None:
+    """End the recorded process `name` (started by `start_process` or `start_traffic`) and
+    its process group, by PID."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    record = state.processes.pop(name, None)
+    if record is None:
+        raise LabError(f"no process {name!r} recorded")
+    _end_group(record)
     state.save(state_dir)
 
 
@@ -1098,13 +1120,7 @@ def start_traffic(
 
 def stop_traffic(state_dir: Path, name: str) -> None:
     """End the traffic generator `name` (its log stays until `down`)."""
-    state_dir = state_dir.absolute()
-    state = _require_state(state_dir)
-    record = state.processes.pop(TRAFFIC_PREFIX + name, None)
-    if record is None:
-        raise LabError(f"no traffic {name!r} recorded")
-    _end_group(record)
-    state.save(state_dir)
+    stop_process(state_dir, TRAFFIC_PREFIX + name)
 
 
 def start_garp_reader(state_dir: Path) -> Path:

@@ -321,7 +321,14 @@ def lab_vips(plan: LabPlan) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(VIP_BASE + index for index in range(VIPS_PER_NODE * len(plan.nodes)))
 
 
-def cluster_config(plan: LabPlan, *, profile: str, key_file: str, data_plane: str = "ipvs") -> str:
+def cluster_config(
+    plan: LabPlan,
+    *,
+    profile: str,
+    key_file: str,
+    data_plane: str = "ipvs",
+    exclusion: str = "aggressive",
+) -> str:
     """The cluster config (TOML) every node's daemon runs with.
 
     Nodes are the front addresses on br0, port RING_PORT; VIP k has node (k mod n) + 1 as its
@@ -330,6 +337,7 @@ def cluster_config(plan: LabPlan, *, profile: str, key_file: str, data_plane: st
     interface vec1, SYNC_ID) and, when the lab has back-ends, for every VIP one service per
     SERVICE_PORTS port (tcp, SERVICE_SCHEDULER) with every back-end as a real server
     (forwarding = the plan's mode, weight 1).
+    `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it).
     Raises ValueError for an unknown profile or data plane.
     """
     if profile not in PROFILES:
@@ -345,6 +353,7 @@ def cluster_config(plan: LabPlan, *, profile: str, key_file: str, data_plane: st
         f"key_file = {_toml_string(key_file)}",
         f'profile = "{profile}"',
         'quorum = "majority"',
+        f"exclusion = {_toml_string(exclusion)}",
         "",
     ]
     if ipvs:

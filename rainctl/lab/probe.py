@@ -32,41 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rainctl.net.icmp import echo_request, parse_echo_reply
+
 INTERVAL_S = 0.01
 ETH_P_ARP = 0x0806
-_ICMP_ECHO_REQUEST = 8
-_ICMP_ECHO_REPLY = 0
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
-
-
-def echo_request(ident: int, seq: int) -> bytes:
-    """An ICMP echo request with an 8-byte payload."""
-    payload = b"rainctl!"
-    header = struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    checksum = _checksum(header + payload)
-    return struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, checksum, ident, seq) + payload
-
-
-def parse_echo_reply(packet: bytes, ident: int) -> int | None:
-    """The sequence number of an echo reply to `ident` in a raw IPv4 packet, else None."""
-    if len(packet) < 20:
-        return None
-    header_len = (packet[0] & 0x0F) * 4
-    icmp = packet[header_len : header_len + 8]
-    if len(icmp) < 8:
-        return None
-    kind, _code, _sum, reply_ident, seq = struct.unpack("!BBHHH", icmp)
-    if kind != _ICMP_ECHO_REPLY or reply_ident != ident:
-        return None
-    return int(seq)
 
 
 def run_prober(vips: Sequence[str], output: Path, interval_s: float = INTERVAL_S) -> None:

@@ -17,20 +17,23 @@ _HEADER = struct.Struct("!BBHHH")
 PAYLOAD = b"rainctl!"
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 ones' complement sum, complemented."""
     if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
+        data += b"\x00"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def echo_request(ident: int, seq: int) -> bytes:
     """An ICMP (IPv4) echo request with an 8-byte payload."""
     header = _HEADER.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    return _HEADER.pack(ICMP_ECHO_REQUEST, 0, checksum(header + PAYLOAD), ident, seq) + PAYLOAD
+    return (
+        _HEADER.pack(ICMP_ECHO_REQUEST, 0, internet_checksum(header + PAYLOAD), ident, seq)
+        + PAYLOAD
+    )
 
 
 def echo_request_v6(ident: int, seq: int) -> bytes:

@@ -23,49 +23,15 @@ from tests.integration.test_daemon_ring import (
     Cluster,
     Daemon,
     converged,
+    run_cluster,
+    start_daemon,
     wait_for,
-    write_cluster,
 )
-
-
-def start_daemon(config: Path, directory: Path, node_id: int) -> Daemon:
-    node_dir = directory / f"node{node_id}"
-    node_dir.mkdir(exist_ok=True)
-    log_path = node_dir / "daemon.log"
-    socket_path = node_dir / "control.sock"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                str(RAINCTL),
-                "daemon",
-                "--config",
-                str(config),
-                "--node",
-                str(node_id),
-                "--state-dir",
-                str(node_dir / "state"),
-                "--control-socket",
-                str(socket_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    return Daemon(node_id, process, socket_path, log_path)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    config = write_cluster(tmp_path, "majority")
-    daemons: dict[int, Daemon] = {}
-    try:
-        for node_id in NODES:
-            daemons[node_id] = start_daemon(config, tmp_path, node_id)
-        yield Cluster("majority", daemons)
-    finally:
-        for daemon in daemons.values():
-            if daemon.process.poll() is None:
-                os.kill(daemon.process.pid, signal.SIGKILL)
-            daemon.process.wait(timeout=10)
+    yield from run_cluster(tmp_path, "majority")
 
 
 def rainctl(daemon: Daemon, *arguments: str) -> subprocess.CompletedProcess[str]:

@@ -94,40 +94,50 @@ def write_cluster(directory: Path, quorum: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["majority", "none"])
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    config = write_cluster(tmp_path, request.param)
+def start_daemon(config: Path, directory: Path, node_id: int) -> Daemon:
+    """`rainctl daemon` for `node_id` with its state, socket and log under `directory`."""
+    node_dir = directory / f"node{node_id}"
+    node_dir.mkdir(exist_ok=True)
+    log_path = node_dir / "daemon.log"
+    socket_path = node_dir / "control.sock"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                str(RAINCTL),
+                "daemon",
+                "--config",
+                str(config),
+                "--node",
+                str(node_id),
+                "--state-dir",
+                str(node_dir / "state"),
+                "--control-socket",
+                str(socket_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    return Daemon(node_id, process, socket_path, log_path)
+
+
+def run_cluster(directory: Path, quorum: str) -> Iterator[Cluster]:
+    """Three daemons of one config; every process killed by PID at the end."""
+    config = write_cluster(directory, quorum)
     daemons: dict[int, Daemon] = {}
     try:
         for node_id in NODES:
-            node_dir = tmp_path / f"node{node_id}"
-            node_dir.mkdir()
-            log_path = node_dir / "daemon.log"
-            socket_path = node_dir / "control.sock"
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(
-                    [
-                        str(RAINCTL),
-                        "daemon",
-                        "--config",
-                        str(config),
-                        "--node",
-                        str(node_id),
-                        "--state-dir",
-                        str(node_dir / "state"),
-                        "--control-socket",
-                        str(socket_path),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
-            daemons[node_id] = Daemon(node_id, process, socket_path, log_path)
-        yield Cluster(request.param, daemons)
+            daemons[node_id] = start_daemon(config, directory, node_id)
+        yield Cluster(quorum, daemons)
     finally:
         for daemon in daemons.values():
             if daemon.process.poll() is None:
                 os.kill(daemon.process.pid, signal.SIGKILL)
             daemon.process.wait(timeout=10)
+
+
+@pytest.fixture(params=["majority", "none"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    yield from run_cluster(tmp_path, request.param)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, logs: list[Path]) -> None:

@@ -97,7 +97,7 @@ def test_daemons_form_one_ring_owning_every_vip_once(daemon_lab: Lab) -> None:
         assert daemon.rss_kb is not None, daemon
         assert daemon.rss_kb > 0, daemon
         assert daemon.document is not None
-        assert daemon.document["data_plane"] == builder.guest_data_plane()
+        assert daemon.document["data_plane"] == builder.GUEST_DATA_PLANE
         log = (daemon_lab.state_dir / "nodes" / daemon.node.name / "daemon.log").read_text()
         assert f"node {daemon.node_id} incarnation 1 listening on {daemon.node.front}:7400" in log
     key = daemon_lab.state_dir / builder.KEY_FILE
@@ -184,7 +184,7 @@ def test_each_vip_answers_the_client_from_its_owners_mac(daemon_lab: Lab) -> Non
     code, output = daemon_lab.rainctl("status", "--json")
     assert code == 0, output
     for daemon in json.loads(output)["daemons"]:
-        assert daemon["status"]["data_plane"] == builder.guest_data_plane()
+        assert daemon["status"]["data_plane"] == builder.GUEST_DATA_PLANE
 
 
 def test_kill_of_a_vip_owner_moves_its_vips_to_the_survivors(daemon_lab: Lab) -> None:

@@ -14,9 +14,9 @@ from rainctl.kernel.arp import (
     garp_reply,
     garp_request,
     icmpv6_checksum,
-    internet_checksum,
     unsolicited_na,
 )
+from rainctl.net.icmp import internet_checksum
 
 MAC = bytes.fromhex("020000000001")
 VIP4 = ipaddress.IPv4Address("198.18.0.10")

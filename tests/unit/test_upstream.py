@@ -8,9 +8,9 @@ from rainctl.daemon.upstream import UpstreamState
 from rainctl.net.icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
-    checksum,
     echo_request,
     echo_request_v6,
+    internet_checksum,
     parse_echo_reply,
     parse_echo_reply_v6,
 )
@@ -23,7 +23,7 @@ def _ipv4_packet(icmp: bytes) -> bytes:
 
 def test_echo_request_checksum_verifies() -> None:
     request = echo_request(0x1234, 7)
-    assert checksum(request) == 0  # a correct checksum sums to zero
+    assert internet_checksum(request) == 0  # a correct checksum sums to zero
     assert struct.unpack("!BBHHH", request[:8])[3:] == (0x1234, 7)
 
 
