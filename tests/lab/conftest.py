@@ -131,6 +131,18 @@ def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def nat_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _session_lab(
+        tmp_path_factory,
+        "nat-lab",
+        "rln",
+        "NAT lab up (2 nodes, 2 back-ends, every daemon answering)",
+        ["--nodes", "2", "--backends", "2", "--daemon", "--profile", DAEMON_PROFILE,
+         "--mode", "nat"],
+    )  # fmt: skip
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FIGURES or NOTES:
         terminalreporter.section("lab figures")

@@ -164,6 +164,62 @@ def test_ctl_asks_a_daemon_inside_its_node(dr_lab: Lab) -> None:
     assert "no node '9' in the lab" in output
 
 
+def test_reload_changes_one_real_server_and_touches_nothing_else(dr_lab: Lab) -> None:
+    """A reload (the SIGHUP path, through `lab ctl`) under HTTP traffic: with the config
+    unchanged no node changes anything in IPVS; with one real server's weight changed each
+    node makes exactly that one update; no request fails."""
+    status = _formed(dr_lab)
+    wait_for(dr_lab, lambda s: in_sync(s.daemons), CHANGE_BOUND_S, "IPVS in sync")
+    vips = _vips(dr_lab)
+    config = dr_lab.state_dir / builder.CONFIG_FILE
+    original = config.read_text(encoding="utf-8")
+
+    def operations() -> dict[int, int]:
+        answers = {
+            d.node_id: builder.control(dr_lab.state_dir, str(d.node_id), "status")
+            for d in status.daemons
+        }
+        return {node: answer["ipvs"]["operations"] for node, answer in answers.items()}
+
+    def reload_everywhere() -> None:
+        for daemon in status.daemons:
+            answer = builder.control(dr_lab.state_dir, str(daemon.node_id), "reload")
+            assert answer["reloaded"] is True, answer
+
+    log = builder.start_traffic(dr_lab.state_dir, "reload", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    started = time.time()
+    try:
+        before = operations()
+        reload_everywhere()
+        time.sleep(2.0)  # more than one reconciler pass
+        assert operations() == before
+        # The second real server (backend2) of the first VIP's port-80 service: weight 0.
+        service = original.index(f'vip = "{vips[0]}"\nport = 80\n')
+        second = original.index("weight = 1", original.index("weight = 1", service) + 1)
+        changed = original[:second] + "weight = 0" + original[second + len("weight = 1") :]
+        config.write_text(changed, encoding="utf-8")
+        reload_everywhere()
+        wait_for(
+            dr_lab,
+            lambda _: operations() == {node: count + 1 for node, count in before.items()},
+            CHANGE_BOUND_S,
+            "one IPVS update on every node",
+        )
+    finally:
+        config.write_text(original, encoding="utf-8")
+    reload_everywhere()
+    settled = wait_recovered(log, vips, started)
+    builder.stop_traffic(dr_lab.state_dir, "reload")
+    summary = traffic.summarize(traffic.read_log(log), since=started, until=settled)
+    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
+    assert failed == {}, failed
+    NOTES.append(
+        "reload under 50 ms HTTP requests: unchanged config 0 IPVS operations, one weight "
+        f"changed 1 per node; {sum(s.ok for s in summary.values())} requests, none failed"
+    )
+
+
 def _owner(status: LabStatus, vip: str) -> DaemonStatus:
     return next(d for d in status.daemons if vip in d.owned)
 
