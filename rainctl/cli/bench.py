@@ -36,6 +36,29 @@ DEFAULT_STATE_DIR = Path("/var/lib/rainctl-bench")
 PEERS = ("keepalived", "none")
 
 
+ALL_ADVERT_INTS = ",".join(f"{value:g}" for value in keepalived.ADVERT_INTS)
+NodesOption = Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")]
+ProfileOption = Annotated[
+    str, typer.Option("--profile", help=f"rainctl's timer profile ({', '.join(PROFILES)}).")
+]
+PeerOption = Annotated[
+    str, typer.Option("--peer", help="The peer run in the same way (keepalived | none).")
+]
+AdvertIntOption = Annotated[
+    str, typer.Option("--advert-int", help="keepalived VRRPv3 advert_int values, comma-separated.")
+]
+PrefixOption = Annotated[
+    str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
+]
+StateDirOption = Annotated[
+    Path, typer.Option("--state-dir", help="The labs' state directory (one at a time).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the results as JSON.")]
+SaveOption = Annotated[
+    Path | None, typer.Option("--save", help="Also write the JSON results to this file.")
+]
+
+
 def parse_advert_ints(text: str) -> tuple[float, ...]:
     """`1,0.1,0.05` -> (1.0, 0.1, 0.05); BadParameter names the bad value."""
     values = []
@@ -100,31 +123,18 @@ def failover_table(results: list[report.SystemResult], title: str) -> Table:
 def failover_command(
     *,
     trials: Annotated[int, typer.Option("--trials", help="Kills per system.")] = 20,
-    nodes: Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")] = 3,
-    profile: Annotated[
-        str, typer.Option("--profile", help=f"rainctl's timer profile ({', '.join(PROFILES)}).")
-    ] = "fast",
-    peer: Annotated[
-        str, typer.Option("--peer", help="The peer run in the same way (keepalived | none).")
-    ] = "keepalived",
-    advert_int: Annotated[
-        str,
-        typer.Option("--advert-int", help="keepalived VRRPv3 advert_int values, comma-separated."),
-    ] = ",".join(f"{value:g}" for value in keepalived.ADVERT_INTS),
+    nodes: NodesOption = 3,
+    profile: ProfileOption = "fast",
+    peer: PeerOption = "keepalived",
+    advert_int: AdvertIntOption = ALL_ADVERT_INTS,
     rest_s: Annotated[
         float,
         typer.Option("--rest", help="Seconds at rest per system (control packets, CPU, RSS)."),
     ] = 10.0,
-    prefix: Annotated[
-        str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
-    ] = "rbf",
-    state_dir: Annotated[
-        Path, typer.Option("--state-dir", help="The labs' state directory (one at a time).")
-    ] = DEFAULT_STATE_DIR,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    save: Annotated[
-        Path | None, typer.Option("--save", help="Also write the JSON results to this file.")
-    ] = None,
+    prefix: PrefixOption = "rbf",
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    as_json: JsonOption = False,
+    save: SaveOption = None,
 ) -> None:
     """Kill the owner of a VIP N times per system (rainctl, then keepalived at each
     advert_int), each system in its own lab of the same topology; print the client's outage.
@@ -205,17 +215,10 @@ def soak_command(
     duration_s: Annotated[
         float, typer.Option("--duration", help="Seconds of stress per system.")
     ] = 600.0,
-    nodes: Annotated[int, typer.Option("--nodes", help="User-mode-linux front nodes.")] = 3,
-    profile: Annotated[
-        str, typer.Option("--profile", help=f"rainctl's timer profile ({', '.join(PROFILES)}).")
-    ] = "lan",
-    peer: Annotated[
-        str, typer.Option("--peer", help="The peer run in the same way (keepalived | none).")
-    ] = "keepalived",
-    advert_int: Annotated[
-        str,
-        typer.Option("--advert-int", help="keepalived VRRPv3 advert_int values, comma-separated."),
-    ] = "1,0.1",
+    nodes: NodesOption = 3,
+    profile: ProfileOption = "lan",
+    peer: PeerOption = "keepalived",
+    advert_int: AdvertIntOption = "1,0.1",
     loss_permille: Annotated[
         int,
         typer.Option("--loss-permille", help="Control packets dropped on the switch (10 = 1 %)."),
@@ -226,16 +229,10 @@ def soak_command(
             "--hogs", help="CPU hog processes (default: one per host core).", show_default=False
         ),
     ] = None,
-    prefix: Annotated[
-        str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
-    ] = "rbs",
-    state_dir: Annotated[
-        Path, typer.Option("--state-dir", help="The labs' state directory (one at a time).")
-    ] = DEFAULT_STATE_DIR,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    save: Annotated[
-        Path | None, typer.Option("--save", help="Also write the JSON results to this file.")
-    ] = None,
+    prefix: PrefixOption = "rbs",
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    as_json: JsonOption = False,
+    save: SaveOption = None,
     logs: Annotated[
         Path | None,
         typer.Option("--logs", help="Copy the nodes' logs here (one directory per system)."),

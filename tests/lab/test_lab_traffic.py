@@ -101,6 +101,18 @@ def wait_recovered(log: Path, vips: Sequence[str], since: float) -> float:
         time.sleep(0.1)
 
 
+def stop_without_failures(
+    lab: Lab, name: str, log: Path, *, since: float, until: float
+) -> dict[str, traffic.Summary]:
+    """Stop the traffic `name`; its per-VIP summary in [since, until], which must hold no
+    failed request."""
+    builder.stop_traffic(lab.state_dir, name)
+    summary = traffic.summarize(traffic.read_log(log), since=since, until=until)
+    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
+    assert failed == {}, failed
+    return summary
+
+
 def test_every_node_programs_ipvs(dr_lab: Lab) -> None:
     """The daemons' IPVS data plane: every service of the config on every node, in sync."""
     _formed(dr_lab)
@@ -210,10 +222,7 @@ def test_reload_changes_one_real_server_and_touches_nothing_else(dr_lab: Lab) ->
         config.write_text(original, encoding="utf-8")
     reload_everywhere()
     settled = wait_recovered(log, vips, started)
-    builder.stop_traffic(dr_lab.state_dir, "reload")
-    summary = traffic.summarize(traffic.read_log(log), since=started, until=settled)
-    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
-    assert failed == {}, failed
+    summary = stop_without_failures(dr_lab, "reload", log, since=started, until=settled)
     NOTES.append(
         "reload under 50 ms HTTP requests: unchanged config 0 IPVS operations, one weight "
         f"changed 1 per node; {sum(s.ok for s in summary.values())} requests, none failed"
@@ -346,10 +355,7 @@ def test_drain_moves_vips_off_a_node_without_a_failed_request(dr_lab: Lab) -> No
                                   f"node={victim.node_id}")  # fmt: skip
     assert code == 0, output
     assert json.loads(output) == {"node": victim.node_id, "drained": False, "via": "local"}
-    builder.stop_traffic(dr_lab.state_dir, "drain")
-    summary = traffic.summarize(traffic.read_log(log), since=drained_at - 0.5, until=settled)
-    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
-    assert failed == {}, failed
+    summary = stop_without_failures(dr_lab, "drain", log, since=drained_at - 0.5, until=settled)
     NOTES.append(
         f"drain of node {victim.node_id} ({len(victim.owned)} VIPs) under 50 ms HTTP requests: "
         f"{sum(s.ok for s in summary.values())} requests, none failed"
@@ -391,10 +397,7 @@ def test_graceful_leave_and_join_without_a_failed_request(dr_lab: Lab) -> None:
     )
     FIGURES["join after a restart: ring of 3 owning every VIP (from boot)"] = joined - joined_from
     settled = wait_recovered(log, vips, left_at)
-    builder.stop_traffic(dr_lab.state_dir, "leave")
-    summary = traffic.summarize(traffic.read_log(log), since=left_at - 0.5, until=settled)
-    failed = {vip: (s.failed, dict(s.reasons)) for vip, s in summary.items() if s.failed}
-    assert failed == {}, failed
+    summary = stop_without_failures(dr_lab, "leave", log, since=left_at - 0.5, until=settled)
     NOTES.append(
         f"graceful leave of node {leaver.node_id} ({len(leaver.owned)} VIPs) and its join "
         f"under 50 ms HTTP requests: {sum(s.ok for s in summary.values())} requests, none failed"
