@@ -14,8 +14,9 @@ import datetime
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -174,17 +175,16 @@ def failover_command(
         "rest_s": rest_s,
         "probe_interval_ms": 10,
     }
-    document = json.dumps(report.report_json(results, meta), indent=2)
-    if save is not None:
-        save.write_text(document + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(document)
-        return
     title = (
         f"rainctl bench failover: {nodes} nodes, {trials} SIGKILLs per system, probes every "
         f"10 ms; {meta['started']}, {meta['wall_s']} s"
     )
-    Console(width=200).print(failover_table(results, title))
+    _output(
+        report.report_json(results, meta),
+        save=save,
+        as_json=as_json,
+        table=lambda: failover_table(results, title),
+    )
 
 
 def soak_table(results: list[soak.SoakResult], title: str) -> Table:
@@ -287,17 +287,29 @@ def soak_command(
         "hogs": hogs,
         "exclusion": exclusion.value,
     }
-    document = json.dumps({"meta": meta, "systems": [r.as_json() for r in results]}, indent=2)
-    if save is not None:
-        save.write_text(document + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(document)
-        return
     title = (
         f"rainctl bench soak: {nodes} nodes, {duration_s:g} s per system, "
         f"{loss_permille / 10:g} % control loss, CPU hogs; {meta['started']}"
     )
-    Console(width=200).print(soak_table(results, title))
+    _output(
+        {"meta": meta, "systems": [result.as_json() for result in results]},
+        save=save,
+        as_json=as_json,
+        table=lambda: soak_table(results, title),
+    )
+
+
+def _output(
+    document: dict[str, Any], *, save: Path | None, as_json: bool, table: Callable[[], Table]
+) -> None:
+    """A benchmark's results: JSON to `save` if given, then JSON or the rich table."""
+    text = json.dumps(document, indent=2)
+    if save is not None:
+        save.write_text(text + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(text)
+    else:
+        Console(width=200).print(table())
 
 
 def register(app: typer.Typer) -> None:
