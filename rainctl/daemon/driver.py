@@ -107,13 +107,20 @@ class RingDriver:
         self._step(event)
 
     def set_state(self, state: NodeState) -> None:
-        """Report a new node state (drain / undrain) without waiting for the next sample."""
+        """Report a new node state (drain / undrain) without waiting for the next sample.
+
+        The report is stepped in a callback of its own: a drain arrives as a delivered
+        multicast, i.e. while the actions of another step are being carried out, and a step
+        nested there would send its datagrams before that step's remaining ones."""
         if state is self.node_state:
             return
         log.info("node state: %s", state.name.lower())
         self.node_state = state
+        asyncio.get_running_loop().call_soon(self._report_state)
+
+    def _report_state(self) -> None:
         if self.port is not None and not self.left.is_set():
-            self._step(measure_load(state, self.connection_count()))
+            self._step(measure_load(self.node_state, self.connection_count()))
 
     def on_datagram(self, data: bytes) -> None:
         if self.port is None or self.left.is_set():
