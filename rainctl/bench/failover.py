@@ -37,8 +37,9 @@ from typing import Any
 from rainctl.bench import report
 from rainctl.bench.report import RestResult, SystemResult, TrialResult
 from rainctl.lab import builder, demo, keepalived, probe
-from rainctl.lab.builder import LabError, Watchers
+from rainctl.lab.builder import Watchers
 from rainctl.lab.plan import LabPlan, Node, lab_vips, node_id
+from rainctl.lab.processes import LabError
 
 WIRE = "wire-counter"
 WIRE_LOG = "wire.log"

@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rainctl.lab import builder, demo
-from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabError, LabStatus
+from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
 from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES
+from rainctl.lab.processes import LabError
 
 lab_app = typer.Typer(
     name="lab",

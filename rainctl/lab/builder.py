@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rainctl.errors import RainctlError
-from rainctl.lab import mconsole
+from rainctl.lab import mconsole, processes
 from rainctl.lab.plan import (
     BACKEND_PORT,
     ECHO_PORT,
@@ -48,6 +47,7 @@ from rainctl.lab.plan import (
     plan_lab,
     uml_command,
 )
+from rainctl.lab.processes import LabError, ProcessRecord, end_group, is_alive
 
 DEFAULT_STATE_DIR = Path("/var/lib/rainctl-lab")
 """Not under /run: the guests mount a tmpfs on /run and must still see their scratch files."""
@@ -66,25 +66,12 @@ STOP_TIMEOUT_S = 10.0
 MCONSOLE_TIMEOUT_S = 5.0
 POLL_S = 0.02
 
+_log = logging.getLogger(__name__)
+
 PeerHook = Callable[[LabPlan, Node, Path], str]
 """`up(peer=...)`: called with each node's fresh scratch directory before it boots; writes what
 the node's peer needs there and returns the init-script section that starts it
 (rainctl.bench.failover: keepalived instead of rainctl daemon)."""
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
-"""Processes started by this Python process, so that ending one also reaps it."""
-
-
-class LabError(RainctlError):
-    """The lab cannot be built, inspected or changed; the message says what and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessRecord:
-    """A process the lab started: PID (also its process group) and kernel start time."""
-
-    pid: int
-    start_time: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,81 +129,15 @@ class LabStatus:
 # ---- processes ------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/PID/stat (state first), or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    return text.rpartition(")")[2].split()
-
-
-def _start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
-def is_alive(record: ProcessRecord) -> bool:
-    """The recorded process still exists, is the same process, and is not a zombie."""
-    fields = _stat_fields(record.pid)
-    return fields is not None and int(fields[19]) == record.start_time and fields[0] != "Z"
-
-
-def process_group(pgid: int) -> list[int]:
-    """The live (not zombie) processes in process group `pgid`."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _reap(pid: int) -> None:
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait()
-
-
-def _end_group(record: ProcessRecord) -> None:
-    """SIGKILL the recorded process group (UML's helper processes included); wait it out."""
-    if is_alive(record):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(record.pid, signal.SIGKILL)
-    _reap(record.pid)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    # Only the group of a process we started: if its leader is gone and reused, the group
-    # members left (UML helpers) still carry the recorded group id, which no new process
-    # can get while they live.
-    while process_group(record.pid):
-        if time.monotonic() > deadline:
-            raise LabError(
-                f"process group {record.pid} still alive {STOP_TIMEOUT_S:g} s after SIGKILL"
-            )
-        time.sleep(POLL_S)
-
-
 def _spawn(
-    command: Sequence[str], log: Path, *, environment: dict[str, str] | None = None
+    state_dir: Path,
+    command: Sequence[str],
+    log: Path,
+    *,
+    environment: dict[str, str] | None = None,
 ) -> ProcessRecord:
-    with log.open("ab") as output:
-        child = subprocess.Popen(  # noqa: S603 - fixed argv built from the plan
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=environment,
-        )
-    _children[child.pid] = child
-    start = _start_time(child.pid)
-    if start is None:
-        child.wait()
-        raise LabError(f"{command[0]} exited at once; see {log}")
-    return ProcessRecord(pid=child.pid, start_time=start)
+    """Start a process of the lab in `state_dir`, marked as such (rainctl.lab.processes)."""
+    return processes.spawn(command, log, marker=str(state_dir.absolute()), environment=environment)
 
 
 def _run(command: Sequence[str], *, stdin: str | None = None) -> str:
@@ -540,7 +461,7 @@ def _start_backends(plan: LabPlan, state: _State, state_dir: Path) -> None:
             "ip", "netns", "exec", host.namespace, sys.executable, "-m", "rainctl.lab.httpd",
             "--name", host.name, "--http-port", str(BACKEND_PORT), "--echo-port", str(ECHO_PORT),
         )  # fmt: skip
-        state.processes[host.name] = _spawn(command, directory / "server.log")
+        state.processes[host.name] = _spawn(state_dir, command, directory / "server.log")
         state.save(state_dir)
 
 
@@ -587,7 +508,7 @@ def _start_nodes(
             plan, node, kernel=str(kernel), uml_dir=str(uml_dir), init_path=str(init)
         )
         state.processes[node.name] = _spawn(
-            command, scratch / "console.log", environment=environment
+            state_dir, command, scratch / "console.log", environment=environment
         )
         state.save(state_dir)
 
@@ -750,15 +671,27 @@ def status(state_dir: Path) -> LabStatus:
 def down(state_dir: Path) -> bool:
     """End every recorded process, remove the namespaces and the lab's files.
 
-    Idempotent; returns False when no lab was recorded in `state_dir`.
+    Processes of this lab that the state file does not record (rainctl.lab.processes: every
+    process the lab starts carries its marker) are ended too, with a warning naming them,
+    also when no state file is left. Idempotent; returns False when no lab was recorded in
+    `state_dir`.
     """
     state_dir = state_dir.absolute()
     state = _load_state(state_dir)
+    if state is not None:
+        for record in state.processes.values():
+            end_group(record)
+    strays = processes.end_marked(str(state_dir))
+    if strays:
+        _log.warning(
+            "lab %s: ended %d processes its state file did not record: %s",
+            state_dir,
+            len(strays),
+            ", ".join(str(record.pid) for record in strays),
+        )
     if state is None:
         return False
     plan = state.plan()
-    for record in state.processes.values():
-        _end_group(record)
     present = _existing_namespaces()
     for namespace in plan.namespaces:
         if namespace in present:
@@ -824,7 +757,7 @@ def start_watchers(state_dir: Path) -> Watchers:
         ),
     }  # fmt: skip
     for name, command in commands.items():
-        state.processes[name] = _spawn(command, directory / f"{name}.err")
+        state.processes[name] = _spawn(state_dir, command, directory / f"{name}.err")
         state.save(state_dir)
     return watchers
 
@@ -856,7 +789,7 @@ def kill_node(state_dir: Path, name: str) -> None:
     """Crash a node: SIGKILL its UML process group, then delete its uml_dir entry."""
     state_dir = state_dir.absolute()
     state, _plan, node, record = _live_node(state_dir, name)
-    _end_group(record)
+    end_group(record)
     shutil.rmtree(_uml_dir(state_dir) / node.name, ignore_errors=True)
     state.frozen.discard(node.name)
     state.save(state_dir)
@@ -918,7 +851,10 @@ def restart_node(state_dir: Path, name: str, *, timeout_s: float = BOOT_TIMEOUT_
         plan, node, kernel=str(DEFAULT_KERNEL), uml_dir=str(uml_dir), init_path=str(init)
     )
     state.processes[node.name] = _spawn(
-        command, scratch / "console.log", environment={**os.environ, "TMPDIR": str(memory)}
+        state_dir,
+        command,
+        scratch / "console.log",
+        environment={**os.environ, "TMPDIR": str(memory)},
     )
     state.frozen.discard(node.name)
     state.save(state_dir)
@@ -941,7 +877,7 @@ def start_process(state_dir: Path, name: str, command: Sequence[str], log: Path)
     record = state.processes.get(name)
     if record is not None and is_alive(record):
         raise LabError(f"the {name} runs already (pid {record.pid})")
-    state.processes[name] = _spawn(command, log)
+    state.processes[name] = _spawn(state_dir, command, log)
     state.save(state_dir)
 
 
@@ -960,7 +896,7 @@ def stop_process(state_dir: Path, name: str) -> None:
     record = state.processes.pop(name, None)
     if record is None:
         raise LabError(f"no process {name!r} recorded")
-    _end_group(record)
+    end_group(record)
     state.save(state_dir)
 
 
@@ -1113,7 +1049,7 @@ def start_traffic(
         "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
         "rainctl.lab.traffic", kind, *options, *targets,
     )  # fmt: skip
-    state.processes[record_name] = _spawn(command, directory / f"{record_name}.err")
+    state.processes[record_name] = _spawn(state_dir, command, directory / f"{record_name}.err")
     state.save(state_dir)
     return log
 
@@ -1141,6 +1077,6 @@ def start_garp_reader(state_dir: Path) -> Path:
         "ip", "netns", "exec", plan.switch_namespace, sys.executable, "-m", "rainctl.lab.probe",
         "garp", "--output", str(log), "--interface", plan.bridges[0][0],
     )  # fmt: skip
-    state.processes[GARP_READER] = _spawn(command, directory / f"{GARP_READER}.err")
+    state.processes[GARP_READER] = _spawn(state_dir, command, directory / f"{GARP_READER}.err")
     state.save(state_dir)
     return log

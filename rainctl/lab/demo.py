@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rainctl.lab import builder, probe
-from rainctl.lab.builder import DaemonStatus, LabError, LabStatus, Watchers
+from rainctl.lab.builder import DaemonStatus, LabStatus, Watchers
 from rainctl.lab.plan import lab_vips
+from rainctl.lab.processes import LabError
 
 RING_TIMEOUT_S = 30.0
 """From `up`'s end until one ring of every node owns every VIP once."""

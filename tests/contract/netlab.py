@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import netns
 
+from tests.tags import RUN_TAG
+
 FRONT = "front0"
 PEER_IF = "lan0"
 NODE_ADDRESS = "198.18.0.1/24"
@@ -76,7 +78,7 @@ class Lan:
 @contextmanager
 def lan() -> Iterator[Lan]:
     require_root()
-    tag = f"{os.getpid()}-{next(_counter)}"
+    tag = f"{RUN_TAG}-{next(_counter)}"
     net = Lan(node=f"rctc-node-{tag}", peer=f"rctc-peer-{tag}")
     try:
         for name in (net.node, net.peer):

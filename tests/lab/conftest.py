@@ -10,7 +10,6 @@ never skip.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typer.testing import CliRunner
 
 from rainctl.cli.app import app
 from rainctl.lab import builder
+from tests.tags import RUN_TAG
 
 NODES = 2
 BACKENDS = 2
@@ -79,7 +79,7 @@ def _session_lab(
     _require_lab_machine()
     state_dir = tmp_path_factory.mktemp(name)
     # Per-process names, so two test runs on one machine do not collide.
-    prefix = f"{prefix_stem}{os.getpid() % 100_000}"
+    prefix = f"{prefix_stem}{RUN_TAG}"
     started = time.monotonic()
     try:
         result = CliRunner().invoke(

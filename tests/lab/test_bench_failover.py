@@ -10,7 +10,6 @@ every 0.1 s), CPU and memory were read in every guest, and no lab is left behind
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from rainctl.cli.app import app
 from rainctl.lab import builder
 from tests.lab.conftest import FIGURES, NOTES, _require_lab_machine
+from tests.tags import RUN_TAG
 
 
 def test_bench_failover_small_run(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_bench_failover_small_run(tmp_path: Path) -> None:
     arguments = [
         "bench", "failover", "--trials", "2", "--nodes", "3", "--profile", "fast",
         "--peer", "keepalived", "--advert-int", "0.1", "--rest", "2",
-        "--prefix", f"rtb{os.getpid() % 100_000}", "--state-dir", str(state_dir),
+        "--prefix", f"rtb{RUN_TAG}", "--state-dir", str(state_dir),
         "--save", str(output),
     ]  # fmt: skip
     try:

@@ -7,7 +7,6 @@ this checkout with the host's interpreter.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from rainctl.lab import builder
 from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
 from tests.lab.conftest import FIGURES, NOTES, _require_lab_machine
+from tests.tags import RUN_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT_BOUND_S = 300.0
@@ -35,7 +35,7 @@ JOB = GuestJob(
 def test_ipvs_contract_inside_a_lab_node(tmp_path: Path) -> None:
     _require_lab_machine()
     state_dir = tmp_path / "ipvs-lab"
-    prefix = f"rli{os.getpid() % 100_000}"
+    prefix = f"rli{RUN_TAG}"
     started = time.monotonic()
     try:
         builder.up(state_dir, nodes=1, backends=0, prefix=prefix, memory_mb=256, job=JOB)

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.parse
 
-from rainctl.lab import builder
+from rainctl.lab import builder, processes
 from rainctl.lab.plan import BACKEND_PORT, IPVS_MODULES, lab_vips
 from tests.lab.conftest import BOOT_BOUND_S, FIGURES, LAB_UP_FIGURE, NODES, Lab
 
@@ -119,7 +119,7 @@ def test_kill_one_node(lab: Lab) -> None:
     code, output = lab.rainctl("kill", victim.node.name)
     FIGURES["lab kill (one node)"] = time.monotonic() - started
     assert (code, output) == (0, f"killed {victim.node.name}\n")
-    assert not builder.is_alive(victim.process)
+    assert not processes.is_alive(victim.process)
     assert not (lab.state_dir / "uml" / victim.node.name).exists()
     assert [n.state for n in builder.status(lab.state_dir).nodes] == ["dead", "running"]
     assert not ping(status.plan.client.namespace, victim.node.front)
@@ -139,9 +139,9 @@ def test_down_leaves_nothing(lab: Lab) -> None:
     FIGURES["lab down"] = time.monotonic() - started
     assert code == 0, output
     assert output.startswith("lab down in")
-    assert not [record for record in records if builder.is_alive(record)]
+    assert not [record for record in records if processes.is_alive(record)]
     # UML's helper processes too: nothing is left in any recorded process group.
-    assert not [pid for record in records for pid in builder.process_group(record.pid)]
+    assert not [pid for record in records for pid in processes.process_group(record.pid)]
     assert not namespaces() & set(status.plan.namespaces)
     assert not [name for name in namespaces() if name.startswith(lab.prefix)]
     links = subprocess.run(

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rainctl.lab import builder, demo
+from rainctl.lab import builder, demo, processes
 from rainctl.lab.builder import DaemonStatus, LabStatus
 from rainctl.lab.plan import lab_vips
 from tests.lab.conftest import DAEMON_NODES, FIGURES, NOTES, Lab
@@ -122,7 +122,7 @@ def _cpu(status: LabStatus, seconds: float = 2.0) -> str:
 
     def ticks(pgid: int) -> int:
         total = 0
-        for pid in builder.process_group(pgid):
+        for pid in processes.process_group(pgid):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             except OSError:

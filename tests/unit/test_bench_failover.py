@@ -22,7 +22,7 @@ from rainctl.bench.report import (
 )
 from rainctl.cli.app import app
 from rainctl.cli.bench import parse_advert_ints
-from rainctl.lab import builder, keepalived, peer_agent
+from rainctl.lab import builder, keepalived, peer_agent, processes
 from rainctl.lab.plan import init_script, lab_vips, plan_lab
 
 # ---- statistics ------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_bench_failover_rejects_bad_options(arguments: list[str], message: str) 
 
 
 def test_restart_without_a_lab_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(builder.LabError, match="no lab"):
+    with pytest.raises(processes.LabError, match="no lab"):
         builder.restart_node(tmp_path, "rlab-node1")
     result = CliRunner().invoke(app, ["lab", "restart", "rlab-node1", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2

@@ -16,7 +16,7 @@ from rich.console import Console
 from rainctl.cli.lab import daemon_table, ring_label, status_json
 from rainctl.config.loader import parse_config
 from rainctl.lab import agent, builder
-from rainctl.lab.builder import HostStatus, LabStatus, NodeStatus, ProcessRecord
+from rainctl.lab.builder import HostStatus, LabStatus, NodeStatus
 from rainctl.lab.plan import (
     GUEST_CONTROL_SOCKET,
     DaemonLaunch,
@@ -26,6 +26,7 @@ from rainctl.lab.plan import (
     node_id,
     plan_lab,
 )
+from rainctl.lab.processes import ProcessRecord
 
 
 def test_cluster_config_is_valid_and_spreads_vip_homes() -> None:

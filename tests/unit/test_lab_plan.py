@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from rainctl.cli.app import app
 from rainctl.cli.lab import status_lines
-from rainctl.lab import builder, mconsole
-from rainctl.lab.builder import HostStatus, LabStatus, NodeStatus, ProcessRecord
+from rainctl.lab import builder, mconsole, processes
+from rainctl.lab.builder import HostStatus, LabStatus, NodeStatus
 from rainctl.lab.plan import (
     BACKENDS_MAX,
     IPVS_MODULES,
@@ -26,6 +26,7 @@ from rainctl.lab.plan import (
     plan_lab,
     uml_command,
 )
+from rainctl.lab.processes import ProcessRecord
 
 runner = CliRunner()
 
@@ -276,5 +277,5 @@ def test_memory_dir_avoids_a_small_dev_shm() -> None:
 
 def test_unreadable_state_is_reported(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{", encoding="utf-8")
-    with pytest.raises(builder.LabError, match="unreadable lab state"):
+    with pytest.raises(processes.LabError, match="unreadable lab state"):
         builder.status(tmp_path)
