@@ -56,6 +56,8 @@ def to_ring_spec(config: ClusterConfig) -> RingSpec:
             interval_ms=rebalance.interval_ms,
             dwell_ms=rebalance.dwell_ms,
             margin_permille=rebalance.margin_permille,
+            preempt=rebalance.preempt,
+            settle_ms=rebalance.settle_ms,
         ),
         config_digest=config_digest(config),
     )

@@ -140,6 +140,8 @@ class RebalanceSection(BaseModel):
     interval_ms: PositiveMs = 10_000
     dwell_ms: PositiveMs = 30_000
     margin_permille: int = Field(default=200, ge=1, le=1000)
+    preempt: bool = True
+    settle_ms: PositiveMs = 3000
 
 
 class NodeEntry(BaseModel):

@@ -1,7 +1,7 @@
 """VIP ownership: the rules the token holder applies to the shared VIP table.
 
 Implements docs/protocol.md, section "VIP ownership". Only the token holder modifies the
-table, once per token hold, by calling `maintain`. It runs six steps, each a pure function
+table, once per token hold, by calling `maintain`. It runs seven steps, each a pure function
 that tests can also call alone:
 
 1. `sync_with_config`: the table has exactly one record per configured VIP.
@@ -11,9 +11,12 @@ that tests can also call alone:
    release would only lengthen the outage.
 4. `plan_planned_moves`: VIPs of draining or unhealthy owners, and VIPs away from their
    eligible pin, get a `pending_owner`.
-5. `plan_rebalance`: at most one load-driven move, only if it strictly lowers the sum of
-   squared node loads.
-6. `commit_releases`: the holder hands over its own VIPs that have a `pending_owner`.
+5. `plan_handbacks`: VIPs go back to a settled member (one in the ring for `settle_ms`)
+   whose home they are (preemption), and from nodes above ceil(V/N) to settled members
+   below it (spread, F7).
+6. `plan_rebalance`: at most one load-driven move or swap, only if it strictly lowers the
+   sum of squared node loads and breaks no node's cap.
+7. `commit_releases`: the holder hands over its own VIPs that have a `pending_owner`.
 
 Moves of live owners are two-phase: the holder only ever plans them; the owner commits one
 (the owner change in the token) when it next holds the token, after it stopped answering
@@ -73,6 +76,11 @@ class OwnershipInputs:
     """VIPs past their dwell time; only these may be moved for load."""
     margin_permille: int
     """Rebalance only if the busiest load > mean * (1000 + margin) / 1000."""
+    settled_members: frozenset[NodeId] = frozenset()
+    """Members that have been in the ring long enough (`settle_ms`) to be handed VIPs back
+    (spread, preemption); a member that just joined takes orphans only."""
+    preempt: bool = False
+    """Hand a VIP back to its `home` once the home is a settled, eligible member."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +93,16 @@ class Maintenance:
 
 @dataclass(frozen=True, slots=True)
 class RebalanceMove:
-    """One load-driven move: `vip` is to go from `source` (the busiest node) to `target`."""
+    """One load-driven move: `vip` is to go from `source` (the busiest node) to `target`;
+    when `swap_vip` is set, that VIP of `target` goes to `source` in exchange (a swap keeps
+    both nodes' VIP counts, so it is the move left when every node is at the cap)."""
 
     vip: Vip
     source: NodeId
     target: NodeId
     bytes_per_s: int
+    """Net bytes/s moved from source to target."""
+    swap_vip: Vip | None = None
 
 
 # ---- small helpers -----------------------------------------------------------------------
@@ -297,13 +309,15 @@ def plan_planned_moves(inputs: OwnershipInputs) -> tuple[VipRecord, ...]:
 
 
 def plan_rebalance(inputs: OwnershipInputs) -> RebalanceMove | None:
-    """The one load-driven move to plan now, if any.
+    """The one load-driven move (or swap) to plan now, if any.
 
     Only when allowed, and only when the busiest eligible node `a` carries more than the
-    mean by the margin. Candidates: `a`'s settled, unpinned VIPs without a planned move
-    whose traffic `t` satisfies 0 < t < load(a) - load(b), `b` the least-loaded node: the
-    sum of squared loads then strictly decreases (see the module docstring). Among them,
-    the one leaving `a` and `b` closest to each other wins, ties by VIP text.
+    mean by the margin. The partner `b` is the least-loaded node. Candidates: a settled,
+    unpinned VIP `x` of `a` without a planned move, alone (only while `b` is below the cap
+    ceil(V/E), which a move must never break: F7), else swapped for such a VIP `y` of `b`;
+    the net traffic moved, `t = t(x) - t(y)`, must satisfy 0 < t < load(a) - load(b), so
+    the sum of squared loads strictly decreases (see the module docstring). The candidate
+    leaving `a` and `b` closest to each other wins, ties by VIP text.
     """
     if not inputs.rebalance_allowed:
         return None
@@ -320,19 +334,112 @@ def plan_rebalance(inputs: OwnershipInputs) -> RebalanceMove | None:
         return None
     gap = load[busiest] - load[lightest]
     traffic = vip_traffic(inputs.table, inputs.loads)
-    candidates = [
-        record
-        for record in inputs.table
-        if record.owner == busiest
-        and record.pending_owner is None
-        and record.vip in inputs.settled
-        and record.vip not in inputs.pins
-        and 0 < traffic[record.vip] < gap
-    ]
-    if not candidates:
-        return None
-    best = min(candidates, key=lambda r: (abs(gap - 2 * traffic[r.vip]), r.vip))
-    return RebalanceMove(best.vip, busiest, lightest, traffic[best.vip])
+
+    def movable(node: NodeId) -> list[VipRecord]:
+        return [
+            record
+            for record in inputs.table
+            if record.owner == node
+            and record.pending_owner is None
+            and record.vip in inputs.settled
+            and record.vip not in inputs.pins
+        ]
+
+    cap = max_per_node(len(inputs.table), len(eligible))
+    # A single move disturbs one VIP, a swap two: swaps only when no single move will do.
+    rounds: list[list[VipRecord | None]] = []
+    if node_vip_counts(inputs.table, eligible)[lightest] < cap:
+        rounds.append([None])
+    rounds.append(list(movable(lightest)))
+    for partners in rounds:
+        best: tuple[int, str, str, RebalanceMove] | None = None
+        for record in movable(busiest):
+            for partner in partners:
+                net = traffic[record.vip] - (0 if partner is None else traffic[partner.vip])
+                if not 0 < net < gap:
+                    continue
+                swap = None if partner is None else partner.vip
+                key = (abs(gap - 2 * net), record.vip, "" if swap is None else swap)
+                if best is None or key < best[:3]:
+                    best = (*key, RebalanceMove(record.vip, busiest, lightest, net, swap))
+        if best is not None:
+            return best[3]
+    return None
+
+
+def plan_handbacks(inputs: OwnershipInputs) -> tuple[VipRecord, ...]:
+    """Planned handovers that restore the placement after joins, restarts and false
+    exclusions (F7); not rate-limited, since each is a graceful move.
+
+    1. Preemption (`preempt`): a VIP goes back to its home once the home is a settled,
+       eligible member (unless an eligible pin binds it elsewhere).
+    2. Spread: while an eligible node is headed for more than ceil(V/E) VIPs and a settled
+       eligible node is below that cap, one VIP moves from the fullest node to the emptiest
+       settled one (fewest VIPs, then least load, then id). The VIP given away is a free
+       one (no binding pin, not homed there under preemption) that leaves the two nodes'
+       loads closest, ties by VIP text.
+
+    Counts are by destination, so a move already planned counts as done and the same
+    table never yields a second plan. Each spread move lowers the count of the fullest
+    node without raising any node above the cap, so the loop ends, and load moves never
+    break the cap (`plan_rebalance`): spread and load rebalancing cannot undo each other.
+    """
+    members = frozenset(inputs.members)
+    eligible = eligible_nodes(inputs.members, inputs.loads)
+    eligible_set = frozenset(eligible)
+    receivers = [node for node in eligible if node in inputs.settled_members]
+    if not receivers:
+        return inputs.table
+    homes = _homes(inputs.configured)
+    plans: dict[Vip, NodeId] = {}
+    if inputs.preempt:
+        for record in inputs.table:
+            home = homes.get(record.vip)
+            if (
+                record.pending_owner is None
+                and record.owner in members
+                and home is not None
+                and home != record.owner
+                and home in receivers
+                and effective_pin(record.vip, inputs.pins, eligible_set) is None
+            ):
+                plans[record.vip] = home
+    table = tuple(_planned(record, plans.get(record.vip)) for record in inputs.table)
+    counts = node_vip_counts(table, eligible)
+    projected = node_loads(table, eligible, inputs.loads)
+    traffic = vip_traffic(table, inputs.loads)
+    cap = max_per_node(len(table), len(eligible))
+
+    def keeps(record: VipRecord, node: NodeId) -> bool:
+        """`node` holds on to this VIP: pinned or (preempting) homed there."""
+        home = homes.get(record.vip) if inputs.preempt else None
+        return effective_pin(record.vip, inputs.pins, eligible_set) == node or home == node
+
+    while True:
+        fullest = min(eligible, key=lambda node: (-counts[node], node))
+        emptiest = min(receivers, key=lambda node: (counts[node], projected[node], node))
+        if counts[fullest] <= cap or counts[emptiest] >= cap:
+            break
+        gap = projected[fullest] - projected[emptiest]
+        free = [
+            record
+            for record in table
+            if record.owner == fullest
+            and record.pending_owner is None
+            and record.vip not in plans
+            and not keeps(record, fullest)
+        ]
+        if not free:
+            break
+        chosen = min(free, key=lambda r: (abs(gap - 2 * traffic[r.vip]), r.vip))
+        plans[chosen.vip] = emptiest
+        counts[fullest] -= 1
+        counts[emptiest] += 1
+        projected[fullest] -= traffic[chosen.vip]
+        projected[emptiest] += traffic[chosen.vip]
+    if not plans:
+        return inputs.table
+    return tuple(_planned(record, plans.get(record.vip)) for record in inputs.table)
 
 
 def commit_releases(table: Iterable[VipRecord], holder: NodeId) -> tuple[VipRecord, ...]:
@@ -350,17 +457,19 @@ def commit_releases(table: Iterable[VipRecord], holder: NodeId) -> tuple[VipReco
 
 
 def maintain(inputs: OwnershipInputs) -> Maintenance:
-    """One token hold's worth of VIP table maintenance (steps 1-6 of the module docstring)."""
+    """One token hold's worth of VIP table maintenance (steps 1-7 of the module docstring)."""
     step = replace(inputs, table=sync_with_config(inputs.table, inputs.configured))
     step = replace(step, table=clear_invalid_pending(step))
     step = replace(step, table=assign_orphans(step))
     step = replace(step, table=plan_planned_moves(step))
+    step = replace(step, table=plan_handbacks(step))
     move = plan_rebalance(step)
     table = step.table
     if move is not None:
-        table = tuple(
-            _planned(record, move.target if record.vip == move.vip else None) for record in table
-        )
+        targets = {move.vip: move.target}
+        if move.swap_vip is not None:
+            targets[move.swap_vip] = move.source
+        table = tuple(_planned(record, targets.get(record.vip)) for record in table)
     table = commit_releases(table, step.holder)
     if len(table) == len(inputs.table) and all(
         new is old for new, old in zip(table, inputs.table, strict=True)

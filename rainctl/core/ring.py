@@ -211,9 +211,11 @@ class RingMachine:
         self.quiet_table: tuple[
             tuple[VipRecord, ...] | None,
             tuple[tuple[Vip, NodeId], ...] | None,
-            tuple[tuple[NodeId, ...], tuple[tuple[NodeId, NodeState], ...]] | None,
+            tuple[tuple[NodeId, ...], tuple[tuple[NodeId, NodeState], ...], frozenset[NodeId]]
+            | None,
         ] = (None, None, None)
-        """(table, pins, members and states) of the last maintenance that changed nothing."""
+        """(table, pins, members, states and settled members) of the last maintenance that
+        changed nothing."""
         self.load: LoadMeasured | None = None
         self.outbox: list[tuple[int, bytes]] = []
         self.pin_requests: dict[Vip, NodeId | None] = {}
@@ -221,6 +223,9 @@ class RingMachine:
         self.next_multicast_seq = 1
         self.delivered: dict[tuple[NodeId, int], int] = {}
         self.vip_moved_at: dict[Vip, tuple[int, Instant]] = {}
+        self.member_since: dict[NodeId, tuple[int, Instant]] = {}
+        """Per member of the last token seen: (incarnation, when this node first saw it in
+        the ring since it last was absent); settles hand-backs (RebalanceSpec.settle_ms)."""
         self.rebalance_seen: tuple[int, Instant] = (0, now)
         self.next_transfer_id = 1
         self.next_nonce = 1
@@ -385,7 +390,15 @@ class RingMachine:
             actions.append(Announce(gained))
 
     def _observe_moves(self, token: Token, now: Instant) -> None:
-        """Remember locally when each VIP last moved (dwell) and the last rebalance (rate)."""
+        """Remember locally when each VIP last moved (dwell), the last rebalance (rate) and
+        since when each member has been in the ring (hand-backs)."""
+        since = {}
+        for member in token.members:
+            seen = self.member_since.get(member.node_id)
+            if seen is None or seen[0] != member.incarnation:
+                seen = (member.incarnation, now)
+            since[member.node_id] = seen
+        self.member_since = since
         for record in token.vips:
             seen = self.vip_moved_at.get(record.vip)
             if seen is None or seen[0] != record.move_count:
@@ -811,7 +824,12 @@ class RingMachine:
             rebalance.enabled and now - self.rebalance_seen[1] >= rebalance.interval_ms
         )
         states = tuple((report.node_id, report.state) for report in token.loads)
-        quiet_key = (token.member_ids(), states)
+        settled_members = frozenset(
+            node
+            for node, (_, since) in self.member_since.items()
+            if now - since >= rebalance.settle_ms
+        )
+        quiet_key = (token.member_ids(), states, settled_members)
         last_table, last_pins, last_key = self.quiet_table
         if (
             not rebalance_allowed
@@ -838,6 +856,8 @@ class RingMachine:
                 rebalance_allowed=rebalance_allowed,
                 settled=settled,
                 margin_permille=rebalance.margin_permille,
+                settled_members=settled_members,
+                preempt=rebalance.preempt,
             )
         )
         if result.table is token.vips and not result.rebalanced:

@@ -141,12 +141,18 @@ def derive_timers(
 class RebalanceSpec:
     """Load-driven rebalancing: at most one move per `interval_ms` cluster-wide, a VIP stays
     at least `dwell_ms` where it is, and only when the busiest node exceeds the mean by
-    `margin_permille` (200 = 20 %)."""
+    `margin_permille` (200 = 20 %).
+
+    Hand-backs (always on, not rate-limited): a member that has been in the ring for
+    `settle_ms` gets VIPs back through planned handovers while another node holds more than
+    ceil(V/N), and, with `preempt`, the VIPs whose `home` it is."""
 
     enabled: bool
     interval_ms: int
     dwell_ms: int
     margin_permille: int
+    preempt: bool = True
+    settle_ms: int = 3000
 
 
 @dataclass(frozen=True, slots=True)

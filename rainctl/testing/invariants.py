@@ -11,6 +11,11 @@ Safety (always):
 
 Liveness (after the last fault): within `liveness_bound_ms` all live nodes are in one ring
 with exactly the live nodes as members, and every VIP is owned by exactly one of them.
+
+Spread (GOALS.md F7, at the end of a run whose ring has been whole for `spread_bound_ms`):
+no node owns more than ceil(V/E) VIPs, E the eligible (active) members, whatever joins,
+restarts and exclusions came before. Checked where no VIP has a home or pin (those may
+concentrate VIPs on purpose).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from rainctl.core.events import InstallRing
+from rainctl.core.ownership import eligible_nodes, max_per_node
 from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.spec import QuorumPolicy, RingSpec, RingTimers
 from rainctl.core.types import Member, NodeId, RingId, Vip
@@ -64,6 +70,14 @@ def dual_owner_bound_ms(timers: RingTimers) -> int:
         + timers.beacon_ms
         + 2 * timers.round_ms
     )
+
+
+def spread_bound_ms(spec: RingSpec) -> int:
+    """Time from a whole ring to the spread restored: every member settles (`settle_ms`),
+    then the holder plans the hand-backs and each owner commits its release when it next
+    holds the token (a few rotations, each at most one round plus a failed hop)."""
+    timers = spec.timers
+    return spec.rebalance.settle_ms + 4 * (timers.round_ms + timers.hop_failure_ms)
 
 
 def liveness_bound_ms(timers: RingTimers, nodes: int) -> int:
@@ -211,6 +225,28 @@ class InvariantChecker:
                 f"(bound {self.liveness_bound_ms} ms)",
                 now,
             )
+        if now - converged_at >= spread_bound_ms(self.spec):
+            self.check_spread(live, now)
+
+    def check_spread(self, live: Sequence[_Node], now: int) -> None:
+        """F7 on a whole, settled ring: at most ceil(V/E) VIPs per node (see the module
+        docstring for when it applies)."""
+        token = live[0].machine.token if live else None
+        if token is None or token.pins or any(vip.home is not None for vip in self.spec.vips):
+            return
+        eligible = eligible_nodes(
+            token.member_ids(), {report.node_id: report for report in token.loads}
+        )
+        cap = max_per_node(len(self.all_vips), len(eligible))
+        for node in live:
+            if len(node.machine.owned) > cap:
+                counts = ", ".join(f"{n.node_id}: {len(n.machine.owned)}" for n in live)
+                raise InvariantViolation(
+                    f"node {node.node_id} owns {len(node.machine.owned)} VIPs on a settled "
+                    f"ring, more than ceil({len(self.all_vips)}/{len(eligible)}) = {cap} "
+                    f"(owned per node: {counts})",
+                    now,
+                )
 
 
 def _ids(members: tuple[Member, ...]) -> str:

@@ -113,6 +113,11 @@ class SimResult:
     counters: dict[str, int]
 
 
+SIM_SETTLE_MS = 1000
+"""Hand-back settle time of simulated clusters: short, so the seed sweep's fault-free tail
+also proves the spread after restarts (InvariantChecker.check_spread)."""
+
+
 def spec_for(scenario: Scenario) -> RingSpec:
     profile = TimerProfile(scenario.profile)
     timers = derive_timers(profile)
@@ -132,7 +137,11 @@ def spec_for(scenario: Scenario) -> RingSpec:
         quorum=QuorumPolicy(scenario.quorum),
         exclusion=ExclusionMode(scenario.exclusion),
         rebalance=RebalanceSpec(
-            enabled=scenario.rebalance, interval_ms=2000, dwell_ms=4000, margin_permille=200
+            enabled=scenario.rebalance,
+            interval_ms=2000,
+            dwell_ms=4000,
+            margin_permille=200,
+            settle_ms=SIM_SETTLE_MS,
         ),
         config_digest=hashlib.sha256(repr((nodes, vips)).encode()).digest(),
     )

@@ -139,10 +139,17 @@ def test_conservative_flap_excludes_nobody() -> None:
     assert not [e for e in result.timeline if e.kind == "own" and e.at_ms >= 3000]
 
 
-def test_join_moves_no_vip() -> None:
-    result = run_scenario(_load(SCENARIOS / "join.toml"))
+def test_join_moves_no_vip_until_settled_then_hands_the_joiner_its_share() -> None:
+    scenario = _load(SCENARIOS / "join.toml")
+    sim = Simulation(scenario)
+    result = sim.run()
     join_at = result.scenario.heal_time_ms()
-    assert not [e for e in result.timeline if e.kind == "own" and e.at_ms >= join_at]
+    settled_at = join_at + sim.spec.rebalance.settle_ms
+    moves = [e for e in result.timeline if e.kind == "own" and e.at_ms >= join_at]
+    assert moves
+    assert all(e.at_ms >= settled_at for e in moves), moves
+    # ceil(8 / 4) = 2 each at the end, the joiner included.
+    assert sorted(len(node.machine.owned) for node in sim.nodes.values()) == [2, 2, 2, 2]
 
 
 def test_upstream_cut_moves_and_releases_vips() -> None:

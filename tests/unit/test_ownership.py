@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from random import Random
@@ -704,14 +705,24 @@ def test_law_rebalance_converges_without_oscillation(
         if move is None:
             assert out.table == table
             return
-        table = commit_releases(out.table, move.source)
+        table = commit_releases(commit_releases(out.table, move.source), move.target)
         assert owners(table)[move.vip] == move.target
-        assert sum(r.owner != old.owner for r, old in zip(table, step.table, strict=True)) == 1
+        moved = sum(r.owner != old.owner for r, old in zip(table, step.table, strict=True))
+        if move.swap_vip is None:
+            assert moved == 1
+        else:
+            assert owners(table)[move.swap_vip] == move.source
+            assert moved == 2
+        # Moves and swaps never break the cap (F7).
+        cap = max_per_node(len(vips), len(nodes))
+        before = Counter(owners(step.table).values()).values()
+        assert max(Counter(owners(table).values()).values()) <= max(cap, *before)
         lower = square_sum(table, traffic, nodes)
         assert lower < potential
         potential = lower
-        assert last_move.get(move.vip) != (move.target, move.source)
-        last_move[move.vip] = (move.source, move.target)
+        if move.swap_vip is None:
+            assert last_move.get(move.vip) != (move.target, move.source)
+            last_move[move.vip] = (move.source, move.target)
         assert table not in seen
         seen.add(table)
     pytest.fail("rebalancing did not converge within V*V moves")

@@ -1,0 +1,128 @@
+"""F7 in the simulator: the VIP spread survives repeated kill / restart cycles, a false
+exclusion, and homes come back to their node (preemption) after it settles.
+
+Every check runs after the ring has been whole and settled (`spread_bound_ms` after the
+restart), right before the next fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from random import Random
+
+from rainctl.core.types import NodeId
+from rainctl.testing.invariants import spread_bound_ms
+from rainctl.testing.scenario import Fault, Scenario
+from rainctl.testing.sim import NodeCondition, Simulation
+from tests.sim.stepping import advance, live_owners
+
+CYCLES = 20
+CYCLE_MS = 4000
+"""Per cycle: a crash at its start, the restart 600 ms later, the rest to settle."""
+
+
+def _counts(sim: Simulation) -> dict[NodeId, int]:
+    return {
+        node_id: len(node.machine.owned)
+        for node_id, node in sim.nodes.items()
+        if node.condition is NodeCondition.UP
+    }
+
+
+def test_spread_after_twenty_kill_restart_cycles() -> None:
+    rng = Random(20)
+    faults: list[Fault] = []
+    victims = []
+    for cycle in range(CYCLES):
+        victim = rng.randint(1, 3)
+        victims.append(victim)
+        start = 3000 + cycle * CYCLE_MS
+        faults += [Fault(start, "crash", node=victim), Fault(start + 600, "restart", node=victim)]
+    scenario = Scenario(
+        seed=20,
+        nodes=3,
+        vips=6,
+        profile="lan",
+        duration_ms=3000 + CYCLES * CYCLE_MS + 3000,
+        faults=tuple(faults),
+    )
+    sim = Simulation(scenario)
+    assert 600 + spread_bound_ms(sim.spec) < CYCLE_MS
+    worst = []
+    for cycle in range(CYCLES):
+        # Just before the next crash: the restarted node has had its VIPs handed back.
+        advance(sim, 3000 + (cycle + 1) * CYCLE_MS - 1)
+        counts = _counts(sim)
+        assert sorted(live_owners(sim)) == sorted(v.vip for v in sim.spec.vips)
+        assert all(len(owners) == 1 for owners in live_owners(sim).values())
+        worst.append(max(counts.values()))
+        assert counts == {1: 2, 2: 2, 3: 2}, (cycle, victims[cycle], counts)
+    assert worst == [2] * CYCLES
+    sim.run()  # the rest, with liveness and the spread invariant at the end
+
+
+def test_a_paused_node_gets_its_share_back_after_a_false_exclusion() -> None:
+    # A pause longer than the hop failure time excludes a live node (a false exclusion
+    # from its peers' point of view); it is re-admitted when it resumes.
+    scenario = Scenario(
+        seed=7,
+        nodes=3,
+        vips=6,
+        profile="lan",
+        duration_ms=9000,
+        faults=(Fault(3000, "pause", node=2), Fault(3400, "resume", node=2)),
+    )
+    sim = Simulation(scenario)
+    advance(sim, 3399)
+    survivors = _counts(sim)  # node 2 is paused: not counted
+    assert sorted(survivors) == [1, 3]
+    assert sum(survivors.values()) == 6  # the survivors took node 2's VIPs
+    advance(sim, 3400 + spread_bound_ms(sim.spec) + 1500)
+    assert _counts(sim) == {1: 2, 2: 2, 3: 2}
+    sim.run()
+
+
+def _restart_with_homes(*, preempt: bool) -> tuple[Simulation, list[str]]:
+    """3 nodes, 6 VIPs of which the first two have home 3; node 3 crashes at 3 s and
+    restarts at 3.6 s. Scenarios have no homes, so the spec is changed before any step."""
+    scenario = Scenario(
+        seed=11,
+        nodes=3,
+        vips=6,
+        profile="lan",
+        duration_ms=10_000,
+        faults=(Fault(3000, "crash", node=3), Fault(3600, "restart", node=3)),
+    )
+    sim = Simulation(scenario)
+    vips = tuple(
+        replace(vip, home=3 if index < 2 else None) for index, vip in enumerate(sim.spec.vips)
+    )
+    rebalance = replace(sim.spec.rebalance, preempt=preempt)
+    sim.spec = replace(sim.spec, vips=vips, rebalance=rebalance)
+    for node in sim.nodes.values():
+        node.machine.spec = sim.spec
+    return sim, sorted(vip.vip for vip in vips if vip.home == 3)
+
+
+def test_home_vips_return_to_their_restarted_home() -> None:
+    sim, homed = _restart_with_homes(preempt=True)
+    advance(sim, 2999)
+    assert sorted(sim.nodes[3].machine.owned) == homed
+    advance(sim, 3500)
+    owners = live_owners(sim)
+    assert all(owners[vip] != [3] for vip in homed)  # node 3 is dead: others serve its homes
+    advance(sim, 3600 + spread_bound_ms(sim.spec) + 1500)
+    assert sorted(sim.nodes[3].machine.owned) == homed
+    assert _counts(sim) == {1: 2, 2: 2, 3: 2}
+
+
+def test_without_preempt_the_spread_still_comes_back_with_two_moves() -> None:
+    sim, _homed = _restart_with_homes(preempt=False)
+    advance(sim, 3599)
+    before = {vip: owners[0] for vip, owners in live_owners(sim).items()}
+    advance(sim, 3600 + spread_bound_ms(sim.spec) + 1500)
+    after = {vip: owners[0] for vip, owners in live_owners(sim).items()}
+    assert _counts(sim) == {1: 2, 2: 2, 3: 2}
+    moved = sorted(vip for vip in before if after[vip] != before[vip])
+    assert moved == sorted(sim.nodes[3].machine.owned)
+    assert len(moved) == 2
