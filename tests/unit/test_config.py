@@ -91,6 +91,7 @@ def test_minimal_file_gets_the_documented_defaults() -> None:
     assert config.rebalance.enabled
     assert (config.rebalance.interval_ms, config.rebalance.dwell_ms) == (10_000, 30_000)
     assert config.rebalance.margin_permille == 200
+    assert (config.rebalance.preempt, config.rebalance.settle_ms) == (True, 3000)
     assert [(node.id, node.address) for node in config.nodes] == [
         (1, "198.18.0.2:7400"),
         (2, "198.18.0.3:7400"),
@@ -109,7 +110,7 @@ def test_full_file_round_trips_into_a_ring_spec() -> None:
         + 'exclusion = "conservative"\n',
         extra="[timers]\nround_ms = 60\nhop_retries = 2\n\n"
         "[rebalance]\nenabled = false\ninterval_ms = 5000\ndwell_ms = 7000\n"
-        "margin_permille = 150\n",
+        "margin_permille = 150\npreempt = false\nsettle_ms = 500\n",
         nodes=nodes_toml((7, "[2001:DB8::7]:7400"), (3, "198.18.0.4:7401")),
         vips=vips_toml(("2001:db8:0::100", 7), ("198.18.0.101", None), ("198.18.0.100", 3)),
     )
@@ -127,7 +128,12 @@ def test_full_file_round_trips_into_a_ring_spec() -> None:
         quorum=QuorumPolicy.NONE,
         exclusion=ExclusionMode.CONSERVATIVE,
         rebalance=RebalanceSpec(
-            enabled=False, interval_ms=5000, dwell_ms=7000, margin_permille=150
+            enabled=False,
+            interval_ms=5000,
+            dwell_ms=7000,
+            margin_permille=150,
+            preempt=False,
+            settle_ms=500,
         ),
         config_digest=config_digest(config),
         limits=Limits(),
@@ -476,6 +482,16 @@ def test_cross_field_errors(text: str, expected: str) -> None:
             document(extra="[rebalance]\nmargin_permille = 0\n"),
             "rebalance.margin_permille: must be greater than or equal to 1, got 0 (integer)",
             id="zero-margin",
+        ),
+        pytest.param(
+            document(extra="[rebalance]\nsettle_ms = 0\n"),
+            "rebalance.settle_ms: must be greater than 0, got 0 (integer)",
+            id="zero-settle",
+        ),
+        pytest.param(
+            document(extra='[rebalance]\npreempt = "yes"\n'),
+            "rebalance.preempt: must be a valid boolean, got 'yes' (string)",
+            id="preempt-as-string",
         ),
         pytest.param(
             document(extra="[timers]\nack_ms = -5\n"),

@@ -25,6 +25,7 @@ from rainctl.core.ownership import (
     node_loads,
     node_vip_counts,
     owners_of,
+    plan_handbacks,
     plan_planned_moves,
     plan_rebalance,
     reported_traffic,
@@ -757,3 +758,58 @@ def test_law_pins_are_honoured_once_the_pinned_node_is_eligible(inputs: Ownershi
     for v, node in sorted(inputs.pins.items()):
         if v in configured and node in eligible:
             assert owners(state.table)[v] == node
+
+
+# ---- hand-backs (spread and preemption, F7) ------------------------------------------------
+
+
+@LAWS
+@given(clusters(max_nodes=12, max_vips=60), st.booleans())
+def test_law_handbacks_restore_the_cap_once_everybody_is_settled(
+    inputs: OwnershipInputs, preempt: bool
+) -> None:
+    # Any table (orphans, garbage, concentrations), every member settled, no pins or homes:
+    # after the holders have taken turns, no eligible node owns more than ceil(V/E).
+    nodes = sorted(set(inputs.members))
+    state = replace(
+        inputs,
+        pins={},
+        configured=tuple(replace(spec, home=None) for spec in inputs.configured),
+        rebalance_allowed=False,
+        settled_members=frozenset(nodes),
+        preempt=preempt,
+    )
+    table = state.table
+    for _round in range(3):
+        for node in nodes:
+            table = maintain(replace(state, table=table, holder=node)).table
+    eligible = eligible_nodes(state.members, state.loads)
+    counts = Counter(r.owner for r in table)
+    assert all(r.pending_owner is None for r in table)
+    assert max((counts[node] for node in eligible), default=0) <= max_per_node(
+        len(table), len(eligible)
+    )
+
+
+def test_handbacks_wait_for_the_receiver_to_settle() -> None:
+    # Node 3 just came back: 6 VIPs on nodes 1 and 2, cap ceil(6/3) = 2.
+    table = [rec(vip(i), 1 if i <= 3 else 2) for i in range(1, 7)]
+    inputs = make(table, (1, 2, 3), holder=1)
+    assert plan_handbacks(replace(inputs, settled_members=frozenset({1, 2}))) == inputs.table
+    settled = plan_handbacks(replace(inputs, settled_members=frozenset({1, 2, 3})))
+    assert [r.pending_owner for r in settled] == [3, None, None, 3, None, None]
+
+
+def test_preemption_hands_a_vip_back_to_its_settled_home_unless_a_pin_binds() -> None:
+    table = [rec(vip(1), 1), rec(vip(2), 2), rec(vip(3), 2)]
+    configured = (VipSpec(vip(1), 3), VipSpec(vip(2), None), VipSpec(vip(3), 3))
+    inputs = make(table, (1, 2, 3), configured=configured, holder=1)
+    everybody = frozenset({1, 2, 3})
+    preempting = replace(inputs, settled_members=everybody, preempt=True)
+    assert [r.pending_owner for r in plan_handbacks(preempting)] == [3, None, 3]
+    pinned = replace(preempting, pins={vip(3): 2})
+    # vip3 stays pinned on node 2, which then gives vip2 to node 1 (counts 0, 2, 1; cap 1).
+    assert [r.pending_owner for r in plan_handbacks(pinned)] == [3, 1, None]
+    # Without preemption the counts (1, 2, 0) only ask for one spread move to node 3.
+    spread_only = replace(inputs, settled_members=everybody, preempt=False)
+    assert [r.pending_owner for r in plan_handbacks(spread_only)].count(3) == 1
