@@ -188,7 +188,14 @@ def timeline_table(rows: list[TimelineRow]) -> Table:
     table.add_column("node")
     table.add_column("event")
     table.add_column("detail")
-    styles = {"fault": "bold red", "ring": "cyan", "own": "green", "left": "yellow"}
+    styles = {
+        "fault": "bold red",
+        "ring": "cyan",
+        "own": "green",
+        "left": "yellow",
+        "exclude": "red",
+        "911": "magenta",
+    }
     for row in rows:
         table.add_row(
             str(row.at_ms),

@@ -119,4 +119,19 @@ class LeftRing:
     """The graceful leave finished: the node owns nothing and may exit."""
 
 
-Action = Send | InstallRing | OwnVips | Announce | Deliver | LeftRing
+@dataclass(frozen=True, slots=True)
+class FailureDecided:
+    """This node just took a failure decision; `detail` says what it saw when it did.
+
+    `decision`: "exclude" (a member removed from the ring, `node`), "probe" (conservative
+    mode: a hop to `node` failed, indirect probes asked), "911" (token loss:
+    regeneration asked for), "regenerate" (a new ring made from the approvers, `node` None)
+    or "probe-saved" (conservative mode: another member reached `node`, so it stays). For
+    the daemon's log and the simulator's timeline; nothing acts on it."""
+
+    decision: str
+    node: NodeId | None
+    detail: str
+
+
+Action = Send | InstallRing | OwnVips | Announce | Deliver | LeftRing | FailureDecided

@@ -40,6 +40,7 @@ from rainctl.core.events import (
     ClockAdvanced,
     Deliver,
     Event,
+    FailureDecided,
     InstallRing,
     LeaveRequested,
     LeftRing,
@@ -223,6 +224,10 @@ class RingMachine:
         self.next_multicast_seq = 1
         self.delivered: dict[tuple[NodeId, int], int] = {}
         self.vip_moved_at: dict[Vip, tuple[int, Instant]] = {}
+        self.last_heard: dict[NodeId, Instant] = {}
+        """When an authenticated datagram last came from each peer (failure diagnostics)."""
+        self.last_token_from: NodeId | None = None
+        self.hop_started_at: Instant = now
         self.member_since: dict[NodeId, tuple[int, Instant]] = {}
         """Per member of the last token seen: (incarnation, when this node first saw it in
         the ring since it last was absent); settles hand-backs (RebalanceSpec.settle_ms)."""
@@ -356,6 +361,10 @@ class RingMachine:
         if after not in ids or len(ids) < 2:
             return None
         return ids[(ids.index(after) + 1) % len(ids)]
+
+    def _heard(self, node: NodeId, now: Instant) -> str:
+        heard = self.last_heard.get(node)
+        return "never heard from" if heard is None else f"last heard {now - heard} ms ago"
 
     def _token_loss_deadline(self) -> Instant:
         return max(self.loss_timer_base + self.timers.token_loss_ms, self.suppress_sos_until)
@@ -531,10 +540,15 @@ class RingMachine:
             actions.extend(resend)
             return
         self.counters["hops_failed"] += 1
+        seen = (
+            f"no ACK for the token after {hop.attempts} sends {self.timers.ack_ms} ms apart "
+            f"(first {now - self.hop_started_at} ms ago); {self._heard(hop.destination, now)}"
+        )
         if self.spec.exclusion is ExclusionMode.CONSERVATIVE:
+            actions.append(FailureDecided("probe", hop.destination, seen))
             self._start_probe(hop.destination, now, actions)
         else:
-            self._exclude_and_pass(hop.destination, now, actions)
+            self._exclude_and_pass(hop.destination, now, actions, seen)
 
     # ---- joining -------------------------------------------------------------------------
 
@@ -598,6 +612,7 @@ class RingMachine:
         if not _counters_in_range(message):
             self.counters["dropped_out_of_range"] += 1
             return
+        self.last_heard[source] = now
         if self.phase is Phase.LEFT:
             if isinstance(message, TokenPacket):
                 ring = self.ring
@@ -694,6 +709,7 @@ class RingMachine:
         if in_ring and copy is not None and token.ring == self.ring and token.seq <= copy.seq:
             return AckStatus.DUPLICATE
         self.counters["tokens_accepted"] += 1
+        self.last_token_from = envelope.source
         self._accept(token, now, actions)
         return AckStatus.ACCEPTED
 
@@ -948,6 +964,7 @@ class RingMachine:
             successor, carriages, packet, self.timers.ack_ms, self.timers.hop_retries
         )
         self.phase = Phase.PASSING
+        self.hop_started_at = now
         self.counters["tokens_passed"] += 1
         actions.extend(self.hop.start(now))
 
@@ -976,7 +993,9 @@ class RingMachine:
             self.loss_timer_base = now
         elif status is AckStatus.NOT_MEMBER:
             self.counters["successor_not_member"] += 1
-            self._exclude_and_pass(source, now, actions)
+            self._exclude_and_pass(
+                source, now, actions, "it answered the token with NOT_MEMBER (restarted?)"
+            )
         elif status is AckStatus.STALE_MEMBER:
             # A newer ring that includes us exists; its token will reach us.
             self.hop = None
@@ -986,10 +1005,17 @@ class RingMachine:
             self.highest_epoch = max(self.highest_epoch, ack.ring.epoch)
             self._go_joining(now, actions, (source,))
 
-    def _exclude_and_pass(self, failed: NodeId, now: Instant, actions: list[Action]) -> None:
-        """The successor is gone: remove it, re-home its VIPs in this same hop, pass on."""
+    def _exclude_and_pass(
+        self, failed: NodeId, now: Instant, actions: list[Action], seen: str
+    ) -> None:
+        """The successor is gone: remove it, re-home its VIPs in this same hop, pass on.
+        `seen` is what made this node decide (FailureDecided)."""
         token = self.token
         assert token is not None
+        owned = sum(1 for record in token.vips if record.owner == failed)
+        actions.append(
+            FailureDecided("exclude", failed, f"{seen}; its {owned} VIPs are re-homed now")
+        )
         self.hop = None
         self.probe_round = None
         self.counters["exclusions"] += 1
@@ -1010,7 +1036,7 @@ class RingMachine:
         candidates = [node for node in token.member_ids() if node not in (self.node_id, target)]
         probers = tuple(candidates[:PROBERS_MAX])
         if not probers:
-            self._exclude_and_pass(target, now, actions)
+            self._exclude_and_pass(target, now, actions, "no other member to probe it")
             return
         nonce = self.next_nonce
         self.next_nonce += 1
@@ -1026,11 +1052,18 @@ class RingMachine:
         assert probe is not None
         assert token is not None
         self.probe_round = None
+        helpers = ",".join(str(node) for node in probe.probers) or "none"
         if not any(probe.reports.values()):
-            self._exclude_and_pass(probe.target, now, actions)
+            self._exclude_and_pass(
+                probe.target, now, actions, f"indirect probes by {helpers} got no answer"
+            )
             return
         # Someone else reaches it: our link is the problem. Keep it, route around it once.
         self.counters["probe_saved"] += 1
+        reached = ",".join(str(node) for node, ok in sorted(probe.reports.items()) if ok)
+        actions.append(
+            FailureDecided("probe-saved", probe.target, f"reached by {reached}; kept, skipped once")
+        )
         skip_to = self._successor(token, probe.target)
         if skip_to is None or skip_to == self.node_id:
             self.phase = Phase.HOLDING
@@ -1076,6 +1109,17 @@ class RingMachine:
         self.phase = Phase.STARVING
         self.sos = _Sos(proposed, others, {}, now + self.timers.sos_reply_ms, False)
         self.counters["sos_sent"] += 1
+        source = "-" if self.last_token_from is None else str(self.last_token_from)
+        actions.append(
+            FailureDecided(
+                "911",
+                None,
+                f"no token for {now - self.last_token_at} ms (token loss "
+                f"{self.timers.token_loss_ms} ms); last token seq {token.seq} of ring "
+                f"{self.ring.epoch}.{self.ring.creator} came from {source}; asking "
+                f"{','.join(str(n) for n in others) or 'nobody'} for epoch {proposed}",
+            )
+        )
         if not others:
             return
         for node in others:
@@ -1171,6 +1215,16 @@ class RingMachine:
             hops_since_change=0,
         )
         self.counters["regenerations"] += 1
+        dropped = sorted(set(token.member_ids()) - {m.node_id for m in members})
+        actions.append(
+            FailureDecided(
+                "regenerate",
+                None,
+                f"ring {sos.proposed_epoch}.{self.node_id} of "
+                f"{','.join(str(m.node_id) for m in members)}; left out (no approval): "
+                + (", ".join(f"{n} ({self._heard(n, now)})" for n in dropped) or "nobody"),
+            )
+        )
         self._accept(regenerated, now, actions)
 
     def _on_sos(

@@ -12,7 +12,9 @@ It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing
 * actions are carried out at once: `Send` is encoded and sent; `OwnVips` and `Announce` go
   to the reconciler, which applies them in its own task, so the kernel never delays the
   token; `Deliver` goes to the `on_deliver` callback (operator drain requests);
-  `InstallRing` and `LeftRing` are logged and recorded for status.
+  `InstallRing` and `LeftRing` are logged and recorded for status; `FailureDecided`
+  (an exclusion, a 911, a regeneration) is logged as a warning with what the machine saw
+  and how late this node's timers have been firing (its own scheduling delay).
 
 Everything runs on the event loop thread, so the machine is never stepped concurrently.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 
 from rainctl.core.codec import CodecError, DatagramCodec
@@ -31,6 +33,7 @@ from rainctl.core.events import (
     ClockAdvanced,
     Deliver,
     Event,
+    FailureDecided,
     InstallRing,
     LeaveRequested,
     LeftRing,
@@ -46,6 +49,31 @@ from rainctl.daemon.reconciler import Reconciler
 from rainctl.net.transport import DatagramPort, SocketAddress
 
 log = logging.getLogger("rainctl.driver")
+
+LATENESS_WINDOW_MS = 10_000
+
+
+class Lateness:
+    """The worst timer lateness per second over the last `LATENESS_WINDOW_MS`: what the
+    event loop's scheduling delay was around a failure decision (busy cores show here)."""
+
+    def __init__(self) -> None:
+        self._worst: deque[tuple[int, int]] = deque()
+        """(second, worst lateness ms in it), oldest first."""
+
+    def record(self, now_ms: Instant, late_ms: int) -> None:
+        second = now_ms // 1000
+        if self._worst and self._worst[-1][0] == second:
+            if late_ms > self._worst[-1][1]:
+                self._worst[-1] = (second, late_ms)
+        else:
+            self._worst.append((second, late_ms))
+        while self._worst and self._worst[0][0] <= second - LATENESS_WINDOW_MS // 1000:
+            self._worst.popleft()
+
+    def worst_ms(self, now_ms: Instant) -> int:
+        horizon = now_ms // 1000 - LATENESS_WINDOW_MS // 1000
+        return max((late for second, late in self._worst if second > horizon), default=0)
 
 
 class RingDriver:
@@ -71,6 +99,8 @@ class RingDriver:
         self.left = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: Instant | None = None
+        self.lateness = Lateness()
+        """How late the ring's timer fired (event-loop scheduling delay), for the log."""
         self._load_task: asyncio.Task[None] | None = None
         self.node_state = node_state
         self.on_deliver: Callable[[NodeId, int, bytes], None] | None = None
@@ -133,8 +163,12 @@ class RingDriver:
         self._step(MessageReceived(envelope))
 
     def _on_timer(self) -> None:
+        deadline = self._timer_deadline
         self._timer = None
         self._timer_deadline = None
+        if deadline is not None:
+            now = self.clock.now_ms()
+            self.lateness.record(now, now - deadline)
         self._step(ClockAdvanced())
 
     async def _sample_load(self) -> None:
@@ -182,6 +216,18 @@ class RingDriver:
         elif isinstance(action, LeftRing):
             log.info("left the ring")
             self.left.set()
+        elif isinstance(action, FailureDecided):
+            self.driver_counters[f"decided_{action.decision}"] += 1
+            about = "" if action.node is None else f" node {action.node}"
+            now = self.clock.now_ms()
+            log.warning(
+                "%s%s: %s; this node's timers ran up to %d ms late in the last %d s",
+                action.decision,
+                about,
+                action.detail,
+                self.lateness.worst_ms(now),
+                LATENESS_WINDOW_MS // 1000,
+            )
 
     def _send(self, send: Send) -> None:
         address = self.peers.get(send.destination)

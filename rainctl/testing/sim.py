@@ -22,6 +22,7 @@ from rainctl.core.events import (
     ClockAdvanced,
     Deliver,
     Event,
+    FailureDecided,
     InstallRing,
     LeaveRequested,
     LeftRing,
@@ -296,6 +297,9 @@ class Simulation:
             self._record(node.node_id, "left", "")
         elif isinstance(action, Deliver):
             self._record(node.node_id, "deliver", f"{action.origin}:{action.kind}")
+        elif isinstance(action, FailureDecided):
+            about = "" if action.node is None else f"node {action.node}: "
+            self._record(node.node_id, action.decision, about + action.detail)
 
     def _transmit(self, node: SimNode, send: Send) -> None:
         data = node.codec.encode(send.destination, send.message)

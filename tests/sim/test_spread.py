@@ -126,3 +126,46 @@ def test_without_preempt_the_spread_still_comes_back_with_two_moves() -> None:
     moved = sorted(vip for vip in before if after[vip] != before[vip])
     assert moved == sorted(sim.nodes[3].machine.owned)
     assert len(moved) == 2
+
+
+# ---- failure decisions carry what the deciding node saw ------------------------------------
+
+
+def test_an_exclusion_and_a_911_say_what_the_deciding_node_saw() -> None:
+    scenario = Scenario(
+        seed=3,
+        nodes=3,
+        vips=6,
+        profile="lan",
+        duration_ms=6000,
+        faults=(Fault(3000, "crash", node=2),),
+    )
+    result = Simulation(scenario).run()
+    decided = [e for e in result.timeline if e.kind in ("exclude", "911", "regenerate")]
+    assert decided, "a crash must be decided by someone"
+    first = decided[0]
+    # Node 2 did not hold the token (seed 3): its predecessor's hop to it failed.
+    assert (first.kind, first.node) == ("exclude", 1)
+    assert first.at_ms > 3000
+    assert first.detail.startswith("node 2: no ACK for the token after 3 sends 30 ms apart")
+    assert "last heard" in first.detail
+    assert first.detail.endswith("its 2 VIPs are re-homed now")
+
+
+def test_conservative_exclusion_says_who_probed() -> None:
+    scenario = Scenario(
+        seed=3,
+        nodes=3,
+        vips=6,
+        profile="lan",
+        exclusion="conservative",
+        duration_ms=6000,
+        faults=(Fault(3000, "crash", node=2),),
+    )
+    result = Simulation(scenario).run()
+    kinds = [(e.kind, e.detail) for e in result.timeline if e.kind in ("probe", "exclude")]
+    assert kinds[0][0] == "probe"
+    assert kinds[1] == (
+        "exclude",
+        "node 2: indirect probes by 3 got no answer; its 2 VIPs are re-homed now",
+    )

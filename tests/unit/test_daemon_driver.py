@@ -26,7 +26,7 @@ from rainctl.core.spec import (
 )
 from rainctl.core.types import NO_RING
 from rainctl.daemon.clock import MonotonicClock
-from rainctl.daemon.driver import RingDriver
+from rainctl.daemon.driver import Lateness, RingDriver
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
 from rainctl.net.transport import TransportError, UdpTransport, parse_endpoint
@@ -146,3 +146,17 @@ def test_two_drivers_form_a_ring_and_split_the_vips(
                 transport.close()
 
     asyncio.run(scenario())
+
+
+def test_lateness_keeps_the_worst_of_the_last_ten_seconds() -> None:
+    lateness = Lateness()
+    assert lateness.worst_ms(0) == 0
+    lateness.record(1_000, 3)
+    lateness.record(1_500, 40)
+    lateness.record(1_900, 7)
+    lateness.record(5_000, 12)
+    assert lateness.worst_ms(5_000) == 40
+    # Second 1 ages out of the window ten seconds later; second 5 is still in it.
+    assert lateness.worst_ms(11_999) == 12
+    lateness.record(16_000, 1)
+    assert lateness.worst_ms(16_000) == 1
