@@ -362,6 +362,10 @@ class RingMachine:
             return None
         return ids[(ids.index(after) + 1) % len(ids)]
 
+    def token_age_ms(self, now: Instant) -> int:
+        """How long ago this node last held or passed on the token (or formed a ring)."""
+        return now - self.last_token_at
+
     def _heard(self, node: NodeId, now: Instant) -> str:
         heard = self.last_heard.get(node)
         return "never heard from" if heard is None else f"last heard {now - heard} ms ago"

@@ -8,13 +8,21 @@ failure the same desired state is re-applied after `RETRY_S` (the adapters are i
 
 Order matters for ARP: a VIP is announced only once it is applied as owned, so a node never
 advertises an address it does not yet answer for.
+
+The ownership lease (GOALS.md F8, `VipAddresses.renew_lease`): every `lease_s / 4` the
+owned VIPs' lease is renewed, but only while `lease_fresh()` says the ring is alive here
+(the token passed this node recently). A daemon that is killed or hung renews nothing, and
+its VIPs stop answering ARP within the lease by themselves. A VIP whose lease lapsed while
+the ring still gives it to this node (timers ran very late) is taken again at once and
+announced; one that lapsed while the ring was silent is left alone: the ring decides. Kernel
+calls are serialised, so a renewal never races a move.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rainctl.core.types import Vip
 from rainctl.errors import KernelError
@@ -27,11 +35,22 @@ log = logging.getLogger("rainctl.reconciler")
 
 class Reconciler:
     def __init__(
-        self, addresses: VipAddresses, announcer: ArpAnnouncer, pool: Sequence[Vip]
+        self,
+        addresses: VipAddresses,
+        announcer: ArpAnnouncer,
+        pool: Sequence[Vip],
+        *,
+        lease_s: int = 0,
+        lease_fresh: Callable[[], bool] = lambda: True,
     ) -> None:
         self._addresses = addresses
         self._announcer = announcer
         self._pool = tuple(pool)
+        self._lease_s = lease_s
+        self._lease_fresh = lease_fresh
+        self._kernel = asyncio.Lock()
+        self.lease_lapses = 0
+        """VIPs whose lease lapsed while still owned (each one counted)."""
         self._desired: tuple[Vip, ...] = ()
         self._to_announce: set[Vip] = set()
         self._wake = asyncio.Event()
@@ -51,7 +70,37 @@ class Reconciler:
         return self.applied == self._desired and not self._to_announce
 
     async def run(self) -> None:
-        """Apply the desired state whenever it changes, until cancelled."""
+        """Apply the desired state whenever it changes, and keep the lease, until cancelled."""
+        renewer = asyncio.get_running_loop().create_task(self._keep_lease())
+        try:
+            await self._reconcile()
+        finally:
+            renewer.cancel()
+
+    async def _keep_lease(self) -> None:
+        if not self._lease_s:
+            return
+        while True:
+            await asyncio.sleep(self._lease_s / 4)
+            if not self.applied or not self._lease_fresh():
+                continue
+            try:
+                async with self._kernel:
+                    lapsed = await asyncio.to_thread(self._addresses.renew_lease)
+            except (OSError, ValueError, KernelError) as exc:
+                self.failures += 1
+                log.warning("renewing the VIP lease failed: %s", exc)
+                continue
+            if lapsed:
+                self.lease_lapses += len(lapsed)
+                log.warning(
+                    "lease of %s lapsed while owned (timers late?); taking them again",
+                    ",".join(sorted(lapsed)),
+                )
+                self.applied = None
+                self.want_announce(sorted(lapsed))
+
+    async def _reconcile(self) -> None:
         while True:
             try:
                 await asyncio.to_thread(self._addresses.ensure_all, self._pool)
@@ -75,7 +124,8 @@ class Reconciler:
     async def _apply(self) -> None:
         desired = self._desired
         if desired != self.applied:
-            await asyncio.to_thread(self._addresses.set_owned, desired)
+            async with self._kernel:
+                await asyncio.to_thread(self._addresses.set_owned, desired)
             self.applied = desired
             log.info("owned VIPs applied: %s", ",".join(desired) or "-")
         # Announcements for VIPs lost meanwhile are dropped: only an owner may announce.
@@ -88,6 +138,7 @@ class Reconciler:
 
     async def release_all(self) -> None:
         """Stop owning anything (on exit), directly: the task may already be cancelled."""
-        await asyncio.to_thread(self._addresses.set_owned, ())
+        async with self._kernel:
+            await asyncio.to_thread(self._addresses.set_owned, ())
         self.applied = ()
         self._desired = ()

@@ -122,7 +122,11 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
     """The adapters of the chosen data plane, checked before anything is sent."""
     if options.data_plane is DataPlane.NONE:
         # The IPVS path runs too, in memory, so that tests and `rainctl status` exercise it.
-        return _Kernel(MemoryVipAddresses(), MemoryArpAnnouncer(), ipvs=MemoryIpvsTable())
+        return _Kernel(
+            MemoryVipAddresses(lease_s=setup.config.cluster.vip_lease_s),
+            MemoryArpAnnouncer(),
+            ipvs=MemoryIpvsTable(),
+        )
     # Imported here: pyroute2 is only loaded when the kernel is really driven.
     from rainctl.kernel.addresses import LinuxVipAddresses  # noqa: PLC0415
     from rainctl.kernel.arp import LinuxArpAnnouncer  # noqa: PLC0415
@@ -147,7 +151,9 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
                 "module loaded? Without IPVS use --data-plane linux"
             ) from exc
     try:
-        addresses = LinuxVipAddresses(options.front_interface)
+        addresses = LinuxVipAddresses(
+            options.front_interface, lease_s=setup.config.cluster.vip_lease_s
+        )
         # Every VIP configured and none owned (after a crash the ring may have given this
         # node's VIPs away meanwhile), the ARP sysctls set: a failure stops the start here.
         pool = [vip.vip for vip in setup.spec.vips]
@@ -197,8 +203,19 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         clock.now_ms(),
     )
     codec = DatagramCodec(setup.spec.cluster_id, options.node_id, incarnation, setup.keys)
+    lease_fresh_ms = 2 * setup.spec.timers.token_loss_ms
+
+    def lease_fresh() -> bool:
+        # The lease is renewed only while the token still passes this node: a node whose
+        # ring went silent lets it lapse (the ring has regenerated without it by then).
+        return machine.token_age_ms(clock.now_ms()) <= lease_fresh_ms
+
     reconciler = Reconciler(
-        kernel.addresses, kernel.announcer, [vip.vip for vip in setup.spec.vips]
+        kernel.addresses,
+        kernel.announcer,
+        [vip.vip for vip in setup.spec.vips],
+        lease_s=setup.config.cluster.vip_lease_s,
+        lease_fresh=lease_fresh,
     )
     driver = RingDriver(
         machine, codec, setup.peers, reconciler, clock, node_state=_initial_state(options)
@@ -217,6 +234,10 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             driver_counters=driver.driver_counters,
             ipvs=None if dataplane is None else dataplane.status(),
             upstream=None if upstream is None else upstream.status(),
+            vip_lease={
+                "lease_s": setup.config.cluster.vip_lease_s,
+                "lapses": reconciler.lease_lapses,
+            },
         )
 
     def reload() -> JsonObject:

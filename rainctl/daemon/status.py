@@ -25,6 +25,7 @@ def status_document(
     driver_counters: Mapping[str, int],
     ipvs: JsonObject | None = None,
     upstream: JsonObject | None = None,
+    vip_lease: JsonObject | None = None,
 ) -> JsonObject:
     token = status.token
     ring = status.ring
@@ -49,6 +50,7 @@ def status_document(
         "owned": list(status.owned),
         "data_plane": data_plane,
         "applied_owned": None if applied_owned is None else list(applied_owned),
+        "vip_lease": vip_lease,
         "vips": []
         if token is None
         else [

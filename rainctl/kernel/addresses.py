@@ -10,6 +10,9 @@ for any VIP; only the owner answers ARP / neighbour solicitations for it:
   ARP only for addresses of the interface the request came in on, and never uses a VIP as the
   source of its own ARP (IPv6 neighbour discovery is per interface already);
 - IPv6 VIPs are added with `nodad` (no duplicate address detection delay on a takeover);
+- with a lease (`lease_s`), the owned VIPs' front addresses carry a valid lifetime that the
+  daemon keeps renewing (`renew_lease`): if it dies or hangs, the kernel removes them by
+  itself and the node stops answering ARP / NS for them (GOALS.md F8);
 - addresses are host prefixes (/32, /128) marked with the address protocol `RAINCTL_PROTO`
   (IFA_PROTO), so the adapter recognises its own addresses on the front interface and never
   touches the node's other addresses.
@@ -29,6 +32,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWADDR
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from rainctl.core.types import Vip
 from rainctl.errors import KernelError
@@ -103,9 +110,12 @@ class LinuxVipAddresses:
         *,
         local_device: str = DEFAULT_LOCAL_DEVICE,
         sysctl_root: Path = SYSCTL_ROOT,
+        lease_s: int = 0,
     ) -> None:
         self.front = front
         self.local_device = local_device
+        self.lease_s = lease_s
+        """Lifetime of the owned VIPs' front addresses (0: permanent); see `renew_lease`."""
         self._sysctl_root = sysctl_root
         self._pool: frozenset[IpAddress] = frozenset()
         self._owned: frozenset[IpAddress] = frozenset()
@@ -154,10 +164,34 @@ class LinuxVipAddresses:
                 else:
                     target, on_target, other, on_other = local, on_local, front, on_front
                 if ip not in on_target:
-                    self._add(ipr, target, ip)
+                    if target == front and self.lease_s:
+                        self._new_address(ipr, front, ip, NLM_F_CREATE | NLM_F_EXCL)
+                    else:
+                        self._add(ipr, target, ip)
                 if ip in on_other:
                     self._delete(ipr, other, ip)
         self._owned = owned
+
+    def renew_lease(self) -> frozenset[Vip]:
+        """Give the owned VIPs' front addresses `lease_s` more seconds of life.
+
+        The kernel deletes an address whose valid lifetime ran out (within about a second,
+        it checks lifetimes on whole-second ticks), so a daemon that stops renewing, killed
+        or hung, stops answering ARP for its VIPs by itself. Only addresses still present
+        are renewed (a lapsed one is never re-created here: the ring, not the lease, decides
+        who owns it); they are returned and dropped from the owned set.
+        """
+        if not self.lease_s:
+            return frozenset()
+        owned = self._owned
+        with self._netlink() as ipr:
+            front = self._index(ipr, self.front)
+            present = self._ours(ipr, front)
+            for ip in sorted(owned & present, key=str):
+                self._new_address(ipr, front, ip, NLM_F_REPLACE)
+        lapsed = owned - present
+        self._owned = owned - lapsed
+        return frozenset(str(ip) for ip in lapsed)
 
     def owns(self, vip: Vip) -> bool:
         """Whether the last successful `set_owned` put this VIP on the front interface.
@@ -293,6 +327,36 @@ class LinuxVipAddresses:
                 prefixlen=_host_prefix(ip),
                 flags=flags,
                 proto=RAINCTL_PROTO,
+            )
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"adding {ip} to ifindex {index}: {_describe(exc)}") from exc
+
+    def _new_address(self, ipr: Any, index: int, ip: IpAddress, mode: int) -> None:
+        """RTM_NEWADDR with a valid and preferred lifetime of `lease_s` (IFA_CACHEINFO,
+        which pyroute2's `addr` does not take): `mode` NLM_F_CREATE | NLM_F_EXCL adds,
+        NLM_F_REPLACE renews an existing address."""
+        message = ifaddrmsg()
+        message["family"] = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        message["prefixlen"] = _host_prefix(ip)
+        message["index"] = index
+        message["attrs"] = [
+            ("IFA_LOCAL", str(ip)),
+            ("IFA_ADDRESS", str(ip)),
+            ("IFA_FLAGS", IFA_F_NODAD if ip.version == 6 else 0),
+            ("IFA_PROTO", RAINCTL_PROTO),
+            (
+                "IFA_CACHEINFO",
+                {"ifa_preferred": self.lease_s, "ifa_valid": self.lease_s, "cstamp": 0,
+                 "tstamp": 0},
+            ),
+        ]  # fmt: skip
+        # pyroute2 0.9's synchronous nlm_request reads a status key that only its asyncio
+        # core sets; give it the default (a list, not a generator) so the call works.
+        ipr.status.setdefault("nlm_generator", False)
+        try:
+            ipr.nlm_request(
+                message, msg_type=RTM_NEWADDR, msg_flags=NLM_F_REQUEST | NLM_F_ACK | mode
             )
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:

@@ -50,7 +50,13 @@ class VipAddresses(Protocol):
         not owned; VIPs already configured keep their owned state."""
 
     def set_owned(self, vips: Sequence[Vip]) -> None:
-        """Answer ARP for exactly these VIPs (a subset of the pool), and for no other."""
+        """Answer ARP for exactly these VIPs (a subset of the pool), and for no other. With a
+        lease, the right to answer lapses by itself `lease_s` after the last `set_owned` or
+        `renew_lease` (kernel-enforced on Linux: the owned addresses carry a lifetime)."""
+
+    def renew_lease(self) -> frozenset[Vip]:
+        """Extend the lease of the owned VIPs; returns those whose lease had already lapsed
+        (they answer ARP no more and are no longer owned). Without a lease: nothing to do."""
 
 
 class ArpAnnouncer(Protocol):

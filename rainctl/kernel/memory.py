@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 
 from rainctl.core.types import Vip
 from rainctl.kernel.ipvs import (
@@ -28,10 +29,18 @@ from rainctl.kernel.ipvs import (
 
 
 class MemoryVipAddresses:
-    """The configured and owned VIPs, as a kernel would hold them. Thread-safe."""
+    """The configured and owned VIPs, as a kernel would hold them. Thread-safe.
 
-    def __init__(self) -> None:
+    With `lease_s`, owned VIPs lapse like the kernel's addresses with a lifetime: an owned
+    VIP not renewed for `lease_s` (by `clock`, seconds) is no longer owned when next looked
+    at by `renew_lease`; `set_owned` takes it again."""
+
+    def __init__(self, *, lease_s: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self.lease_s = lease_s
+        self._clock = clock
+        self._lease_until: dict[Vip, float] = {}
+        self.renewals = 0
         self.configured: frozenset[Vip] = frozenset()
         self.owned: frozenset[Vip] = frozenset()
         self.arp_isolated = False
@@ -55,8 +64,22 @@ class MemoryVipAddresses:
             if unknown:
                 raise ValueError(f"VIPs not configured on this node: {', '.join(unknown)}")
             if wanted != self.owned:
+                for vip in wanted - self.owned:
+                    self._lease_until[vip] = self._clock() + self.lease_s
                 self.owned = wanted
                 self.changes += 1
+
+    def renew_lease(self) -> frozenset[Vip]:
+        with self._lock:
+            if not self.lease_s:
+                return frozenset()
+            now = self._clock()
+            lapsed = frozenset(vip for vip in self.owned if self._lease_until[vip] < now)
+            self.owned -= lapsed
+            for vip in self.owned:
+                self._lease_until[vip] = now + self.lease_s
+            self.renewals += 1
+            return lapsed
 
 
 class MemoryArpAnnouncer:

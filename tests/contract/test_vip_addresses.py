@@ -8,6 +8,7 @@ the adapter made (repeated calls with the same arguments must make none).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -36,9 +37,13 @@ class Harness(Protocol):
 
 
 class MemoryHarness:
-    def __init__(self) -> None:
-        self.memory = MemoryVipAddresses()
+    def __init__(self, lease_s: int = 0) -> None:
+        self.now = 0.0
+        self.memory = MemoryVipAddresses(lease_s=lease_s, clock=lambda: self.now)
         self.addresses: VipAddresses = self.memory
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
 
     def configured(self) -> frozenset[Vip]:
         return self.memory.configured
@@ -60,8 +65,8 @@ class MemoryHarness:
 class RecordingLinuxVipAddresses(LinuxVipAddresses):
     """The real adapter, recording every address it adds or deletes (in order)."""
 
-    def __init__(self, front: str) -> None:
-        super().__init__(front)
+    def __init__(self, front: str, lease_s: int = 0) -> None:
+        super().__init__(front, lease_s=lease_s)
         self.ops: list[tuple[str, int, str]] = []
 
     def _add(self, ipr: Any, index: int, ip: IpAddress) -> None:
@@ -74,10 +79,13 @@ class RecordingLinuxVipAddresses(LinuxVipAddresses):
 
 
 class LinuxHarness:
-    def __init__(self, net: Lan) -> None:
+    def __init__(self, net: Lan, lease_s: int = 0) -> None:
         self.net = net
-        self.linux = RecordingLinuxVipAddresses(FRONT)
+        self.linux = RecordingLinuxVipAddresses(FRONT, lease_s=lease_s)
         self.addresses: VipAddresses = self.linux
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
 
     def _state(self) -> tuple[frozenset[Vip], frozenset[Vip]]:
         state = self.linux.read()
@@ -110,6 +118,58 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         return
     with lan() as net, inside(net.node):
         yield LinuxHarness(net)
+
+
+class LeasedHarness(Harness, Protocol):
+    def wait(self, seconds: float) -> None: ...
+
+
+LEASE_S = 1
+LAPSE_S = 2.5
+"""The kernel checks address lifetimes on whole-second ticks: a 1 s lifetime ends within 2 s."""
+
+
+@pytest.fixture(params=["memory", "linux"])
+def leased(request: pytest.FixtureRequest) -> Iterator[LeasedHarness]:
+    if request.param == "memory":
+        yield MemoryHarness(lease_s=LEASE_S)
+        return
+    with lan() as net, inside(net.node):
+        yield LinuxHarness(net, lease_s=LEASE_S)
+
+
+def test_a_renewed_lease_keeps_the_owned_vips(leased: LeasedHarness) -> None:
+    leased.addresses.ensure_all(POOL)
+    leased.addresses.set_owned([V4[0], V6[0]])
+    for _ in range(10):  # 3 s, renewed every 0.3 s
+        leased.wait(0.3)
+        assert leased.addresses.renew_lease() == frozenset()
+    assert leased.owned() == {V4[0], V6[0]}
+
+
+def test_an_unrenewed_lease_lapses_and_set_owned_takes_the_vips_again(
+    leased: LeasedHarness,
+) -> None:
+    leased.addresses.ensure_all(POOL)
+    leased.addresses.set_owned([V4[0], V6[0]])
+    leased.wait(LAPSE_S)
+    assert leased.addresses.renew_lease() == {V4[0], V6[0]}
+    assert leased.owned() == frozenset()
+    # A lapsed VIP is never re-created by a renewal ...
+    assert leased.addresses.renew_lease() == frozenset()
+    assert leased.owned() == frozenset()
+    # ... only by the ring's decision.
+    leased.addresses.set_owned([V4[0]])
+    assert leased.owned() == {V4[0]}
+    assert leased.addresses.renew_lease() == frozenset()
+
+
+def test_without_a_lease_nothing_lapses(harness: Harness) -> None:
+    harness.addresses.ensure_all(POOL)
+    harness.addresses.set_owned([V4[1]])
+    time.sleep(LAPSE_S if isinstance(harness, LinuxHarness) else 0)
+    assert harness.addresses.renew_lease() == frozenset()
+    assert harness.owned() == {V4[1]}
 
 
 def test_ensure_all_configures_every_vip_owning_none(harness: Harness) -> None:
@@ -241,3 +301,18 @@ class _UnmarkedLinuxVipAddresses(LinuxVipAddresses):
 def test_a_kernel_that_drops_the_address_mark_is_refused(linux: LinuxHarness) -> None:
     with pytest.raises(KernelError, match=r"does not keep IFA_PROTO \(Linux >= 6\.1"):
         _UnmarkedLinuxVipAddresses(FRONT).ensure_all(V4)
+
+
+def test_the_kernel_ends_a_lapsed_lease_by_itself() -> None:
+    # No call at all after set_owned: the kernel alone stops the node answering for them.
+    with lan() as net, inside(net.node):
+        harness = LinuxHarness(net, lease_s=LEASE_S)
+        harness.addresses.ensure_all(POOL)
+        harness.addresses.set_owned([V4[2], V6[1]])
+        assert harness.owned() == {V4[2], V6[1]}
+        started = time.monotonic()
+        while harness.owned() and time.monotonic() - started < 2 * LAPSE_S:
+            time.sleep(0.05)
+        assert harness.owned() == frozenset()
+        # The other VIPs stay configured on the local device (never owned, no lease).
+        assert harness.linux.read().on_local == frozenset(POOL) - {V4[2], V6[1]}

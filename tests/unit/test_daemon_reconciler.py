@@ -110,3 +110,42 @@ def test_memory_addresses_refuse_to_own_an_unconfigured_vip() -> None:
     addresses.ensure_all(POOL[:1])
     with pytest.raises(ValueError, match=r"198\.18\.2\.2"):
         addresses.set_owned(POOL[:2])
+
+
+def test_the_lease_is_renewed_only_while_the_ring_is_fresh_and_a_lapse_is_retaken() -> None:
+    now = [0.0]
+    addresses = MemoryVipAddresses(lease_s=1, clock=lambda: now[0])
+    announcer = MemoryArpAnnouncer()
+    fresh = [True]
+
+    async def wait_renewals(count: int) -> None:
+        for _ in range(400):
+            if addresses.renewals >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{addresses.renewals} renewals, expected {count}")
+
+    async def scenario() -> None:
+        reconciler = Reconciler(addresses, announcer, POOL, lease_s=1, lease_fresh=lambda: fresh[0])
+        task = asyncio.create_task(reconciler.run())
+        reconciler.want_owned(POOL[:2])
+        await _settle(reconciler)
+        await wait_renewals(2)  # every lease_s / 4 = 0.25 s
+        assert addresses.owned == frozenset(POOL[:2])
+        assert reconciler.lease_lapses == 0
+        # The ring goes silent here: no renewal, however long.
+        fresh[0] = False
+        renewals = addresses.renewals
+        await asyncio.sleep(0.6)
+        assert addresses.renewals == renewals
+        now[0] += 5  # the lease ran out meanwhile
+        # The ring is back and still gives both VIPs to this node: taken again, announced.
+        fresh[0] = True
+        await wait_renewals(renewals + 1)
+        await _settle(reconciler)
+        assert reconciler.lease_lapses == 2
+        assert addresses.owned == frozenset(POOL[:2])
+        assert announcer.announced[-1] == tuple(sorted(POOL[:2]))
+        task.cancel()
+
+    asyncio.run(scenario())
