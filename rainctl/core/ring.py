@@ -228,6 +228,8 @@ class RingMachine:
         """When an authenticated datagram last came from each peer (failure diagnostics)."""
         self.last_token_from: NodeId | None = None
         self.hop_started_at: Instant = now
+        self.confirmed_at: Instant = now - 2**31
+        """When a pass of this node's token was last accepted (`confirmed_age_ms`)."""
         self.member_since: dict[NodeId, tuple[int, Instant]] = {}
         """Per member of the last token seen: (incarnation, when this node first saw it in
         the ring since it last was absent); settles hand-backs (RebalanceSpec.settle_ms)."""
@@ -362,9 +364,11 @@ class RingMachine:
             return None
         return ids[(ids.index(after) + 1) % len(ids)]
 
-    def token_age_ms(self, now: Instant) -> int:
-        """How long ago this node last held or passed on the token (or formed a ring)."""
-        return now - self.last_token_at
+    def confirmed_age_ms(self, now: Instant) -> int:
+        """How long ago the ring last confirmed this node as a member: its successor accepted
+        a token it passed (or, alone, it went round its singleton ring). A node that merely
+        holds a token is not confirmed: after a freeze it may hold an old ring's token."""
+        return now - self.confirmed_at
 
     def _heard(self, node: NodeId, now: Instant) -> str:
         heard = self.last_heard.get(node)
@@ -576,6 +580,9 @@ class RingMachine:
             self._finish_leave(actions)
             return
         self.abandoned_ring = max(self.abandoned_ring, self.ring)
+        # Out of the ring, this node cannot know who stayed settled meanwhile; kept, its old
+        # times would let it hand VIPs back (to itself, say) the moment it is re-admitted.
+        self.member_since = {}
         self.phase = Phase.JOINING
         self.hop = None
         self.sos = None
@@ -953,6 +960,7 @@ class RingMachine:
             self.hold_until = now + self.timers.round_ms
             self.last_token_at = now
             self.loss_timer_base = now
+            self.confirmed_at = now
             return
         self._send_token(token, successor, now, actions)
 
@@ -995,6 +1003,10 @@ class RingMachine:
             self.phase = Phase.MEMBER
             self.last_token_at = now
             self.loss_timer_base = now
+            if now - self.hop_started_at <= self.timers.hop_failure_ms:
+                # Only an answer within the hop's own window confirms membership now: one
+                # that waited in the socket while this node was frozen is history.
+                self.confirmed_at = now
         elif status is AckStatus.NOT_MEMBER:
             self.counters["successor_not_member"] += 1
             self._exclude_and_pass(

@@ -11,7 +11,9 @@ It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing
 * operator commands come in through `submit` (pins, drain multicasts);
 * actions are carried out at once: `Send` is encoded and sent; `OwnVips` and `Announce` go
   to the reconciler, which applies them in its own task, so the kernel never delays the
-  token; `Deliver` goes to the `on_deliver` callback (operator drain requests);
+  token, except that the datagrams following a release wait (at most RELEASE_WAIT_S) until
+  the reconciler has applied it: release before acquire holds in the kernel too;
+  `Deliver` goes to the `on_deliver` callback (operator drain requests);
   `InstallRing` and `LeftRing` are logged and recorded for status; `FailureDecided`
   (an exclusion, a 911, a regeneration) is logged as a warning with what the machine saw
   and how late this node's timers have been firing (its own scheduling delay).
@@ -51,6 +53,8 @@ from rainctl.net.transport import DatagramPort, SocketAddress
 log = logging.getLogger("rainctl.driver")
 
 LATENESS_WINDOW_MS = 10_000
+RELEASE_WAIT_S = 0.05
+"""Longest a handover token waits for the kernel to drop the released VIPs."""
 
 
 class Lateness:
@@ -99,6 +103,11 @@ class RingDriver:
         self.left = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: Instant | None = None
+        self._owned: tuple[str, ...] = ()
+        self._held: list[Send] | None = None
+        """Datagrams waiting for a release to reach the kernel (None: send at once)."""
+        self._releasing: frozenset[str] = frozenset()
+        self._release_task: asyncio.Task[None] | None = None
         self.lateness = Lateness()
         """How late the ring's timer fired (event-loop scheduling delay), for the log."""
         self._load_task: asyncio.Task[None] | None = None
@@ -124,6 +133,9 @@ class RingDriver:
             self._step(LeaveRequested())
 
     def stop(self) -> None:
+        if self._release_task is not None:
+            self._release_task.cancel()
+            self._release_task = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -199,10 +211,17 @@ class RingDriver:
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, Send):
-            self._send(action)
+            if self._held is not None:
+                self._held.append(action)
+            else:
+                self._send(action)
         elif isinstance(action, OwnVips):
             log.info("owned VIPs: %s", ",".join(action.vips) or "-")
+            released = frozenset(self._owned) - frozenset(action.vips)
+            self._owned = action.vips
             self.reconciler.want_owned(action.vips)
+            if released:
+                self._hold_sends_until_released(released)
         elif isinstance(action, Announce):
             self.reconciler.want_announce(action.vips)
         elif isinstance(action, InstallRing):
@@ -228,6 +247,34 @@ class RingDriver:
                 self.lateness.worst_ms(now),
                 LATENESS_WINDOW_MS // 1000,
             )
+
+    def _hold_sends_until_released(self, released: frozenset[str]) -> None:
+        """Release before acquire, in the kernel: the datagrams that follow a release (the
+        token that hands the VIPs over) wait until the reconciler has taken the VIPs off
+        the front interface, at most RELEASE_WAIT_S, so the next owner never answers ARP
+        while this node still does. Costs one netlink application on handover hops only."""
+        if self._held is None:
+            self._held = []
+        self._releasing |= released
+        if self._release_task is None:
+            self._release_task = asyncio.get_running_loop().create_task(self._flush_after_release())
+
+    async def _flush_after_release(self) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_WAIT_S):
+                while self.reconciler.applied is None or self._releasing & set(
+                    self.reconciler.applied
+                ):
+                    await self.reconciler.applied_changed.wait()
+                    self.reconciler.applied_changed.clear()
+        except TimeoutError:
+            self.driver_counters["release_wait_timeouts"] += 1
+            log.warning("kernel release not applied within %g s; sending on", RELEASE_WAIT_S)
+        held, self._held = self._held or [], None
+        self._releasing = frozenset()
+        self._release_task = None
+        for send in held:
+            self._send(send)
 
     def _send(self, send: Send) -> None:
         address = self.peers.get(send.destination)

@@ -10,9 +10,11 @@ Order matters for ARP: a VIP is announced only once it is applied as owned, so a
 advertises an address it does not yet answer for.
 
 The ownership lease (GOALS.md F8, `VipAddresses.renew_lease`): every `lease_s / 4` the
-owned VIPs' lease is renewed, but only while `lease_fresh()` says the ring is alive here
-(the token passed this node recently). A daemon that is killed or hung renews nothing, and
-its VIPs stop answering ARP within the lease by themselves. A VIP whose lease lapsed while
+owned VIPs' lease is renewed, but only while `lease_fresh()` says the ring confirms this
+node (its successor recently accepted a token from it; merely holding a token is not
+enough: a node that wakes from a freeze may hold an old ring's token). A daemon that is
+killed or hung renews nothing, and its VIPs stop answering ARP within the lease by
+themselves. A VIP whose lease lapsed while
 the ring still gives it to this node (timers ran very late) is taken again at once and
 announced; one that lapsed while the ring was silent is left alone: the ring decides. Kernel
 calls are serialised, so a renewal never races a move.
@@ -56,6 +58,8 @@ class Reconciler:
         self._wake = asyncio.Event()
         self.applied: tuple[Vip, ...] | None = None
         """The owned set the kernel has (None until the first application)."""
+        self.applied_changed = asyncio.Event()
+        """Set whenever `applied` changes (the driver waits on it to pass a handover)."""
         self.failures = 0
 
     def want_owned(self, vips: Sequence[Vip]) -> None:
@@ -127,6 +131,7 @@ class Reconciler:
             async with self._kernel:
                 await asyncio.to_thread(self._addresses.set_owned, desired)
             self.applied = desired
+            self.applied_changed.set()
             log.info("owned VIPs applied: %s", ",".join(desired) or "-")
         # Announcements for VIPs lost meanwhile are dropped: only an owner may announce.
         self._to_announce.intersection_update(desired)

@@ -206,9 +206,10 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     lease_fresh_ms = 2 * setup.spec.timers.token_loss_ms
 
     def lease_fresh() -> bool:
-        # The lease is renewed only while the token still passes this node: a node whose
-        # ring went silent lets it lapse (the ring has regenerated without it by then).
-        return machine.token_age_ms(clock.now_ms()) <= lease_fresh_ms
+        # The lease is renewed only while the ring confirms this node (its successor keeps
+        # accepting its tokens): a node whose ring went silent, or one that woke from a
+        # freeze holding an old ring's token, lets it lapse; the ring has moved on by then.
+        return machine.confirmed_age_ms(clock.now_ms()) <= lease_fresh_ms
 
     reconciler = Reconciler(
         kernel.addresses,

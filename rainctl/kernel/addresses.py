@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ class LinuxVipAddresses:
         self._sysctl_root = sysctl_root
         self._pool: frozenset[IpAddress] = frozenset()
         self._owned: frozenset[IpAddress] = frozenset()
+        self._leased_at = time.monotonic()
+        """When the owned set's lease was last granted or renewed (monotonic s)."""
 
     # ---- VipAddresses ------------------------------------------------------------------------
 
@@ -171,6 +174,7 @@ class LinuxVipAddresses:
                 if ip in on_other:
                     self._delete(ipr, other, ip)
         self._owned = owned
+        self._leased_at = time.monotonic()
 
     def renew_lease(self) -> frozenset[Vip]:
         """Give the owned VIPs' front addresses `lease_s` more seconds of life.
@@ -184,21 +188,27 @@ class LinuxVipAddresses:
         if not self.lease_s:
             return frozenset()
         owned = self._owned
+        renewed_at = time.monotonic()
         with self._netlink() as ipr:
             front = self._index(ipr, self.front)
             present = self._ours(ipr, front)
             for ip in sorted(owned & present, key=str):
                 self._new_address(ipr, front, ip, NLM_F_REPLACE)
+        self._leased_at = renewed_at
         lapsed = owned - present
         self._owned = owned - lapsed
         return frozenset(str(ip) for ip in lapsed)
 
     def owns(self, vip: Vip) -> bool:
-        """Whether the last successful `set_owned` put this VIP on the front interface.
+        """Whether the last successful `set_owned` put this VIP on the front interface and,
+        with a lease, the lease has not run out since the last renewal.
 
         A cached answer (no netlink), cheap enough for the event loop: the announcer asks it
-        before every repeat. Thread-safe (the set is replaced, never mutated).
+        before every repeat, so a daemon that wakes from a freeze never announces a VIP
+        whose lease ran out meanwhile. Thread-safe (values are replaced, never mutated).
         """
+        if self.lease_s and time.monotonic() - self._leased_at > self.lease_s:
+            return False
         try:
             return parse_vip(vip) in self._owned
         except ValueError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,37 @@ def write_atomically(path: Path, document: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def answer(socket_path: Path, document: object) -> dict[str, Any]:
+SIGNAL_DAEMON = "signal-daemon"
+"""The one request the helper answers itself: send the daemon (only it, not the node) a
+signal, `{"signal": "KILL" | "STOP" | "CONT" | "TERM"}` (the lease tests' daemon faults)."""
+DAEMON_SIGNALS = {
+    "KILL": signal.SIGKILL,
+    "STOP": signal.SIGSTOP,
+    "CONT": signal.SIGCONT,
+    "TERM": signal.SIGTERM,
+}
+
+
+def _signal_daemon(daemon_pid: int | None, name: object) -> dict[str, Any]:
+    if not isinstance(name, str) or name not in DAEMON_SIGNALS or daemon_pid is None:
+        allowed = ", ".join(DAEMON_SIGNALS)
+        return {"ok": False, "error": f"signal-daemon: signal must be one of {allowed}"}
+    try:
+        os.kill(daemon_pid, DAEMON_SIGNALS[name])
+    except OSError as exc:
+        return {"ok": False, "error": f"signal-daemon: pid {daemon_pid}: {exc}"}
+    return {"ok": True, "result": {"pid": daemon_pid, "signal": name}}
+
+
+def answer(socket_path: Path, document: object, daemon_pid: int | None = None) -> dict[str, Any]:
     """The daemon's answer to one request document, in the control protocol's shapes."""
     if not isinstance(document, dict) or not isinstance(document.get("command"), str):
         return {"ok": False, "error": "a request needs a string 'command'"}
     arguments = document.get("arguments") or None
     if arguments is not None and not isinstance(arguments, dict):
         return {"ok": False, "error": "'arguments' must be an object"}
+    if document["command"] == SIGNAL_DAEMON:
+        return _signal_daemon(daemon_pid, (arguments or {}).get("signal"))
     try:
         result = request(
             socket_path, document["command"], timeout_s=CONTROL_TIMEOUT_S, arguments=arguments
@@ -104,7 +129,7 @@ def answer(socket_path: Path, document: object) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def serve_requests(socket_path: Path, control_dir: Path) -> int:
+def serve_requests(socket_path: Path, control_dir: Path, daemon_pid: int | None = None) -> int:
     """Answer every request file waiting in `control_dir`/requests; how many there were."""
     served = 0
     for path in sorted((control_dir / REQUESTS).glob("*.json")):
@@ -118,7 +143,7 @@ def serve_requests(socket_path: Path, control_dir: Path) -> int:
         except ValueError as exc:
             reply: dict[str, Any] = {"ok": False, "error": f"unreadable request: {exc}"}
         else:
-            reply = answer(socket_path, document)
+            reply = answer(socket_path, document, daemon_pid)
         write_atomically(control_dir / RESPONSES / path.name, reply)
         served += 1
     return served
@@ -138,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             write_atomically(arguments.output, snapshot(arguments.socket, arguments.daemon_pid))
             next_status = time.monotonic() + arguments.interval
         if arguments.control_dir is not None:
-            serve_requests(arguments.socket, arguments.control_dir)
+            serve_requests(arguments.socket, arguments.control_dir, arguments.daemon_pid)
             time.sleep(min(REQUEST_POLL_S, max(0.0, next_status - time.monotonic())))
         else:
             time.sleep(max(0.0, next_status - time.monotonic()))

@@ -1080,3 +1080,32 @@ def start_garp_reader(state_dir: Path) -> Path:
     state.processes[GARP_READER] = _spawn(state_dir, command, directory / f"{GARP_READER}.err")
     state.save(state_dir)
     return log
+
+
+ARP_PROBER = "arp-prober"
+ARP_LOG = "arp.log"
+
+
+def start_arp_prober(state_dir: Path) -> Path:
+    """Start the resident ARP prober in the client namespace (rainctl.lab.probe arp: every
+    20 ms an ARP request for each lab VIP, every answerer logged); its log. Recorded like
+    the other watchers, so `down` ends it. Raises LabError when it runs already."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    plan = state.plan()
+    record = state.processes.get(ARP_PROBER)
+    if record is not None and is_alive(record):
+        raise LabError(f"the {ARP_PROBER} runs already (pid {record.pid})")
+    directory = state_dir / WATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / ARP_LOG
+    log.unlink(missing_ok=True)
+    log.touch()
+    command = (
+        "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m", "rainctl.lab.probe",
+        "arp", "--output", str(log), "--interface", "eth0",
+        "--source", str(plan.client.address.ip), *(str(vip) for vip in lab_vips(plan)),
+    )  # fmt: skip
+    state.processes[ARP_PROBER] = _spawn(state_dir, command, directory / f"{ARP_PROBER}.err")
+    state.save(state_dir)
+    return log

@@ -14,8 +14,13 @@ target address, request or reply):
 
     G <time> <sender mac> <address> <op>
 
-Neither ever forks (LAB.md pitfall 1); both run until SIGKILLed (`rainctl lab down`).
-`outages()` and `garps()` read the logs back.
+`python -m rainctl.lab.probe arp --output FILE --interface eth0 --source IP VIP...` runs in
+the client namespace: every 20 ms a broadcast ARP request for each VIP, and a line per round
+and per reply, so a VIP answered by two nodes at once shows as two MACs in one round (the
+ownership lease's test, GOALS.md F8).
+
+None ever forks (LAB.md pitfall 1); all run until SIGKILLed (`rainctl lab down`).
+`outages()`, `garps()` and `arp_rounds()` read the logs back.
 """
 
 from __future__ import annotations
@@ -102,7 +107,114 @@ def run_garp_reader(interface: str, output: Path) -> None:
                 log.write(f"G {seen:.6f} {mac} {address} {op}\n")
 
 
+ARP_INTERVAL_S = 0.02
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+def arp_request(mac: bytes, source: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> bytes:
+    """Broadcast ARP request (42 bytes): who-has `target` tell `source` (at `mac`)."""
+    ethernet = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, ARP_REQUEST)
+    return ethernet + arp + mac + source.packed + b"\x00" * 6 + target.packed
+
+
+def parse_arp_reply(frame: bytes, asker: ipaddress.IPv4Address) -> tuple[str, str] | None:
+    """(sender MAC, sender address) of an ARP reply addressed to `asker`, else None.
+
+    Only a reply whose target address is the asker's answers a request; a gratuitous ARP
+    reply (target = sender, to broadcast) is an announcement, not an answer."""
+    if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
+        return None
+    _htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    if ptype != 0x0800 or hlen != 6 or plen != 4 or op != ARP_REPLY:
+        return None
+    if frame[38:42] != asker.packed:
+        return None
+    return frame[22:28].hex(":"), str(ipaddress.IPv4Address(frame[28:32]))
+
+
+def run_arp_prober(
+    interface: str,
+    source: str,
+    vips: Sequence[str],
+    output: Path,
+    interval_s: float = ARP_INTERVAL_S,
+) -> None:
+    """Ask for every VIP's MAC each `interval_s` from `interface` (AF_PACKET: the kernel's
+    neighbour cache is not involved) and log each round and every reply, for ever:
+
+        Q <time> <round>            requests for every VIP sent
+        A <time> <mac> <vip>        an answer for a VIP (every answerer is logged;
+                                    gratuitous ARP is not an answer)
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    sock.bind((interface, ETH_P_ARP))
+    sock.setblocking(False)
+    mac: bytes = sock.getsockname()[4]  # (ifname, proto, pkttype, hatype, hardware address)
+    own = ipaddress.IPv4Address(source)
+    frames = [arp_request(mac, own, ipaddress.IPv4Address(vip)) for vip in vips]
+    wanted = set(vips)
+    with output.open("a", encoding="ascii", buffering=1) as log:
+        round_number = 0
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_tick:
+                round_number += 1
+                log.write(f"Q {time.time():.6f} {round_number}\n")
+                for frame in frames:
+                    with contextlib.suppress(OSError):
+                        sock.send(frame)
+                next_tick += interval_s
+                if next_tick < now:
+                    next_tick = now + interval_s
+            readable, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
+            while readable:
+                try:
+                    frame = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                reply = parse_arp_reply(frame, own)
+                if reply is not None and reply[1] in wanted:
+                    log.write(f"A {time.time():.6f} {reply[0]} {reply[1]}\n")
+
+
 # ---- reading the logs back ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArpRound:
+    """One round of the ARP prober: when it was sent, and who answered for each VIP."""
+
+    sent: float
+    answerers: dict[str, frozenset[str]]
+    """VIP -> the MACs that answered it in this round (none: absent)."""
+
+
+def arp_rounds(log: Path) -> list[ArpRound]:
+    """The ARP prober's rounds in order, each reply counted in the round it followed."""
+    rounds: list[tuple[float, dict[str, set[str]]]] = []
+    for line in log.read_text(encoding="ascii").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "Q":
+            rounds.append((float(fields[1]), {}))
+        elif len(fields) == 4 and fields[0] == "A" and rounds:
+            rounds[-1][1].setdefault(fields[3], set()).add(fields[2])
+    return [
+        ArpRound(sent, {vip: frozenset(macs) for vip, macs in answers.items()})
+        for sent, answers in rounds
+    ]
+
+
+def dual_answer_window(rounds: Sequence[ArpRound], vip: str, *, since: float) -> float:
+    """Seconds from the first to the end of the last round at or after `since` in which two
+    or more MACs answered ARP for `vip` (0.0: never two at once)."""
+    duals = [r.sent for r in rounds if r.sent >= since and len(r.answerers.get(vip, ())) > 1]
+    if not duals:
+        return 0.0
+    interval = rounds[1].sent - rounds[0].sent if len(rounds) > 1 else ARP_INTERVAL_S
+    return duals[-1] - duals[0] + interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +308,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     garp = commands.add_parser("garp", help="log gratuitous ARP on an interface")
     garp.add_argument("--output", type=Path, required=True)
     garp.add_argument("--interface", required=True)
+    arp = commands.add_parser("arp", help="ask for VIPs' MACs and log every answerer")
+    arp.add_argument("--output", type=Path, required=True)
+    arp.add_argument("--interface", required=True)
+    arp.add_argument("--source", required=True, help="this host's IPv4 address")
+    arp.add_argument("--interval", type=float, default=ARP_INTERVAL_S)
+    arp.add_argument("vips", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "ping":
         run_prober(args.vips, args.output, args.interval)
+    elif args.command == "arp":
+        run_arp_prober(args.interface, args.source, args.vips, args.output, args.interval)
     else:
         run_garp_reader(args.interface, args.output)
 

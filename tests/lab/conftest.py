@@ -115,6 +115,18 @@ def daemon_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def lease_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _session_lab(
+        tmp_path_factory,
+        "lease-lab",
+        "rle",
+        f"lease lab up ({DAEMON_NODES} nodes, every daemon answering)",
+        ["--nodes", str(DAEMON_NODES), "--backends", "0", "--daemon",
+         "--profile", DAEMON_PROFILE],
+    )  # fmt: skip
+
+
 DR_NODES = 3
 DR_BACKENDS = 2
 

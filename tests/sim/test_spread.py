@@ -169,3 +169,30 @@ def test_conservative_exclusion_says_who_probed() -> None:
         "exclude",
         "node 2: indirect probes by 3 got no answer; its 2 VIPs are re-homed now",
     )
+
+
+def test_a_node_back_from_a_freeze_waits_to_settle_before_preempting() -> None:
+    # Node 3 is home of two VIPs, freezes long enough to be excluded, then resumes. While
+    # frozen it kept its old view of who is settled; it must not use it: its homes come
+    # back only `settle_ms` after it is re-admitted, never at the re-admission itself.
+    sim, homed = _restart_with_homes(preempt=True)
+    sim.scenario = replace(
+        sim.scenario, faults=(Fault(3000, "pause", node=3), Fault(4000, "resume", node=3))
+    )
+    sim.queue = [entry for entry in sim.queue if entry[2] != "fault"]
+    for fault in sim.scenario.faults:
+        sim._push(fault.at_ms, "fault", fault)
+    got_back: list[int] = []
+
+    def watch(sim: Simulation) -> None:
+        owners = live_owners(sim)
+        if not got_back and all(owners.get(vip) == [3] for vip in homed):
+            got_back.append(sim.now)
+
+    advance(sim, 2999)
+    assert sorted(sim.nodes[3].machine.owned) == homed
+    got_back.clear()
+    advance(sim, 3999)
+    advance(sim, 10_000, watch)
+    assert got_back, "node 3 never got its homes back"
+    assert got_back[0] >= 4000 + sim.spec.rebalance.settle_ms, got_back
