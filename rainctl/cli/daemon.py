@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from rainctl.daemon.control import DEFAULT_SOCKET
+from rainctl.daemon.realtime import PRIORITY_MAX
 from rainctl.daemon.service import DEFAULT_STATE_DIR, DaemonOptions, run_daemon
 from rainctl.errors import OptionError
 from rainctl.kernel.interfaces import DataPlane
@@ -51,10 +52,29 @@ def daemon(
             show_default=False,
         ),
     ] = None,
+    realtime_priority: Annotated[
+        int,
+        typer.Option(
+            "--realtime-priority",
+            help="Run with SCHED_RR at this priority (1-99; 0: normal scheduling), so CPU "
+            "hogs cannot delay the token (like keepalived's vrrp_rt_priority).",
+        ),
+    ] = 0,
+    lock_memory: Annotated[
+        bool,
+        typer.Option(
+            "--lock-memory/--no-lock-memory",
+            help="Lock the daemon's memory (mlockall): no page fault on the token path.",
+        ),
+    ] = False,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
     if data_plane is DataPlane.NONE and front_interface:
         raise OptionError("--front-interface only applies to --data-plane linux or ipvs")
+    if not 0 <= realtime_priority <= PRIORITY_MAX:
+        raise OptionError(
+            f"--realtime-priority: {realtime_priority} is not 1..{PRIORITY_MAX} (or 0 for none)"
+        )
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     options = DaemonOptions(
@@ -64,6 +84,8 @@ def daemon(
         control_socket=control_socket,
         data_plane=data_plane,
         front_interface=front_interface,
+        realtime_priority=realtime_priority,
+        lock_memory=lock_memory,
     )
     asyncio.run(run_daemon(options))
 

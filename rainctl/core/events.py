@@ -125,9 +125,10 @@ class FailureDecided:
 
     `decision`: "exclude" (a member removed from the ring, `node`), "probe" (conservative
     mode: a hop to `node` failed, indirect probes asked), "911" (token loss:
-    regeneration asked for), "regenerate" (a new ring made from the approvers, `node` None)
-    or "probe-saved" (conservative mode: another member reached `node`, so it stays). For
-    the daemon's log and the simulator's timeline; nothing acts on it."""
+    regeneration asked for), "regenerate" (a new ring made from the approvers, `node` None),
+    "probe-saved" (conservative mode: another member reached `node`, so it stays) or "late"
+    (this node itself ran far past its deadline: its judgments deferred). For the daemon's
+    log and the simulator's timeline; nothing acts on it."""
 
     decision: str
     node: NodeId | None

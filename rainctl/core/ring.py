@@ -228,6 +228,8 @@ class RingMachine:
         """When an authenticated datagram last came from each peer (failure diagnostics)."""
         self.last_token_from: NodeId | None = None
         self.hop_started_at: Instant = now
+        self.forgiven: tuple[str, int] | None = None
+        """The wait whose deadline was last deferred for this node's own lateness."""
         self.confirmed_at: Instant = now - 2**31
         """When a pass of this node's token was last accepted (`confirmed_age_ms`)."""
         self.member_since: dict[NodeId, tuple[int, Instant]] = {}
@@ -251,6 +253,7 @@ class RingMachine:
 
     def step(self, event: Event, now: Instant) -> list[Action]:
         actions: list[Action] = []
+        self._forgive_own_lateness(now, actions)
         if isinstance(event, MessageReceived):
             self._on_envelope(event.envelope, now, actions)
         elif isinstance(event, LoadMeasured):
@@ -268,6 +271,56 @@ class RingMachine:
         self._fire_deadlines(now, actions)
         self._sync_ownership(actions)
         return actions
+
+    def _forgive_own_lateness(self, now: Instant, actions: list[Action]) -> None:
+        """A node that runs far past its own deadline was not scheduled (busy cores, a
+        freeze): the answers it waited for may sit unread in its socket. Judging now would
+        blame a healthy peer (exclude the successor whose ACK is queued, call 911 over a
+        token that is waiting), so the failure deadlines due are pushed out by one `ack_ms`,
+        once per wait, and the queued datagrams get their turn first."""
+        due = self.next_deadline()
+        if due is None or now - due <= self.timers.ack_ms:
+            return
+        late_ms = now - due
+        deferred = self._defer_due_judgment(now)
+        if deferred is not None:
+            self.counters["late_wakeups_forgiven"] += 1
+            actions.append(
+                FailureDecided(
+                    "late",
+                    None,
+                    f"this node ran {late_ms} ms past its deadline (not scheduled); "
+                    f"{deferred} deferred by {self.timers.ack_ms} ms so queued datagrams are "
+                    "read first",
+                )
+            )
+
+    def _defer_due_judgment(self, now: Instant) -> str | None:
+        """Push the failure deadline that is due out by `ack_ms`, once per wait; what was
+        deferred, or None."""
+        ack_ms = self.timers.ack_ms
+        hop = self.hop
+        if self.phase is Phase.PASSING and hop is not None and self.probe_round is None:
+            key = ("hop", hop.transfer_id)
+            if hop.deadline > now or self.forgiven == key:
+                return None
+            hop.deadline = now + ack_ms
+            self.forgiven = key
+            return f"the hop to {hop.destination}"
+        if self.phase is Phase.MEMBER and self._token_loss_deadline() <= now:
+            if self.forgiven == ("loss", self.loss_timer_base):
+                return None
+            self.loss_timer_base = now - self.timers.token_loss_ms + ack_ms
+            self.forgiven = ("loss", self.loss_timer_base)
+            return "the token loss"
+        sos = self.sos
+        if self.phase is Phase.STARVING and sos is not None and sos.deadline <= now:
+            if self.forgiven == ("sos", sos.proposed_epoch):
+                return None
+            sos.deadline = now + ack_ms
+            self.forgiven = ("sos", sos.proposed_epoch)
+            return "the 911 verdict"
+        return None
 
     def next_deadline(self) -> Instant | None:
         candidates: list[Instant] = []

@@ -49,6 +49,7 @@ from rainctl.daemon.control import ControlError, ControlServer, JsonObject
 from rainctl.daemon.dataplane import DataPlaneReconciler, sync_wanted
 from rainctl.daemon.driver import RingDriver
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
+from rainctl.daemon.realtime import apply_realtime
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import next_incarnation
 from rainctl.daemon.status import status_document
@@ -72,6 +73,9 @@ class DaemonOptions:
     control_socket: Path
     data_plane: DataPlane
     front_interface: str | None = None
+    realtime_priority: int = 0
+    """SCHED_RR priority of the daemon (rainctl.daemon.realtime); 0: normal scheduling."""
+    lock_memory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         # moved out of the collector's reach, full collections stop walking it, which
         # shortens the pauses the ring's event loop would otherwise take mid-rotation.
         gc.freeze()
+        apply_realtime(options.realtime_priority, lock_memory=options.lock_memory)
         notify("READY=1")
         await driver.leave_requested.wait()
         notify("STOPPING=1")

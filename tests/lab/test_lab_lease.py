@@ -10,6 +10,9 @@ announcement.
 
 from __future__ import annotations
 
+import datetime
+import itertools
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -58,6 +61,47 @@ def _logs(lab: Lab, since: float) -> dict[str, list[str]]:
         lines = log.read_text(encoding="utf-8").splitlines()
         result[log.parent.name] = [line for line in lines if line[:19] >= stamp][:40]
     return result
+
+
+DUAL_RUN_BOUND_S = 0.35
+"""Fast profile: token loss 135 ms, plus the excluded node's reconciler under load."""
+_OWNED = re.compile(r"^(\S+ \S+) INFO rainctl\.driver: owned VIPs: (\S+)")
+
+
+def _first_owned(log: Path, *, since: float) -> dict[str, float]:
+    """VIP -> when the node's daemon first reported owning it at or after `since`."""
+    first: dict[str, float] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        match = _OWNED.match(line)
+        if match is None:
+            continue
+        moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if moment >= since:
+            for vip in match.group(2).split(","):
+                first.setdefault(vip, moment)
+    return first
+
+
+def _dual_runs(rounds: list[probe.ArpRound], vip: str) -> list[float]:
+    """Lengths (s) of the runs of consecutive rounds in which two MACs answered `vip`."""
+    runs: list[float] = []
+    start: float | None = None
+    for previous, current in itertools.pairwise(rounds):
+        if len(previous.answerers.get(vip, ())) > 1:
+            start = previous.sent if start is None else start
+            if len(current.answerers.get(vip, ())) <= 1:
+                runs.append(current.sent - start)
+                start = None
+    if start is not None:  # still two answerers in the last round
+        runs.append(rounds[-1].sent - start)
+    return runs
+
+
+def _explain(vip: str, mac: str, when: list[float], logs: dict[str, list[str]]) -> str:
+    lines = [f"{vip} (resumed node {mac}): {when}"]
+    for node, entries in logs.items():
+        lines += [f"  {node} {line[11:]}" for line in entries if "VIPs" in line or "ring" in line]
+    return "\n".join(lines)
 
 
 def _last_answer(rounds: list[probe.ArpRound], vip: str, mac: str, since: float) -> float | None:
@@ -145,16 +189,28 @@ def test_a_resumed_daemon_does_not_take_its_old_vips_back(lease_lab: Lab) -> Non
         "the resumed node back in the ring with its share",
     )
     time.sleep(SETTLE_S)
-    # ... and at no moment since it resumed did two nodes answer ARP for one VIP.
     rounds = [r for r in probe.arp_rounds(_watch(lease_lab)[0]) if r.sent >= resumed_at]
     assert rounds
+    log = lease_lab.state_dir / "nodes" / stopped.node.name / "daemon.log"
+    owned_again = _first_owned(log, since=resumed_at)
+    garps = [g for g in probe.garps(_watch(lease_lab)[1]) if g[0] >= resumed_at]
     for vip in sorted(vips):
-        duals = [
-            (round(r.sent - resumed_at, 3), sorted(r.answerers[vip]))
-            for r in rounds
-            if len(r.answerers.get(vip, ())) > 1
-        ]
-        assert duals == [], (vip, mac, duals, _logs(lease_lab, resumed_at))
+        # ... it answered and announced none of its old VIPs before the ring gave it one
+        # again (the stale token it woke up with, the lease that ran out, the announcer's
+        # pending repeats: none of them counts) ...
+        allowed = owned_again.get(vip, float("inf"))
+        early = [r.sent - resumed_at for r in rounds
+                 if mac in r.answerers.get(vip, ()) and r.sent < allowed]  # fmt: skip
+        assert early == [], _explain(vip, mac, early, _logs(lease_lab, resumed_at))
+        announced = [at - resumed_at for at, sender, address in garps
+                     if address == vip and sender == mac and at < allowed]  # fmt: skip
+        assert announced == [], _explain(vip, mac, announced, _logs(lease_lab, resumed_at))
+        # ... and two answerers at once only ever briefly: a move of the ring's making
+        # (under load a busy node may be excluded, F3) closes within a token-loss timeout
+        # plus the kernel update, never the minutes a stale daemon could cause.
+        for run_s in _dual_runs(rounds, vip):
+            NOTES.append(f"lease lab after SIGCONT: {vip} had two ARP answerers {run_s:.2f} s")
+            assert run_s <= DUAL_RUN_BOUND_S, _explain(vip, mac, [run_s], {})
     back = next(d for d in status.daemons if d.node_id == stopped.node_id)
     assert back.owned, "the resumed node got no VIP back"
     assert all(mac in r.answerers.get(vip, ()) for vip in back.owned for r in rounds[-5:])

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -189,3 +191,31 @@ def test_status_views_with_daemons(tmp_path: Path) -> None:
     assert "1/1.1" in text
     assert "198.18.0.100 198.18.0.101" in text
     assert ring_label(None) == "-"
+
+
+def test_the_helper_signals_only_its_daemon(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        socket_path = tmp_path / "none.sock"
+        request = {"command": agent.SIGNAL_DAEMON, "arguments": {"signal": "STOP"}}
+        assert agent.answer(socket_path, request, sleeper.pid) == {
+            "ok": True,
+            "result": {"pid": sleeper.pid, "signal": "STOP"},
+        }
+        stat = Path(f"/proc/{sleeper.pid}/stat")
+        deadline = time.monotonic() + 5
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":  # delivery is async
+            assert time.monotonic() < deadline, "the daemon was not stopped"
+            time.sleep(0.01)
+        request["arguments"] = {"signal": "CONT"}
+        assert agent.answer(socket_path, request, sleeper.pid)["ok"] is True
+        bad = agent.answer(
+            socket_path, {"command": agent.SIGNAL_DAEMON, "arguments": {"signal": "HUP"}}, 1
+        )
+        assert bad == {
+            "ok": False,
+            "error": "signal-daemon: signal must be one of KILL, STOP, CONT, TERM",
+        }
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from pathlib import Path
 
@@ -115,3 +116,58 @@ def test_demo_refuses_bad_options(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert message in result.output
     assert not (tmp_path / "s").exists()
+
+
+# ---- the ARP prober (lease tests) ------------------------------------------------------------
+
+CLIENT = "198.18.0.10"
+CLIENT_MAC = bytes.fromhex("020000000010")
+
+
+def _reply(sender_mac: bytes, sender: str, target: str) -> bytes:
+    ethernet = b"\xff" * 6 + sender_mac + struct.pack("!H", probe.ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, probe.ARP_REPLY)
+    return (
+        ethernet + arp + sender_mac + ipaddress.IPv4Address(sender).packed + CLIENT_MAC
+        + ipaddress.IPv4Address(target).packed
+    )  # fmt: skip
+
+
+def test_arp_request_asks_for_the_vip_from_the_client() -> None:
+    frame = probe.arp_request(
+        CLIENT_MAC, ipaddress.IPv4Address(CLIENT), ipaddress.IPv4Address("198.18.0.100")
+    )
+    assert len(frame) == 42
+    assert frame[:6] == b"\xff" * 6
+    assert struct.unpack("!H", frame[20:22])[0] == 1  # request
+    assert frame[28:32] == ipaddress.IPv4Address(CLIENT).packed
+    assert frame[38:42] == ipaddress.IPv4Address("198.18.0.100").packed
+
+
+def test_only_answers_to_the_client_count_not_gratuitous_replies() -> None:
+    owner = bytes.fromhex("02524c000100")
+    asker = ipaddress.IPv4Address(CLIENT)
+    answer = _reply(owner, "198.18.0.100", CLIENT)
+    assert probe.parse_arp_reply(answer, asker) == ("02:52:4c:00:01:00", "198.18.0.100")
+    gratuitous = _reply(owner, "198.18.0.100", "198.18.0.100")
+    assert probe.parse_arp_reply(gratuitous, asker) is None
+    assert probe.parse_arp_reply(answer[:30], asker) is None
+
+
+def test_arp_rounds_and_the_window_with_two_answerers(tmp_path: Path) -> None:
+    log = tmp_path / "arp.log"
+    lines = []
+    for number in range(10):
+        at = 100.0 + number * 0.02
+        lines.append(f"Q {at:.6f} {number + 1}")
+        lines.append(f"A {at + 0.001:.6f} aa {('198.18.0.100')}")
+        if 3 <= number <= 5:  # rounds 4-6: a second answerer
+            lines.append(f"A {at + 0.002:.6f} bb 198.18.0.100")
+    log.write_text("\n".join(lines) + "\nA 200.0 cc\n", encoding="ascii")
+    rounds = probe.arp_rounds(log)
+    assert len(rounds) == 10
+    assert rounds[4].answerers == {"198.18.0.100": frozenset({"aa", "bb"})}
+    # First dual round at 100.06, last at 100.10, plus one round: 0.06 s.
+    assert abs(probe.dual_answer_window(rounds, "198.18.0.100", since=0) - 0.06) < 1e-6
+    assert probe.dual_answer_window(rounds, "198.18.0.100", since=100.11) == 0.0
+    assert probe.dual_answer_window(rounds, "198.18.0.101", since=0) == 0.0

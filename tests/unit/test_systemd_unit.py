@@ -34,7 +34,11 @@ def test_exec_start_uses_only_existing_daemon_options() -> None:
     argv = shlex.split(_directives()["ExecStart"])
     assert argv[1] == "daemon"
     options = [word for word in argv[2:] if word.startswith("--")]
-    help_text = CliRunner().invoke(app, ["daemon", "--help"], terminal_width=200).output
+    help_text = (
+        CliRunner()
+        .invoke(app, ["daemon", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+        .output
+    )
     known = set(re.findall(r"--[a-z][a-z-]+", help_text))
     assert options
     assert set(options) <= known, sorted(set(options) - known)

@@ -1,0 +1,64 @@
+"""Keep the ring's timing out of reach of the rest of the machine (GOALS.md F3).
+
+A daemon that a CPU hog or a page fault delays misses its hop and token-loss deadlines and
+gets excluded although it is alive: the classic false failover (corosync raised its token
+timeout for exactly this). Like keepalived's `vrrp_rt_priority` and `vrrp_no_swap`, the
+daemon can run with a real-time round-robin priority (`SCHED_RR`: it preempts every normal
+process, and the kernel's RT throttling still leaves 5 % of each second to the rest) and
+with its memory locked (`mlockall`: no page fault on the token path). Both apply to the
+whole process, so the reconciler's worker threads inherit them: their work is short
+netlink calls. `gc.freeze()` after start-up (service.py) keeps full collections short.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+
+from rainctl.errors import RainctlError
+
+MCL_CURRENT = 1
+MCL_FUTURE = 2
+PRIORITY_MIN = 1
+PRIORITY_MAX = 99
+
+log = logging.getLogger("rainctl.daemon")
+
+
+class RealtimeError(RainctlError):
+    """Real-time scheduling or memory locking was asked for and refused by the kernel."""
+
+
+def apply_realtime(priority: int, *, lock_memory: bool) -> None:
+    """SCHED_RR at `priority` (0: leave the scheduling alone) and, with `lock_memory`,
+    every current and future page of the process locked in memory."""
+    if priority:
+        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise RealtimeError(
+                f"--realtime-priority: {priority} is not {PRIORITY_MIN}..{PRIORITY_MAX} "
+                "(or 0 for none)"
+            )
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+        except OSError as exc:
+            raise RealtimeError(
+                f"--realtime-priority {priority}: SCHED_RR refused ({exc.strerror}); needs "
+                "root or CAP_SYS_NICE (and an RT budget in a cgroup)"
+            ) from exc
+    if lock_memory:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+            code = ctypes.get_errno()
+            raise RealtimeError(
+                f"--lock-memory: mlockall refused ({os.strerror(code)}); needs root or "
+                f"CAP_IPC_LOCK and a large enough RLIMIT_MEMLOCK"
+                + (" (the limit is too low)" if code == errno.ENOMEM else "")
+            )
+    if priority or lock_memory:
+        log.info(
+            "real-time: SCHED_RR priority %d, memory locked: %s",
+            priority,
+            "yes" if lock_memory else "no",
+        )

@@ -1,0 +1,52 @@
+"""rainctl.daemon.realtime: SCHED_RR and mlockall for the daemon, and their option errors.
+
+The real calls run in a child process, so the test runner itself never becomes real-time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from rainctl.cli.app import app
+from rainctl.daemon.realtime import RealtimeError, apply_realtime
+
+CHILD = (
+    "import os; from rainctl.daemon.realtime import apply_realtime; "
+    "apply_realtime(7, lock_memory=True); "
+    "print(os.sched_getscheduler(0) == os.SCHED_RR, os.sched_getparam(0).sched_priority); "
+    "print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0].split()[1])"
+)
+
+
+def test_the_daemon_process_becomes_round_robin_with_locked_memory() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=30
+    )
+    policy, locked_kb = result.stdout.splitlines()
+    assert policy == "True 7"
+    assert int(locked_kb) > 1000  # the interpreter's pages are locked
+
+
+def test_nothing_asked_changes_nothing() -> None:
+    before = os.sched_getscheduler(0)
+    apply_realtime(0, lock_memory=False)
+    assert os.sched_getscheduler(0) == before
+
+
+def test_an_out_of_range_priority_is_one_error() -> None:
+    with pytest.raises(RealtimeError, match=r"--realtime-priority: 100 is not 1\.\.99"):
+        apply_realtime(100, lock_memory=False)
+
+
+def test_the_cli_refuses_an_out_of_range_priority_before_starting() -> None:
+    result = CliRunner().invoke(
+        app, ["daemon", "--config", "/nonexistent.toml", "--node", "1",
+              "--realtime-priority", "120"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--realtime-priority: 120 is not 1..99 (or 0 for none)" in result.output
