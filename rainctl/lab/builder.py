@@ -1025,9 +1025,11 @@ def start_traffic(
     interval_s: float = 0.05,
     timeout_s: float = 1.0,
     path: str = "/",
+    connections: int = 1,
 ) -> Path:
-    """Start a resident traffic generator (`kind` "http" or "echo") in the client namespace,
-    recorded as `traffic-<name>` so that `down` (or `stop_traffic`) ends it; its log."""
+    """Start a resident traffic generator (`kind` "http" or "echo", the latter with
+    `connections` connections) in the client namespace, recorded as `traffic-<name>` so that
+    `down` (or `stop_traffic`) ends it; its log."""
     state_dir = state_dir.absolute()
     state = _require_state(state_dir)
     plan = state.plan()
@@ -1045,6 +1047,8 @@ def start_traffic(
     options = ["--output", str(log), "--interval", str(interval_s), "--timeout", str(timeout_s)]
     if kind == "http":
         options += ["--path", path]
+    elif connections != 1:
+        options += ["--connections", str(connections)]
     command = (
         "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
         "rainctl.lab.traffic", kind, *options, *targets,

@@ -93,6 +93,9 @@ class _EchoHandler(socketserver.BaseRequestHandler):
 class _EchoServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Hundreds of clients connect at once in the many-connections test: the default backlog
+    # of 5 would make most of them wait for a SYN retransmission.
+    request_queue_size = 1024
 
 
 def main(argv: Sequence[str] | None = None) -> None:

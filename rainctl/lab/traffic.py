@@ -7,7 +7,8 @@ client namespace shares the host's clock):
 
     python -m rainctl.lab.traffic http --output F [--interval S] [--timeout S] [--path P]
                                        TARGET...
-    python -m rainctl.lab.traffic echo --output F [--interval S] [--timeout S] TARGET
+    python -m rainctl.lab.traffic echo --output F [--interval S] [--timeout S]
+                                       [--connections N] TARGET
 
 TARGET is `ADDRESS[:PORT]` (port 80 for http, 9000 for echo).
 
@@ -16,8 +17,9 @@ TARGET is `ADDRESS[:PORT]` (port 80 for http, 9000 for echo).
   requests overlap: one slow target delays nothing). Per request, logged when it ends:
   `<sent> <target> OK <backend> <ms>` (the answer's X-Backend header) or
   `<sent> <target> FAIL <reason> <ms>`.
-- `echo`: one connection, and every interval a numbered line that must come back within the
-  timeout: `<time> <target> CONNECT <local port> 0` when a connection is made,
+- `echo`: one connection (`--connections N`: N of them, logged as `TARGET#1`..`TARGET#N`),
+  and every interval a numbered line that must come back within the timeout:
+  `<time> <target> CONNECT <local port> 0` when a connection is made,
   `<sent> <target> ECHO <seq> <ms>` per echo, `<time> <target> FAIL <reason> <ms>` when the
   connection breaks (reset, timeout, wrong echo); it then reconnects, so a connection that
   survived a takeover shows one CONNECT only.
@@ -121,45 +123,62 @@ async def run_http(
             await asyncio.sleep(next_tick - now)
 
 
-async def run_echo(target: str, output: Path, interval_s: float, timeout_s: float) -> None:
-    """Keep one echo connection to `target` busy for ever, reconnecting after a failure."""
+async def run_echo(
+    target: str, output: Path, interval_s: float, timeout_s: float, connections: int = 1
+) -> None:
+    """Keep `connections` echo connections to `target` busy for ever, each reconnecting
+    after a failure; with more than one, each logs as `TARGET#i` (i from 1)."""
+    with output.open("a", encoding="ascii", buffering=1) as log:
+        if connections == 1:
+            await _echo_connection(target, target, log, interval_s, timeout_s)
+            return
+        await asyncio.gather(
+            *(
+                _echo_connection(target, f"{target}#{index}", log, interval_s, timeout_s)
+                for index in range(1, connections + 1)
+            )
+        )
+
+
+async def _echo_connection(
+    target: str, name: str, log: TextIO, interval_s: float, timeout_s: float
+) -> None:
     address, port = parse_target(target, ECHO_PORT)
     seq = 0
-    with output.open("a", encoding="ascii", buffering=1) as log:
-        while True:
-            started = time.monotonic()
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(address, port), timeout_s
-                )
-            except (OSError, TimeoutError) as exc:
+    while True:
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, port), timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            log.write(f"{time.time():.6f} {name} FAIL connect-{_reason(exc)} ")
+            log.write(f"{elapsed_ms:.1f}\n")
+            await asyncio.sleep(interval_s)
+            continue
+        local_port = writer.get_extra_info("sockname")[1]
+        log.write(f"{time.time():.6f} {name} CONNECT {local_port} 0\n")
+        try:
+            while True:
+                seq += 1
+                line = f"{seq}\n".encode()
+                sent = time.time()
+                started = time.monotonic()
+                writer.write(line)
+                await writer.drain()
+                echoed = await asyncio.wait_for(reader.readline(), timeout_s)
                 elapsed_ms = (time.monotonic() - started) * 1000
-                log.write(f"{time.time():.6f} {target} FAIL connect-{_reason(exc)} ")
-                log.write(f"{elapsed_ms:.1f}\n")
-                await asyncio.sleep(interval_s)
-                continue
-            local_port = writer.get_extra_info("sockname")[1]
-            log.write(f"{time.time():.6f} {target} CONNECT {local_port} 0\n")
-            try:
-                while True:
-                    seq += 1
-                    line = f"{seq}\n".encode()
-                    sent = time.time()
-                    started = time.monotonic()
-                    writer.write(line)
-                    await writer.drain()
-                    echoed = await asyncio.wait_for(reader.readline(), timeout_s)
-                    elapsed_ms = (time.monotonic() - started) * 1000
-                    if echoed != line:
-                        raise ConnectionError("wrong-echo" if echoed else "closed")
-                    log.write(f"{sent:.6f} {target} ECHO {seq} {elapsed_ms:.1f}\n")
-                    await asyncio.sleep(max(0.0, interval_s - elapsed_ms / 1000))
-            except (OSError, TimeoutError) as exc:
-                elapsed_ms = (time.monotonic() - started) * 1000
-                reason = str(exc) if str(exc) in {"wrong-echo", "closed"} else _reason(exc)
-                log.write(f"{time.time():.6f} {target} FAIL {reason} {elapsed_ms:.1f}\n")
-            finally:
-                writer.close()
+                if echoed != line:
+                    raise ConnectionError("wrong-echo" if echoed else "closed")
+                log.write(f"{sent:.6f} {name} ECHO {seq} {elapsed_ms:.1f}\n")
+                await asyncio.sleep(max(0.0, interval_s - elapsed_ms / 1000))
+        except (OSError, TimeoutError) as exc:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            reason = str(exc) if str(exc) in {"wrong-echo", "closed"} else _reason(exc)
+            log.write(f"{time.time():.6f} {name} FAIL {reason} {elapsed_ms:.1f}\n")
+        finally:
+            writer.close()
 
 
 # ---- reading the logs back ------------------------------------------------------------------
@@ -255,12 +274,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--timeout", type=float, default=TIMEOUT_S)
     http.add_argument("--path", default="/")
     http.add_argument("targets", nargs="+")
+    echo.add_argument("--connections", type=int, default=1)
     echo.add_argument("target")
     args = parser.parse_args(argv)
     if args.command == "http":
         asyncio.run(run_http(args.targets, args.output, args.interval, args.timeout, args.path))
     else:
-        asyncio.run(run_echo(args.target, args.output, args.interval, args.timeout))
+        if not 1 <= args.connections <= 10_000:
+            parser.error(f"--connections: {args.connections} is not 1..10000")
+        asyncio.run(
+            run_echo(args.target, args.output, args.interval, args.timeout, args.connections)
+        )
 
 
 if __name__ == "__main__":

@@ -450,6 +450,110 @@ def test_kill_of_a_vip_owner_client_http_recovers(dr_lab: Lab) -> None:
     )
 
 
+MANY_OLD = 250
+"""Per moved VIP: established connections that have exchanged many echoes."""
+MANY_YOUNG = 250
+"""Per moved VIP: connections opened just before the kill (at most 2 echoes: F6's
+"younger than 3 packets")."""
+MANY_INTERVAL_S = 1.0
+SPREAD_BOUND_S = 60.0
+"""A node's restart (boot, Python start-up in UML) + settle_ms + the hand-backs."""
+
+
+def _connected(log: Path) -> set[str]:
+    return {e.target for e in traffic.read_log(log) if e.result == "CONNECT"}
+
+
+def test_restart_restores_the_spread_and_a_kill_keeps_many_connections(dr_lab: Lab) -> None:
+    # The node killed above boots again; once it has settled, planned handovers give it its
+    # share back: 2 VIPs per node, without a failed request (F7).
+    status = builder.status(dr_lab.state_dir)
+    dead = next(d for d in status.daemons if d.state != "up")
+    vips = _vips(dr_lab)
+    log = builder.start_traffic(dr_lab.state_dir, "spread", "http", vips,
+                                interval_s=INTERVAL_S, timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    started = time.monotonic()
+    restarted_at = time.time()
+    builder.restart_node(dr_lab.state_dir, dead.node.name)
+    _, spread = wait_for(
+        dr_lab,
+        lambda s: (
+            agree(s.daemons, ALL, set(vips))
+            and all(len(d.owned) == len(vips) // DR_NODES for d in s.daemons)
+            and applied(s.daemons)
+        ),
+        SPREAD_BOUND_S,
+        "every node back at ceil(6/3) = 2 VIPs after the restart",
+    )
+    FIGURES["restart of a killed node until the spread is 2/2/2 (boot + settle)"] = spread - started
+    time.sleep(1.0)
+    wait_recovered(log, vips, restarted_at)
+    stop_without_failures(dr_lab, "spread", log, since=restarted_at, until=time.time())
+    # F6 for real: 1,000 connections through the VIPs of one node, half of them opened just
+    # before that node is killed. Every one must carry on: no reset, no reconnect.
+    status = _formed(dr_lab)
+    victim = next(d for d in status.daemons if len(d.owned) == 2)
+    survivors = ALL - {victim.node_id}
+    targets = [f"{vip}:{ECHO_PORT}" for vip in sorted(victim.owned)]
+    logs = []
+    for index, target in enumerate(targets):
+        logs.append(builder.start_traffic(
+            dr_lab.state_dir, f"old{index}", "echo", [target], interval_s=MANY_INTERVAL_S,
+            timeout_s=ECHO_TIMEOUT_S, connections=MANY_OLD))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sum(len(_connected(path)) for path in logs) < MANY_OLD * len(targets):
+        assert time.monotonic() < deadline, "the old connections were not all made"
+        time.sleep(0.1)
+    time.sleep(3.0)  # several echoes each, and the sync daemons have seen them
+    young = []
+    for index, target in enumerate(targets):
+        young.append(builder.start_traffic(
+            dr_lab.state_dir, f"young{index}", "echo", [target], interval_s=MANY_INTERVAL_S,
+            timeout_s=ECHO_TIMEOUT_S, connections=MANY_YOUNG))  # fmt: skip
+    while sum(len(_connected(path)) for path in young) < MANY_YOUNG * len(targets):
+        assert time.monotonic() < deadline + 30, "the young connections were not all made"
+        time.sleep(0.01)
+    killed_at = time.time()
+    builder.kill_node(dr_lab.state_dir, victim.node.name)
+    wait_for(
+        dr_lab,
+        lambda s: agree(_only(s.daemons, survivors), survivors, set(vips)),
+        CHANGE_BOUND_S,
+        "the survivors own every VIP",
+    )
+    time.sleep(ECHO_TIMEOUT_S / 2)
+    for index in range(len(targets)):
+        builder.stop_traffic(dr_lab.state_dir, f"old{index}")
+        builder.stop_traffic(dr_lab.state_dir, f"young{index}")
+    per_connection: dict[str, traffic.Summary] = {}
+    echoes_before: dict[str, int] = {}
+    for path in (*logs, *young):
+        events = traffic.read_log(path)
+        per_connection.update(traffic.summarize(events))
+        for event in events:
+            if event.result == "ECHO" and event.at < killed_at:
+                echoes_before[event.target] = echoes_before.get(event.target, 0) + 1
+    total = len(per_connection)
+    assert total == (MANY_OLD + MANY_YOUNG) * len(targets)
+    broken = sorted(name for name, s in per_connection.items()
+                    if s.connects != 1 or s.failed)  # fmt: skip
+    carried_on = [name for name, s in per_connection.items()
+                  if s.ok > echoes_before.get(name, 0)]  # fmt: skip
+    youngest = sum(1 for name in per_connection if echoes_before.get(name, 0) < 3)
+    survived = total - len(broken)
+    NOTES.append(
+        f"kill of a director carrying {total} TCP connections ({youngest} with fewer than 3 "
+        f"echoes before the kill): {survived} survived without reconnect "
+        f"({100 * survived / total:.2f} %), {len(carried_on)} echoed after the kill"
+    )
+    FIGURES["many connections: share surviving the kill of their director (%)"] = (
+        100 * survived / total
+    )
+    assert youngest >= MANY_YOUNG * len(targets) * 0.9, youngest
+    assert len(carried_on) == total - len(broken)
+    assert survived >= total * 0.999, broken[:10]
+
+
 def _echo_resumed(log: Path, target: str, since: float) -> float:
     """Seconds from `since` until the echo connection's first echo sent after `since`
     (it stalls while the VIP moves and resumes on the same connection)."""

@@ -73,7 +73,7 @@ def test_refusals_are_one_line_and_exit_2(
 
 
 def test_help_names_every_data_plane() -> None:
-    result = runner.invoke(app, ["daemon", "--help"])
+    result = runner.invoke(app, ["daemon", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     # Rich wraps the help in a box: drop the frame and the line breaks before matching.
     text = " ".join(result.stdout.replace("\u2502", " ").split())
