@@ -1063,27 +1063,40 @@ def stop_traffic(state_dir: Path, name: str) -> None:
     stop_process(state_dir, TRAFFIC_PREFIX + name)
 
 
+def _start_watcher(
+    state_dir: Path, name: str, log_name: str, command: Callable[[LabPlan, Path], Sequence[str]]
+) -> Path:
+    """Start a resident watcher recorded as `name`, writing a fresh `watch/<log_name>`; the
+    log. `command` builds its argv from the plan and the log. Raises LabError when it runs
+    already."""
+    state_dir = state_dir.absolute()
+    state = _require_state(state_dir)
+    record = state.processes.get(name)
+    if record is not None and is_alive(record):
+        raise LabError(f"the {name} runs already (pid {record.pid})")
+    directory = state_dir / WATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / log_name
+    log.unlink(missing_ok=True)
+    log.touch()
+    argv = command(state.plan(), log)
+    state.processes[name] = _spawn(state_dir, argv, directory / f"{name}.err")
+    state.save(state_dir)
+    return log
+
+
 def start_garp_reader(state_dir: Path) -> Path:
     """Start only the resident GARP reader on br0 (as `start_watchers` does, without the
     prober); its log. Raises LabError when it runs already."""
-    state_dir = state_dir.absolute()
-    state = _require_state(state_dir)
-    plan = state.plan()
-    record = state.processes.get(GARP_READER)
-    if record is not None and is_alive(record):
-        raise LabError(f"the {GARP_READER} runs already (pid {record.pid})")
-    directory = state_dir / WATCH_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / GARP_LOG
-    log.unlink(missing_ok=True)
-    log.touch()
-    command = (
-        "ip", "netns", "exec", plan.switch_namespace, sys.executable, "-m", "rainctl.lab.probe",
-        "garp", "--output", str(log), "--interface", plan.bridges[0][0],
+    return _start_watcher(
+        state_dir,
+        GARP_READER,
+        GARP_LOG,
+        lambda plan, log: (
+            "ip", "netns", "exec", plan.switch_namespace, sys.executable, "-m",
+            "rainctl.lab.probe", "garp", "--output", str(log), "--interface", plan.bridges[0][0],
+        ),
     )  # fmt: skip
-    state.processes[GARP_READER] = _spawn(state_dir, command, directory / f"{GARP_READER}.err")
-    state.save(state_dir)
-    return log
 
 
 ARP_PROBER = "arp-prober"
@@ -1094,22 +1107,13 @@ def start_arp_prober(state_dir: Path) -> Path:
     """Start the resident ARP prober in the client namespace (rainctl.lab.probe arp: every
     20 ms an ARP request for each lab VIP, every answerer logged); its log. Recorded like
     the other watchers, so `down` ends it. Raises LabError when it runs already."""
-    state_dir = state_dir.absolute()
-    state = _require_state(state_dir)
-    plan = state.plan()
-    record = state.processes.get(ARP_PROBER)
-    if record is not None and is_alive(record):
-        raise LabError(f"the {ARP_PROBER} runs already (pid {record.pid})")
-    directory = state_dir / WATCH_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / ARP_LOG
-    log.unlink(missing_ok=True)
-    log.touch()
-    command = (
-        "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m", "rainctl.lab.probe",
-        "arp", "--output", str(log), "--interface", "eth0",
-        "--source", str(plan.client.address.ip), *(str(vip) for vip in lab_vips(plan)),
+    return _start_watcher(
+        state_dir,
+        ARP_PROBER,
+        ARP_LOG,
+        lambda plan, log: (
+            "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
+            "rainctl.lab.probe", "arp", "--output", str(log), "--interface", "eth0",
+            "--source", str(plan.client.address.ip), *(str(vip) for vip in lab_vips(plan)),
+        ),
     )  # fmt: skip
-    state.processes[ARP_PROBER] = _spawn(state_dir, command, directory / f"{ARP_PROBER}.err")
-    state.save(state_dir)
-    return log
