@@ -43,6 +43,7 @@ from rainctl.core.events import (
     OwnVips,
     Send,
 )
+from rainctl.core.messages import Carriage, TokenPacket
 from rainctl.core.ring import RingMachine
 from rainctl.core.types import Instant, NodeId, NodeState
 from rainctl.daemon.clock import Clock
@@ -211,7 +212,9 @@ class RingDriver:
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, Send):
-            if self._held is not None:
+            if self._held is not None and isinstance(action.message, TokenPacket | Carriage):
+                # Only the token waits: ACKs and answers go at once, so a predecessor never
+                # times out on this node while its kernel catches up.
                 self._held.append(action)
             else:
                 self._send(action)
@@ -249,8 +252,8 @@ class RingDriver:
             )
 
     def _hold_sends_until_released(self, released: frozenset[str]) -> None:
-        """Release before acquire, in the kernel: the datagrams that follow a release (the
-        token that hands the VIPs over) wait until the reconciler has taken the VIPs off
+        """Release before acquire, in the kernel: the token datagrams that follow a release
+        (the token that hands the VIPs over) wait until the reconciler has taken the VIPs off
         the front interface, at most RELEASE_WAIT_S, so the next owner never answers ARP
         while this node still does. Costs one netlink application on handover hops only."""
         if self._held is None:
