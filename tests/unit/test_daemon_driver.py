@@ -12,7 +12,8 @@ from random import Random
 import pytest
 
 from rainctl.core.codec import DatagramCodec, KeyRing
-from rainctl.core.messages import Beacon
+from rainctl.core.events import OwnVips, Send
+from rainctl.core.messages import AckStatus, Beacon, TokenAck, TokenPacket
 from rainctl.core.ring import RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -24,12 +25,12 @@ from rainctl.core.spec import (
     VipSpec,
     derive_timers,
 )
-from rainctl.core.types import NO_RING
+from rainctl.core.types import NO_RING, RingId
 from rainctl.daemon.clock import MonotonicClock
 from rainctl.daemon.driver import Lateness, RingDriver
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryVipAddresses
-from rainctl.net.transport import TransportError, UdpTransport, parse_endpoint
+from rainctl.net.transport import SocketAddress, TransportError, UdpTransport, parse_endpoint
 
 KEYS = KeyRing({1: b"k" * 32}, 1)
 VIPS = ("198.18.2.1", "198.18.2.2")
@@ -160,3 +161,51 @@ def test_lateness_keeps_the_worst_of_the_last_ten_seconds() -> None:
     assert lateness.worst_ms(11_999) == 12
     lateness.record(16_000, 1)
     assert lateness.worst_ms(16_000) == 1
+
+
+class _RecordingPort:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, address: SocketAddress) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_handover_token_waits_until_the_kernel_released_the_vips() -> None:
+    spec = _spec("127.0.0.1", socket.AF_INET)
+    clock = MonotonicClock()
+
+    async def scenario() -> None:
+        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
+        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
+        reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
+        task = asyncio.create_task(reconciler.run())
+        driver = RingDriver(machine, codec, {2: ("127.0.0.1", 9)}, reconciler, clock)
+        port = _RecordingPort()
+        driver.port = port
+        token = TokenPacket(1, RingId(3, 1, 1), 7, 0, 0, 0, b"")
+        ack = TokenAck(1, AckStatus.ACCEPTED, RingId(3, 1, 1))
+        driver._carry_out(OwnVips(VIPS))
+        for _ in range(100):
+            if reconciler.applied == VIPS:
+                break
+            await asyncio.sleep(0.005)
+        # Releasing one VIP: the token that follows waits, an ACK does not.
+        driver._carry_out(OwnVips(VIPS[:1]))
+        driver._carry_out(Send(2, token))
+        driver._carry_out(Send(2, ack))
+        assert len(port.sent) == 1  # the ACK
+        for _ in range(100):
+            if len(port.sent) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert reconciler.applied == VIPS[:1]
+        assert len(port.sent) == 2  # the token, once the kernel had dropped the VIP
+        assert driver.driver_counters["release_wait_timeouts"] == 0
+        driver.stop()
+        task.cancel()
+
+    asyncio.run(scenario())
