@@ -60,13 +60,13 @@ class SystemSpec:
     """"rainctl" or "keepalived"."""
     profile: str | None = None
     advert_int: float | None = None
-    exclusion: str = "aggressive"
+    exclusion: str = "conservative"
     """rainctl's `cluster.exclusion`."""
 
     @property
     def name(self) -> str:
         if self.kind == "rainctl":
-            suffix = "" if self.exclusion == "aggressive" else f" {self.exclusion}"
+            suffix = "" if self.exclusion == "conservative" else f" {self.exclusion}"
             return f"rainctl {self.profile}{suffix}"
         return f"keepalived {self.advert_int:g}"
 

@@ -240,7 +240,7 @@ def soak_command(
     exclusion: Annotated[
         ExclusionMode,
         typer.Option("--exclusion", help="rainctl's cluster.exclusion for this run."),
-    ] = ExclusionMode.AGGRESSIVE,
+    ] = ExclusionMode.CONSERVATIVE,
 ) -> None:
     """Run each system (rainctl, then keepalived at each advert_int) in its own lab for
     --duration seconds with every core busy and --loss-permille of its control packets

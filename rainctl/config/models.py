@@ -97,7 +97,7 @@ class ClusterSection(BaseModel):
     quorum: QuorumPolicy = Field(default=QuorumPolicy.MAJORITY, strict=False)
     upstream: tuple[str, ...] = Field(default=(), strict=False)
     """Addresses a node must reach to own VIPs when quorum = "upstream" (the router)."""
-    exclusion: ExclusionMode = Field(default=ExclusionMode.AGGRESSIVE, strict=False)
+    exclusion: ExclusionMode = Field(default=ExclusionMode.CONSERVATIVE, strict=False)
     vip_lease_s: int = Field(default=1, ge=0, le=3600)
     """Kernel-enforced ownership lease (--data-plane linux / ipvs): an owned VIP's front
     address lives this many seconds unless the daemon renews it; 0 = permanent."""

@@ -157,6 +157,8 @@ class _ProbeRound:
     probers: tuple[NodeId, ...]
     reports: dict[NodeId, bool]
     deadline: Instant
+    hop_failed: bool = False
+    """The hop to `target` ran out of tries: the probes' verdict decides now."""
 
 
 @dataclass(slots=True)
@@ -300,7 +302,7 @@ class RingMachine:
         deferred, or None."""
         ack_ms = self.timers.ack_ms
         hop = self.hop
-        if self.phase is Phase.PASSING and hop is not None and self.probe_round is None:
+        if self.phase is Phase.PASSING and hop is not None:
             key = ("hop", hop.transfer_id)
             if hop.deadline > now or self.forgiven == key:
                 return None
@@ -336,9 +338,12 @@ class RingMachine:
         elif phase is Phase.HOLDING:
             candidates.append(self.hold_until)
         elif phase is Phase.PASSING:
-            if self.probe_round is not None:
-                candidates.append(self.probe_round.deadline)
-            elif self.hop is not None:
+            probe = self.probe_round
+            # Beside a live hop a probe round needs no wake-up: its verdict is read when the
+            # hop runs out of tries.
+            if probe is not None and probe.hop_failed:
+                candidates.append(probe.deadline)
+            if self.hop is not None:
                 candidates.append(self.hop.deadline)
         elif phase is Phase.STARVING and self.sos is not None:
             candidates.append(self._sos_next_deadline(self.sos))
@@ -588,28 +593,44 @@ class RingMachine:
             self.join_deadline = now + self.timers.join_ms
 
     def _passing_deadlines(self, now: Instant, actions: list[Action]) -> None:
-        if self.probe_round is not None:
-            if now >= self.probe_round.deadline:
+        """Hop retries and, in conservative mode, the indirect probes that run beside them:
+        they start with the first retry, so by the time the hop has run out of tries their
+        verdict is (nearly) in and conservative exclusion costs next to no failover time."""
+        probe = self.probe_round
+        if probe is not None and probe.hop_failed:
+            if now >= probe.deadline:
                 self._conclude_probe(now, actions)
             return
         hop = self.hop
         if hop is None or now < hop.deadline:
             return
         resend = hop.on_deadline(now)
+        conservative = self.spec.exclusion is ExclusionMode.CONSERVATIVE
         if resend is not None:
             self.counters["hop_retransmits"] += 1
             actions.extend(resend)
+            if conservative and probe is None:
+                self._start_probe(hop.destination, now, actions)
             return
         self.counters["hops_failed"] += 1
         seen = (
             f"no ACK for the token after {hop.attempts} sends {self.timers.ack_ms} ms apart "
             f"(first {now - self.hop_started_at} ms ago); {self._heard(hop.destination, now)}"
         )
-        if self.spec.exclusion is ExclusionMode.CONSERVATIVE:
-            actions.append(FailureDecided("probe", hop.destination, seen))
-            self._start_probe(hop.destination, now, actions)
-        else:
+        if not conservative:
             self._exclude_and_pass(hop.destination, now, actions, seen)
+            return
+        if probe is None:
+            self._start_probe(hop.destination, now, actions)
+            probe = self.probe_round
+        if probe is None:  # nobody to ask: the hop alone decides
+            self._exclude_and_pass(hop.destination, now, actions, f"{seen}; no member to probe it")
+            return
+        actions.append(FailureDecided("probe", hop.destination, seen))
+        probe.hop_failed = True
+        self.hop = None
+        if now >= probe.deadline:
+            self._conclude_probe(now, actions)
 
     # ---- joining -------------------------------------------------------------------------
 
@@ -1100,12 +1121,12 @@ class RingMachine:
     # ---- conservative mode: indirect probes -----------------------------------------------
 
     def _start_probe(self, target: NodeId, now: Instant, actions: list[Action]) -> None:
+        """Ask up to PROBERS_MAX other members to probe `target` (none to ask: no round)."""
         token = self.token
         assert token is not None
         candidates = [node for node in token.member_ids() if node not in (self.node_id, target)]
         probers = tuple(candidates[:PROBERS_MAX])
         if not probers:
-            self._exclude_and_pass(target, now, actions, "no other member to probe it")
             return
         nonce = self.next_nonce
         self.next_nonce += 1

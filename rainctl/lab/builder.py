@@ -313,7 +313,7 @@ def up(
     job: GuestJob | None = None,
     mode: str = "dr",
     peer: PeerHook | None = None,
-    exclusion: str = "aggressive",
+    exclusion: str = "conservative",
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 

@@ -327,7 +327,7 @@ def cluster_config(
     profile: str,
     key_file: str,
     data_plane: str = "ipvs",
-    exclusion: str = "aggressive",
+    exclusion: str = "conservative",
 ) -> str:
     """The cluster config (TOML) every node's daemon runs with.
 

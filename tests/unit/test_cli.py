@@ -21,7 +21,9 @@ runner = CliRunner()
 
 def write_config(directory: Path, *, cluster_extra: str = "", node_address: str = "") -> Path:
     text = EXAMPLE.read_text(encoding="utf-8")
-    text = text.replace('exclusion = "aggressive"\n', f'exclusion = "aggressive"\n{cluster_extra}')
+    text = text.replace(
+        'exclusion = "conservative"\n', f'exclusion = "conservative"\n{cluster_extra}'
+    )
     if node_address:
         text = text.replace('"198.18.0.4:7400"', f'"{node_address}"')
     path = directory / "cluster.toml"
@@ -57,7 +59,7 @@ def test_config_check_json(tmp_path: Path) -> None:
         "id": 42,
         "profile": "lan",
         "quorum": "majority",
-        "exclusion": "aggressive",
+        "exclusion": "conservative",
         "key_file": "cluster.key",
     }
     assert [node["id"] for node in document["nodes"]] == [1, 2, 3]

@@ -86,7 +86,7 @@ def test_minimal_file_gets_the_documented_defaults() -> None:
     assert config.cluster.key_file is None
     assert config.cluster.profile is TimerProfile.LAN
     assert config.cluster.quorum is QuorumPolicy.MAJORITY
-    assert config.cluster.exclusion is ExclusionMode.AGGRESSIVE
+    assert config.cluster.exclusion is ExclusionMode.CONSERVATIVE
     assert config.timers.overrides() == {}
     assert config.rebalance.enabled
     assert (config.rebalance.interval_ms, config.rebalance.dwell_ms) == (10_000, 30_000)
