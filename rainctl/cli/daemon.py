@@ -14,8 +14,7 @@ from rainctl.daemon.realtime import PRIORITY_MAX
 from rainctl.daemon.service import DEFAULT_STATE_DIR, DaemonOptions, run_daemon
 from rainctl.errors import OptionError
 from rainctl.kernel.interfaces import DataPlane
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from rainctl.logs import LOG_FORMAT
 
 
 def daemon(

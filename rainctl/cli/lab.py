@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rainctl.errors import OptionError
 from rainctl.lab import builder, demo
 from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
 from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES
@@ -180,6 +181,18 @@ def up(
     profile: Annotated[
         str, typer.Option("--profile", help=f"The ring's timer profile ({', '.join(PROFILES)}).")
     ] = "fast",
+    ipv6: Annotated[
+        bool,
+        typer.Option(
+            "--ipv6", help="IPv6 on the front subnet: one IPv6 VIP per node besides the IPv4 ones."
+        ),
+    ] = False,
+    checks: Annotated[
+        bool,
+        typer.Option(
+            "--checks", help="Run the back-end health checks (TCP every 2 s) with --daemon."
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Build the lab and wait until every node has IPVS loaded (and its daemon answers)."""
@@ -187,6 +200,8 @@ def up(
         raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}", param_hint="--profile")
     if mode not in MODES:
         raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
+    if checks and not daemon:
+        raise OptionError("--checks needs --daemon (the checks run in the nodes' daemons)")
     started = time.monotonic()
     status = builder.up(
         state_dir,
@@ -197,6 +212,8 @@ def up(
         timeout_s=timeout_s,
         profile=profile if daemon else None,
         mode=mode,
+        ipv6=ipv6,
+        checks=checks,
     )
     elapsed_s = time.monotonic() - started
     typer.echo(f"lab up in {elapsed_s:.1f} s")

@@ -136,3 +136,39 @@ def vips_view(document: dict[str, Any]) -> RenderableType:
             "yes" if row["owned_here"] else "",
         )
     return table
+
+
+def backends_view(document: dict[str, Any]) -> RenderableType:
+    """`rainctl backends`: per service, each real server's agreed state, the weight IPVS gets,
+    its checkers and this node's own last result where it is one of them."""
+    title = (
+        f"Back-ends as node {document['node_id']} sees them "
+        f"({document['checkers_per_server']} checkers per server)"
+    )
+    if not document["in_ring"]:
+        title += " (NOT IN A RING: verdicts unknown)"
+    table = Table(title=title, title_justify="left")
+    for column in ("service", "real server", "state", "weight", "checkers", "here: last check"):
+        table.add_column(column, justify="right" if column == "weight" else "left")
+    for service in document["services"]:
+        name = f"{service['protocol']} {service['vip']}:{service['port']}"
+        if service["sorry_serving"]:
+            name += f" (sorry server {service['sorry_server']} serving)"
+        for server in service["real_servers"]:
+            local = server["local"]
+            here = ""
+            if local is not None:
+                latency = "" if local["latency_ms"] is None else f", {local['latency_ms']} ms"
+                here = f"{local['state']} for {local['since_s']} s: {local['last']}{latency}"
+            weight = server["weight"]
+            state = server["state"] + (" (drained by operator)" if server["maintenance"] else "")
+            table.add_row(
+                name,
+                f"{server['address']}:{server['port']}",
+                state,
+                "removed" if weight is None else f"{weight}/{server['configured_weight']}",
+                ",".join(str(node) for node in server["checkers"]),
+                here,
+            )
+            name = ""
+    return table

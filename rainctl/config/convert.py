@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from rainctl.config.health import CheckKind, FailureAction, effective_check
 from rainctl.config.models import ClusterConfig, NodeEntry, VipEntry, vip_sort_key
 from rainctl.core.dataplane import RealServerSpec, ServiceSpec, SyncSpec
 from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
@@ -60,32 +61,41 @@ def to_ring_spec(config: ClusterConfig) -> RingSpec:
             settle_ms=rebalance.settle_ms,
         ),
         config_digest=config_digest(config),
+        checkers_per_server=config.health.checkers_per_server,
     )
 
 
 def to_services(config: ClusterConfig) -> tuple[ServiceSpec, ...]:
     """The `[[services]]` as core values, defaults resolved (real server port and forwarding
-    from their service), in file order."""
-    return tuple(
-        ServiceSpec(
-            vip=service.vip,
-            port=service.port,
-            protocol=service.protocol,
-            scheduler=service.scheduler,
-            mh_port=service.mh_port,
-            persistence_s=service.persistence_s,
-            real_servers=tuple(
+    from their service, each real server's effective health check), in file order."""
+    services = []
+    for service in config.services:
+        servers = []
+        for server in service.real_servers:
+            check = effective_check(service.health, server.health)
+            servers.append(
                 RealServerSpec(
                     address=server.address,
                     port=service.port_of(server),
                     weight=server.weight,
                     forwarding=service.forwarding_of(server),
+                    checked=check.kind is not CheckKind.NONE,
+                    remove_when_down=check.on_failure is FailureAction.REMOVE,
                 )
-                for server in service.real_servers
-            ),
+            )
+        services.append(
+            ServiceSpec(
+                vip=service.vip,
+                port=service.port,
+                protocol=service.protocol,
+                scheduler=service.scheduler,
+                mh_port=service.mh_port,
+                persistence_s=service.persistence_s,
+                real_servers=tuple(servers),
+                sorry_server=service.sorry_server,
+            )
         )
-        for service in config.services
-    )
+    return tuple(services)
 
 
 def to_sync(config: ClusterConfig) -> SyncSpec:

@@ -20,6 +20,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rainctl.config.diagnostics import Problem, conflict_error, value_error
+from rainctl.config.health import HealthSection
 from rainctl.config.services import (
     ServiceEntry,
     SyncSection,
@@ -194,6 +195,7 @@ class ClusterConfig(BaseModel):
     cluster: ClusterSection
     timers: TimersSection = Field(default_factory=TimersSection)
     rebalance: RebalanceSection = Field(default_factory=RebalanceSection)
+    health: HealthSection = Field(default_factory=HealthSection)
     nodes: tuple[NodeEntry, ...] = Field(default=(), strict=False)
     vips: tuple[VipEntry, ...] = Field(default=(), strict=False)
     sync: SyncSection = Field(default_factory=SyncSection)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rainctl.config.diagnostics import Problem, value_error
+from rainctl.config.health import CheckOverrides, check_problems
 from rainctl.core.dataplane import (
     PERSISTENCE_S_MAX,
     PORT_MAX,
@@ -75,6 +76,8 @@ class RealServerEntry(BaseModel):
     weight: int = Field(default=1, ge=0, le=WEIGHT_MAX)
     forwarding: ForwardingMethod | None = Field(default=None, strict=False)
     """None: the service's `forwarding`."""
+    health: CheckOverrides | None = None
+    """Keys laid over the service's `[services.health]` for this real server."""
 
     @field_validator("address")
     @classmethod
@@ -95,11 +98,15 @@ class ServiceEntry(BaseModel):
     forwarding: ForwardingMethod = Field(default=ForwardingMethod.DR, strict=False)
     persistence_s: int = Field(default=0, ge=0, le=PERSISTENCE_S_MAX)
     real_servers: tuple[RealServerEntry, ...] = Field(default=(), strict=False)
+    health: CheckOverrides | None = None
+    """The back-end check of every real server (rainctl.config.health); None: tcp, defaults."""
+    sorry_server: str | None = None
+    """An address that gets the traffic (at the service port) while no real server is up."""
 
-    @field_validator("vip")
+    @field_validator("vip", "sorry_server")
     @classmethod
-    def _canonical_vip(cls, value: str) -> str:
-        return canonical_address(value)
+    def _canonical_vip(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_address(value)
 
     def forwarding_of(self, server: RealServerEntry) -> ForwardingMethod:
         return self.forwarding if server.forwarding is None else server.forwarding
@@ -149,6 +156,22 @@ def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> l
                 )
             )
         problems.extend(_real_server_problems(service, loc))
+        problems.extend(
+            check_problems(service.health, [rs.health for rs in service.real_servers], loc)
+        )
+        if service.sorry_server is not None:
+            if _family(service.sorry_server) != _family(service.vip):
+                problems.append(
+                    (
+                        (*loc, "sorry_server"),
+                        f"{service.sorry_server!r} is {_family(service.sorry_server)}, the "
+                        f"service's vip {service.vip} is {_family(service.vip)}",
+                    )
+                )
+            if any(rs.address == service.sorry_server for rs in service.real_servers):
+                problems.append(
+                    ((*loc, "sorry_server"), f"{service.sorry_server} is also a real server")
+                )
     return problems
 
 

@@ -32,6 +32,15 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Final, NamedTuple, TypeVar, assert_never
 
+from rainctl.core.health import (
+    CATALOGUE_DIGEST_BYTES,
+    EMPTY_HEALTH,
+    CheckerReport,
+    HealthState,
+    HealthTable,
+    Maintenance,
+    ServerOpinion,
+)
 from rainctl.core.messages import (
     MESSAGE_TYPES,
     AckStatus,
@@ -93,6 +102,8 @@ LOADS_MAX: Final = 1024
 VIP_TRAFFIC_MAX: Final = 4096
 PINS_MAX: Final = 65535
 MULTICAST_MAX: Final = 1024
+OPINIONS_MAX: Final = 65535
+"""Per checker report, and in the verdict table: servers not up at their configured weight."""
 NACK_MISSING_MAX: Final = 1024
 
 _HEADER = struct.Struct(">2sBBIHHIQBBH")
@@ -471,6 +482,8 @@ _MEMBER = struct.Struct(">HI")
 _VIP_RECORD = struct.Struct(">HHI")  # owner, pending_owner, move_count
 _VIP_TRAFFIC = struct.Struct(">QQ")
 _LOAD_REPORT = struct.Struct(">HBIQQQ")  # node_id .. bytes_per_s
+_OPINION = struct.Struct(">QBH")  # key, state, weight
+_MAINTENANCE = struct.Struct(">QQHB")  # key, stamp, node id, drained
 _MULTICAST = struct.Struct(">HIQH")  # origin, origin_incarnation, sequence, kind
 
 
@@ -593,6 +606,52 @@ def _read_config_digest(reader: Reader) -> bytes:
     return digest
 
 
+def _write_opinion(writer: Writer, opinion: ServerOpinion) -> None:
+    writer.pack(_OPINION, opinion.key, opinion.state, opinion.weight)
+
+
+def _read_opinion(reader: Reader) -> ServerOpinion:
+    key, state, weight = reader.unpack(_OPINION)
+    return ServerOpinion(key, _enum_from_wire(HealthState, state), weight)
+
+
+def _read_opinions(reader: Reader) -> tuple[ServerOpinion, ...]:
+    return reader.items(OPINIONS_MAX, _read_opinion)
+
+
+def _write_checker_report(writer: Writer, report: CheckerReport) -> None:
+    writer.node_id(report.node_id)
+    writer.ring(report.ring)
+    if len(report.catalogue_digest) != CATALOGUE_DIGEST_BYTES:
+        raise ValueError(f"catalogue digest of {len(report.catalogue_digest)} bytes")
+    writer.bytes_u8(report.catalogue_digest)
+    writer.items(report.opinions, OPINIONS_MAX, _write_opinion)
+
+
+def _read_checker_report(reader: Reader) -> CheckerReport:
+    node_id = reader.node_id()
+    ring = reader.ring()
+    digest = reader.bytes_u8()
+    if len(digest) != CATALOGUE_DIGEST_BYTES:
+        raise _malformed(f"catalogue digest of {len(digest)} bytes")
+    return CheckerReport(node_id, ring, digest, _read_opinions(reader))
+
+
+def _write_maintenance(writer: Writer, entry: Maintenance) -> None:
+    writer.pack(_MAINTENANCE, entry.key, entry.stamp, entry.node_id, int(entry.drained))
+
+
+def _read_maintenance(reader: Reader) -> Maintenance:
+    key, stamp, node_id, drained = reader.unpack(_MAINTENANCE)
+    if drained not in (0, 1):
+        raise _malformed(f"maintenance drained flag {drained}")
+    return Maintenance(key, stamp, _node_id_from_wire(node_id), bool(drained))
+
+
+def _read_maintenance_entries(reader: Reader) -> tuple[Maintenance, ...]:
+    return reader.items(OPINIONS_MAX, _read_maintenance)
+
+
 def _section(write: Callable[[Writer], None]) -> bytes:
     writer = Writer()
     write(writer)
@@ -619,11 +678,24 @@ def _multicast_section(multicast: tuple[MulticastMessage, ...]) -> bytes:
     return _section(lambda writer: writer.items(multicast, MULTICAST_MAX, _write_multicast))
 
 
+def _verdicts_section(verdicts: tuple[ServerOpinion, ...]) -> bytes:
+    return _section(lambda writer: writer.items(verdicts, OPINIONS_MAX, _write_opinion))
+
+
+def _maintenance_section(entries: tuple[Maintenance, ...]) -> bytes:
+    return _section(lambda writer: writer.items(entries, OPINIONS_MAX, _write_maintenance))
+
+
+def _checker_report_section(report: CheckerReport) -> bytes:
+    return _section(lambda writer: _write_checker_report(writer, report))
+
+
 class TokenCodec:
     """Token payload encoding that reuses the sections unchanged since the previous token.
 
     The payload is a short header followed by length-prefixed sections: members, the VIP
-    table, one section per load report, pins, multicast. From one hop to the next almost
+    table, one section per load report, pins, multicast, the health verdicts, one section per
+    checker report, the operators' back-end drains. From one hop to the next almost
     nothing changes (the holder's own report, `seq`), yet a token of 64 members and 1,000
     VIPs has some 20,000 fields. So this codec remembers the last sections it produced or
     parsed: encoding a section whose value is the very object seen last time reuses its
@@ -631,7 +703,16 @@ class TokenCodec:
     Output is byte-for-byte what a fresh codec produces; only the work is saved.
     """
 
-    __slots__ = ("_members", "_multicast", "_pins", "_reports", "_vips")
+    __slots__ = (
+        "_checkers",
+        "_maintenance",
+        "_members",
+        "_multicast",
+        "_pins",
+        "_reports",
+        "_verdicts",
+        "_vips",
+    )
 
     def __init__(self) -> None:
         self._members: tuple[tuple[Member, ...], bytes] | None = None
@@ -639,6 +720,9 @@ class TokenCodec:
         self._pins: tuple[tuple[tuple[str, NodeId], ...], bytes] | None = None
         self._multicast: tuple[tuple[MulticastMessage, ...], bytes] | None = None
         self._reports: dict[NodeId, tuple[LoadReport, bytes]] = {}
+        self._verdicts: tuple[tuple[ServerOpinion, ...], bytes] | None = None
+        self._checkers: dict[NodeId, tuple[CheckerReport, bytes]] = {}
+        self._maintenance: tuple[tuple[Maintenance, ...], bytes] | None = None
 
     def encode(self, token: Token) -> bytes:
         """The token payload a `TokenPacket` (and its carriages) transports."""
@@ -666,6 +750,22 @@ class TokenCodec:
         writer.bytes_u32(self._pins[1])
         writer.bytes_u32(self._multicast[1])
         self._reports = reports
+        self._verdicts = _reuse(self._verdicts, token.health.verdicts, _verdicts_section)
+        writer.bytes_u32(self._verdicts[1])
+        checkers: dict[NodeId, tuple[CheckerReport, bytes]] = {}
+        writer.u16(_checked(len(token.health.reports), LOADS_MAX))
+        for checker in token.health.reports:
+            known = self._checkers.get(checker.node_id)
+            section = known[1] if known is not None and known[0] is checker else None
+            if section is None:
+                section = _checker_report_section(checker)
+            checkers[checker.node_id] = (checker, section)
+            writer.bytes_u32(section)
+        self._checkers = checkers
+        self._maintenance = _reuse(
+            self._maintenance, token.health.maintenance, _maintenance_section
+        )
+        writer.bytes_u32(self._maintenance[1])
         return writer.getvalue()
 
     def decode(self, data: bytes | bytearray | memoryview) -> Token:
@@ -712,6 +812,7 @@ class TokenCodec:
         multicast = self._parsed(self._multicast, multicast_data, _read_multicasts)
         self._pins = (pins, pins_data)
         self._multicast = (multicast, multicast_data)
+        health = self._read_health(reader)
         return Token(
             ring=ring,
             seq=seq,
@@ -723,7 +824,34 @@ class TokenCodec:
             rebalance_count=rebalance_count,
             hops_since_change=hops_since_change,
             multicast=multicast,
+            health=health,
         )
+
+    def _read_health(self, reader: Reader) -> HealthTable:
+        verdicts_data = reader.bytes_u32()
+        verdicts = self._parsed(self._verdicts, verdicts_data, _read_opinions)
+        self._verdicts = (verdicts, verdicts_data)
+        count = reader.u16()
+        if count > LOADS_MAX:
+            raise _malformed(f"{count} checker reports, at most {LOADS_MAX} allowed")
+        checkers: dict[NodeId, tuple[CheckerReport, bytes]] = {}
+        reports: list[CheckerReport] = []
+        for _ in range(count):
+            section = reader.bytes_u32()
+            known = self._checkers.get(int.from_bytes(section[:2], "big"))
+            if known is not None and known[1] == section:
+                report = known[0]
+            else:
+                report = _parse_all(section, _read_checker_report)
+            checkers[report.node_id] = (report, section)
+            reports.append(report)
+        self._checkers = checkers
+        maintenance_data = reader.bytes_u32()
+        maintenance = self._parsed(self._maintenance, maintenance_data, _read_maintenance_entries)
+        self._maintenance = (maintenance, maintenance_data)
+        if not verdicts and not reports and not maintenance:
+            return EMPTY_HEALTH
+        return HealthTable(verdicts, tuple(reports), maintenance)
 
     @staticmethod
     def _parsed(cached: tuple[_T, bytes] | None, data: bytes, read: Callable[[Reader], _T]) -> _T:

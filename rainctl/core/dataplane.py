@@ -33,6 +33,11 @@ SYNC_ID_MAX = 255
 
 IP_VS_SVC_F_SCHED_MH_PORT = 0x0010
 """IP_VS_SVC_F_SCHED2: the "mh" scheduler hashes the source port too."""
+IP_VS_SVC_F_SCHED_FALLBACK = 0x0008
+"""IP_VS_SVC_F_SCHED1: "mh" and "sh" look further when the hashed real server is
+unavailable (weight 0). Always set for them: a server quiesced or drained by a health verdict
+must not black-hole its share of the hash (without it IPVS drops those new connections)."""
+_FALLBACK_SCHEDULERS = frozenset({"mh", "sh"})
 
 
 class ServiceProtocol(Enum):
@@ -80,6 +85,10 @@ class RealServerSpec:
     port: int
     weight: int = 1
     forwarding: ForwardingMethod = ForwardingMethod.DR
+    checked: bool = True
+    """False: its health check is kind = "none" (always up, never in the catalogue)."""
+    remove_when_down: bool = False
+    """on_failure = "remove": a down server leaves IPVS instead of getting weight 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,8 @@ class ServiceSpec:
     mh_port: bool = False
     persistence_s: int = 0
     real_servers: tuple[RealServerSpec, ...] = ()
+    sorry_server: str | None = None
+    """Gets the traffic, at the service port, while no real server is up (rainctl.core.backends)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +220,12 @@ def desired_ipvs(services: Sequence[ServiceSpec]) -> IpvsState:
                 protocol=spec.protocol,
                 scheduler=spec.scheduler.value,
                 persistence_s=spec.persistence_s,
-                flags=IP_VS_SVC_F_SCHED_MH_PORT if spec.mh_port else 0,
+                flags=(IP_VS_SVC_F_SCHED_MH_PORT if spec.mh_port else 0)
+                | (
+                    IP_VS_SVC_F_SCHED_FALLBACK
+                    if spec.scheduler.value in _FALLBACK_SCHEDULERS
+                    else 0
+                ),
             ),
             tuple(
                 IpvsRealServer(server.address, server.port, server.weight, server.forwarding)

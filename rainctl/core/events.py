@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rainctl.core.health import CatalogueEntry, Maintenance, ServerKey, ServerOpinion
 from rainctl.core.messages import Envelope, Message
 from rainctl.core.types import Member, NodeId, NodeState, RingId, Vip, VipTraffic
 
@@ -40,6 +41,17 @@ class LoadMeasured:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthObserved:
+    """The node's checkers' latest view: the real servers this node knows and its opinions
+    on the ones assigned to it that are not up at their configured weight, counted for the
+    membership (assignment) of ring `counted_for`."""
+
+    catalogue: tuple[CatalogueEntry, ...]
+    opinions: tuple[ServerOpinion, ...]
+    counted_for: RingId
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamChecked:
     """The driver's latest check of the upstream address(es) (quorum = upstream)."""
 
@@ -57,6 +69,23 @@ class PinRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceRequested:
+    """An operator drains (or undrains) real server `key` for the whole cluster; the node
+    stamps it and writes it into the token at its next hold (rainctl.core.health). The
+    driver resolves the server against the config."""
+
+    key: ServerKey
+    drained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceRestored:
+    """The operator drains this node had saved before it stopped (its state directory)."""
+
+    entries: tuple[Maintenance, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MulticastRequested:
     """Send `body` to every member in token order (delivered to the origin too)."""
 
@@ -69,6 +98,9 @@ Event = (
     | ClockAdvanced
     | LeaveRequested
     | LoadMeasured
+    | HealthObserved
+    | MaintenanceRequested
+    | MaintenanceRestored
     | MulticastRequested
     | PinRequested
     | UpstreamChecked
@@ -96,6 +128,27 @@ class OwnVips:
     """The complete set of VIPs this node owns from now on (sorted). Level, not edge."""
 
     vips: tuple[Vip, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyHealth:
+    """Apply these back-end verdicts (sorted by key; an unlisted server is up at its
+    configured weight) and operator drains: the table of token `seq` of `ring`. Level, not
+    edge."""
+
+    ring: RingId
+    seq: int
+    verdicts: tuple[ServerOpinion, ...]
+    drained: tuple[ServerKey, ...] = ()
+    """Real servers an operator holds drained (weight 0 whatever their checks say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveMaintenance:
+    """What this node knows of operator drains changed: persist it (it is merged back into
+    the ring after a restart: MaintenanceRestored)."""
+
+    entries: tuple[Maintenance, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,4 +188,14 @@ class FailureDecided:
     detail: str
 
 
-Action = Send | InstallRing | OwnVips | Announce | Deliver | LeftRing | FailureDecided
+Action = (
+    Send
+    | InstallRing
+    | OwnVips
+    | Announce
+    | Deliver
+    | LeftRing
+    | FailureDecided
+    | ApplyHealth
+    | SaveMaintenance
+)

@@ -60,6 +60,8 @@ class HopSender:
     packet: TokenPacket
     ack_ms: int
     hop_retries: int
+    hold_allowance_ms: int = 0
+    """The receiver ACKs when it passes the token on: the first wait includes its hold."""
     deadline: Instant = 0
     attempts: int = 0
 
@@ -67,9 +69,14 @@ class HopSender:
     def transfer_id(self) -> int:
         return self.packet.transfer_id
 
+    @property
+    def window_ms(self) -> int:
+        """Time from the first send until the hop has run out of tries."""
+        return self.hold_allowance_ms + self.ack_ms * self.hop_retries
+
     def start(self, now: Instant) -> list[Send]:
         self.attempts = 1
-        self.deadline = now + self.ack_ms
+        self.deadline = now + self.hold_allowance_ms + self.ack_ms
         return self._everything()
 
     def on_nack(self, nack: Nack) -> list[Send]:

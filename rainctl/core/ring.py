@@ -37,21 +37,27 @@ from rainctl.core.codec import CodecError, TokenCodec
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyHealth,
     ClockAdvanced,
     Deliver,
     Event,
     FailureDecided,
+    HealthObserved,
     InstallRing,
     LeaveRequested,
     LeftRing,
     LoadMeasured,
+    MaintenanceRequested,
+    MaintenanceRestored,
     MessageReceived,
     MulticastRequested,
     OwnVips,
     PinRequested,
+    SaveMaintenance,
     Send,
     UpstreamChecked,
 )
+from rainctl.core.health import HealthKeeper
 from rainctl.core.messages import (
     AckStatus,
     Beacon,
@@ -201,6 +207,9 @@ class RingMachine:
         self.owned: tuple[Vip, ...] = ()
         self.hop: HopSender | None = None
         self.hold_until: Instant = now
+        self.owed_ack: tuple[NodeId, int] | None = None
+        """(predecessor, transfer id) of the token this node holds: its ACK goes out when
+        the hold ends, so the predecessor's hop also covers the hold (F2)."""
         self.sos: _Sos | None = None
         self.boot_deadline: Instant = now + self.timers.boot_ms
         self.join_deadline: Instant = now
@@ -242,6 +251,7 @@ class RingMachine:
         self.next_nonce = 1
         self.upstream_reachable = False
         """Under quorum = upstream a node owns nothing until a check succeeded."""
+        self.health = HealthKeeper(node_id, spec.checkers_per_server)
         self.leave_requested = False
         self.leave_index = 0
         self.leave_deadline: Instant | None = None
@@ -268,10 +278,22 @@ class RingMachine:
             self._on_leave_requested(now, actions)
         elif isinstance(event, UpstreamChecked):
             self.upstream_reachable = event.reachable
+        elif isinstance(event, HealthObserved):
+            self.health.observe(event.catalogue, event.opinions, event.counted_for)
+        elif isinstance(event, MaintenanceRequested):
+            self.health.request_maintenance(event.key, event.drained)
+            actions.append(SaveMaintenance(self.health.maintenance))
+        elif isinstance(event, MaintenanceRestored):
+            if self.health.remember(event.entries):
+                actions.append(SaveMaintenance(self.health.maintenance))
         elif not isinstance(event, ClockAdvanced):
             raise TypeError(f"unknown event {event!r}")
         self._fire_deadlines(now, actions)
+        if self.owed_ack is not None and self.phase is not Phase.HOLDING:
+            # The hold ended another way (excluded, left, a newer token): answer anyway.
+            self._pay_owed_ack(actions)
         self._sync_ownership(actions)
+        self._sync_health(actions)
         return actions
 
     def _forgive_own_lateness(self, now: Instant, actions: list[Action]) -> None:
@@ -464,6 +486,18 @@ class RingMachine:
         if gained:
             actions.append(Announce(gained))
 
+    def _sync_health(self, actions: list[Action]) -> None:
+        """Apply the back-end verdicts and operator drains of the token copy this node
+        holds when they changed; remember (and have saved) drains it had not heard of."""
+        token = self.token
+        if token is None or not self._is_member(token, self.node_id, self.incarnation):
+            return
+        if self.health.remember(token.health.maintenance):
+            actions.append(SaveMaintenance(self.health.maintenance))
+        change = self.health.to_apply(token.health)
+        if change is not None:
+            actions.append(ApplyHealth(token.ring, token.seq, *change))
+
     def _observe_moves(self, token: Token, now: Instant) -> None:
         """Remember locally when each VIP last moved (dwell), the last rebalance (rate) and
         since when each member has been in the ring (hand-backs)."""
@@ -617,6 +651,12 @@ class RingMachine:
             f"no ACK for the token after {hop.attempts} sends {self.timers.ack_ms} ms apart "
             f"(first {now - self.hop_started_at} ms ago); {self._heard(hop.destination, now)}"
         )
+        copy = self.token
+        if copy is not None and copy.member_ids() == (hop.destination,):
+            # A leaving node's last successor is gone: nobody is left to hand the ring to.
+            self.counters["leave_successor_failed"] += 1
+            self._finish_leave(actions)
+            return
         if not conservative:
             self._exclude_and_pass(hop.destination, now, actions, seen)
             return
@@ -746,7 +786,8 @@ class RingMachine:
             self._send(actions, source, Nack(transfer_id, outcome.indices))
         elif isinstance(outcome, Duplicate):
             self.counters["token_duplicates"] += 1
-            self._send(actions, source, TokenAck(transfer_id, outcome.status, self.ring))
+            if self.owed_ack != (source, transfer_id):
+                self._send(actions, source, TokenAck(transfer_id, outcome.status, self.ring))
         elif isinstance(outcome, Corrupt):
             self.counters["token_corrupt"] += 1
         elif isinstance(outcome, Complete):
@@ -757,7 +798,30 @@ class RingMachine:
                 return
             status = self._on_token(token, envelope, now, actions)
             self.reassembler.remember(source, envelope.source_incarnation, transfer_id, status)
-            self._send(actions, source, TokenAck(transfer_id, status, self.ring))
+            if status is AckStatus.ACCEPTED and self._ack_deferred(self.token):
+                self._pay_owed_ack(actions)
+                self.owed_ack = (source, transfer_id)
+            else:
+                self._send(actions, source, TokenAck(transfer_id, status, self.ring))
+
+    def _ack_deferred(self, token: Token | None) -> bool:
+        """Is the ACK of `token` (just accepted) due only when this node passes it on? Not
+        for a token it keeps alone: there is no onward hop (`_hold_allowance_ms` agrees)."""
+        return self.phase is Phase.HOLDING and token is not None and len(token.members) > 1
+
+    def _hold_allowance_ms(self, token: Token) -> int:
+        """How long the receiver of `token` may hold it before its ACK comes: its paced hold
+        when it will pass the token on, nothing when it keeps it alone (`_ack_deferred`)."""
+        return self._paced_hold_ms(token) if len(token.members) > 1 else 0
+
+    def _pay_owed_ack(self, actions: list[Action]) -> None:
+        """Send the ACK of the token this node held (status ACCEPTED), if one is owed."""
+        owed = self.owed_ack
+        if owed is None:
+            return
+        self.owed_ack = None
+        source, transfer_id = owed
+        self._send(actions, source, TokenAck(transfer_id, AckStatus.ACCEPTED, self.ring))
 
     def _stale_status(self, source: NodeId, incarnation: int) -> AckStatus:
         self.counters["tokens_stale"] += 1
@@ -803,6 +867,16 @@ class RingMachine:
             set(self.token.member_ids()) if self.token and self.phase in IN_RING else set()
         )
         ring_changed = token.ring != self.ring or self.phase not in IN_RING
+        hop = self.hop
+        if (
+            not ring_changed
+            and self.phase is Phase.PASSING
+            and hop is not None
+            and now - self.hop_started_at <= hop.window_ms
+        ):
+            # The token came round while we waited for the ACK (it can overtake the ACK in
+            # a ring of two): our pass was accepted, which confirms us as the ACK would.
+            self.confirmed_at = now
         if not ring_changed and self.token_accepted_at is not None:
             self.rotation_ms = now - self.token_accepted_at
         self.token_accepted_at = now
@@ -824,8 +898,12 @@ class RingMachine:
             self.hold_until = now
 
     def _hold_ms(self, token: Token) -> int:
+        return 0 if self.outbox else self._paced_hold_ms(token)
+
+    def _paced_hold_ms(self, token: Token) -> int:
+        """How long a receiver of `token` holds it at most: the sender allows for it."""
         members = len(token.members)
-        if token.hops_since_change == 0 or self.outbox:
+        if token.hops_since_change == 0:
             return 0
         if members > 1 and token.hops_since_change < members:
             return 0
@@ -968,7 +1046,7 @@ class RingMachine:
         return replace(token, vips=result.table, rebalance_count=rebalance_count)
 
     def _run_hooks(self, token: Token, now: Instant, actions: list[Action]) -> Token:
-        """The holder hooks, in their fixed order: report, joins, leave, VIP table."""
+        """The holder hooks, in their fixed order: report, joins, leave, VIP table, health."""
         report = self._own_report(token)
         if report not in token.loads:
             loads = (*(r for r in token.loads if r.node_id != self.node_id), report)
@@ -981,6 +1059,9 @@ class RingMachine:
             remaining = tuple(m for m in token.members if m.node_id != self.node_id)
             token = self._with_members(token, remaining)
         token = self._maintain_vips(token, now)
+        health = self.health.update(token.health, token.ring, token.member_ids())
+        if health is not token.health:
+            token = replace(token, health=health)
         return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
 
     def _release_token(self, now: Instant, actions: list[Action]) -> None:
@@ -988,6 +1069,9 @@ class RingMachine:
         assert self.token is not None
         token = self._run_hooks(self.token, now, actions)
         self._store_own_copy(token, now, actions)
+        # The predecessor's hop ends as the token moves on. The ACK goes first: in a ring of
+        # two the predecessor is also the successor and must not get the token before it.
+        self._pay_owed_ack(actions)
         self._pass(now, actions)
 
     def _store_own_copy(self, token: Token, now: Instant, actions: list[Action]) -> None:
@@ -1047,7 +1131,12 @@ class RingMachine:
             transfer_id, token.ring, token.seq, self.token_codec.encode(token)
         )
         self.hop = HopSender(
-            successor, carriages, packet, self.timers.ack_ms, self.timers.hop_retries
+            successor,
+            carriages,
+            packet,
+            self.timers.ack_ms,
+            self.timers.hop_retries,
+            self._hold_allowance_ms(token),
         )
         self.phase = Phase.PASSING
         self.hop_started_at = now
@@ -1077,7 +1166,7 @@ class RingMachine:
             self.phase = Phase.MEMBER
             self.last_token_at = now
             self.loss_timer_base = now
-            if now - self.hop_started_at <= self.timers.hop_failure_ms:
+            if now - self.hop_started_at <= hop.window_ms:
                 # Only an answer within the hop's own window confirms membership now: one
                 # that waited in the socket while this node was frozen is history.
                 self.confirmed_at = now

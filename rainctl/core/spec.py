@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from rainctl.core.health import CHECKERS_PER_SERVER_DEFAULT
 from rainctl.core.types import NodeId, Vip
 
 
@@ -192,6 +193,8 @@ class RingSpec:
     config_digest: bytes
     """sha256 of the canonical config; nodes with different configs never share a ring."""
     limits: Limits = Limits()
+    checkers_per_server: int = CHECKERS_PER_SERVER_DEFAULT
+    """Ring members that check each real server (rainctl.core.health)."""
 
     def node_ids(self) -> tuple[NodeId, ...]:
         return tuple(sorted(node.node_id for node in self.nodes))

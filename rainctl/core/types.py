@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from rainctl.core.health import EMPTY_HEALTH, HealthTable
+
 NodeId = int
 """A configured node identifier, 1..65535 (0 means "nobody" on the wire)."""
 
@@ -136,6 +138,8 @@ class Token:
     rebalance_count: int
     hops_since_change: int
     multicast: tuple[MulticastMessage, ...]
+    health: HealthTable = EMPTY_HEALTH
+    """Back-end verdicts and the checkers' reports (rainctl.core.health)."""
 
     def member_ids(self) -> tuple[NodeId, ...]:
         return tuple(member.node_id for member in self.members)

@@ -10,6 +10,8 @@ Commands that change the cluster never touch the token directly (only its holder
   ordered ring multicast (`DRAIN_KIND`) that the named node applies on delivery, so the
   operator can drain any member from any node. The state is persisted in the state
   directory: a drained node stays drained across restarts until undrained.
+* `backend_drain` / `backend_undrain` (rainctl.daemon.maintenance) become a
+  `MaintenanceRequested` event: the ring carries the drain to every node.
 * `reload` is SIGHUP's work and `leave` SIGTERM's (leave the ring, hand the VIPs over,
   exit), both done by the composition root's callbacks.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rainctl.core.events import MulticastRequested, PinRequested
@@ -30,6 +32,7 @@ from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.spec import RingSpec
 from rainctl.core.types import NodeId, NodeState, Vip
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
+from rainctl.daemon.maintenance import BackendCommands
 from rainctl.daemon.state import StateError, write_atomically
 
 DRAIN_KIND = 1
@@ -94,6 +97,8 @@ class Commands:
         status: Document,
         reload: Reload,
         leave: Leave,
+        backends: Callable[[], Awaitable[JsonObject]],
+        backend_commands: BackendCommands,
     ) -> None:
         self._spec = spec
         self._machine = machine
@@ -103,18 +108,22 @@ class Commands:
         self._status = status
         self._reload = reload
         self._leave = leave
+        self._backends = backends
+        self._backend_commands = backend_commands
         self._homes = {vip.vip: vip.home for vip in spec.vips}
 
-    def answer(self, request: ControlRequest) -> JsonObject:
-        handlers: dict[str, Callable[[ControlRequest], JsonObject]] = {
+    def answer(self, request: ControlRequest) -> JsonObject | Awaitable[JsonObject]:
+        handlers: dict[str, Callable[[ControlRequest], JsonObject | Awaitable[JsonObject]]] = {
             "status": self._status_command,
             "vips": self._vips_command,
+            "backends": self._backends_command,
             "drain": lambda r: self._drain_command(r, drained=True),
             "undrain": lambda r: self._drain_command(r, drained=False),
             "pin": self._pin_command,
             "unpin": self._unpin_command,
             "reload": self._reload_command,
             "leave": self._leave_command,
+            **self._backend_commands.handlers(),
         }
         handler = handlers.get(request.command)
         if handler is None:
@@ -144,6 +153,10 @@ class Commands:
     def _status_command(self, request: ControlRequest) -> JsonObject:
         request.expect()
         return self._status()
+
+    def _backends_command(self, request: ControlRequest) -> Awaitable[JsonObject]:
+        request.expect()
+        return self._backends()
 
     def _vips_command(self, request: ControlRequest) -> JsonObject:
         request.expect()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ CLIENT_TIMEOUT_S = 5.0
 DEFAULT_SOCKET = Path("/run/rainctl/control.sock")
 
 JsonObject = dict[str, Any]
-Handler = Callable[["ControlRequest"], JsonObject]
+Handler = Callable[["ControlRequest"], "JsonObject | Awaitable[JsonObject]"]
+"""Answers at once, or with an awaitable (a command that asks a helper process first)."""
 """Answers a request; raises ControlError for an unknown command, bad arguments or a refusal."""
 
 log = logging.getLogger("rainctl.control")
@@ -134,7 +136,10 @@ class ControlServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT_S)
                 try:
-                    answer = encode_result(handler(decode_request(line)))
+                    result = handler(decode_request(line))
+                    if inspect.isawaitable(result):
+                        result = await result
+                    answer = encode_result(result)
                 except RainctlError as exc:  # ControlError and every expected failure
                     answer = encode_error(str(exc))
                 writer.write(answer)

@@ -29,6 +29,7 @@ from typing import Any
 
 from rainctl.config.convert import to_services
 from rainctl.config.models import ClusterConfig
+from rainctl.core.backends import with_verdicts
 from rainctl.core.dataplane import (
     ForwardingMethod,
     IpvsEntry,
@@ -42,6 +43,7 @@ from rainctl.core.dataplane import (
     desired_ipvs,
     diff_ipvs,
 )
+from rainctl.core.health import ServerKey, ServerOpinion
 from rainctl.core.types import NodeId
 from rainctl.errors import KernelError
 from rainctl.kernel.interfaces import IpvsTable
@@ -193,6 +195,9 @@ class DataPlaneReconciler:
         self._wake = asyncio.Event()
         self._desired: IpvsState = ()
         self._sync: SyncWanted | None = None
+        self._services: tuple[ServiceSpec, ...] = ()
+        self._verdicts: tuple[ServerOpinion, ...] = ()
+        self._drained: tuple[ServerKey, ...] = ()
         self.want(services, sync)
         self._applied: tuple[IpvsState, SyncWanted | None] | None = None
         self._last: _Pass | None = None
@@ -209,8 +214,21 @@ class DataPlaneReconciler:
     def want(self, services: Sequence[ServiceSpec], sync: SyncWanted | None) -> None:
         """The new desired state (start-up, config reload); applied by the next pass, at once.
         The services must be valid config values (unique keys: `ValueError` otherwise)."""
-        self._desired = desired_ipvs(services)
+        self._services = tuple(services)
         self._sync = sync
+        self._redesire()
+
+    def apply_verdicts(
+        self, verdicts: Sequence[ServerOpinion], drained: Sequence[ServerKey] = ()
+    ) -> None:
+        """The ring's back-end verdicts and operator drains (ApplyHealth): weights, removals,
+        sorry servers."""
+        self._verdicts = tuple(verdicts)
+        self._drained = tuple(drained)
+        self._redesire()
+
+    def _redesire(self) -> None:
+        self._desired = desired_ipvs(with_verdicts(self._services, self._verdicts, self._drained))
         self._wake.set()
 
     def reload(self, config: ClusterConfig, node_id: NodeId, front_interface: str | None) -> None:

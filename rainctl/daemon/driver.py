@@ -14,7 +14,10 @@ It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing
   token, except that the datagrams following a release wait (at most RELEASE_WAIT_S) until
   the reconciler has applied it: release before acquire holds in the kernel too;
   `Deliver` goes to the `on_deliver` callback (operator drain requests);
-  `InstallRing` and `LeftRing` are logged and recorded for status; `FailureDecided`
+  `InstallRing` and `LeftRing` are logged and recorded for status (a new ring also goes to
+  `on_install`, the health monitor's reassignment); `ApplyHealth` goes to `on_health` (the
+  data plane's weights, the health monitor's starting point), `SaveMaintenance` to
+  `on_save_maintenance` (the operators' back-end drains file); `FailureDecided`
   (an exclusion, a 911, a regeneration) is logged as a warning with what the machine saw
   and how late this node's timers have been firing (its own scheduling delay).
 
@@ -32,6 +35,7 @@ from rainctl.core.codec import CodecError, DatagramCodec
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyHealth,
     ClockAdvanced,
     Deliver,
     Event,
@@ -41,6 +45,7 @@ from rainctl.core.events import (
     LeftRing,
     MessageReceived,
     OwnVips,
+    SaveMaintenance,
     Send,
 )
 from rainctl.core.messages import Carriage, TokenPacket
@@ -114,6 +119,12 @@ class RingDriver:
         self._load_task: asyncio.Task[None] | None = None
         self.node_state = node_state
         self.on_deliver: Callable[[NodeId, int, bytes], None] | None = None
+        self.on_install: Callable[[InstallRing], None] | None = None
+        """A new ring of this node (the health monitor reassigns its checks)."""
+        self.on_health: Callable[[ApplyHealth], None] | None = None
+        """The ring's back-end verdicts to apply (data plane, health monitor)."""
+        self.on_save_maintenance: Callable[[SaveMaintenance], None] | None = None
+        """What the node knows of operators' back-end drains changed (the state file)."""
         self.connection_count: Callable[[], int] = lambda: 0
         """Where load samples get the node's connection count (the IPVS counters)."""
 
@@ -227,17 +238,11 @@ class RingDriver:
                 self._hold_sends_until_released(released)
         elif isinstance(action, Announce):
             self.reconciler.want_announce(action.vips)
-        elif isinstance(action, InstallRing):
-            ring = action.ring
-            members = ",".join(str(member.node_id) for member in action.members)
-            log.info("ring %d.%d installed: [%s]", ring.epoch, ring.creator, members)
-        elif isinstance(action, Deliver):
-            self.driver_counters["delivered"] += 1
-            if self.on_deliver is not None:
-                self.on_deliver(action.origin, action.kind, action.body)
-        elif isinstance(action, LeftRing):
-            log.info("left the ring")
-            self.left.set()
+        elif isinstance(action, InstallRing | Deliver | ApplyHealth | LeftRing):
+            self._notify(action)
+        elif isinstance(action, SaveMaintenance):
+            if self.on_save_maintenance is not None:
+                self.on_save_maintenance(action)
         elif isinstance(action, FailureDecided):
             self.driver_counters[f"decided_{action.decision}"] += 1
             about = "" if action.node is None else f" node {action.node}"
@@ -250,6 +255,25 @@ class RingDriver:
                 self.lateness.worst_ms(now),
                 LATENESS_WINDOW_MS // 1000,
             )
+
+    def _notify(self, action: InstallRing | Deliver | ApplyHealth | LeftRing) -> None:
+        """The actions that concern the rest of the daemon: logged and handed to it."""
+        if isinstance(action, InstallRing):
+            ring = action.ring
+            members = ",".join(str(member.node_id) for member in action.members)
+            log.info("ring %d.%d installed: [%s]", ring.epoch, ring.creator, members)
+            if self.on_install is not None:
+                self.on_install(action)
+        elif isinstance(action, Deliver):
+            self.driver_counters["delivered"] += 1
+            if self.on_deliver is not None:
+                self.on_deliver(action.origin, action.kind, action.body)
+        elif isinstance(action, ApplyHealth):
+            if self.on_health is not None:
+                self.on_health(action)
+        else:
+            log.info("left the ring")
+            self.left.set()
 
     def _hold_sends_until_released(self, released: frozenset[str]) -> None:
         """Release before acquire, in the kernel: the token datagrams that follow a release

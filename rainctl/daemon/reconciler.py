@@ -53,6 +53,8 @@ class Reconciler:
         self._kernel = asyncio.Lock()
         self.lease_lapses = 0
         """VIPs whose lease lapsed while still owned (each one counted)."""
+        self.lease_unconfirmed = 0
+        """Renewal rounds skipped because the ring had not confirmed this node lately."""
         self._desired: tuple[Vip, ...] = ()
         self._to_announce: set[Vip] = set()
         self._wake = asyncio.Event()
@@ -84,10 +86,22 @@ class Reconciler:
     async def _keep_lease(self) -> None:
         if not self._lease_s:
             return
+        confirmed = True
         while True:
             await asyncio.sleep(self._lease_s / 4)
-            if not self.applied or not self._lease_fresh():
+            if not self.applied:
                 continue
+            if not self._lease_fresh():
+                self.lease_unconfirmed += 1
+                if confirmed:
+                    # Once per stretch: the owned VIPs will go silent when the lease runs out.
+                    log.warning(
+                        "VIP lease of %s not renewed: the ring has not confirmed this node lately",
+                        ",".join(self.applied),
+                    )
+                confirmed = False
+                continue
+            confirmed = True
             try:
                 async with self._kernel:
                     lapsed = await asyncio.to_thread(self._addresses.renew_lease)

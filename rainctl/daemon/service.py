@@ -24,7 +24,7 @@ import functools
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,22 +39,33 @@ from rainctl.config import (
     to_services,
 )
 from rainctl.core.codec import DatagramCodec, KeyRing
-from rainctl.core.events import UpstreamChecked
-from rainctl.core.ring import RingMachine
+from rainctl.core.dataplane import ServiceSpec
+from rainctl.core.events import ApplyHealth, InstallRing, MaintenanceRestored, UpstreamChecked
+from rainctl.core.health import HealthState, Maintenance, ServerKey
+from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.spec import QuorumPolicy, RingSpec
 from rainctl.core.types import NodeId, NodeState
+from rainctl.daemon.backends import backends_document
 from rainctl.daemon.clock import MonotonicClock
 from rainctl.daemon.commands import Commands, read_drained
 from rainctl.daemon.control import ControlError, ControlServer, JsonObject
 from rainctl.daemon.dataplane import DataPlaneReconciler, sync_wanted
 from rainctl.daemon.driver import RingDriver
+from rainctl.daemon.maintenance import (
+    BackendCommands,
+    MaintenanceStore,
+    labels_of,
+    maintenance_path,
+)
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.realtime import apply_realtime
 from rainctl.daemon.reconciler import Reconciler
-from rainctl.daemon.state import next_incarnation
+from rainctl.daemon.state import StateError, next_incarnation
 from rainctl.daemon.status import status_document
 from rainctl.daemon.upstream import UpstreamMonitor
 from rainctl.errors import ConfigError, KernelError, OptionError, RainctlError
+from rainctl.health.targets import check_targets
+from rainctl.health.worker import HealthWorker
 from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, IpvsTable, VipAddresses
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryIpvsTable, MemoryVipAddresses
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
@@ -207,26 +218,16 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         clock.now_ms(),
     )
     codec = DatagramCodec(setup.spec.cluster_id, options.node_id, incarnation, setup.keys)
-    lease_fresh_ms = 2 * setup.spec.timers.token_loss_ms
-
-    def lease_fresh() -> bool:
-        # The lease is renewed only while the ring confirms this node (its successor keeps
-        # accepting its tokens): a node whose ring went silent, or one that woke from a
-        # freeze holding an old ring's token, lets it lapse; the ring has moved on by then.
-        return machine.confirmed_age_ms(clock.now_ms()) <= lease_fresh_ms
-
-    reconciler = Reconciler(
-        kernel.addresses,
-        kernel.announcer,
-        [vip.vip for vip in setup.spec.vips],
-        lease_s=setup.config.cluster.vip_lease_s,
-        lease_fresh=lease_fresh,
-    )
+    reconciler = _reconciler(setup, kernel, machine, clock)
     driver = RingDriver(
         machine, codec, setup.peers, reconciler, clock, node_state=_initial_state(options)
     )
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
+    live = _Live(to_services(setup.config))
+    health = _health_monitor(options, driver, dataplane, lambda: labels_of(live.services))
+    backends = _backends_view(options, setup, machine, live, health)
+    maintenance = _maintenance_store(options, driver, live)
     transport = await UdpTransport.open(setup.address, driver.on_datagram)
 
     def status() -> JsonObject:
@@ -242,11 +243,12 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             vip_lease={
                 "lease_s": setup.config.cluster.vip_lease_s,
                 "lapses": reconciler.lease_lapses,
+                "unconfirmed_rounds": reconciler.lease_unconfirmed,
             },
         )
 
     def reload() -> JsonObject:
-        return reload_config(options, setup, dataplane)
+        return reload_config(options, setup, dataplane, health, live)
 
     def reload_on_signal() -> None:
         log.info("SIGHUP: reloading %s", options.config)
@@ -262,6 +264,8 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         status=status,
         reload=reload,
         leave=driver.request_leave,
+        backends=backends,
+        backend_commands=BackendCommands(machine, lambda: live.services, driver.submit),
     )
     driver.on_deliver = commands.on_deliver
     try:
@@ -270,19 +274,13 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         transport.close()
         raise
     loop = asyncio.get_running_loop()
-    background = [
-        loop.create_task(reconciler.run()),
-        *([] if dataplane is None else [loop.create_task(dataplane.run())]),
-        *([] if upstream is None else [loop.create_task(upstream.run())]),
-    ]
-    watchdog_s = watchdog_interval_s()
-    if watchdog_s is not None:
-        background.append(loop.create_task(keep_watchdog_fed(watchdog_s)))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, driver.request_leave)
-    loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
+    background = _background_tasks(reconciler, dataplane, upstream)
+    _handle_signals(loop, leave=driver.request_leave, reload=reload_on_signal)
     try:
+        # Before the driver: the first ring installed must reach it.
+        await health.start(needed=bool(check_targets(setup.config)))
         driver.start(transport)
+        driver.submit(MaintenanceRestored(_saved_maintenance(maintenance)))
         log.info(
             "node %d incarnation %d listening on %s, control socket %s",
             options.node_id,
@@ -300,16 +298,13 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         notify("STOPPING=1")
         await _leave(driver, reconciler, setup.spec.timers.leave_timeout_ms / 1000)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+        _handle_signals(loop, leave=None, reload=None)
         driver.stop()
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await health.stop()
+        await _cancel_all(background)
         transport.close()
         control.close()
+        maintenance.close()
     log.info("stopped")
 
 
@@ -326,6 +321,55 @@ def _with_front_interface(options: DaemonOptions, config: ClusterConfig) -> Daem
             f"front_interface in the config's [[nodes]] entry of node {options.node_id}"
         )
     return replace(options, front_interface=front)
+
+
+def _handle_signals(
+    loop: asyncio.AbstractEventLoop,
+    *,
+    leave: Callable[[], None] | None,
+    reload: Callable[[], None] | None,
+) -> None:
+    """SIGTERM / SIGINT leave the ring, SIGHUP reloads; None removes the handlers."""
+    for signum, handler in (
+        (signal.SIGTERM, leave),
+        (signal.SIGINT, leave),
+        (signal.SIGHUP, reload),
+    ):
+        if handler is None:
+            loop.remove_signal_handler(signum)
+        else:
+            loop.add_signal_handler(signum, handler)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _maintenance_store(options: DaemonOptions, driver: RingDriver, live: _Live) -> MaintenanceStore:
+    """The file of the operators' back-end drains, saved whenever the machine says so."""
+    store = MaintenanceStore(
+        maintenance_path(options.state_dir, options.node_id), lambda: labels_of(live.services)
+    )
+    driver.on_save_maintenance = lambda save: store.save(save.entries)
+    return store
+
+
+def _saved_maintenance(store: MaintenanceStore) -> tuple[Maintenance, ...]:
+    """The operators' back-end drains this node saved before it stopped. An unreadable file
+    is logged and left for the ring's copy to replace (every member keeps one)."""
+    try:
+        entries = store.read()
+    except StateError as exc:
+        log.error("back-end drains not restored: %s; the ring's copy applies", exc)  # noqa: TRY400
+        return ()
+    if entries:
+        drained = sum(1 for entry in entries if entry.drained)
+        log.info("restored %d back-end drain record(s), %d drained", len(entries), drained)
+    return entries
 
 
 def _initial_state(options: DaemonOptions) -> NodeState:
@@ -353,8 +397,126 @@ def _upstream_monitor(
     return monitor
 
 
+def _background_tasks(
+    reconciler: Reconciler, dataplane: DataPlaneReconciler | None, upstream: UpstreamMonitor | None
+) -> list[asyncio.Task[None]]:
+    """The daemon's own tasks beside the ring driver, cancelled at exit."""
+    loop = asyncio.get_running_loop()
+    background = [
+        loop.create_task(reconciler.run()),
+        *([] if dataplane is None else [loop.create_task(dataplane.run())]),
+        *([] if upstream is None else [loop.create_task(upstream.run())]),
+    ]
+    watchdog_s = watchdog_interval_s()
+    if watchdog_s is not None:
+        background.append(loop.create_task(keep_watchdog_fed(watchdog_s)))
+    return background
+
+
+def _reconciler(
+    setup: _Setup, kernel: _Kernel, machine: RingMachine, clock: MonotonicClock
+) -> Reconciler:
+    lease_fresh_ms = 2 * setup.spec.timers.token_loss_ms
+
+    def lease_fresh() -> bool:
+        # The lease is renewed only while the ring confirms this node (its successor keeps
+        # accepting its tokens): a node whose ring went silent, or one that woke from a
+        # freeze holding an old ring's token, lets it lapse; the ring has moved on by then.
+        return machine.confirmed_age_ms(clock.now_ms()) <= lease_fresh_ms
+
+    return Reconciler(
+        kernel.addresses,
+        kernel.announcer,
+        [vip.vip for vip in setup.spec.vips],
+        lease_s=setup.config.cluster.vip_lease_s,
+        lease_fresh=lease_fresh,
+    )
+
+
+@dataclass(slots=True)
+class _Live:
+    """What a reload changes while the daemon runs."""
+
+    services: tuple[ServiceSpec, ...]
+
+
+def _health_monitor(
+    options: DaemonOptions,
+    driver: RingDriver,
+    dataplane: DataPlaneReconciler | None,
+    labels: Callable[[], dict[ServerKey, str]],
+) -> HealthWorker:
+    """The node's checkers, a worker process (started before the driver), wired to the ring:
+    a new ring reassigns the checks, the ring's verdicts and operator drains go to the data
+    plane (and the verdicts to the checkers), and the checkers' opinions are stepped into
+    the ring machine. Every operator drain and undrain is logged as it is applied."""
+    monitor = HealthWorker(options.config, options.node_id, driver.submit)
+    drained_before: set[ServerKey] = set()
+
+    def on_install(install: InstallRing) -> None:
+        monitor.set_ring(install.ring, tuple(member.node_id for member in install.members))
+
+    def on_health(apply: ApplyHealth) -> None:
+        down = sum(1 for verdict in apply.verdicts if verdict.state is HealthState.DOWN)
+        log.info(
+            "back-end verdicts of ring %d.%d seq %d: %d not up at full weight, %d down, "
+            "%d drained by an operator",
+            apply.ring.epoch,
+            apply.ring.creator,
+            apply.seq,
+            len(apply.verdicts),
+            down,
+            len(apply.drained),
+        )
+        drained = set(apply.drained)
+        if drained != drained_before:
+            names = labels()
+            for key in sorted(drained ^ drained_before):
+                log.info(
+                    "back-end %s: %s by an operator",
+                    names.get(key, f"{key:016x} (not in this node's config)"),
+                    "drained" if key in drained else "undrained",
+                )
+            drained_before.clear()
+            drained_before.update(drained)
+        monitor.set_verdicts(apply.verdicts)
+        if dataplane is not None:
+            dataplane.apply_verdicts(apply.verdicts, apply.drained)
+
+    driver.on_install = on_install
+    driver.on_health = on_health
+    return monitor
+
+
+def _backends_view(
+    options: DaemonOptions,
+    setup: _Setup,
+    machine: RingMachine,
+    live: _Live,
+    health: HealthWorker,
+) -> Callable[[], Awaitable[JsonObject]]:
+    async def backends() -> JsonObject:
+        snapshot = await health.fresh_snapshot()
+        token = machine.token if machine.phase in IN_RING else None
+        assignment = machine.health.assignment(token.member_ids()) if token else {}
+        return backends_document(
+            options.node_id,
+            live.services,
+            token,
+            per_server=setup.spec.checkers_per_server,
+            assignment=assignment,
+            snapshot=snapshot,
+        )
+
+    return backends
+
+
 def reload_config(
-    options: DaemonOptions, setup: _Setup, dataplane: DataPlaneReconciler | None
+    options: DaemonOptions,
+    setup: _Setup,
+    dataplane: DataPlaneReconciler | None,
+    health: HealthWorker,
+    live: _Live,
 ) -> JsonObject:
     """SIGHUP / `rainctl reload`: read the config again and apply what may change live.
 
@@ -381,6 +543,8 @@ def reload_config(
         log.error("reload refused: %s", message)
         raise ControlError(f"reload refused: {message}")
     services = len(config.services)
+    live.services = to_services(config)
+    health.reload(needed=bool(check_targets(config)))
     if dataplane is not None:
         dataplane.reload(config, options.node_id, options.front_interface)
         log.info("reload: ring settings unchanged, %d service(s) handed to IPVS", services)

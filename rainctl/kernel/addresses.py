@@ -52,6 +52,9 @@ from rainctl.errors import KernelError
 __all__ = ["IpAddress", "KernelError", "LinuxVipAddresses", "VipState", "parse_vip"]
 
 DEFAULT_LOCAL_DEVICE = "rainctl0"
+RENEW_STALE_S = 0.1
+"""A lease renewal that finds itself this long past its read of the kernel stops (a freeze):
+renewing then could re-create an address that expired in between."""
 RAINCTL_PROTO = 0x52
 """IFA_PROTO value of the addresses rainctl manages (any value above the kernel's 0..3)."""
 
@@ -193,6 +196,11 @@ class LinuxVipAddresses:
             front = self._index(ipr, self.front)
             present = self._ours(ipr, front)
             for ip in sorted(owned & present, key=str):
+                if time.monotonic() - renewed_at > RENEW_STALE_S:
+                    # This thread was frozen (SIGSTOP, an unscheduled guest) after reading
+                    # `present`: an address may have expired since, and a replace would
+                    # create it again. Renew nothing now; the next round reads afresh.
+                    return frozenset()
                 self._new_address(ipr, front, ip, NLM_F_REPLACE)
         self._leased_at = renewed_at
         lapsed = owned - present

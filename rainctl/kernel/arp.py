@@ -78,16 +78,28 @@ def icmpv6_checksum(
     return internet_checksum(pseudo + message)
 
 
+def neighbour_discovery_frame(
+    destination_mac: bytes,
+    mac: bytes,
+    source: ipaddress.IPv6Address,
+    destination: ipaddress.IPv6Address,
+    unsummed: bytes,
+) -> bytes:
+    """An Ethernet frame carrying the ICMPv6 neighbour-discovery message `unsummed` (its
+    checksum field zero) from `source` at `mac`, hop limit 255 (RFC 4861), checksum filled."""
+    checksum = icmpv6_checksum(source, destination, unsummed)
+    message = unsummed[:2] + struct.pack("!H", checksum) + unsummed[4:]
+    ipv6 = struct.pack("!IHBB", 6 << 28, len(message), IPPROTO_ICMPV6, 255)
+    ipv6 += source.packed + destination.packed
+    return destination_mac + mac + struct.pack("!H", ETH_P_IPV6) + ipv6 + message
+
+
 def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
     """Unsolicited neighbour advertisement (86 bytes), Override set, from VIP to ff02::1."""
     _check_mac(mac)
     option = struct.pack("!BB", 2, 1) + mac  # target link-layer address, 8 bytes
     unsummed = struct.pack("!BBHI", ICMPV6_NA, 0, 0, NA_OVERRIDE) + vip.packed + option
-    checksum = icmpv6_checksum(vip, ALL_NODES, unsummed)
-    message = unsummed[:2] + struct.pack("!H", checksum) + unsummed[4:]
-    ipv6 = struct.pack("!IHBB", 6 << 28, len(message), IPPROTO_ICMPV6, 255)
-    ipv6 += vip.packed + ALL_NODES.packed
-    return ALL_NODES_MAC + mac + struct.pack("!H", ETH_P_IPV6) + ipv6 + message
+    return neighbour_discovery_frame(ALL_NODES_MAC, mac, vip, ALL_NODES, unsummed)
 
 
 def announcement_frames(mac: bytes, vip: Vip) -> list[tuple[bytes, int]]:

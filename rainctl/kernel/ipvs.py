@@ -589,13 +589,22 @@ def decode_timeouts(msg: Any) -> IpvsTimeouts:
 _T = TypeVar("_T")
 
 
-IPVS_SYSCTLS = {"sloppy_tcp": 1, "sloppy_sctp": 1}
+IPVS_SYSCTLS = {
+    "sloppy_tcp": 1,
+    "sloppy_sctp": 1,
+    "expire_nodest_conn": 1,
+    "expire_quiescent_template": 1,
+}
 """Set on every node with `--data-plane ipvs`. A VIP that moves brings the client's next
 packets of an established connection to a node that may not know the connection yet
 (connection sync flushes a partly filled buffer only every 2 s). Without "sloppy" IPVS
 passes such a mid-stream packet to the local stack, which resets the connection; with it,
 IPVS schedules the packet, and with a consistent scheduler (mh) it reaches the real server
-that already holds the connection."""
+that already holds the connection. When a health verdict removes a real server
+(on_failure = "remove"), `expire_nodest_conn` makes IPVS drop its connections at their next
+packet, so the client gets a reset at once instead of retransmitting into a dead server; a
+quiesced server (weight 0) loses its persistence templates with
+`expire_quiescent_template`, so persistent clients are scheduled to live servers."""
 
 
 def set_ipvs_sysctls(root: Path = Path("/proc/sys/net/ipv4/vs")) -> None:

@@ -28,7 +28,9 @@ from typing import Any
 
 from rainctl.lab import mconsole, processes
 from rainctl.lab.plan import (
+    AGENT_PORT,
     BACKEND_PORT,
+    CLIENT_ADDRESS6,
     ECHO_PORT,
     UML_MODULES_DIR,
     DaemonLaunch,
@@ -36,11 +38,13 @@ from rainctl.lab.plan import (
     Host,
     LabPlan,
     Node,
+    bridge_mac,
     cluster_config,
     find_node,
     heal_commands,
     init_script,
     lab_vips,
+    lab_vips6,
     node_id,
     partition_commands,
     partition_groups,
@@ -162,12 +166,14 @@ def _ip_batch(namespace: str, commands: Iterable[str]) -> None:
     _run(["ip", "-n", namespace, "-batch", "-"], stdin="".join(f"{c}\n" for c in commands))
 
 
-def _sysctls_off(namespace: str) -> None:
-    # Per-namespace values: IPv6 off (nothing in the lab uses it yet), and bridged frames
-    # must not pass through the host's iptables (the files exist only with br_netfilter).
+def _sysctls_off(namespace: str, *, ipv6: bool = False) -> None:
+    # Per-namespace values: IPv6 off unless this host uses it (the client of a lab with
+    # `ipv6`), and bridged frames must not pass through the host's iptables (the files exist
+    # only with br_netfilter).
     script = (
         "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 "
-        "/proc/sys/net/ipv6/conf/default/disable_ipv6; do [ -e $f ] && echo 1 > $f; done; "
+        "/proc/sys/net/ipv6/conf/default/disable_ipv6; "
+        f"do [ -e $f ] && echo {0 if ipv6 else 1} > $f; done; "
         "for f in /proc/sys/net/bridge/bridge-nf-call-iptables "
         "/proc/sys/net/bridge/bridge-nf-call-ip6tables "
         "/proc/sys/net/bridge/bridge-nf-call-arptables; do [ -e $f ] && echo 0 > $f; done; "
@@ -195,6 +201,8 @@ class _State:
     """The ring's timer profile when the nodes run daemons; None when they do not."""
     mode: str = "dr"
     """IPVS forwarding of the lab's services (plan.MODES)."""
+    ipv6: bool = False
+    """IPv6 on the front subnet (plan.LabPlan.ipv6)."""
     partition: list[list[str]] | None = None
     """The node groups of the current partition (`lab partition`), None when whole."""
 
@@ -205,6 +213,7 @@ class _State:
             prefix=self.prefix,
             memory_mb=self.memory_mb,
             mode=self.mode,
+            ipv6=self.ipv6,
         )
 
     def save(self, state_dir: Path) -> None:
@@ -220,6 +229,7 @@ class _State:
             "frozen": sorted(self.frozen),
             "profile": self.profile,
             "mode": self.mode,
+            "ipv6": self.ipv6,
             "partition": self.partition,
         }
         temporary = state_dir / f"{STATE_FILE}.tmp"
@@ -243,6 +253,7 @@ def _load_state(state_dir: Path) -> _State | None:
             frozen={str(name) for name in document["frozen"]},
             profile=None if document.get("profile") is None else str(document["profile"]),
             mode=str(document.get("mode", "dr")),
+            ipv6=bool(document.get("ipv6", False)),
             partition=(
                 None
                 if document.get("partition") is None
@@ -314,19 +325,27 @@ def up(
     mode: str = "dr",
     peer: PeerHook | None = None,
     exclusion: str = "conservative",
+    ipv6: bool = False,
+    checks: bool = False,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
     With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
     profile (data plane GUEST_DATA_PLANE), and `up` waits until each daemon answers its
     status helper. `mode` ("dr" or "nat") is the IPVS forwarding of the lab's services and
-    decides the back-ends' routes. With a `job`, the first node also runs it once after its
+    decides the back-ends' routes; `checks` turns the services' back-end health checks on
+    (plan.cluster_config). With a `job`, the first node also runs it once after its
     ready marker (`job_output` names its result file). On any failure everything built so far
     is torn down before the error propagates.
     """
     try:
         plan = plan_lab(
-            nodes=nodes, backends=backends, prefix=prefix, memory_mb=memory_mb, mode=mode
+            nodes=nodes,
+            backends=backends,
+            prefix=prefix,
+            memory_mb=memory_mb,
+            mode=mode,
+            ipv6=ipv6,
         )
         config = None
         data_plane = GUEST_DATA_PLANE
@@ -337,6 +356,7 @@ def up(
                 key_file=KEY_FILE,
                 data_plane=data_plane,
                 exclusion=exclusion,
+                checks=checks,
             )
     except ValueError as exc:
         raise LabError(str(exc)) from exc
@@ -359,6 +379,7 @@ def up(
         frozen=set(),
         profile=profile,
         mode=mode,
+        ipv6=ipv6,
     )
     state.save(state_dir)
     try:
@@ -393,10 +414,18 @@ def _build_network(plan: LabPlan) -> None:
     hosts = (plan.client, *plan.backends)
     for namespace in plan.namespaces:
         _run(["ip", "netns", "add", namespace])
-        _sysctls_off(namespace)
+        _sysctls_off(namespace, ipv6=plan.ipv6 and namespace == plan.client.namespace)
     commands = ["link set lo up"]
-    for bridge, _network in plan.bridges:
-        commands += [f"link add {bridge} type bridge", f"link set {bridge} up"]
+    for index, (bridge, _network) in enumerate(plan.bridges):
+        # No multicast snooping: neighbour solicitations to solicited-node groups reach
+        # every port, whether or not the guest's MLD report has been seen yet. A fixed MAC:
+        # a bridge without one takes its lowest port MAC, so a partition's new ports would
+        # change the router's MAC under the hosts' neighbour caches (DR replies to the old
+        # one are dropped until each back-end re-resolves it, 30 s and more).
+        commands += [
+            f"link add {bridge} address {bridge_mac(index)} type bridge mcast_snooping 0",
+            f"link set {bridge} up",
+        ]
     for host in hosts:
         commands += [
             f"link add {host.bridge_end} type veth peer name eth0 netns {host.namespace}",
@@ -424,6 +453,8 @@ def _build_network(plan: LabPlan) -> None:
             f"addr add {host.address} dev eth0",
             "link set eth0 up",
         ]
+        if plan.ipv6 and host is plan.client:
+            host_commands.append(f"addr add {CLIENT_ADDRESS6} dev eth0 nodad")
         if host.gateway is not None:
             host_commands.append(f"route add default via {host.gateway} dev eth0 onlink")
         if host in plan.backends:
@@ -454,15 +485,65 @@ def _sysctls(namespace: str, values: dict[str, int]) -> None:
 
 def _start_backends(plan: LabPlan, state: _State, state_dir: Path) -> None:
     for host in plan.backends:
-        directory = state_dir / "backends" / host.name
-        directory.mkdir(parents=True, exist_ok=True)
-        # Any address: in DR mode requests arrive addressed to a VIP (on the back-end's lo).
-        command = (
-            "ip", "netns", "exec", host.namespace, sys.executable, "-m", "rainctl.lab.httpd",
-            "--name", host.name, "--http-port", str(BACKEND_PORT), "--echo-port", str(ECHO_PORT),
-        )  # fmt: skip
-        state.processes[host.name] = _spawn(state_dir, command, directory / "server.log")
-        state.save(state_dir)
+        _start_backend(host, state, state_dir)
+
+
+def _start_backend(host: Host, state: _State, state_dir: Path) -> None:
+    directory = state_dir / "backends" / host.name
+    directory.mkdir(parents=True, exist_ok=True)
+    # Any address: in DR mode requests arrive addressed to a VIP (on the back-end's lo).
+    command = (
+        "ip", "netns", "exec", host.namespace, sys.executable, "-m", "rainctl.lab.httpd",
+        "--name", host.name, "--http-port", str(BACKEND_PORT), "--echo-port", str(ECHO_PORT),
+        "--agent-port", str(AGENT_PORT), "--agent-file", str(_agent_file(state_dir, host)),
+    )  # fmt: skip
+    state.processes[host.name] = _spawn(state_dir, command, directory / "server.log")
+    state.save(state_dir)
+
+
+def _backend(state_dir: Path, name: str) -> tuple[_State, Host]:
+    state = _require_state(state_dir)
+    host = next((h for h in state.plan().backends if h.name == name), None)
+    if host is None:
+        known = ", ".join(h.name for h in state.plan().backends) or "none"
+        raise LabError(f"no back-end {name!r} in this lab (back-ends: {known})")
+    return state, host
+
+
+def kill_backend(state_dir: Path, name: str) -> None:
+    """SIGKILL a back-end's servers (HTTP and echo): its ports answer with RST from now on."""
+    state_dir = state_dir.absolute()
+    state, host = _backend(state_dir, name)
+    record = state.processes.get(host.name)
+    if record is None or not is_alive(record):
+        raise LabError(f"back-end {name} is not running")
+    end_group(record)
+
+
+def start_backend(state_dir: Path, name: str) -> None:
+    """Start a killed back-end's servers again."""
+    state_dir = state_dir.absolute()
+    state, host = _backend(state_dir, name)
+    record = state.processes.get(host.name)
+    if record is not None and is_alive(record):
+        raise LabError(f"back-end {name} is running")
+    _start_backend(host, state, state_dir)
+
+
+def _agent_file(state_dir: Path, host: Host) -> Path:
+    return state_dir / "backends" / host.name / "agent.txt"
+
+
+def set_backend_link(state_dir: Path, name: str, *, up: bool) -> None:
+    """Take a back-end's only link down (no RST: only timeouts tell) or up again."""
+    _state, host = _backend(state_dir.absolute(), name)
+    _run(
+        ["ip", "netns", "exec", host.namespace, "ip", "link", "set", "eth0", "up" if up else "down"]
+    )
+    if up and host.gateway is not None:
+        # Bringing the link down dropped the default route with it.
+        _run(["ip", "netns", "exec", host.namespace, "ip", "route", "replace", "default", "via",
+              str(host.gateway), "dev", "eth0", "onlink"])  # fmt: skip
 
 
 def memory_dir(shm_free_mb: int, needed_mb: int, fallback: Path) -> Path:
@@ -487,12 +568,6 @@ def _start_nodes(
 ) -> None:
     uml_dir = _uml_dir(state_dir)
     uml_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        shm_free_mb = shutil.disk_usage(SHM_DIR).free // 2**20
-    except OSError:
-        shm_free_mb = 0
-    memory = memory_dir(shm_free_mb, plan.memory_mb * len(plan.nodes), uml_dir)
-    environment = {**os.environ, "TMPDIR": str(memory)}
     for node in plan.nodes:
         scratch = _scratch(state_dir, node)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -504,13 +579,32 @@ def _start_nodes(
         script = init_script(plan, node, str(scratch), daemon, node_job, peer=peer_section)
         init.write_text(script, encoding="utf-8")
         init.chmod(0o755)
-        command = uml_command(
-            plan, node, kernel=str(kernel), uml_dir=str(uml_dir), init_path=str(init)
-        )
-        state.processes[node.name] = _spawn(
-            state_dir, command, scratch / "console.log", environment=environment
-        )
+        state.processes[node.name] = _boot(plan, node, state_dir, kernel, init)
         state.save(state_dir)
+
+
+def _boot(plan: LabPlan, node: Node, state_dir: Path, kernel: Path, init: Path) -> ProcessRecord:
+    """Start `node`'s kernel with `init` as PID 1; its console goes to the scratch dir."""
+    uml_dir = _uml_dir(state_dir)
+    try:
+        shm_free_mb = shutil.disk_usage(SHM_DIR).free // 2**20
+    except OSError:
+        shm_free_mb = 0
+    memory = memory_dir(shm_free_mb, plan.memory_mb * len(plan.nodes), uml_dir)
+    command = uml_command(
+        plan,
+        node,
+        kernel=str(kernel),
+        uml_dir=str(uml_dir),
+        init_path=str(init),
+        python=sys.executable,
+    )
+    return _spawn(
+        state_dir,
+        command,
+        _scratch(state_dir, node) / "console.log",
+        environment={**os.environ, "TMPDIR": str(memory)},
+    )
 
 
 def _listening(record: ProcessRecord, port: int) -> bool:
@@ -559,9 +653,17 @@ def _wait_ready(plan: LabPlan, state: _State, state_dir: Path, timeout_s: float)
             ):
                 waiting.discard(host.name)
         if waiting and time.monotonic() > deadline:
+            # `up` removes the state directory on failure: say here what the logs said.
+            tails = [
+                (node.name, _tail(_scratch(state_dir, node) / log, 1))
+                for node in plan.nodes
+                if node.name in waiting
+                for log in ("daemon.log", "console.log")
+            ]
+            said = [f"{name}: {line}" for name, line in tails if line]
             raise LabError(
-                f"not ready after {timeout_s:g} s: {', '.join(sorted(waiting))} "
-                f"(see {state_dir}/nodes/*/console.log)"
+                f"not ready after {timeout_s:g} s: {', '.join(sorted(waiting))}"
+                + (f"; last log lines: {' | '.join(said)}" if said else "")
             )
         if waiting:
             time.sleep(POLL_S)
@@ -840,22 +942,8 @@ def restart_node(state_dir: Path, name: str, *, timeout_s: float = BOOT_TIMEOUT_
         raise LabError(f"node {name} has no init script in {scratch}")
     for stale in ("ready", STATUS_FILE, f"{STATUS_FILE}.tmp"):
         (scratch / stale).unlink(missing_ok=True)
-    uml_dir = _uml_dir(state_dir)
-    shutil.rmtree(uml_dir / node.name, ignore_errors=True)
-    try:
-        shm_free_mb = shutil.disk_usage(SHM_DIR).free // 2**20
-    except OSError:
-        shm_free_mb = 0
-    memory = memory_dir(shm_free_mb, plan.memory_mb * len(plan.nodes), uml_dir)
-    command = uml_command(
-        plan, node, kernel=str(DEFAULT_KERNEL), uml_dir=str(uml_dir), init_path=str(init)
-    )
-    state.processes[node.name] = _spawn(
-        state_dir,
-        command,
-        scratch / "console.log",
-        environment={**os.environ, "TMPDIR": str(memory)},
-    )
+    shutil.rmtree(_uml_dir(state_dir) / node.name, ignore_errors=True)
+    state.processes[node.name] = _boot(plan, node, state_dir, DEFAULT_KERNEL, init)
     state.frozen.discard(node.name)
     state.save(state_dir)
     deadline = time.monotonic() + timeout_s
@@ -1114,6 +1202,7 @@ def start_arp_prober(state_dir: Path) -> Path:
         lambda plan, log: (
             "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
             "rainctl.lab.probe", "arp", "--output", str(log), "--interface", "eth0",
-            "--source", str(plan.client.address.ip), *(str(vip) for vip in lab_vips(plan)),
+            "--source", str(plan.client.address.ip), "--source6", str(CLIENT_ADDRESS6.ip),
+            *(str(vip) for vip in (*lab_vips(plan), *lab_vips6(plan))),
         ),
     )  # fmt: skip

@@ -1,6 +1,7 @@
 """A lab back-end's servers, in one resident process (docs/lab.md, "Back-ends").
 
     python -m rainctl.lab.httpd --name NAME [--http-port 80] [--echo-port 9000]
+                                [--agent-port 9777 --agent-file PATH]
 
 - HTTP on every address (in DR mode requests arrive addressed to a VIP held on the back-end's
   loopback): `GET /` answers the back-end's name and a newline, `GET /bytes/N` answers N bytes
@@ -11,16 +12,22 @@
 - A TCP echo server: every byte received is sent back, for as long as the client keeps the
   connection open (long-lived connections, the connection-sync survival test). One thread
   per connection, never a process.
+- With `--agent-file`: an agent for HAProxy's agent-check protocol on `--agent-port`: every
+  connection gets the file's first line ("up", "drain", "down", "maint", "50%", ...; "up"
+  while there is no file) and a newline, then the close. Writing the file changes what the
+  back-end says.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import socket
 import socketserver
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 BYTES_MAX = 1 << 30
 CHUNK = 64 * 1024
@@ -98,12 +105,37 @@ class _EchoServer(socketserver.ThreadingTCPServer):
     request_queue_size = 1024
 
 
+class _AgentServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    agent_file = Path()
+
+
+class _AgentHandler(socketserver.BaseRequestHandler):
+    request: socket.socket
+    server: _AgentServer
+
+    def handle(self) -> None:
+        try:
+            text = self.server.agent_file.read_text(encoding="ascii").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError):
+            text = "up"
+        with contextlib.suppress(OSError):
+            self.request.sendall(f"{text.strip()}\n".encode("ascii", "replace"))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rainctl.lab.httpd", description=__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--http-port", type=int, default=80)
     parser.add_argument("--echo-port", type=int, default=9000)
+    parser.add_argument("--agent-port", type=int, default=9777)
+    parser.add_argument("--agent-file", type=Path)
     arguments = parser.parse_args(argv)
+    if arguments.agent_file is not None:
+        agent = _AgentServer(("0.0.0.0", arguments.agent_port), _AgentHandler)  # noqa: S104
+        agent.agent_file = arguments.agent_file
+        threading.Thread(target=agent.serve_forever, name="agent", daemon=True).start()
     echo = _EchoServer(("0.0.0.0", arguments.echo_port), _EchoHandler)  # noqa: S104 - VIPs on lo
     threading.Thread(target=echo.serve_forever, name="echo", daemon=True).start()
     with _Server(("0.0.0.0", arguments.http_port), _Handler) as server:  # noqa: S104

@@ -42,6 +42,10 @@ BACKEND_PORT = 80
 ECHO_PORT = 9000
 """Each back-end's resident TCP echo server (long-lived connections, connection sync)."""
 SERVICE_PORTS = (BACKEND_PORT, ECHO_PORT)
+AGENT_PORT = 9777
+"""The back-ends' agent (HAProxy's agent-check protocol; rainctl.lab.httpd)."""
+AGENT_WEIGHT = 10
+"""The configured weight of the agent-checked service's real servers (percentages show)."""
 """Every lab VIP gets one IPVS service per port, every back-end a real server of each."""
 SERVICE_SCHEDULER = "mh"
 """Maglev hashing of the source address and port (mh_port): every node picks the same back-end
@@ -59,6 +63,12 @@ RING_PORT = 7400
 """UDP port of the ring transport on each node's front address."""
 VIP_BASE = ipaddress.IPv4Address("198.18.0.100")
 VIPS_PER_NODE = 2
+FRONT_NETWORK6 = ipaddress.IPv6Network("2001:2::/64")
+"""The front subnet's IPv6 side (a lab with `ipv6`): RFC 5180's benchmarking prefix, the
+IPv6 counterpart of 198.18.0.0/15."""
+CLIENT_ADDRESS6 = ipaddress.IPv6Interface("2001:2::10/64")
+VIP6_BASE = ipaddress.IPv6Address("2001:2::100")
+VIPS6_PER_NODE = 1
 PROFILES = ("fast", "lan")
 CLUSTER_NAME = "rainctl-lab"
 CLUSTER_ID = 1
@@ -131,6 +141,8 @@ class LabPlan:
     memory_mb: int
     mode: str = "dr"
     """IPVS forwarding of the lab's services: "dr" or "nat" (MODES)."""
+    ipv6: bool = False
+    """IPv6 on the front subnet: the client at CLIENT_ADDRESS6, IPv6 VIPs (`lab_vips6`)."""
 
     @property
     def routers(self) -> tuple[tuple[str, ipaddress.IPv4Interface], ...]:
@@ -156,8 +168,19 @@ def _mac(kind: int, index: int, nic: int) -> str:
     return f"02:52:4c:{kind:02x}:{index:02x}:{nic:02x}"
 
 
+def bridge_mac(index: int) -> str:
+    """The fixed MAC of the switch's bridge `index` (its router address's MAC)."""
+    return _mac(3, index, 0)
+
+
 def plan_lab(
-    *, nodes: int, backends: int, prefix: str = "rlab", memory_mb: int = 128, mode: str = "dr"
+    *,
+    nodes: int,
+    backends: int,
+    prefix: str = "rlab",
+    memory_mb: int = 128,
+    mode: str = "dr",
+    ipv6: bool = False,
 ) -> LabPlan:
     """The plan of a lab with `nodes` UML nodes and `backends` back-end namespaces.
 
@@ -228,6 +251,7 @@ def plan_lab(
         nodes=tuple(node_list),
         memory_mb=memory_mb,
         mode=mode,
+        ipv6=ipv6,
     )
 
 
@@ -321,6 +345,33 @@ def lab_vips(plan: LabPlan) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(VIP_BASE + index for index in range(VIPS_PER_NODE * len(plan.nodes)))
 
 
+def lab_vips6(plan: LabPlan) -> tuple[ipaddress.IPv6Address, ...]:
+    """With `ipv6`: VIPS6_PER_NODE IPv6 VIPs per node, from VIP6_BASE up (else none). They
+    carry no IPVS service: they show ownership, NA and neighbour solicitation end to end."""
+    if not plan.ipv6:
+        return ()
+    return tuple(VIP6_BASE + index for index in range(VIPS6_PER_NODE * len(plan.nodes)))
+
+
+LAB_CHECK = ('health = { kind = "tcp", interval_ms = 2000, timeout_ms = 1000 }',)
+"""The lab's back-end check with `checks` (a quarter of the default's probes)."""
+LAB_AGENT_CHECK = (
+    f'health = {{ kind = "agent", port = {AGENT_PORT}, interval_ms = 2000, timeout_ms = 1000 }}',
+)
+
+
+def agent_service(plan: LabPlan) -> tuple[ipaddress.IPv4Address, int] | None:
+    """With `checks` and 2+ back-ends: the service whose real servers (weight AGENT_WEIGHT)
+    are checked by their agents, the last VIP's HTTP service."""
+    return (lab_vips(plan)[-1], BACKEND_PORT) if len(plan.backends) >= 2 else None
+
+
+def sorry_service(plan: LabPlan) -> tuple[ipaddress.IPv4Address, int] | None:
+    """With `checks` and 2+ back-ends: the service whose only real server is the first
+    back-end and whose sorry server is the second, the last VIP's echo service."""
+    return (lab_vips(plan)[-1], ECHO_PORT) if len(plan.backends) >= 2 else None
+
+
 def cluster_config(
     plan: LabPlan,
     *,
@@ -328,6 +379,7 @@ def cluster_config(
     key_file: str,
     data_plane: str = "ipvs",
     exclusion: str = "conservative",
+    checks: bool = False,
 ) -> str:
     """The cluster config (TOML) every node's daemon runs with.
 
@@ -336,7 +388,12 @@ def cluster_config(
     With data plane "ipvs": connection sync on (every node master and backup, on its back
     interface vec1, SYNC_ID) and, when the lab has back-ends, for every VIP one service per
     SERVICE_PORTS port (tcp, SERVICE_SCHEDULER) with every back-end as a real server
-    (forwarding = the plan's mode, weight 1).
+    (forwarding = the plan's mode, weight 1), whose back-end health checks run only with
+    `checks`, and then every 2 s (LAB_CHECK): on a 2-core host the UML nodes' ring timing
+    has little room, and the default 500 ms probes overloaded the guests (docs/lab.md).
+    With `checks` the last VIP's two services show the other parts of back-end health: its
+    HTTP service is checked by the back-ends' agents (`agent_service`), its echo service
+    has one real server and a sorry server (`sorry_service`).
     `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it).
     Raises ValueError for an unknown profile or data plane.
     """
@@ -367,30 +424,51 @@ def cluster_config(
         if ipvs:
             lines.append(f'back_interface = "{node.nics[1].guest_name}"')
         lines.append("")
-    for index, vip in enumerate(lab_vips(plan)):
-        lines += ["[[vips]]", f'address = "{vip}"', f"home = {index % len(plan.nodes) + 1}", ""]
+    for vips in (lab_vips(plan), lab_vips6(plan)):
+        for index, vip in enumerate(vips):
+            home = index % len(plan.nodes) + 1
+            lines += ["[[vips]]", f'address = "{vip}"', f"home = {home}", ""]
     if ipvs:
         for vip in lab_vips(plan):
             for port in SERVICE_PORTS if plan.backends else ():
-                lines += [
-                    "[[services]]",
-                    f'vip = "{vip}"',
-                    f"port = {port}",
-                    'protocol = "tcp"',
-                    f'scheduler = "{SERVICE_SCHEDULER}"',
-                    "mh_port = true",
-                    f'forwarding = "{plan.mode}"',
-                    "",
-                ]
-                for host in plan.backends:
-                    lines += [
-                        "[[services.real_servers]]",
-                        f'address = "{host.address.ip}"',
-                        f"port = {port}",
-                        "weight = 1",
-                        "",
-                    ]
+                lines += _service_lines(plan, vip, port, checks=checks)
     return "\n".join(lines)
+
+
+def _service_lines(
+    plan: LabPlan, vip: ipaddress.IPv4Address, port: int, *, checks: bool
+) -> list[str]:
+    """One service of the lab's config: every back-end at weight 1; with `checks` a TCP check,
+    except on the agent service (agent checks, weight AGENT_WEIGHT) and the sorry service
+    (the first back-end only, the second as its sorry server)."""
+    health = LAB_CHECK if checks else ('health = { kind = "none" }',)
+    backends, weight, sorry = plan.backends, 1, []
+    if checks and (vip, port) == agent_service(plan):
+        health, weight = LAB_AGENT_CHECK, AGENT_WEIGHT
+    if checks and (vip, port) == sorry_service(plan):
+        backends = plan.backends[:1]
+        sorry = [f'sorry_server = "{plan.backends[1].address.ip}"']
+    lines = [
+        "[[services]]",
+        f'vip = "{vip}"',
+        f"port = {port}",
+        'protocol = "tcp"',
+        f'scheduler = "{SERVICE_SCHEDULER}"',
+        "mh_port = true",
+        f'forwarding = "{plan.mode}"',
+        *sorry,
+        *health,
+        "",
+    ]
+    for host in backends:
+        lines += [
+            "[[services.real_servers]]",
+            f'address = "{host.address.ip}"',
+            f"port = {port}",
+            f"weight = {weight}",
+            "",
+        ]
+    return lines
 
 
 def _toml_string(text: str) -> str:
@@ -442,16 +520,19 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 release=$$(uname -r)
 mkdir -p /run/rainctl/modroot/lib/modules /run/rainctl/bin
 ln -s "$modules_dir/$$release" "/run/rainctl/modroot/lib/modules/$$release"
-printf '#!/bin/sh\nexec /sbin/modprobe -d /run/rainctl/modroot "$$@"\n' \
-    > /run/rainctl/bin/modprobe
+# On a host where UML keeps only the x87/SSE registers of its processes intact, init's
+# environment holds GLIBC_TUNABLES (rainctl.lab.xstate_guard); the kernel's own modprobe
+# calls get the same (empty elsewhere: glibc ignores it).
+printf '#!/bin/sh\nexport GLIBC_TUNABLES=%s\nexec /sbin/modprobe -d /run/rainctl/modroot "$$@"\n' \
+    "$$GLIBC_TUNABLES" > /run/rainctl/bin/modprobe
 chmod 0755 /run/rainctl/bin/modprobe
 echo /run/rainctl/bin/modprobe > /proc/sys/kernel/modprobe
 PATH=/run/rainctl/bin:$$PATH
 export PATH
 hostname $name
 if [ -d /proc/sys/net/ipv6 ]; then
-    echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
-    echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+    echo $disable_ipv6 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+    echo $disable_ipv6 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 fi
 echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore
 echo 2 > /proc/sys/net/ipv4/conf/all/arp_announce
@@ -565,6 +646,12 @@ def init_script(
     for nic in node.nics:
         lines.append(f"ip addr add {nic.address} dev {nic.guest_name}")
         lines.append(f"ip link set {nic.guest_name} up")
+    if plan.ipv6:
+        front = node.nics[0]
+        address6 = FRONT_NETWORK6.network_address + int(front.address.ip) % 256
+        lines.append(
+            f"ip -6 addr add {address6}/{FRONT_NETWORK6.prefixlen} dev {front.guest_name} nodad"
+        )
     for nic in node.nics:
         lines.append(f"echo 1 > /proc/sys/net/ipv4/conf/{nic.guest_name}/arp_ignore")
         lines.append(f"echo 2 > /proc/sys/net/ipv4/conf/{nic.guest_name}/arp_announce")
@@ -574,6 +661,7 @@ def init_script(
         modules_dir=UML_MODULES_DIR,
         addresses="\n".join(lines),
         modules=" ".join(IPVS_MODULES),
+        disable_ipv6=0 if plan.ipv6 else 1,
         nat=_NAT_TEMPLATE.substitute(
             back=node.nics[1].guest_name, network=BACK_NETWORK, scratch=shlex.quote(scratch)
         )
@@ -586,9 +674,10 @@ def init_script(
 
 
 def uml_command(
-    plan: LabPlan, node: Node, *, kernel: str, uml_dir: str, init_path: str
+    plan: LabPlan, node: Node, *, kernel: str, uml_dir: str, init_path: str, python: str
 ) -> tuple[str, ...]:
-    """The command that boots `node` inside the switch namespace (LAB.md, "Start a node")."""
+    """The command that boots `node` inside the switch namespace (LAB.md, "Start a node"),
+    through `python -m rainctl.lab.xstate_guard` so that it boots on any x86-64 host."""
     nics = tuple(
         f"{nic.guest_name}:transport=raw,ifname={nic.uml_end},mac={nic.mac}" for nic in node.nics
     )
@@ -597,6 +686,9 @@ def uml_command(
         "netns",
         "exec",
         plan.switch_namespace,
+        python,
+        "-m",
+        "rainctl.lab.xstate_guard",
         kernel,
         f"umid={node.name}",
         f"uml_dir={uml_dir}",

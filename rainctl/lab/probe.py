@@ -14,10 +14,15 @@ target address, request or reply):
 
     G <time> <sender mac> <address> <op>
 
+and, on a second socket for IPv6, one line per unsolicited neighbour advertisement (to
+ff02::1, Solicited flag clear: the IPv6 announcement of a new owner), with op 136.
+
 `python -m rainctl.lab.probe arp --output FILE --interface eth0 --source IP VIP...` runs in
 the client namespace: every 20 ms a broadcast ARP request for each VIP, and a line per round
 and per reply, so a VIP answered by two nodes at once shows as two MACs in one round (the
-ownership lease's test, GOALS.md F8).
+ownership lease's test, GOALS.md F8). IPv6 VIPs among them (with `--source6 IP`) get a
+neighbour solicitation to their solicited-node group instead, and each solicited NA
+addressed to `--source6` is an answer, logged the same way.
 
 None ever forks (LAB.md pitfall 1); all run until SIGKILLed (`rainctl lab down`).
 `outages()`, `garps()` and `arp_rounds()` read the logs back.
@@ -37,10 +42,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rainctl.kernel.arp import (
+    ALL_NODES,
+    ETH_P_IPV6,
+    IPPROTO_ICMPV6,
+    neighbour_discovery_frame,
+)
 from rainctl.net.icmp import echo_request, parse_echo_reply
 
 INTERVAL_S = 0.01
 ETH_P_ARP = 0x0806
+ICMPV6_NS = 135
+ICMPV6_NA = 136
+NA_SOLICITED = 0x40000000
+SOLICITED_NODE_BASE = int(ipaddress.IPv6Address("ff02::1:ff00:0"))
 
 
 def run_prober(vips: Sequence[str], output: Path, interval_s: float = INTERVAL_S) -> None:
@@ -93,18 +108,52 @@ def parse_garp(frame: bytes) -> tuple[str, str, int] | None:
     return sender_mac.hex(":"), str(ipaddress.IPv4Address(sender_ip)), int(op)
 
 
+def neighbour_solicitation(
+    mac: bytes, source: ipaddress.IPv6Address, target: ipaddress.IPv6Address
+) -> bytes:
+    """Neighbour solicitation (86 bytes) for `target`, from `source` at `mac`, to the
+    target's solicited-node group, with the source link-layer address option."""
+    group = ipaddress.IPv6Address(SOLICITED_NODE_BASE | (int(target) & 0xFFFFFF))
+    option = struct.pack("!BB", 1, 1) + mac  # source link-layer address
+    unsummed = struct.pack("!BBHI", ICMPV6_NS, 0, 0, 0) + target.packed + option
+    return neighbour_discovery_frame(b"\x33\x33" + group.packed[-4:], mac, source, group, unsummed)
+
+
+def parse_na(frame: bytes) -> tuple[str, str, bool, ipaddress.IPv6Address] | None:
+    """(sender MAC, target address, Solicited flag, IPv6 destination) of a neighbour
+    advertisement Ethernet frame, else None."""
+    if len(frame) < 78 or struct.unpack("!H", frame[12:14])[0] != ETH_P_IPV6:
+        return None
+    if frame[20] != IPPROTO_ICMPV6 or frame[54] != ICMPV6_NA:
+        return None
+    (flags,) = struct.unpack("!I", frame[58:62])
+    destination = ipaddress.IPv6Address(frame[38:54])
+    target = str(ipaddress.IPv6Address(frame[62:78]))
+    return frame[6:12].hex(":"), target, bool(flags & NA_SOLICITED), destination
+
+
 def run_garp_reader(interface: str, output: Path) -> None:
-    """Log every gratuitous ARP seen on `interface` to `output`, for ever."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    sock.bind((interface, ETH_P_ARP))
+    """Log every gratuitous ARP and unsolicited NA seen on `interface` to `output`, for
+    ever."""
+    arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    arp.bind((interface, ETH_P_ARP))
+    ipv6 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+    ipv6.bind((interface, ETH_P_IPV6))
     with output.open("a", encoding="ascii", buffering=1) as log:
         while True:
-            frame = sock.recv(2048)
-            seen = time.time()
-            garp = parse_garp(frame)
-            if garp is not None:
-                mac, address, op = garp
-                log.write(f"G {seen:.6f} {mac} {address} {op}\n")
+            readable, _, _ = select.select([arp, ipv6], [], [])
+            for sock in readable:
+                frame = sock.recv(2048)
+                seen = time.time()
+                if sock is arp:
+                    garp = parse_garp(frame)
+                    if garp is not None:
+                        mac, address, op = garp
+                        log.write(f"G {seen:.6f} {mac} {address} {op}\n")
+                    continue
+                na = parse_na(frame)
+                if na is not None and not na[2] and na[3] == ALL_NODES:
+                    log.write(f"G {seen:.6f} {na[0]} {na[1]} {ICMPV6_NA}\n")
 
 
 ARP_INTERVAL_S = 0.02
@@ -139,22 +188,44 @@ def run_arp_prober(
     source: str,
     vips: Sequence[str],
     output: Path,
+    *,
     interval_s: float = ARP_INTERVAL_S,
+    source6: str | None = None,
 ) -> None:
     """Ask for every VIP's MAC each `interval_s` from `interface` (AF_PACKET: the kernel's
     neighbour cache is not involved) and log each round and every reply, for ever:
 
         Q <time> <round>            requests for every VIP sent
         A <time> <mac> <vip>        an answer for a VIP (every answerer is logged;
-                                    gratuitous ARP is not an answer)
+                                    gratuitous ARP and unsolicited NA are not answers)
+
+    IPv4 VIPs are asked by ARP from `source`, IPv6 ones by neighbour solicitation from
+    `source6` (required when there are any).
     """
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    sock.bind((interface, ETH_P_ARP))
-    sock.setblocking(False)
-    mac: bytes = sock.getsockname()[4]  # (ifname, proto, pkttype, hatype, hardware address)
+    addresses = [ipaddress.ip_address(vip) for vip in vips]
+    arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    arp.bind((interface, ETH_P_ARP))
+    arp.setblocking(False)
+    mac: bytes = arp.getsockname()[4]  # (ifname, proto, pkttype, hatype, hardware address)
     own = ipaddress.IPv4Address(source)
-    frames = [arp_request(mac, own, ipaddress.IPv4Address(vip)) for vip in vips]
-    wanted = set(vips)
+    sends = [
+        (arp, arp_request(mac, own, vip))
+        for vip in addresses
+        if isinstance(vip, ipaddress.IPv4Address)
+    ]
+    sockets = [arp]
+    own6: ipaddress.IPv6Address | None = None
+    targets6 = [vip for vip in addresses if isinstance(vip, ipaddress.IPv6Address)]
+    if targets6:
+        if source6 is None:
+            raise ValueError("IPv6 VIPs need --source6")
+        own6 = ipaddress.IPv6Address(source6)
+        ipv6 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+        ipv6.bind((interface, ETH_P_IPV6))
+        ipv6.setblocking(False)
+        sockets.append(ipv6)
+        sends += [(ipv6, neighbour_solicitation(mac, own6, vip)) for vip in targets6]
+    wanted = {str(vip) for vip in addresses}
     with output.open("a", encoding="ascii", buffering=1) as log:
         round_number = 0
         next_tick = time.monotonic()
@@ -163,21 +234,35 @@ def run_arp_prober(
             if now >= next_tick:
                 round_number += 1
                 log.write(f"Q {time.time():.6f} {round_number}\n")
-                for frame in frames:
+                for sock, frame in sends:
                     with contextlib.suppress(OSError):
                         sock.send(frame)
                 next_tick += interval_s
                 if next_tick < now:
                     next_tick = now + interval_s
-            readable, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
-            while readable:
-                try:
-                    frame = sock.recv(2048)
-                except BlockingIOError:
-                    break
-                reply = parse_arp_reply(frame, own)
-                if reply is not None and reply[1] in wanted:
-                    log.write(f"A {time.time():.6f} {reply[0]} {reply[1]}\n")
+            readable, _, _ = select.select(sockets, [], [], max(0.0, next_tick - time.monotonic()))
+            for sock in readable:
+                while True:
+                    try:
+                        frame = sock.recv(2048)
+                    except BlockingIOError:
+                        break
+                    reply = _answer(frame, own, own6)
+                    if reply is not None and reply[1] in wanted:
+                        log.write(f"A {time.time():.6f} {reply[0]} {reply[1]}\n")
+
+
+def _answer(
+    frame: bytes, own: ipaddress.IPv4Address, own6: ipaddress.IPv6Address | None
+) -> tuple[str, str] | None:
+    """(MAC, VIP) of an ARP reply to `own` or a solicited NA to `own6`, else None."""
+    reply = parse_arp_reply(frame, own)
+    if reply is not None or own6 is None:
+        return reply
+    na = parse_na(frame)
+    if na is None or not na[2] or na[3] != own6:
+        return None
+    return na[0], na[1]
 
 
 # ---- reading the logs back ------------------------------------------------------------------
@@ -312,13 +397,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     arp.add_argument("--output", type=Path, required=True)
     arp.add_argument("--interface", required=True)
     arp.add_argument("--source", required=True, help="this host's IPv4 address")
+    arp.add_argument("--source6", help="this host's IPv6 address (for IPv6 VIPs)")
     arp.add_argument("--interval", type=float, default=ARP_INTERVAL_S)
     arp.add_argument("vips", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "arp" and args.source6 is None and any(":" in vip for vip in args.vips):
+        parser.error("IPv6 VIPs need --source6")
     if args.command == "ping":
         run_prober(args.vips, args.output, args.interval)
     elif args.command == "arp":
-        run_arp_prober(args.interface, args.source, args.vips, args.output, args.interval)
+        run_arp_prober(
+            args.interface,
+            args.source,
+            args.vips,
+            args.output,
+            interval_s=args.interval,
+            source6=args.source6,
+        )
     else:
         run_garp_reader(args.interface, args.output)
 

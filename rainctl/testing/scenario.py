@@ -38,7 +38,10 @@ class Fault:
     partition: `groups` (nodes in different groups cannot talk);
     oneway: datagrams from `sources` to `targets` are dropped (the reverse still works);
     network: `network` replaces the conditions; heal: partitions and one-way cuts end;
-    upstream_down / upstream_up: `node` loses / regains its upstream (quorum = upstream).
+    upstream_down / upstream_up: `node` loses / regains its upstream (quorum = upstream);
+    backend_down / backend_up: real server `backend` dies / comes back;
+    backend_cut / backend_uncut: `node` can no longer / again reach real server `backend`;
+    backend_drain / backend_undrain: an operator asks `node` to drain / undrain `backend`.
     """
 
     at_ms: int
@@ -50,6 +53,7 @@ class Fault:
     network: NetworkConditions | None = None
     vip_index: int = 0
     bytes_per_s: int = 0
+    backend: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class Scenario:
     rebalance: bool = False
     late_joiners: tuple[int, ...] = ()
     """Nodes that are configured but start only with a `join` fault."""
+    backends: int = 0
+    """Real servers of one service, checked by the members (rainctl.testing.health_model)."""
     expect: dict[str, int] = field(default_factory=dict)
     """Golden expectations, e.g. {"max_outage_ms": 600}; checked by the golden tests."""
     replay: str = ""
@@ -92,6 +98,12 @@ FAULT_KINDS = (
     "network",
     "upstream_down",
     "upstream_up",
+    "backend_down",
+    "backend_up",
+    "backend_cut",
+    "backend_uncut",
+    "backend_drain",
+    "backend_undrain",
 )
 
 # ---- random schedules for seed sweeps -----------------------------------------------------
@@ -118,6 +130,10 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
         time += rng.randint(300, 2500)
     faults.append(Fault(fault_end, "heal"))
     faults.append(Fault(fault_end, "network", network=NetworkConditions()))
+    # Back-ends draw from their own generator: the ring's schedule of a seed stays the same.
+    backend_rng = Random(f"{seed}:backends")
+    backends = backend_rng.choice((0, 0, 3, 8)) if mixed else 0
+    faults.extend(_random_backend_faults(backend_rng, backends, nodes, fault_end))
     faults.sort(key=lambda fault: fault.at_ms)
     return Scenario(
         seed=seed,
@@ -130,8 +146,34 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
         network=NetworkConditions(0, rng.choice((1, 1, 3)), 0.0, 0.0),
         faults=tuple(faults),
         rebalance=rng.random() < 0.3,
+        backends=backends,
         replay=f"rainctl sim --seed {seed} --random",
     )
+
+
+def _random_backend_faults(rng: Random, backends: int, nodes: int, fault_end: int) -> list[Fault]:
+    """Deaths of real servers and cuts between a node and a server; most are undone before
+    the heal, the others last to the end, where the verdicts must show them."""
+    faults: list[Fault] = []
+    for _ in range(rng.randint(0, 4) if backends else 0):
+        backend = rng.randrange(backends)
+        start = rng.randint(1000, fault_end - 500)
+        end = rng.randint(start + 100, fault_end)
+        if rng.random() < 0.5:
+            faults.append(Fault(start, "backend_down", backend=backend))
+            if rng.random() < 0.7:
+                faults.append(Fault(end, "backend_up", backend=backend))
+        else:
+            node = rng.randint(1, nodes)
+            faults.append(Fault(start, "backend_cut", node=node, backend=backend))
+            if rng.random() < 0.7:
+                faults.append(Fault(end, "backend_uncut", node=node, backend=backend))
+    # Operator drains asked of random nodes (down, cut off, or in a minority, at times).
+    for _ in range(rng.randint(0, 3) if backends else 0):
+        kind = rng.choice(("backend_drain", "backend_undrain"))
+        at = rng.randint(500, fault_end)
+        faults.append(Fault(at, kind, node=rng.randint(1, nodes), backend=rng.randrange(backends)))
+    return faults
 
 
 def _random_fault(rng: Random, time: int, nodes: int, fault_end: int, mixed: bool) -> list[Fault]:
@@ -208,6 +250,12 @@ class _FaultModel(BaseModel):
         "network",
         "upstream_down",
         "upstream_up",
+        "backend_down",
+        "backend_up",
+        "backend_cut",
+        "backend_uncut",
+        "backend_drain",
+        "backend_undrain",
     ]
     node: Annotated[int, Field(ge=0, le=65535)] = 0
     groups: tuple[tuple[int, ...], ...] = ()
@@ -216,6 +264,7 @@ class _FaultModel(BaseModel):
     network: _NetworkModel | None = None
     vip_index: Annotated[int, Field(ge=0)] = 0
     bytes_per_s: Annotated[int, Field(ge=0)] = 0
+    backend: Annotated[int, Field(ge=0)] = 0
 
 
 class _ScenarioModel(BaseModel):
@@ -229,6 +278,7 @@ class _ScenarioModel(BaseModel):
     duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 10_000
     rebalance: bool = False
     late_joiners: tuple[int, ...] = ()
+    backends: Annotated[int, Field(ge=0, le=10_000)] = 0
     network: _NetworkModel = _NetworkModel()
     faults: tuple[_FaultModel, ...] = ()
     expect: dict[str, int] = {}
@@ -254,6 +304,12 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
             raise ConfigError(
                 f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})"
             )
+        if fault.kind.startswith("backend_") and fault.backend >= model.backends:
+            raise ConfigError(
+                f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
+            )
+        if fault.kind in ("backend_cut", "backend_uncut") and not fault.node:
+            raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
         if fault.kind == "network" and fault.network is None:
             raise ConfigError(f"{where}.network: required for kind 'network'")
         try:
@@ -271,6 +327,7 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
                 network,
                 fault.vip_index,
                 fault.bytes_per_s,
+                fault.backend,
             )
         )
     unknown_late = sorted(set(model.late_joiners) - node_ids)
@@ -294,6 +351,7 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
         faults=tuple(sorted(faults, key=lambda f: f.at_ms)),
         rebalance=model.rebalance,
         late_joiners=model.late_joiners,
+        backends=model.backends,
         expect=dict(model.expect),
     )
 

@@ -19,6 +19,7 @@ from rainctl.core.codec import CodecError, DatagramCodec, KeyRing
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyHealth,
     ClockAdvanced,
     Deliver,
     Event,
@@ -27,11 +28,15 @@ from rainctl.core.events import (
     LeaveRequested,
     LeftRing,
     LoadMeasured,
+    MaintenanceRequested,
+    MaintenanceRestored,
     MessageReceived,
     OwnVips,
+    SaveMaintenance,
     Send,
     UpstreamChecked,
 )
+from rainctl.core.health import HealthState, Maintenance
 from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -44,6 +49,7 @@ from rainctl.core.spec import (
     derive_timers,
 )
 from rainctl.core.types import Instant, NodeId, NodeState, Vip, VipTraffic
+from rainctl.testing.health_model import CHECK_INTERVAL_MS, FALL, RISE, SimBackends
 from rainctl.testing.invariants import InvariantChecker, InvariantViolation
 from rainctl.testing.scenario import Fault, Scenario
 
@@ -174,6 +180,11 @@ class Simulation:
         self.check_liveness = check_liveness
         self.checker = InvariantChecker(self.spec, scenario)
         self.converged_at: Instant | None = None
+        self.backends: SimBackends | None = None
+        self.disks: dict[NodeId, tuple[Maintenance, ...]] = {}
+        """Each node's saved operator drains (SaveMaintenance), restored at its restart."""
+        if scenario.backends:
+            self.backends = SimBackends(scenario.backends, self.spec.checkers_per_server)
         for node_id in self.spec.node_ids():
             if node_id in scenario.late_joiners:
                 continue
@@ -182,6 +193,9 @@ class Simulation:
             self._push(fault.at_ms, "fault", fault)
         for node_id in self.spec.node_ids():
             self._push(LOAD_INTERVAL_MS + node_id * 37, "load", node_id)
+        if self.backends is not None:
+            for node_id in self.spec.node_ids():
+                self._push(CHECK_INTERVAL_MS + node_id * 29, "health", node_id)
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -196,6 +210,9 @@ class Simulation:
         self.nodes[node_id] = SimNode(node_id, incarnation, machine, codec)
         self._record(node_id, "start", f"incarnation {incarnation}")
         self._step(self.nodes[node_id], UpstreamChecked(node_id not in self.upstream_cut))
+        saved = self.disks.get(node_id)
+        if saved:  # what the daemon reads from its state directory at start
+            self._step(self.nodes[node_id], MaintenanceRestored(saved))
 
     def _record(self, node: NodeId, kind: str, detail: str) -> None:
         self.timeline.append(TimelineEntry(self.now, node, kind, detail))
@@ -223,6 +240,10 @@ class Simulation:
             self.now = end
             if self.check_liveness:
                 self.checker.check_liveness(self._live_nodes(), self.now, self.converged_at)
+                converged = self.converged_at
+                settled = converged is not None and self.now - converged >= self._health_settle_ms()
+                if self.backends is not None and settled:
+                    self.backends.check_settled(self._live_nodes(), self.now)
         except InvariantViolation as violation:
             violation.seed = self.scenario.seed
             violation.replay = self.scenario.replay
@@ -250,6 +271,15 @@ class Simulation:
             assert isinstance(payload, int)
             self._measure_load(payload)
             self._push(self.now + LOAD_INTERVAL_MS, "load", payload)
+        elif kind == "health":
+            assert isinstance(payload, int)
+            assert self.backends is not None
+            checker = self.nodes.get(payload)
+            if checker is not None and checker.condition is NodeCondition.UP:
+                observed = self.backends.check(checker)
+                if observed is not None:
+                    self._step(checker, observed)
+            self._push(self.now + CHECK_INTERVAL_MS, "health", payload)
 
     def _deliver(self, destination: NodeId, data: bytes) -> None:
         node = self.nodes.get(destination)
@@ -276,6 +306,8 @@ class Simulation:
         for action in actions:
             self._carry_out(node, action)
         self.checker.after_step(self._live_nodes(), self.now)
+        if self.backends is not None:
+            self.backends.after_step(self._live_nodes(), self.now)
         if node.condition is NodeCondition.UP:
             self._schedule_wake(node)
 
@@ -300,6 +332,15 @@ class Simulation:
         elif isinstance(action, FailureDecided):
             about = "" if action.node is None else f"node {action.node}: "
             self._record(node.node_id, action.decision, about + action.detail)
+        elif isinstance(action, ApplyHealth) and self.backends is not None:
+            down = sum(1 for verdict in action.verdicts if verdict.state is HealthState.DOWN)
+            drained = len(action.drained)
+            self._record(
+                node.node_id, "health", f"seq {action.seq}: {down} down, {drained} drained"
+            )
+            self.backends.on_apply(node, action, self.now)
+        elif isinstance(action, SaveMaintenance):
+            self.disks[node.node_id] = action.entries
 
     def _transmit(self, node: SimNode, send: Send) -> None:
         data = node.codec.encode(send.destination, send.message)
@@ -391,8 +432,21 @@ class Simulation:
             self.blocked = set()
         elif kind == "network" and fault.network is not None:
             self.network = fault.network
+        elif kind.startswith("backend_"):
+            self._apply_backend_fault(fault, node)
         clean = not self.blocked and self.network.loss == 0 and self.network.duplicate == 0
         self.checker.set_network_clean(clean, self.now)
+
+    def _apply_backend_fault(self, fault: Fault, node: SimNode | None) -> None:
+        """A real server's death or cut (the truth), or an operator drain asked of `node`."""
+        if self.backends is None:
+            return
+        if fault.kind not in ("backend_drain", "backend_undrain"):
+            self.backends.apply_fault(fault)
+        elif node is not None and node.condition is NodeCondition.UP:
+            key = self.backends.catalogue[fault.backend].key
+            self._step(node, MaintenanceRequested(key, fault.kind == "backend_drain"))
+            self.backends.issued(node.node_id, node.machine.health.maintenance, key)
 
     def _describe(self, fault: Fault) -> str:
         if fault.kind == "partition":
@@ -405,6 +459,11 @@ class Simulation:
                 f"network loss={n.loss} dup={n.duplicate} delay={n.delay_min_ms}-{n.delay_max_ms}ms"
             )
         return fault.kind
+
+    def _health_settle_ms(self) -> int:
+        """After the ring converged (every fault is over by then): the checks' fall or rise
+        once more, and a few rotations for the reports and the verdicts to go round."""
+        return (max(RISE, FALL) + 2) * CHECK_INTERVAL_MS + 4 * self.spec.timers.round_ms
 
     def _fail(self, node: SimNode) -> None:
         """Open an outage record for every VIP the failing node was serving."""

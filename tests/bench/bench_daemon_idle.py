@@ -23,10 +23,8 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,27 +33,16 @@ from pathlib import Path
 import psutil
 
 from rainctl.daemon.control import ControlError, request
+from rainctl.testing.ports import daemon_command, free_udp_ports
 
-RAINCTL = Path(sys.executable).parent / "rainctl"
 SETTLE_S = 6.0
-
-
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _config(directory: Path, nodes: int, profile: str) -> Path:
     (directory / "cluster.key").write_text("1:" + "ab" * 32 + "\n", encoding="utf-8")
     lines = ["[cluster]", 'name = "idle"', "id = 3", 'key_file = "cluster.key"',
              f'profile = "{profile}"', ""]  # fmt: skip
-    for node_id, port in enumerate(_ports(nodes), 1):
+    for node_id, port in enumerate(free_udp_ports(nodes), 1):
         lines += ["[[nodes]]", f"id = {node_id}", f'address = "127.0.0.1:{port}"', ""]
     for index in range(2 * nodes):
         lines += ["[[vips]]", f'address = "198.18.2.{index + 1}"', ""]
@@ -75,18 +62,12 @@ def measure(
         for node_id in range(1, nodes + 1):
             processes.append(
                 subprocess.Popen(
-                    [
-                        str(RAINCTL),
-                        "daemon",
-                        "--config",
-                        str(config),
-                        "--node",
-                        str(node_id),
-                        "--state-dir",
-                        str(directory / f"state{node_id}"),
-                        "--control-socket",
-                        str(directory / f"control{node_id}.sock"),
-                    ],
+                    daemon_command(
+                        config,
+                        node_id,
+                        directory / f"state{node_id}",
+                        directory / f"control{node_id}.sock",
+                    ),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

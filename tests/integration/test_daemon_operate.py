@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from rainctl.testing.ports import RAINCTL
 from tests.integration.test_daemon_ring import (
     NODES,
-    RAINCTL,
     VIPS,
     Cluster,
     Daemon,

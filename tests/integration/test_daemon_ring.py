@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,10 +20,10 @@ from typing import Any
 import pytest
 
 from rainctl.daemon.control import ControlError, request
+from rainctl.testing.ports import RAINCTL, daemon_command, free_udp_ports
 
 NODES = (1, 2, 3)
 VIPS = tuple(f"198.18.2.{index}" for index in range(1, 7))
-RAINCTL = Path(sys.executable).parent / "rainctl"
 KEY = "1:" + "5a" * 32
 
 
@@ -47,17 +45,6 @@ class Daemon:
 class Cluster:
     quorum: str
     daemons: dict[int, Daemon]
-
-
-def free_udp_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def write_cluster(directory: Path, quorum: str) -> Path:
@@ -82,6 +69,8 @@ def write_cluster(directory: Path, quorum: str) -> Path:
         "[[services]]",
         f'vip = "{VIPS[0]}"',
         "port = 80",
+        # These real servers exist nowhere: a check would probe the host's network.
+        'health = { kind = "none" }',
         "[[services.real_servers]]",
         'address = "198.18.1.11"',
         "[[services.real_servers]]",
@@ -102,18 +91,7 @@ def start_daemon(config: Path, directory: Path, node_id: int) -> Daemon:
     socket_path = node_dir / "control.sock"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [
-                str(RAINCTL),
-                "daemon",
-                "--config",
-                str(config),
-                "--node",
-                str(node_id),
-                "--state-dir",
-                str(node_dir / "state"),
-                "--control-socket",
-                str(socket_path),
-            ],
+            daemon_command(config, node_id, node_dir / "state", socket_path),
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -157,8 +135,8 @@ def converged(daemons: list[Daemon]) -> bool:
     if any(document is None for document in documents):
         return False
     rings = {repr(document["ring"]) for document in documents if document is not None}
-    members = {
-        tuple(member["node_id"] for member in document["members"])
+    members = {  # in ring order, which a join or a merge may change: compared as sets
+        tuple(sorted(member["node_id"] for member in document["members"]))
         for document in documents
         if document is not None
     }

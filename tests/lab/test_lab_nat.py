@@ -64,6 +64,4 @@ def test_http_through_nat_directors_and_after_a_kill(nat_lab: Lab) -> None:
 
 
 def test_nat_lab_down_leaves_nothing(nat_lab: Lab) -> None:
-    code, output = nat_lab.rainctl("down")
-    assert code == 0, output
-    assert not nat_lab.state_dir.exists()
+    nat_lab.down_leaves_nothing()

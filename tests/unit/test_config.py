@@ -394,8 +394,8 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         ),
         pytest.param(
             "verbose = true\n" + document(),
-            "verbose: unknown key (allowed: cluster, timers, rebalance, nodes, vips, sync, "
-            "services)",
+            "verbose: unknown key (allowed: cluster, timers, rebalance, health, nodes, vips, "
+            "sync, services)",
             id="unknown-top-level-key",
         ),
         pytest.param(

@@ -235,13 +235,13 @@ def test_digest_still_covers_the_nodes() -> None:
         pytest.param(
             with_services(service(servers=server(body="backup = true\n"))),
             "services[0].real_servers[0].backup: unknown key (allowed: address, port, weight, "
-            "forwarding)",
+            "forwarding, health)",
             id="unknown-real-server-key",
         ),
         pytest.param(
             with_services(service(body="fwmark = 1\n")),
             "services[0].fwmark: unknown key (allowed: vip, port, protocol, scheduler, "
-            "mh_port, forwarding, persistence_s, real_servers)",
+            "mh_port, forwarding, persistence_s, real_servers, health, sorry_server)",
             id="unknown-service-key",
         ),
         pytest.param(

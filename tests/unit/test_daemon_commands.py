@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rainctl.core.events import MulticastRequested, PinRequested
+from rainctl.core.events import MaintenanceRequested, MulticastRequested, PinRequested
 from rainctl.core.ring import RingMachine
 from rainctl.core.types import NodeState
 from rainctl.daemon.commands import (
@@ -18,6 +18,7 @@ from rainctl.daemon.commands import (
     write_drained,
 )
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
+from rainctl.daemon.maintenance import BackendCommands
 from rainctl.testing.scenario import Scenario
 from rainctl.testing.sim import Simulation, spec_for
 
@@ -28,12 +29,12 @@ class Recorder:
     """The daemon's side of `Commands`: records the events and states it is handed."""
 
     def __init__(self) -> None:
-        self.events: list[PinRequested | MulticastRequested] = []
+        self.events: list[PinRequested | MulticastRequested | MaintenanceRequested] = []
         self.states: list[NodeState] = []
         self.reloads = 0
         self.leaves = 0
 
-    def step(self, event: PinRequested | MulticastRequested) -> None:
+    def step(self, event: PinRequested | MulticastRequested | MaintenanceRequested) -> None:
         self.events.append(event)
 
     def set_state(self, state: NodeState) -> None:
@@ -45,6 +46,17 @@ class Recorder:
     def reload(self) -> JsonObject:
         self.reloads += 1
         return {"reloaded": True}
+
+
+async def backends_document() -> JsonObject:
+    return {"services": []}
+
+
+def answer(commands: Commands, request: ControlRequest) -> JsonObject:
+    """A command answered at once (every one here but `backends`, which asks a worker)."""
+    result = commands.answer(request)
+    assert isinstance(result, dict)
+    return result
 
 
 def _machine(node_id: int, *, converged: bool = True) -> RingMachine:
@@ -65,6 +77,8 @@ def _commands(machine: RingMachine, state_dir: Path, recorder: Recorder) -> Comm
         status=lambda: {"node_id": machine.node_id},
         reload=recorder.reload,
         leave=recorder.leave,
+        backends=backends_document,
+        backend_commands=BackendCommands(machine, lambda: (), recorder.step),
     )
 
 
@@ -87,7 +101,7 @@ def test_drained_flag_persists(tmp_path: Path) -> None:
 def test_vips_lists_every_configured_vip_with_its_owner(tmp_path: Path) -> None:
     machine = _machine(1)
     commands = _commands(machine, tmp_path, Recorder())
-    document = commands.answer(ControlRequest("vips"))
+    document = answer(commands, ControlRequest("vips"))
     assert document["in_ring"] is True
     rows = document["vips"]
     assert [row["vip"] for row in rows] == [vip.vip for vip in spec_for(SCENARIO).vips]
@@ -99,8 +113,8 @@ def test_pin_and_unpin_become_events_after_validation(tmp_path: Path) -> None:
     recorder = Recorder()
     commands = _commands(_machine(1), tmp_path, recorder)
     vip = spec_for(SCENARIO).vips[0].vip
-    assert commands.answer(ControlRequest("pin", {"vip": vip, "node": 2}))["pinned_to"] == 2
-    commands.answer(ControlRequest("unpin", {"vip": vip}))
+    assert answer(commands, ControlRequest("pin", {"vip": vip, "node": 2}))["pinned_to"] == 2
+    answer(commands, ControlRequest("unpin", {"vip": vip}))
     assert recorder.events == [PinRequested(vip, 2), PinRequested(vip, None)]
 
 
@@ -117,7 +131,10 @@ def test_pin_and_unpin_become_events_after_validation(tmp_path: Path) -> None:
         (ControlRequest("drain", {"node": "2"}), "argument 'node' must be an integer"),
         (ControlRequest("drain", {"node": 2, "force": True}), "unknown argument(s) force"),
         (ControlRequest("status", {"verbose": 1}), "unknown argument(s) verbose"),
-        (ControlRequest("shutdown"), "unknown command 'shutdown' (known: drain, leave, pin"),
+        (
+            ControlRequest("shutdown"),
+            "unknown command 'shutdown' (known: backend_drain, backend_undrain, backends, drain",
+        ),
     ],
 )
 def test_bad_requests_are_refused_and_change_nothing(
@@ -126,7 +143,7 @@ def test_bad_requests_are_refused_and_change_nothing(
     recorder = Recorder()
     commands = _commands(_machine(1), tmp_path, recorder)
     with pytest.raises(ControlError) as raised:
-        commands.answer(request_)
+        answer(commands, request_)
     assert message in str(raised.value)
     assert recorder.events == []
     assert recorder.states == []
@@ -135,10 +152,10 @@ def test_bad_requests_are_refused_and_change_nothing(
 def test_drain_of_self_is_local_and_persisted(tmp_path: Path) -> None:
     recorder = Recorder()
     commands = _commands(_machine(1), tmp_path, recorder)
-    assert commands.answer(ControlRequest("drain", {"node": 1}))["via"] == "local"
+    assert answer(commands, ControlRequest("drain", {"node": 1}))["via"] == "local"
     assert recorder.states == [NodeState.DRAIN]
     assert read_drained(tmp_path, 1)
-    commands.answer(ControlRequest("undrain", {"node": 1}))
+    answer(commands, ControlRequest("undrain", {"node": 1}))
     assert recorder.states == [NodeState.DRAIN, NodeState.ACTIVE]
     assert not read_drained(tmp_path, 1)
 
@@ -146,7 +163,7 @@ def test_drain_of_self_is_local_and_persisted(tmp_path: Path) -> None:
 def test_drain_of_another_member_travels_the_ring_and_only_it_applies(tmp_path: Path) -> None:
     asker = Recorder()
     commands = _commands(_machine(1), tmp_path / "one", asker)
-    assert commands.answer(ControlRequest("drain", {"node": 2}))["via"] == "ring"
+    assert answer(commands, ControlRequest("drain", {"node": 2}))["via"] == "ring"
     (event,) = asker.events
     assert event == MulticastRequested(DRAIN_KIND, encode_drain(2, True))
     assert asker.states == []
@@ -165,13 +182,13 @@ def test_drain_of_another_member_travels_the_ring_and_only_it_applies(tmp_path: 
 def test_drain_of_another_node_outside_a_ring_says_where_to_run_it(tmp_path: Path) -> None:
     commands = _commands(_machine(1, converged=False), tmp_path, Recorder())
     with pytest.raises(ControlError, match=r"not in a ring; run `rainctl node drain 2` on node 2"):
-        commands.answer(ControlRequest("drain", {"node": 2}))
+        answer(commands, ControlRequest("drain", {"node": 2}))
 
 
 def test_reload_is_the_callback(tmp_path: Path) -> None:
     recorder = Recorder()
     commands = _commands(_machine(1), tmp_path, recorder)
-    assert commands.answer(ControlRequest("reload")) == {"reloaded": True}
+    assert answer(commands, ControlRequest("reload")) == {"reloaded": True}
     assert recorder.reloads == 1
 
 
@@ -180,7 +197,7 @@ def test_a_drain_that_cannot_be_saved_still_applies_and_says_so(tmp_path: Path) 
     missing = tmp_path / "missing"
     commands = _commands(_machine(1), missing, recorder)
     with pytest.raises(ControlError, match="drain: applied, but not saved for restarts"):
-        commands.answer(ControlRequest("drain", {"node": 1}))
+        answer(commands, ControlRequest("drain", {"node": 1}))
     assert recorder.states == [NodeState.DRAIN]
     commands.on_deliver(2, DRAIN_KIND, encode_drain(1, False))  # logged, not raised
     assert recorder.states == [NodeState.DRAIN, NodeState.ACTIVE]
@@ -189,5 +206,5 @@ def test_a_drain_that_cannot_be_saved_still_applies_and_says_so(tmp_path: Path) 
 def test_leave_is_the_callback(tmp_path: Path) -> None:
     recorder = Recorder()
     commands = _commands(_machine(2), tmp_path, recorder)
-    assert commands.answer(ControlRequest("leave")) == {"node": 2, "leaving": True}
+    assert answer(commands, ControlRequest("leave")) == {"node": 2, "leaving": True}
     assert recorder.leaves == 1

@@ -179,7 +179,7 @@ def test_programs_the_services_and_reports_them() -> None:
             ("198.18.0.101", 53, "udp"),
         ]
         dns = status["services"][1]
-        assert (dns["scheduler"], dns["persistence_s"], dns["flags"]) == ("mh", 60, 0x10)
+        assert (dns["scheduler"], dns["persistence_s"], dns["flags"]) == ("mh", 60, 0x18)
         assert dns["real_servers"] == [
             {
                 "address": "198.18.1.13",

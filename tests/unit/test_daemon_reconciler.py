@@ -138,6 +138,7 @@ def test_the_lease_is_renewed_only_while_the_ring_is_fresh_and_a_lapse_is_retake
         renewals = addresses.renewals
         await asyncio.sleep(0.6)
         assert addresses.renewals == renewals
+        assert reconciler.lease_unconfirmed >= 2
         now[0] += 5  # the lease ran out meanwhile
         # The ring is back and still gives both VIPs to this node: taken again, announced.
         fresh[0] = True

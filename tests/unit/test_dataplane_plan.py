@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rainctl.core.dataplane import (
+    IP_VS_SVC_F_SCHED_FALLBACK,
     IP_VS_SVC_F_SCHED_MH_PORT,
     ForwardingMethod,
     IpvsEntry,
@@ -130,7 +131,12 @@ def test_desired_table_from_the_config_values() -> None:
         IpvsEntry(WEB, (RS1, RS2)),
         IpvsEntry(
             IpvsService(
-                "2001:db8::100", 53, ServiceProtocol.UDP, "mh", 60, IP_VS_SVC_F_SCHED_MH_PORT
+                "2001:db8::100",
+                53,
+                ServiceProtocol.UDP,
+                "mh",
+                60,
+                IP_VS_SVC_F_SCHED_MH_PORT | IP_VS_SVC_F_SCHED_FALLBACK,
             ),
             (IpvsRealServer("2001:db8::12", 5353, 0, ForwardingMethod.NAT),),
         ),

@@ -403,6 +403,8 @@ def test_ipvs_sysctls_are_written_and_failures_are_one_error(tmp_path: Path) -> 
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {
         "sloppy_tcp": "1\n",
         "sloppy_sctp": "1\n",
+        "expire_nodest_conn": "1\n",
+        "expire_quiescent_template": "1\n",
     }
     with pytest.raises(KernelError, match=r"cannot set .*missing/sloppy_tcp"):
         set_ipvs_sysctls(tmp_path / "missing")

@@ -7,6 +7,7 @@ import ipaddress
 import socket
 import struct
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from rainctl.lab.plan import (
     IPVS_MODULES,
     LAB_NETWORK,
     NODES_MAX,
+    cluster_config,
     init_script,
+    lab_vips6,
     plan_lab,
     uml_command,
 )
@@ -138,9 +141,23 @@ def test_init_script_quotes_the_scratch_directory() -> None:
 def test_uml_command_runs_in_the_switch_namespace() -> None:
     plan = plan_lab(nodes=1, backends=0, memory_mb=96)
     command = uml_command(
-        plan, plan.nodes[0], kernel="/usr/bin/linux.uml", uml_dir="/s/uml", init_path="/s/init"
+        plan,
+        plan.nodes[0],
+        kernel="/usr/bin/linux.uml",
+        uml_dir="/s/uml",
+        init_path="/s/init",
+        python="/venv/bin/python",
     )
-    assert command[:5] == ("ip", "netns", "exec", "rlab-sw", "/usr/bin/linux.uml")
+    assert command[:8] == (
+        "ip",
+        "netns",
+        "exec",
+        "rlab-sw",
+        "/venv/bin/python",
+        "-m",
+        "rainctl.lab.xstate_guard",
+        "/usr/bin/linux.uml",
+    )
     for argument in (
         "umid=rlab-node1",
         "uml_dir=/s/uml",
@@ -257,6 +274,11 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["lab", "up", "--nodes", "0", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr == "rainctl: error: nodes 0: must be 1..8\n"
+    result = runner.invoke(app, ["lab", "up", "--checks", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rainctl: error: --checks needs --daemon (the checks run in the nodes' daemons)\n"
+    )
     result = runner.invoke(app, ["lab", "freeze", "x", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
 
@@ -279,3 +301,21 @@ def test_unreadable_state_is_reported(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{", encoding="utf-8")
     with pytest.raises(processes.LabError, match="unreadable lab state"):
         builder.status(tmp_path)
+
+
+def test_an_ipv6_lab_adds_one_ipv6_vip_per_node_without_services() -> None:
+    plan = plan_lab(nodes=3, backends=2, ipv6=True)
+    assert [str(vip) for vip in lab_vips6(plan)] == ["2001:2::100", "2001:2::101", "2001:2::102"]
+    assert lab_vips6(plan_lab(nodes=3, backends=2)) == ()
+    config = tomllib.loads(cluster_config(plan, profile="fast", key_file="k"))
+    homes = {vip["address"]: vip["home"] for vip in config["vips"]}
+    assert homes["2001:2::100"] == 1
+    assert homes["2001:2::102"] == 3
+    assert len(homes) == 9
+    assert all(":" not in service["vip"] for service in config["services"])
+    script = init_script(plan, plan.nodes[1], "/s/n2")
+    assert "ip -6 addr add 2001:2::3/64 dev vec0 nodad" in script
+    assert "echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6" in script
+    plain = init_script(plan_lab(nodes=3, backends=2), plan.nodes[1], "/s/n2")
+    assert "ip -6" not in plain
+    assert "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6" in plain

@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from rainctl.cli.app import app
+from rainctl.kernel.arp import ALL_NODES, icmpv6_checksum
 from rainctl.lab import probe
 from rainctl.lab.demo import Failover, Trial, VipOutcome, problems
 
@@ -171,3 +172,60 @@ def test_arp_rounds_and_the_window_with_two_answerers(tmp_path: Path) -> None:
     assert abs(probe.dual_answer_window(rounds, "198.18.0.100", since=0) - 0.06) < 1e-6
     assert probe.dual_answer_window(rounds, "198.18.0.100", since=100.11) == 0.0
     assert probe.dual_answer_window(rounds, "198.18.0.101", since=0) == 0.0
+
+
+def _na_frame(mac: bytes, target: str, destination: str, *, solicited: bool) -> bytes:
+    """A neighbour advertisement as a guest kernel sends it."""
+    source = ipaddress.IPv6Address(target)
+    dest = ipaddress.IPv6Address(destination)
+    flags = 0x20000000 | (probe.NA_SOLICITED if solicited else 0)
+    option = struct.pack("!BB", 2, 1) + mac
+    unsummed = struct.pack("!BBHI", probe.ICMPV6_NA, 0, 0, flags) + source.packed + option
+    checksum = icmpv6_checksum(source, dest, unsummed)
+    message = unsummed[:2] + struct.pack("!H", checksum) + unsummed[4:]
+    ipv6 = struct.pack("!IHBB", 6 << 28, len(message), 58, 255) + source.packed + dest.packed
+    return b"\x33\x33\x00\x00\x00\x01" + mac + struct.pack("!H", 0x86DD) + ipv6 + message
+
+
+def test_neighbour_solicitation_goes_to_the_solicited_node_group() -> None:
+    mac = bytes.fromhex("02524c010000")
+    source = ipaddress.IPv6Address("2001:2::10")
+    target = ipaddress.IPv6Address("2001:2::1:2345:6789")
+    frame = probe.neighbour_solicitation(mac, source, target)
+    assert len(frame) == 86
+    assert frame[:6] == bytes.fromhex("3333ff456789")
+    assert frame[6:12] == mac
+    assert struct.unpack("!H", frame[12:14])[0] == 0x86DD
+    assert frame[20:22] == bytes([58, 255])  # ICMPv6, hop limit 255 (RFC 4861)
+    assert ipaddress.IPv6Address(frame[22:38]) == source
+    assert ipaddress.IPv6Address(frame[38:54]) == ipaddress.IPv6Address("ff02::1:ff45:6789")
+    message = frame[54:]
+    assert message[0] == probe.ICMPV6_NS
+    assert ipaddress.IPv6Address(message[8:24]) == target
+    assert message[24:32] == bytes([1, 1]) + mac  # source link-layer address option
+    # A correct checksum sums to zero over the pseudo-header and the message.
+    group = ipaddress.IPv6Address(frame[38:54])
+    assert icmpv6_checksum(source, group, message) == 0
+
+
+def test_only_solicited_na_to_the_client_counts_as_an_answer() -> None:
+    mac = bytes.fromhex("02524c000200")
+    own = ipaddress.IPv4Address("198.18.0.10")
+    own6 = ipaddress.IPv6Address("2001:2::10")
+    answer = _na_frame(mac, "2001:2::100", "2001:2::10", solicited=True)
+    assert probe.parse_na(answer) == (
+        "02:52:4c:00:02:00",
+        "2001:2::100",
+        True,
+        own6,
+    )
+    assert probe._answer(answer, own, own6) == ("02:52:4c:00:02:00", "2001:2::100")
+    announcement = _na_frame(mac, "2001:2::100", "ff02::1", solicited=False)
+    assert probe._answer(announcement, own, own6) is None
+    parsed = probe.parse_na(announcement)
+    assert parsed is not None
+    assert parsed[2] is False
+    assert parsed[3] == ALL_NODES
+    elsewhere = _na_frame(mac, "2001:2::100", "2001:2::11", solicited=True)
+    assert probe._answer(elsewhere, own, own6) is None
+    assert probe.parse_na(b"\0" * 90) is None

@@ -1,0 +1,209 @@
+"""The node's checkers: every probe of the servers assigned to this node, on the event loop of
+the health worker process (rainctl.health.worker), never in the ring's process.
+
+Inputs: `set_ring` (a new membership, hence a new assignment: `rainctl.core.health.assign`
+over the ring's member ids), `set_verdicts` (the ring's verdicts, where a newly assigned
+server's counting starts) and `set_targets` (a reload). Each assigned server has one task:
+probe, count (`CheckerBook`: rise / fall, the agent's declared state, the weight step),
+sleep `interval_ms`, or `fast_interval_ms` while a run of failures or passes is under way.
+Whenever this node's opinions change, and after every reassignment, `on_observed` gets a
+`HealthObserved`. State changes are logged as events. `snapshot()` is what `rainctl
+backends` shows of this node's own checking: per server the state it counts, since when,
+the last result and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rainctl.config.health import FALL_DEFAULT, RISE_DEFAULT, CheckKind
+from rainctl.core.events import HealthObserved
+from rainctl.core.health import (
+    CatalogueEntry,
+    CheckerBook,
+    HealthState,
+    ServerKey,
+    ServerOpinion,
+    assign,
+    latency_weight_permille,
+    target_weight,
+)
+from rainctl.core.types import NodeId, RingId
+from rainctl.health.probes import ProbeResult, probe
+from rainctl.health.targets import CheckTarget
+
+SCRIPT_CONCURRENCY = 8
+"""Script checks running at once (the only kind that forks)."""
+
+log = logging.getLogger("rainctl.health")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """This node's view of one server it checks."""
+
+    state: HealthState
+    since: float
+    """Wall-clock time of the last change of `state` (or of the assignment)."""
+    detail: str
+    latency_ms: int | None
+    checks: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSnapshot:
+    ring: RingId | None
+    members: tuple[NodeId, ...]
+    checking: dict[ServerKey, ServerCheck]
+
+
+def _latency_permille(target: CheckTarget, result: ProbeResult) -> int:
+    """The latency rule applies to HTTP(S) checks: their time is the application's answer.
+    A TCP connect measures the back-end's kernel, an agent states its weight itself."""
+    if target.check.kind not in (CheckKind.HTTP, CheckKind.HTTPS) or not result.passed:
+        return 1000
+    return latency_weight_permille(result.latency_ms, target.check.timeout_ms)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        node_id: NodeId,
+        targets: Sequence[CheckTarget],
+        per_server: int,
+        on_observed: Callable[[HealthObserved], None],
+    ) -> None:
+        self.node_id = node_id
+        self.per_server = per_server
+        self.on_observed = on_observed
+        self._targets = {target.key: target for target in targets}
+        self._ring: RingId | None = None
+        self._members: tuple[NodeId, ...] = ()
+        self._verdicts: tuple[ServerOpinion, ...] = ()
+        self._book = CheckerBook(RISE_DEFAULT, FALL_DEFAULT)
+        self._tasks: dict[ServerKey, asyncio.Task[None]] = {}
+        self._checks: dict[ServerKey, ServerCheck] = {}
+        self._catalogue = tuple(target.entry() for target in targets)
+        self._scripts = asyncio.Semaphore(SCRIPT_CONCURRENCY)
+
+    # ---- inputs (the monitor's loop) ----------------------------------------------------
+
+    def set_ring(self, ring: RingId, members: tuple[NodeId, ...]) -> None:
+        self._on_ring(ring, tuple(sorted(members)))
+
+    def set_verdicts(self, verdicts: tuple[ServerOpinion, ...]) -> None:
+        self._verdicts = verdicts
+
+    def set_targets(self, targets: Sequence[CheckTarget]) -> None:
+        self._on_targets(tuple(targets))
+
+    def snapshot(self) -> MonitorSnapshot:
+        return MonitorSnapshot(self._ring, self._members, dict(self._checks))
+
+    def catalogue(self) -> tuple[CatalogueEntry, ...]:
+        return self._catalogue
+
+    async def close(self) -> None:
+        """Cancel every check and wait for them."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- the monitor's loop ------------------------------------------------------------
+
+    def _on_targets(self, targets: tuple[CheckTarget, ...]) -> None:
+        wanted = {target.key: target for target in targets}
+        if wanted == self._targets:
+            return
+        for key in list(self._tasks):
+            if wanted.get(key) != self._targets.get(key):
+                self._tasks.pop(key).cancel()
+                self._book.counters.pop(key, None)
+        self._targets = wanted
+        self._catalogue = tuple(target.entry() for target in targets)
+        if self._ring is not None:
+            self._on_ring(self._ring, self._members)
+
+    def _on_ring(self, ring: RingId, members: tuple[NodeId, ...]) -> None:
+        self._ring, self._members = ring, members
+        assignment = assign(self._targets, members, self.per_server)
+        mine = [t for key, t in self._targets.items() if self.node_id in assignment[key]]
+        thresholds = {t.key: (t.check.rise, t.check.fall) for t in mine}
+        self._book.reassign([t.entry() for t in mine], self._verdicts, thresholds)
+        wanted = {t.key for t in mine}
+        for key in list(self._tasks):
+            if key not in wanted:
+                self._tasks.pop(key).cancel()
+                self._checks.pop(key, None)
+        loop = asyncio.get_running_loop()
+        for target in mine:
+            if target.key not in self._tasks:
+                self._tasks[target.key] = loop.create_task(self._check_loop(target))
+        self._emit()
+
+    async def _check_loop(self, target: CheckTarget) -> None:
+        check = target.check
+        # Spread the first probes over one interval (deterministically per server).
+        await asyncio.sleep((target.key % check.interval_ms) / 1000)
+        while True:
+            result = await probe(target.probe, check, self._scripts)
+            fast = self._count(target, result)
+            interval_ms = check.fast_interval_ms if fast else check.interval_ms
+            await asyncio.sleep(interval_ms / 1000)
+
+    def _count(self, target: CheckTarget, result: ProbeResult) -> bool:
+        """Record one result; True while a run of failures or passes is under way."""
+        book = self._book
+        key = target.key
+        counter_before = book.counters.get(key)
+        if counter_before is None:
+            return False
+        weight_before = book.weights.get(key)
+        if result.declared is not None and result.declared is not HealthState.UP:
+            book.set_state(key, result.declared)
+        else:
+            if result.declared is HealthState.UP and counter_before.state is HealthState.DRAIN:
+                book.set_state(key, HealthState.UP)
+            aim = target_weight(
+                target.configured_weight, result.weight_permille, _latency_permille(target, result)
+            )
+            book.record(key, result.passed, aim)
+        counter = book.counters[key]
+        previous = self._checks.get(key)
+        since = time.time()
+        if previous is not None and previous.state is counter.state:
+            since = previous.since
+        elif previous is not None or counter.state is not HealthState.UP:
+            log.warning(
+                "back-end %s of %s: %s (%s, %d ms)",
+                target.server,
+                target.service,
+                counter.state.name.lower(),
+                result.detail,
+                result.latency_ms,
+            )
+        self._checks[key] = ServerCheck(
+            counter.state,
+            since,
+            result.detail,
+            result.latency_ms,
+            (previous.checks if previous else 0) + 1,
+            book.weights.get(key, 0) if counter.state is HealthState.UP else 0,
+        )
+        if counter.state is not counter_before.state or book.weights.get(key) != weight_before:
+            self._emit()
+        settled_up = counter.state is HealthState.UP and counter.failures == 0
+        settled_down = counter.state is not HealthState.UP and counter.successes == 0
+        return not (settled_up or settled_down)
+
+    def _emit(self) -> None:
+        if self._ring is None:
+            return
+        self.on_observed(HealthObserved(self._catalogue, self._book.opinions(), self._ring))

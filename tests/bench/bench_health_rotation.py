@@ -1,0 +1,198 @@
+"""Token rotation and check cost with 1,000 back-ends being checked (issue 7, GOALS.md B1).
+
+Run from the repository root:
+
+    python tests/bench/bench_health_rotation.py [--servers 0,1000] [--nodes 3]
+        [--profile lan] [--duration-s 60]
+
+For each back-end count: a farm process of this script listens on that many loopback ports
+(accepts and closes: a live back-end), and N real `rainctl daemon` processes on loopback
+(`--data-plane none`) run a config with one VIP whose services hold those back-ends (100 per
+service, the default TCP check every 500 ms, 2 checkers per server). After the ring formed
+and SETTLE_S passed, every daemon's `status` is read SAMPLE_HZ times a second for --duration-s
+its `rotation_ms` (the time between its last two receipts of the token: a sample of the
+rotation distribution, not every rotation). Printed per run: rotation p50 / p99 / max over
+all samples of all nodes, the CPU of each daemon and of its health worker (% of one core,
+user + system over the window), the back-end state changes the checkers logged and the
+verdict tables the daemons applied (every back-end is alive: each is a false down or its
+end), and the probes per second each back-end received (the farm counts accepted
+connections). Each status answer lists every real server: the sampling itself costs the
+daemons a little, the same in both runs per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from rainctl.daemon.control import ControlError, request
+from rainctl.testing.ports import daemon_command, free_udp_ports
+
+SETTLE_S = 8.0
+SAMPLE_HZ = 2
+SERVERS_PER_SERVICE = 100
+VIP = "198.18.2.1"
+
+
+# ---- the back-end farm (a child process of this script) ------------------------------------
+
+
+async def _farm(count: int, ports_file: Path, counts_file: Path) -> None:
+    accepted = 0
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    servers = [
+        await asyncio.start_server(accept, "127.0.0.1", 0, backlog=256) for _ in range(count)
+    ]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    ports_file.write_text(" ".join(map(str, ports)), encoding="ascii")
+    while True:
+        await asyncio.sleep(1)
+        counts_file.write_text(f"{time.monotonic()} {accepted}", encoding="ascii")
+
+
+def farm_main(count: int, ports_file: Path, counts_file: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
+    asyncio.run(_farm(count, ports_file, counts_file))
+
+
+# ---- the cluster ---------------------------------------------------------------------------
+
+
+def _config(directory: Path, nodes: int, profile: str, backend_ports: list[int]) -> Path:
+    (directory / "cluster.key").write_text("1:" + "cd" * 32 + "\n", encoding="utf-8")
+    lines = ["[cluster]", 'name = "rotation"', "id = 4", 'key_file = "cluster.key"',
+             f'profile = "{profile}"', ""]  # fmt: skip
+    for node_id, port in enumerate(free_udp_ports(nodes), 1):
+        lines += ["[[nodes]]", f"id = {node_id}", f'address = "127.0.0.1:{port}"', ""]
+    lines += ["[[vips]]", f'address = "{VIP}"', ""]
+    for start in range(0, len(backend_ports), SERVERS_PER_SERVICE):
+        lines += ["[[services]]", f'vip = "{VIP}"', f"port = {1000 + start // SERVERS_PER_SERVICE}"]
+        lines += ['forwarding = "nat"', ""]
+        for port in backend_ports[start : start + SERVERS_PER_SERVICE]:
+            lines += ["[[services.real_servers]]", 'address = "127.0.0.1"', f"port = {port}", ""]
+    path = directory / "cluster.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="rainctl-rotation-"))
+    ports_file, counts_file = directory / "ports", directory / "counts"
+    farm = subprocess.Popen(
+        [sys.executable, __file__, "--farm", str(servers), str(ports_file), str(counts_file)]
+    )
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not ports_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        backend_ports = [int(p) for p in ports_file.read_text().split()] if servers else []
+        config = _config(directory, nodes, profile, backend_ports)
+        sockets = []
+        for node_id in range(1, nodes + 1):
+            node_dir = directory / f"node{node_id}"
+            node_dir.mkdir()
+            sockets.append(node_dir / "control.sock")
+            with (node_dir / "daemon.log").open("wb") as log:
+                daemons.append(
+                    subprocess.Popen(
+                        daemon_command(config, node_id, node_dir / "state", sockets[-1]),
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+        time.sleep(SETTLE_S)
+        cpu_start = {
+            process.pid: sum(process.cpu_times()[:2])
+            for daemon in daemons
+            for process in [psutil.Process(daemon.pid), *psutil.Process(daemon.pid).children()]
+        }
+        counts_start = counts_file.read_text().split() if servers else ["0", "0"]
+        started = time.monotonic()
+        rotations: list[float] = []
+        while time.monotonic() - started < duration_s:
+            for path in sockets:
+                with contextlib.suppress(ControlError):
+                    rotation = request(path, "status", timeout_s=1.0).get("rotation_ms")
+                    if rotation is not None:
+                        rotations.append(float(rotation))
+            time.sleep(1 / SAMPLE_HZ)
+        elapsed = time.monotonic() - started
+        cpu: list[str] = []
+        for daemon in daemons:
+            parent = psutil.Process(daemon.pid)
+            for process in [parent, *parent.children()]:
+                used = sum(process.cpu_times()[:2]) - cpu_start.get(process.pid, 0.0)
+                role = "daemon" if process.pid == parent.pid else "worker"
+                cpu.append(f"{role} {100 * used / elapsed:.1f}%")
+        logs = "".join(
+            (directory / f"node{n}" / "daemon.log").read_text() for n in range(1, nodes + 1)
+        )
+        changes = logs.count("WARNING rainctl.health: back-end")
+        tables = logs.count("back-end verdicts of ring")
+        probes = f"; {changes} back-end state changes counted, {tables} verdict tables applied"
+        if servers:
+            t0, n0 = map(float, counts_start)
+            t1, n1 = map(float, counts_file.read_text().split())
+            probes += f"; {(n1 - n0) / (t1 - t0) / servers:.2f} probes/s per back-end"
+        print(
+            f"{servers} back-ends, {nodes} nodes, {profile}: rotation p50 "
+            f"{statistics.median(rotations):.0f} / p99 {_percentile(rotations, 0.99):.0f} / max "
+            f"{max(rotations):.0f} ms over {len(rotations)} samples; CPU per process: "
+            f"{', '.join(cpu)}{probes}"
+        )
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                os.kill(daemon.pid, signal.SIGTERM)
+        for daemon in daemons:
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        farm.kill()
+        farm.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--farm"]:
+        farm_main(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--servers", default="0,1000")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--profile", default="lan")
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    arguments = parser.parse_args()
+    for servers in (int(value) for value in arguments.servers.split(",")):
+        run(servers, arguments.nodes, arguments.profile, arguments.duration_s)
+
+
+if __name__ == "__main__":
+    main()

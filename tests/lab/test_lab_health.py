@@ -1,0 +1,182 @@
+"""Back-end health on real kernels: a back-end whose servers are SIGKILLed (its ports answer
+RST) and, separately, one whose link goes down (no RST: only timeouts tell) is given weight
+0 in every node's IPVS within a bound, after which no HTTP request through the VIPs reaches
+the dead back-end (none is refused), and it returns after `rise` passes; every node reads
+back the same weights. While the only real server of the sorry service is dead, its sorry
+server answers; an operator's `backend
+drain` asked of one node holds on every node until another node is asked to undrain.
+
+One 3-node lab (profile lan, DR, 2 back-ends, `--checks`: TCP every 2 s, 2 failures,
+plan.LAB_CHECK) for this module; tests in file order, the last one takes it down. Weights are
+read from each daemon's status file (its IPVS table as the kernel holds it).
+"""
+
+from __future__ import annotations
+
+import time
+
+from rainctl.lab import builder, traffic
+from rainctl.lab.builder import LabStatus
+from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, sorry_service
+from tests.lab.conftest import FIGURES, NOTES, Lab
+from tests.lab.test_lab_daemons import settled, wait_for
+from tests.lab.test_lab_traffic import (
+    REQUEST_TIMEOUT_S,
+    _formed,
+    _vips,
+    _warm_up,
+    in_sync,
+    wait_recovered,
+)
+
+DETECTION_BOUND_S = 12.0
+"""A bound, not the figure (the lab checks every 2 s: LAB_CHECK; B1 is for benchmarks)."""
+RETURN_BOUND_S = 15.0
+
+
+def weights(
+    status: LabStatus, address: str, service: tuple[str, int] | None = None
+) -> list[int | None]:
+    """Per daemon: the IPVS weight of `address` in `service` (VIP, port; default: the first
+    VIP's port-80 service), None where it is not a real server there."""
+    found: list[int | None] = []
+    for daemon in status.daemons:
+        ipvs = (daemon.document or {}).get("ipvs") or {}
+        weight = None
+        for row in ipvs.get("services", []):
+            if service is None and row["port"] != BACKEND_PORT:
+                continue
+            if service is not None and (row["vip"], row["port"]) != service:
+                continue
+            for server in row["real_servers"]:
+                if server["address"] == address:
+                    weight = server["weight"]
+            break
+        found.append(weight)
+    return found
+
+
+def every_node(
+    lab: Lab,
+    address: str,
+    weight: int | None,
+    bound_s: float,
+    what: str,
+    service: tuple[str, int] | None = None,
+) -> float:
+    """Seconds until every daemon's IPVS gives `address` this weight (None: no entry)."""
+    started = time.monotonic()
+    _, held = wait_for(
+        lab,
+        lambda s: in_sync(s.daemons) and weights(s, address, service) == [weight] * len(s.daemons),
+        bound_s,
+        what,
+    )
+    return held - started
+
+
+def _service(plan_service: tuple[object, int] | None) -> tuple[str, int]:
+    assert plan_service is not None, "the health lab has 2 back-ends"
+    vip, port = plan_service
+    return str(vip), port
+
+
+def test_a_killed_backend_is_quiesced_everywhere_and_returns(health_lab: Lab) -> None:
+    _formed(health_lab)
+    wait_for(health_lab, lambda s: settled(health_lab, s), 30.0, "every VIP at its home")
+    vips = _vips(health_lab)
+    _warm_up(health_lab, vips)
+    plan = builder.status(health_lab.state_dir).plan
+    victim = plan.backends[0]
+    address = str(victim.address.ip)
+    log = builder.start_traffic(health_lab.state_dir, "kill", "http", vips, interval_s=0.05,
+                                timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
+    builder.kill_backend(health_lab.state_dir, victim.name)
+    killed = time.time()
+    took = every_node(health_lab, address, 0, DETECTION_BOUND_S, "weight 0 on every node")
+    detected = time.time()
+    recovered = wait_recovered(log, vips, detected)
+    builder.stop_traffic(health_lab.state_dir, "kill")
+    events = traffic.read_log(log)
+    after = [e for e in events if e.at >= detected + REQUEST_TIMEOUT_S]
+    # The dead back-end answers RST: a refused request after the verdict reached every node's
+    # IPVS went to it. Timeouts are counted, not judged: at this load a VIP can move now and
+    # then (a false exclusion), which is the ring's matter, not the health check's.
+    refused = [e for e in after if e.result != "OK" and "Refused" in e.detail]
+    assert refused == [], refused[:5]
+    other = sum(1 for e in after if e.result != "OK")
+    during = sum(1 for e in events if e.result != "OK" and killed <= e.at < detected)
+    FIGURES["health: SIGKILLed back-end -> weight 0 on every node (status files)"] = took
+    NOTES.append(
+        f"health: back-end {victim.name} SIGKILLed: weight 0 on all 3 nodes {took:.2f} s "
+        f"later (status files lag up to 0.2 s); {during} failed requests before that, none "
+        f"refused after ({other} other failures; checked until {recovered - detected:.1f} s "
+        "after)"
+    )
+    # The sorry service's only real server is the victim: its sorry server serves meanwhile.
+    sorry = _service(sorry_service(plan))
+    spare = str(plan.backends[1].address.ip)
+    every_node(health_lab, spare, 1, RETURN_BOUND_S, "the sorry server in, everywhere", sorry)
+    echo = builder.start_traffic(health_lab.state_dir, "sorry", "echo",
+                                 [f"{sorry[0]}:{ECHO_PORT}"], interval_s=0.2,
+                                 timeout_s=2.0)  # fmt: skip
+    time.sleep(2.0)
+    builder.stop_traffic(health_lab.state_dir, "sorry")
+    answered = traffic.summarize(traffic.read_log(echo))
+    assert sum(s.ok for s in answered.values()) >= 5, answered
+    assert sum(s.failed for s in answered.values()) == 0, answered
+    builder.start_backend(health_lab.state_dir, victim.name)
+    back = every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 again on every node")
+    NOTES.append(f"health: restarted back-end {victim.name} back at weight 1 after {back:.2f} s")
+    every_node(health_lab, spare, None, RETURN_BOUND_S, "the sorry server out again", sorry)
+    NOTES.append(
+        f"health: sorry server {spare} answered {sum(s.ok for s in answered.values())} echoes "
+        f"through {sorry[0]}:{ECHO_PORT} while its only real server was dead, and left after"
+    )
+
+
+def test_a_backend_behind_a_dead_link_is_quiesced_by_timeouts(health_lab: Lab) -> None:
+    plan = builder.status(health_lab.state_dir).plan
+    victim = plan.backends[1]
+    address = str(victim.address.ip)
+    every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 before the link goes down")
+    builder.set_backend_link(health_lab.state_dir, victim.name, up=False)
+    try:
+        took = every_node(health_lab, address, 0, DETECTION_BOUND_S, "weight 0 (timeouts)")
+    finally:
+        builder.set_backend_link(health_lab.state_dir, victim.name, up=True)
+    FIGURES["health: back-end link down -> weight 0 on every node (status files)"] = took
+    back = every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 after the link is up")
+    NOTES.append(
+        f"health: link of {victim.name} down: weight 0 on all 3 nodes after {took:.2f} s "
+        f"(no RST, timeouts only); back at weight 1 {back:.2f} s after the link came up"
+    )
+
+
+def test_an_operator_drain_through_one_node_holds_on_every_node(health_lab: Lab) -> None:
+    plan = builder.status(health_lab.state_dir).plan
+    host = plan.backends[1]
+    address = str(host.address.ip)
+    service = f"{_vips(health_lab)[0]}:{BACKEND_PORT}"
+    arguments = {"service": service, "server": f"{address}:{BACKEND_PORT}"}
+    every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 before the drain")
+    asked = time.monotonic()
+    answer = builder.control(health_lab.state_dir, "2", "backend_drain", arguments)
+    assert (answer["drained"], answer["committed"]) == (True, True), answer
+    answered = time.monotonic() - asked
+    took = answered + every_node(health_lab, address, 0, RETURN_BOUND_S, "drained everywhere")
+    document = builder.control(health_lab.state_dir, "1", "backends")
+    row = next(r for r in document["services"][0]["real_servers"] if r["address"] == address)
+    assert (row["maintenance"], row["state"]) == (True, "up"), row
+    answer = builder.control(health_lab.state_dir, "3", "backend_undrain", arguments)
+    assert (answer["drained"], answer["committed"]) == (False, True), answer
+    every_node(health_lab, address, 1, RETURN_BOUND_S, "undrained on every node")
+    NOTES.append(
+        f"health: `backend drain` of {address} in {service} asked of node 2: answered "
+        f"(carried by the token) after {answered:.2f} s, weight 0 on all 3 nodes' status "
+        f"files after {took:.2f} s; undrain asked of node 3 undid it"
+    )
+
+
+def test_health_lab_down_leaves_nothing(health_lab: Lab) -> None:
+    health_lab.down_leaves_nothing()
