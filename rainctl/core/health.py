@@ -30,8 +30,13 @@ Theory of operation:
   an up vote proposes. So a server goes down only when every assigned checker that has voted
   says so: a director cut off from one back-end does not take it out of service for the
   others. With no vote at all (a new ring, the checkers have not held the token yet) the
-  previous verdict stays. The holder recomputes the table whenever it holds the token; the
-  table rides the token and is what every node applies.
+  previous verdict stays; while some assigned checker's report is still the one it made for
+  the previous ring (it has not held the token, or its checking has not followed the new
+  assignment yet), the verdict may become more available but not less, so the first
+  checker to report after a ring change (perhaps the cut-off one) is not alone. A member
+  with no report at all, or one made from another catalogue, is not waited for. The holder
+  recomputes the table whenever it holds the token; the table rides the token and is what
+  every node applies.
 - Maintenance (`rainctl backend drain|undrain`). An operator's request at any node becomes
   a `Maintenance` entry stamped with a Lamport clock; the node merges what it knows into
   the token whenever it holds it, and takes in every token's entries (`merge_maintenance`:
@@ -302,39 +307,62 @@ def decide(
     """The verdict table for `catalogue`'s servers (see the module docstring), given their
     `assignment` in `ring` and the catalogue's `digest`; verdicts of servers this node does
     not know are kept as they are, for the nodes that do."""
-    voters = {
-        report.node_id: {opinion.key: opinion for opinion in report.opinions}
-        for report in table.reports
-        if report.ring == ring and report.catalogue_digest == digest
-    }
+    voters: dict[NodeId, dict[ServerKey, ServerOpinion]] = {}
+    pending: set[NodeId] = set()
+    for report in table.reports:
+        if report.catalogue_digest != digest:
+            continue
+        if report.ring == ring:
+            voters[report.node_id] = {opinion.key: opinion for opinion in report.opinions}
+        else:
+            pending.add(report.node_id)
     previous = {verdict.key: verdict for verdict in table.verdicts}
     known = {entry.key for entry in catalogue}
     verdicts = [verdict for verdict in table.verdicts if verdict.key not in known]
     for entry in catalogue:
+        checkers = assignment.get(entry.key, ())
         votes = [
             voters[node_id].get(entry.key, ServerOpinion(entry.key, HealthState.UP, -1))
-            for node_id in assignment.get(entry.key, ())
+            for node_id in checkers
             if node_id in voters
         ]
+        kept = previous.get(entry.key)
         if not votes:
-            kept = previous.get(entry.key)
             if kept is not None:
                 verdicts.append(kept)
             continue
-        state = min(vote.state for vote in votes)
-        if state is HealthState.UP:
-            # -1 stands for "up at the configured weight" (no opinion written).
-            weights = [
-                entry.configured_weight if vote.weight < 0 else vote.weight
-                for vote in votes
-                if vote.state is HealthState.UP
-            ]
-            weight = max(weights)
-            if weight != entry.configured_weight:
-                verdicts.append(ServerOpinion(entry.key, state, weight))
-        else:
-            verdicts.append(ServerOpinion(entry.key, state, 0))
+        verdict = _tally(votes, entry)
+        if kept is None:
+            kept = ServerOpinion(entry.key, HealthState.UP, entry.configured_weight)
+        if any(node_id in pending for node_id in checkers) and _availability(
+            verdict
+        ) < _availability(kept):
+            # A checker of this server has not reported for this ring yet (its report is
+            # from the previous one): until it has, the verdict may rise but not fall, so
+            # that the first checker to report, perhaps the one cut off, is not alone.
+            verdict = kept
+        if verdict.state is not HealthState.UP or verdict.weight != entry.configured_weight:
+            verdicts.append(verdict)
     return tuple(sorted(verdicts))
+
+
+def _tally(votes: Sequence[ServerOpinion], entry: CatalogueEntry) -> ServerOpinion:
+    """The most available vote wins; an up verdict takes the highest weight proposed."""
+    state = min(vote.state for vote in votes)
+    if state is not HealthState.UP:
+        return ServerOpinion(entry.key, state, 0)
+    # -1 stands for "up at the configured weight" (no opinion written).
+    weight = max(
+        entry.configured_weight if vote.weight < 0 else vote.weight
+        for vote in votes
+        if vote.state is HealthState.UP
+    )
+    return ServerOpinion(entry.key, state, weight)
+
+
+def _availability(opinion: ServerOpinion) -> tuple[int, int]:
+    """Ordering key: greater is more available."""
+    return (-opinion.state, opinion.weight)
 
 
 def verdict_of(

@@ -2,12 +2,17 @@
 
 Like the VIP reconciler (rainctl/daemon/reconciler.py) it runs in its own task and does its
 netlink work in a worker thread, so the kernel never delays the token. It is level-triggered
-and reads the kernel as the source of truth: every pass lists the kernel's services, diffs
-them against the desired table (`rainctl.core.dataplane.diff_ipvs`) and applies the
-operations in order; then it makes the sync daemons match. A pass runs at start, at once
-after `want` (config reload), and every `REFRESH_S` otherwise, which also refreshes the
-counters that `status` and `connections` report and puts back what someone removed by hand.
-After a failure the next pass comes `RETRY_S` later and starts again from a fresh read.
+and takes the kernel as the source of truth: a pass diffs the kernel's table against the
+desired one (`rainctl.core.dataplane.diff_ipvs`), applies the operations in order, all in
+one `IpvsTable.apply` (pipelined netlink on Linux: GOALS.md S1), reads back only the
+services it touched, then makes the sync daemons match. A pass runs at start, at once after
+`want` (config reload) or new verdicts, and every `REFRESH_S` otherwise. The whole table is
+read again when the last whole read is older than `full_read_interval_s` (REFRESH_S, or
+READ_BUDGET times that read's duration for a table so large that reading it takes long:
+inside UML one real-server dump costs about 3 ms, so 1,000 services take 3 s); that read
+refreshes the counters that `status` and `connections` report and puts back what someone
+removed by hand. After a failure the next pass comes `RETRY_S` later and starts again from a
+whole read.
 
 Every service is configured on every node whatever the ring decides (only the VIP's owner
 receives traffic), so nothing here depends on ownership. rainctl owns the node's IPVS table:
@@ -22,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from rainctl.config.convert import to_services
 from rainctl.config.models import ClusterConfig
@@ -48,18 +55,25 @@ from rainctl.core.types import NodeId
 from rainctl.errors import KernelError
 from rainctl.kernel.interfaces import IpvsTable
 from rainctl.kernel.ipvs import (
+    ChangeVerb,
     Forwarding,
     IpProtocol,
+    IpvsChange,
     IpvsStats,
     RealServer,
     ServiceEntry,
     SyncDaemon,
     SyncState,
     VirtualService,
+    service_order,
 )
 
 REFRESH_S = 1.0
 RETRY_S = 1.0
+READ_BUDGET: Final = 20
+"""A whole-table read is repeated at most every READ_BUDGET times its own duration."""
+LOGGED_OPERATIONS: Final = 20
+"""A pass with more operations logs a count per kind instead of every one."""
 
 JsonObject = dict[str, Any]
 
@@ -144,24 +158,20 @@ def core_entry(entry: ServiceEntry) -> IpvsEntry:
     )
 
 
-def apply_op(table: IpvsTable, op: IpvsOp) -> None:
-    """Carry out one planned operation on the adapter (blocks)."""
-    service = kernel_service(op.service)
-    if op.kind is OpKind.ADD_SERVICE:
-        table.add_service(service)
-    elif op.kind is OpKind.UPDATE_SERVICE:
-        table.update_service(service)
-    elif op.kind is OpKind.DELETE_SERVICE:
-        table.delete_service(service)
-    else:
-        assert op.real_server is not None
-        server = kernel_server(op.real_server)
-        if op.kind is OpKind.ADD_REAL_SERVER:
-            table.add_real_server(service, server)
-        elif op.kind is OpKind.UPDATE_REAL_SERVER:
-            table.update_real_server(service, server)
-        else:
-            table.delete_real_server(service, server)
+_VERBS: Final[dict[OpKind, ChangeVerb]] = {
+    OpKind.ADD_SERVICE: "add",
+    OpKind.UPDATE_SERVICE: "set",
+    OpKind.DELETE_SERVICE: "del",
+    OpKind.ADD_REAL_SERVER: "add",
+    OpKind.UPDATE_REAL_SERVER: "set",
+    OpKind.DELETE_REAL_SERVER: "del",
+}
+
+
+def kernel_change(op: IpvsOp) -> IpvsChange:
+    """One planned operation as the adapter's change."""
+    server = None if op.real_server is None else kernel_server(op.real_server)
+    return IpvsChange(_VERBS[op.kind], kernel_service(op.service), server)
 
 
 # ---- the task -------------------------------------------------------------------------------
@@ -201,6 +211,10 @@ class DataPlaneReconciler:
         self.want(services, sync)
         self._applied: tuple[IpvsState, SyncWanted | None] | None = None
         self._last: _Pass | None = None
+        self._read_at: float | None = None
+        """When the table was last read whole (time.monotonic(); None: read it next)."""
+        self._read_s = 0.0
+        """How long that read took."""
         self.operations = 0
         """Kernel changes made (service and real-server operations, sync daemon starts and
         stops)."""
@@ -298,16 +312,50 @@ class DataPlaneReconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._refresh_s)
 
+    def full_read_interval_s(self) -> float:
+        """How long a whole-table read stays the diff's baseline: `refresh_s`, or
+        READ_BUDGET times the last read's duration when that is longer, so that reading
+        a large table costs at most 1 / READ_BUDGET of the worker's time."""
+        return max(self._refresh_s, READ_BUDGET * self._read_s)
+
     def _pass(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
-        """One read-diff-apply round (worker thread)."""
-        entries = self._table.list_services()
-        ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
-        for op in ops:
-            apply_op(self._table, op)
-            self.operations += 1
-            log.info("ipvs: %s", op)
-        if ops:
+        """One read-diff-apply round (worker thread). The baseline is the kernel's table as
+        last read: read whole when that read is older than `full_read_interval_s` (or a
+        pass failed), else the previous pass's; after a change only the services it
+        touched are read back."""
+        try:
+            return self._read_diff_apply(desired, sync)
+        except BaseException:
+            self._read_at = None  # start the retry from a whole read
+            raise
+
+    def _read_diff_apply(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
+        now = time.monotonic()
+        last = self._last
+        if (
+            last is None
+            or self._read_at is None
+            or now - self._read_at >= (self.full_read_interval_s())
+        ):
             entries = self._table.list_services()
+            self._read_s = time.monotonic() - now
+            self._read_at = now
+        else:
+            entries = list(last.entries)
+        ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
+        if ops:
+            _log_operations(ops)
+            self.operations += len(ops)
+            self._table.apply([kernel_change(op) for op in ops])
+            touched = {kernel_service(op.service) for op in ops}
+            keys = {service.key for service in touched}
+            entries = sorted(
+                [
+                    *(entry for entry in entries if entry.service.key not in keys),
+                    *self._table.list_services(touched),
+                ],
+                key=lambda entry: service_order(entry.service),
+            )
         daemons = self._ensure_sync(sync)
         return _Pass(tuple(entries), daemons)
 
@@ -329,6 +377,21 @@ class DataPlaneReconciler:
                 self.operations += 1
                 log.info("ipvs: started sync daemon %s", want)
         return tuple(self._table.list_sync_daemons())
+
+
+def _log_operations(ops: Sequence[IpvsOp]) -> None:
+    """One line per operation, or per kind of operation for a large batch (a cold start of
+    thousands of services should not write thousands of lines)."""
+    if len(ops) <= LOGGED_OPERATIONS:
+        for op in ops:
+            log.info("ipvs: %s", op)
+        return
+    kinds = Counter(op.kind.value for op in ops)
+    log.info(
+        "ipvs: %d operations (%s)",
+        len(ops),
+        ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())),
+    )
 
 
 def _stats_row(stats: IpvsStats) -> JsonObject:

@@ -15,12 +15,13 @@ Implementations: `rainctl.kernel.memory` (`--data-plane none`, and the fakes of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import Enum
 from typing import Protocol
 
 from rainctl.core.types import Vip
 from rainctl.kernel.ipvs import (
+    IpvsChange,
     IpvsTimeouts,
     RealServer,
     ServiceEntry,
@@ -74,8 +75,9 @@ class IpvsTable(Protocol):
     contract suite (tests/contract/test_ipvs_table.py) holds both to the same behaviour.
     """
 
-    def list_services(self) -> list[ServiceEntry]:
-        """Every service with its real servers and counters, in `service_order`."""
+    def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
+        """Every service with its real servers and counters, in `service_order`; with `only`,
+        just those of these services (by key) that exist (a cheaper read after a change)."""
 
     def add_service(self, service: VirtualService) -> None: ...
     def update_service(self, service: VirtualService) -> None: ...
@@ -90,6 +92,12 @@ class IpvsTable(Protocol):
     def flush(self) -> None:
         """Delete every service (and real server) of the table. Sync daemons and timeouts
         stay as they are."""
+
+    def apply(self, changes: Sequence[IpvsChange]) -> None:
+        """Carry out `changes` in order, each with the meaning (idempotence, errors) of its
+        one-object call, in as few kernel round trips as the adapter can. Every change is
+        tried; if any failed, the first failure is raised after the last (`IpvsError`,
+        saying how many failed): the caller reads the table back to see where it stands."""
 
     def list_sync_daemons(self) -> list[SyncDaemon]:
         """The running connection-synchronisation daemons, master before backup."""

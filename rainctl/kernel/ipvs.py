@@ -1,24 +1,24 @@
-"""IPVS virtual services and real servers: plain values, and the pyroute2 adapter.
+"""IPVS virtual services and real servers: plain values, and the Linux adapter.
 
 `VirtualService` / `RealServer` are what rainctl asks the kernel for; `ServiceEntry` /
 `RealServerEntry` are what a dump returns (the same values plus counters as plain ints).
-`LinuxIpvsTable` drives the kernel's IPVS generic-netlink family through pyroute2 0.9.7,
-around the traps of its IPVS layer (/work/shared/reference/libraries.md, section 1.4):
-
-- the requests carry attributes built here (`_Attrs`), not pyroute2's `IPVSService` /
-  `IPVSDest` builders, so nothing of their defaults leaks into a request;
-- edits use the "set" verb only (pyroute2's "update" maps to DEL_SERVICE / DEL_DEST);
-- the service netmask is always sent: 255.255.255.255 for IPv4, and for IPv6 the kernel's
-  host-order u32 prefix length 128, which pyroute2 types `ip4addr` ("128.0.0.0" on a
-  little-endian host);
-- replies are decoded field by field (never `from_message`, which keeps builder defaults
-  such as fwd_method=3 for a NAT destination); the forwarding method is `fwd_method & 7`.
+`LinuxIpvsTable` drives the kernel's IPVS generic-netlink family. Services and real servers
+go over a raw netlink socket of rainctl.kernel.ipvs_wire: every change, one or many, is a
+pipelined `apply` (GOALS.md S1), and dumps are parsed there field by field (`decode_service`,
+`decode_dest`; the forwarding method is `fwd_method & 7`). The wire format is pyroute2's
+(tests/unit/test_ipvs_wire.py holds the two equal), with its IPVS traps avoided
+(/work/shared/reference/libraries.md, section 1.4): edits use the "set" verb (pyroute2's
+"update" maps to DEL_SERVICE / DEL_DEST), and the service netmask is always sent:
+255.255.255.255 for IPv4, and for IPv6 the kernel's host-order u32 prefix length 128.
+pyroute2 (0.9.7) opens the family (its id), and carries the sync daemon and timeout
+requests below.
 
 The adapter contract (tests/contract/test_ipvs_table.py): add of an identical object and
 delete of a missing one succeed (idempotent); add of an object that exists with other
 settings, update of a missing one and real-server calls on a missing service fail with
-`IpvsError` carrying the kernel's errno. pyroute2 objects never leave this module; netlink
-errors become `IpvsError` (a `KernelError`) with a one-line message. Calls block.
+`IpvsError` carrying the kernel's errno; `apply` tries every change and raises the first
+failure after the last. pyroute2 objects never leave this module; netlink errors become
+`IpvsError` (a `KernelError`) with a one-line message. Calls block.
 
 Connection synchronisation and timeouts, which pyroute2 does not wrap, use message classes
 of this module (`_IpvsMessage`: the IPVS family with IPVS_CMD_ATTR_DAEMON nested and the
@@ -43,13 +43,12 @@ import errno
 import ipaddress
 import os
 import socket
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from pyroute2 import IPVS
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
@@ -58,9 +57,15 @@ from pyroute2.netlink.generic import ipvs as nl
 
 from rainctl.errors import KernelError
 
+if TYPE_CHECKING:  # rainctl.kernel.interfaces holds the Protocol and imports this module
+    from rainctl.kernel.interfaces import IpvsTable
+from rainctl.kernel import ipvs_wire as wire
+from rainctl.kernel.ipvs_wire import IP_VS_SVC_F_PERSISTENT
+
 __all__ = [
     "Forwarding",
     "IpProtocol",
+    "IpvsChange",
     "IpvsError",
     "IpvsStats",
     "IpvsTimeouts",
@@ -73,7 +78,6 @@ __all__ = [
     "VirtualService",
 ]
 
-IP_VS_SVC_F_PERSISTENT: Final = 0x0001
 IP_VS_SVC_F_HASHED: Final = 0x0002
 """Set by the kernel on every hashed service; never part of a `VirtualService`."""
 SERVICE_FLAGS: Final = 0x003C
@@ -207,6 +211,65 @@ class RealServer:
         return f"{host}:{self.port}"
 
 
+ChangeVerb = Literal["add", "set", "del"]
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsChange:
+    """One change of `IpvsTable.apply`: add, set (update) or delete (del) `service`, or with
+    `server`, that real server of it. The same meaning as the one-object calls."""
+
+    verb: ChangeVerb
+    service: VirtualService
+    server: RealServer | None = None
+
+    def __str__(self) -> str:
+        what = {"add": "add", "set": "update", "del": "delete"}[self.verb]
+        if self.server is None:
+            return f"{what} service {self.service}"
+        preposition = "to" if self.verb == "add" else "of"
+        return f"{what} real server {self.server} {preposition} {self.service}"
+
+
+def apply_each(table: IpvsTable, changes: Sequence[IpvsChange]) -> None:
+    """`IpvsTable.apply` as one call per change: every change is tried, the first failure
+    raised after the last (with how many failed)."""
+    failures: list[IpvsError] = []
+    for change in changes:
+        try:
+            _apply_one(table, change)
+        except IpvsError as error:
+            failures.append(error)
+    if failures:
+        raise batch_failure(failures, len(changes))
+
+
+def _apply_one(table: IpvsTable, change: IpvsChange) -> None:
+    service, server = change.service, change.server
+    if server is None:
+        {"add": table.add_service, "set": table.update_service, "del": table.delete_service}[
+            change.verb
+        ](service)
+        return
+    {
+        "add": table.add_real_server,
+        "set": table.update_real_server,
+        "del": table.delete_real_server,
+    }[change.verb](service, server)
+
+
+def batch_failure(failures: Sequence[IpvsError], total: int) -> IpvsError:
+    """The error `apply` raises: the first failure, saying how many of the batch failed."""
+    first = failures[0]
+    if len(failures) == 1:
+        return first
+    return IpvsError(
+        first.operation,
+        first.errno,
+        f"{first.detail + '; ' if first.detail else ''}{len(failures)} of {total} changes failed",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class IpvsStats:
     """64-bit counters of a service or real server (the kernel's estimator lags up to 2 s)."""
@@ -314,153 +377,87 @@ class IpvsError(KernelError):
 
     def __init__(self, operation: str, code: int, detail: str = "") -> None:
         self.errno = code
+        self.operation = operation
+        self.detail = detail
         name = errno.errorcode.get(code, str(code))
         text = detail or os.strerror(code)
         super().__init__(f"ipvs {operation}: {name} ({text})")
 
 
-# ---- pyroute2 ------------------------------------------------------------------------------
-
-_SERVICE: Final = "IPVS_CMD_ATTR_SERVICE"
-_DEST: Final = "IPVS_CMD_ATTR_DEST"
-_LITTLE_ENDIAN: Final = sys.byteorder == "little"
+# ---- dump replies (rainctl.kernel.ipvs_wire) -------------------------------------------------
 
 
-def _family(address: str) -> int:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+def _stats(payload: bytes | None) -> IpvsStats:
+    """The counters of an IPVS_*_ATTR_STATS64 attribute (none: zeros)."""
+    nested = wire.attributes(payload) if payload else {}
+
+    def get(kind: int) -> int:
+        value = nested.get(kind)
+        return wire.u64(value) if value else 0
+
+    return IpvsStats(
+        get(wire.STATS_CONNS),
+        get(wire.STATS_INPKTS),
+        get(wire.STATS_OUTPKTS),
+        get(wire.STATS_INBYTES),
+        get(wire.STATS_OUTBYTES),
+    )
 
 
-def _netmask(service: VirtualService) -> str:
-    if not service.ipv6:
-        return "255.255.255.255"
-    # The kernel reads an IPv6 netmask as a host-order u32 prefix length; pyroute2 packs the
-    # attribute as an IPv4 address (network order), so write the bytes of 128 in host order.
-    return "128.0.0.0" if _LITTLE_ENDIAN else "0.0.0.128"
-
-
-class _Attrs:
-    """Stands in for pyroute2's IPVSService / IPVSDest: AsyncIPVS.service / .dest only call
-    dump_nla() and dump_key() on them."""
-
-    def __init__(self, attrs: list[tuple[str, Any]], key: list[tuple[str, Any]]) -> None:
-        self._attrs = attrs
-        self._key = key
-
-    def dump_nla(self) -> dict[str, Any]:
-        return {"attrs": list(self._attrs)}
-
-    def dump_key(self) -> dict[str, Any]:
-        return {"attrs": list(self._key)}
-
-
-def _service_key(service: VirtualService) -> list[tuple[str, Any]]:
-    return [
-        ("IPVS_SVC_ATTR_AF", _family(service.address)),
-        ("IPVS_SVC_ATTR_PROTOCOL", service.protocol.number),
-        ("IPVS_SVC_ATTR_ADDR", service.address),
-        ("IPVS_SVC_ATTR_PORT", service.port),
-    ]
-
-
-def service_attrs(service: VirtualService) -> _Attrs:
-    """The service attributes of NEW_SERVICE / SET_SERVICE (all four that SET requires)."""
-    flags = service.flags | (IP_VS_SVC_F_PERSISTENT if service.persistence_s else 0)
-    key = _service_key(service)
-    full = [
-        *key,
-        ("IPVS_SVC_ATTR_SCHED_NAME", service.scheduler),
-        ("IPVS_SVC_ATTR_FLAGS", {"flags": flags, "mask": 0xFFFFFFFF}),
-        ("IPVS_SVC_ATTR_TIMEOUT", service.persistence_s),
-        ("IPVS_SVC_ATTR_NETMASK", _netmask(service)),
-    ]
-    return _Attrs(full, key)
-
-
-def dest_attrs(server: RealServer) -> _Attrs:
-    full = [
-        ("IPVS_DEST_ATTR_ADDR_FAMILY", _family(server.address)),
-        ("IPVS_DEST_ATTR_ADDR", server.address),
-        ("IPVS_DEST_ATTR_PORT", server.port),
-        ("IPVS_DEST_ATTR_FWD_METHOD", server.forwarding.code),
-        ("IPVS_DEST_ATTR_WEIGHT", server.weight),
-        ("IPVS_DEST_ATTR_U_THRESH", 0),
-        ("IPVS_DEST_ATTR_L_THRESH", 0),
-    ]
-    return _Attrs(full, full[:3])
-
-
-_SERVICE_COMMANDS: Final = {"add": 1, "set": 2, "del": 3}
-_DEST_COMMANDS: Final = {"add": 5, "set": 6, "del": 7}
-
-
-def encode_request(verb: str, service: _Attrs, dest: _Attrs | None = None) -> bytes:
-    """The generic-netlink payload (genl header and attributes, no nlmsghdr) that the adapter
-    sends for `verb` ("add", "set", "del"), built exactly as pyroute2's AsyncIPVS.service /
-    .dest build it. Golden-bytes tests pin it, so a pyroute2 upgrade that changes the wire
-    format fails on the host, without IPVS."""
-    msg = nl.ipvsmsg()
-    msg["version"] = nl.GENL_VERSION
-    if dest is None:
-        msg["cmd"] = _SERVICE_COMMANDS[verb]
-        msg["attrs"] = [(_SERVICE, service.dump_nla())]
-    else:
-        msg["cmd"] = _DEST_COMMANDS[verb]
-        msg["attrs"] = [(_SERVICE, service.dump_key()), (_DEST, dest.dump_nla())]
-    msg.encode()
-    data: bytes = bytes(msg.data[16 : msg["header"]["length"]])
-    return data
-
-
-def _stats(nested: Any) -> IpvsStats:
+def decode_service(reply: dict[int, bytes]) -> tuple[VirtualService, IpvsStats] | None:
+    """A service dump reply's IPVS_CMD_ATTR_SERVICE, or None for what rainctl does not
+    configure (fwmark services, other protocols)."""
+    nested = reply.get(wire.CMD_ATTR_SERVICE)
     if nested is None:
-        return IpvsStats()
-
-    def get(name: str) -> int:
-        return int(nested.get(f"IPVS_STATS_ATTR_{name}") or 0)
-
-    return IpvsStats(get("CONNS"), get("INPKTS"), get("OUTPKTS"), get("INBYTES"), get("OUTBYTES"))
-
-
-def decode_service(msg: Any) -> tuple[VirtualService, IpvsStats] | None:
-    svc = msg.get(_SERVICE)
-    if svc is None or svc.get("IPVS_SVC_ATTR_FWMARK"):
+        return None
+    svc = wire.attributes(nested)
+    if wire.SVC_FWMARK in svc and wire.u32(svc[wire.SVC_FWMARK]):
         return None  # fwmark services are not rainctl's (no address / port)
-    number = svc.get("IPVS_SVC_ATTR_PROTOCOL")
+    number = wire.u16(svc[wire.SVC_PROTOCOL])
     protocol = next((p for p, n in _PROTOCOL_NUMBERS.items() if n == number), None)
     if protocol is None:
         return None  # a protocol rainctl does not configure
-    flags = int((svc.get("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0))
-    timeout = int(svc.get("IPVS_SVC_ATTR_TIMEOUT") or 0)
+    flags = wire.u32(svc[wire.SVC_FLAGS]) if wire.SVC_FLAGS in svc else 0
+    timeout = wire.u32(svc[wire.SVC_TIMEOUT]) if wire.SVC_TIMEOUT in svc else 0
     service = VirtualService(
-        address=str(svc.get("IPVS_SVC_ATTR_ADDR")),
-        port=int(svc.get("IPVS_SVC_ATTR_PORT")),
+        address=wire.address_text(wire.u16(svc[wire.SVC_AF]), svc[wire.SVC_ADDR]),
+        port=wire.be16(svc[wire.SVC_PORT]),
         protocol=protocol,
-        scheduler=str(svc.get("IPVS_SVC_ATTR_SCHED_NAME")),
+        scheduler=svc[wire.SVC_SCHED_NAME].split(b"\0", 1)[0].decode("ascii"),
         persistence_s=timeout if flags & IP_VS_SVC_F_PERSISTENT else 0,
         flags=flags & SERVICE_FLAGS,
     )
-    return service, _stats(svc.get("IPVS_SVC_ATTR_STATS64"))
+    return service, _stats(svc.get(wire.SVC_STATS64))
 
 
-def decode_dest(msg: Any) -> RealServerEntry | None:
-    dest = msg.get(_DEST)
-    if dest is None:
+def decode_dest(reply: dict[int, bytes]) -> RealServerEntry | None:
+    """A destination dump reply's IPVS_CMD_ATTR_DEST, or None for forwarding methods rainctl
+    does not model (local node, bypass)."""
+    nested = reply.get(wire.CMD_ATTR_DEST)
+    if nested is None:
         return None
-    code = int(dest.get("IPVS_DEST_ATTR_FWD_METHOD") or 0) & IP_VS_CONN_F_FWD_MASK
+    dest = wire.attributes(nested)
+    code = wire.u32(dest[wire.DEST_FWD]) & IP_VS_CONN_F_FWD_MASK
     forwarding = _FORWARDING_BY_CODE.get(code)
     if forwarding is None:
-        return None  # local node / bypass: not modelled
+        return None
+
+    def counter(kind: int) -> int:
+        return wire.u32(dest[kind]) if kind in dest else 0
+
+    family_attribute = dest.get(wire.DEST_ADDR_FAMILY)  # sent by every kernel since 3.18
+    family = wire.u16(family_attribute) if family_attribute else socket.AF_INET
     server = RealServer(
-        address=str(dest.get("IPVS_DEST_ATTR_ADDR")),
-        port=int(dest.get("IPVS_DEST_ATTR_PORT")),
-        weight=int(dest.get("IPVS_DEST_ATTR_WEIGHT") or 0),
+        address=wire.address_text(family, dest[wire.DEST_ADDR]),
+        port=wire.be16(dest[wire.DEST_PORT]),
+        weight=counter(wire.DEST_WEIGHT),
         forwarding=forwarding,
     )
     return RealServerEntry(
         server=server,
-        active_connections=int(dest.get("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0),
-        inactive_connections=int(dest.get("IPVS_DEST_ATTR_INACT_CONNS") or 0),
-        stats=_stats(dest.get("IPVS_DEST_ATTR_STATS64")),
+        active_connections=counter(wire.DEST_ACTIVE_CONNS),
+        inactive_connections=counter(wire.DEST_INACT_CONNS),
+        stats=_stats(dest.get(wire.DEST_STATS64)),
     )
 
 
@@ -477,19 +474,18 @@ _TIMEOUT_ATTRS: Final = (
 class _IpvsMessage(genlmsg):  # type: ignore[misc]
     """pyroute2's IPVS message with the attributes it leaves as "hex" typed
     (include/uapi/linux/ip_vs.h): the nested daemon and the three u32 timeouts. Services and
-    destinations use pyroute2's nested classes, so they decode exactly as before.
+    destinations never travel through pyroute2 (rainctl.kernel.ipvs_wire): "hex" keeps
+    their places in the attribute map.
 
     Not a subclass of `nl.ipvsmsg`: pyroute2 caches a compiled attribute map in class
     attributes on first use, and a subclass would inherit the parent's (decoding the daemon
     as hex again, and failing to encode it) once the parent had decoded a message."""
 
     prefix = "IPVS_CMD_ATTR_"
-    service = nl.ipvsmsg.service
-    dest = nl.ipvsmsg.dest
     nla_map = (
         ("IPVS_CMD_ATTR_UNSPEC", "none"),
-        ("IPVS_CMD_ATTR_SERVICE", "service"),
-        ("IPVS_CMD_ATTR_DEST", "dest"),
+        ("IPVS_CMD_ATTR_SERVICE", "hex"),
+        ("IPVS_CMD_ATTR_DEST", "hex"),
         ("IPVS_CMD_ATTR_DAEMON", "daemon"),
         ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
         ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
@@ -630,8 +626,12 @@ class LinuxIpvsTable:
         self._socket.asyncore.marshal.msg_map[self._socket.prid] = _IpvsMessage
         self._started: dict[SyncState, float] = {}
         """When this object started the daemon of a state (time.monotonic())."""
+        self._batch: wire.NetlinkBatch | None = None
+        """The raw socket of services and real servers (`_wire`), opened on first use."""
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
         self._socket.close()
 
     def __enter__(self) -> LinuxIpvsTable:
@@ -649,35 +649,36 @@ class LinuxIpvsTable:
         except OSError as error:
             raise IpvsError(operation, error.errno or errno.EIO) from None
 
-    def _request(self, operation: str, function: Callable[..., Any], *args: Any) -> int:
-        """Send one request; 0 on success, else the kernel's errno (other failures raise)."""
-        try:
-            self._call(operation, function, *args)
-        except IpvsError as error:
-            return error.errno
-        return 0
+    def _wire(self) -> wire.NetlinkBatch:
+        if self._batch is None:
+            self._batch = self._call("open a netlink socket", wire.NetlinkBatch, self._socket.prid)
+        return self._batch
 
     # -- reading --
 
     def _services(self) -> list[tuple[VirtualService, IpvsStats]]:
-        replies = self._call("dump services", self._socket.service, "dump")
+        replies = self._call(
+            "dump services", self._wire().dump, wire.RequestPacker().dump_services()
+        )
         return [entry for entry in map(decode_service, replies) if entry is not None]
 
-    def _dests(self, service: VirtualService) -> list[RealServerEntry]:
-        replies = self._call(
-            f"dump real servers of {service}",
-            self._socket.dest,
-            "dump",
-            service_attrs(service),
-        )
+    def _dests(
+        self, service: VirtualService, packer: wire.RequestPacker | None = None
+    ) -> list[RealServerEntry]:
+        request = (packer or wire.RequestPacker()).dump_dests(service)
+        replies = self._call(f"dump real servers of {service}", self._wire().dump, request)
         entries = [entry for entry in map(decode_dest, replies) if entry is not None]
         return sorted(entries, key=lambda entry: entry.server.key)
 
-    def list_services(self) -> list[ServiceEntry]:
+    def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
+        """One dump of the services, then one of the real servers of each (of `only`)."""
+        keys = None if only is None else {service.key for service in only}
+        packer = wire.RequestPacker()
         return sorted(
             (
-                ServiceEntry(service, tuple(self._dests(service)), stats)
+                ServiceEntry(service, tuple(self._dests(service, packer)), stats)
                 for service, stats in self._services()
+                if keys is None or service.key in keys
             ),
             key=lambda entry: service_order(entry.service),
         )
@@ -688,59 +689,60 @@ class LinuxIpvsTable:
                 return found
         return None
 
-    # -- services --
+    # -- changes: every one through `apply` --
 
     def add_service(self, service: VirtualService) -> None:
-        operation = f"add service {service}"
-        code = self._request(operation, self._socket.service, "add", service_attrs(service))
-        if code == errno.EEXIST and self._find_service(service) != service:
-            raise IpvsError(operation, code, "exists with other settings")
-        if code not in (0, errno.EEXIST):
-            raise IpvsError(operation, code)
+        self.apply([IpvsChange("add", service)])
 
     def update_service(self, service: VirtualService) -> None:
-        self._call(f"update service {service}", self._socket.service, "set", service_attrs(service))
+        self.apply([IpvsChange("set", service)])
 
     def delete_service(self, service: VirtualService) -> None:
-        operation = f"delete service {service}"
-        code = self._request(operation, self._socket.service, "del", service_attrs(service))
-        if code not in (0, errno.ESRCH, errno.ENOENT):
-            raise IpvsError(operation, code)
-
-    # -- real servers --
+        self.apply([IpvsChange("del", service)])
 
     def add_real_server(self, service: VirtualService, server: RealServer) -> None:
-        operation = f"add real server {server} to {service}"
-        code = self._request(
-            operation, self._socket.dest, "add", service_attrs(service), dest_attrs(server)
-        )
-        if code == errno.EEXIST:
-            same = [e.server for e in self._dests(service) if e.server.key == server.key]
-            if same != [server]:
-                raise IpvsError(operation, code, "exists with other settings")
-        elif code:
-            raise IpvsError(operation, code)
+        self.apply([IpvsChange("add", service, server)])
 
     def update_real_server(self, service: VirtualService, server: RealServer) -> None:
-        self._call(
-            f"update real server {server} of {service}",
-            self._socket.dest,
-            "set",
-            service_attrs(service),
-            dest_attrs(server),
-        )
+        self.apply([IpvsChange("set", service, server)])
 
     def delete_real_server(self, service: VirtualService, server: RealServer) -> None:
-        operation = f"delete real server {server} of {service}"
-        code = self._request(
-            operation, self._socket.dest, "del", service_attrs(service), dest_attrs(server)
-        )
-        # ESRCH: no such service (so no such server either); ENOENT: no such server.
-        if code not in (0, errno.ESRCH, errno.ENOENT):
-            raise IpvsError(operation, code)
+        self.apply([IpvsChange("del", service, server)])
 
     def flush(self) -> None:
-        self._call("flush", self._socket.service, (nl.IPVS_CMD_FLUSH, NLM_F_REQUEST | NLM_F_ACK))
+        [code] = self._call("flush", self._wire().send_all, [wire.RequestPacker().flush()])
+        if code:
+            raise IpvsError("flush", code)
+
+    def apply(self, changes: Sequence[IpvsChange]) -> None:
+        """Every change pipelined over the raw socket (rainctl.kernel.ipvs_wire), then the
+        adapter's rules on the kernel's answers: an add that met an existing object is
+        compared with it (one dump of the services or of the service's real servers), a
+        delete of a missing one (ESRCH: no such service, ENOENT: no such server) is
+        success, any other error a failure."""
+        if not changes:
+            return
+        packer = wire.RequestPacker()
+        payloads = [packer.payload(c.verb, c.service, c.server) for c in changes]
+        codes = self._call("apply changes", self._wire().send_all, payloads)
+        failures: list[IpvsError] = []
+        for change, code in zip(changes, codes, strict=True):
+            if code == 0 or (change.verb == "del" and code in (errno.ESRCH, errno.ENOENT)):
+                continue
+            if change.verb == "add" and code == errno.EEXIST:
+                if self._same_as_existing(change):
+                    continue
+                failures.append(IpvsError(str(change), code, "exists with other settings"))
+                continue
+            failures.append(IpvsError(str(change), code))
+        if failures:
+            raise batch_failure(failures, len(changes))
+
+    def _same_as_existing(self, change: IpvsChange) -> bool:
+        if change.server is None:
+            return self._find_service(change.service) == change.service
+        found = [e.server for e in self._dests(change.service) if e.server.key == change.server.key]
+        return found == [change.server]
 
     # -- synchronisation daemons and timeouts --
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from rainctl.core.types import Vip
 from rainctl.kernel.ipvs import (
     KERNEL_DEFAULT_TIMEOUTS,
+    IpvsChange,
     IpvsError,
     IpvsTimeouts,
     RealServer,
@@ -24,6 +25,7 @@ from rainctl.kernel.ipvs import (
     SyncDaemon,
     SyncState,
     VirtualService,
+    apply_each,
     service_order,
 )
 
@@ -112,7 +114,8 @@ class MemoryIpvsTable:
         self.changes = 0
         """How many calls changed something (idempotent calls do not count)."""
 
-    def list_services(self) -> list[ServiceEntry]:
+    def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
+        keys = None if only is None else {service.key for service in only}
         with self._lock:
             return [
                 ServiceEntry(
@@ -123,6 +126,7 @@ class MemoryIpvsTable:
                     ),
                 )
                 for service in sorted(self._services.values(), key=service_order)
+                if keys is None or service.key in keys
             ]
 
     def add_service(self, service: VirtualService) -> None:
@@ -189,6 +193,9 @@ class MemoryIpvsTable:
             servers = self._servers.get(service.key)
             if servers is not None and servers.pop(server.key, None) is not None:
                 self.changes += 1
+
+    def apply(self, changes: Sequence[IpvsChange]) -> None:
+        apply_each(self, changes)
 
     def flush(self) -> None:
         with self._lock:

@@ -546,6 +546,31 @@ def set_backend_link(state_dir: Path, name: str, *, up: bool) -> None:
               str(host.gateway), "dev", "eth0", "onlink"])  # fmt: skip
 
 
+def cut_path(state_dir: Path, node_reference: str, backend_name: str, *, cut: bool) -> None:
+    """Break (or mend) only the path between one node and one back-end: both their ports on
+    the back-end bridge become isolated ports, which the bridge never forwards between, while
+    each still reaches every other port (a director cut off from one back-end). Not during a
+    partition: its sub-bridges' uplinks are isolated ports too, and the back-end would lose
+    them all."""
+    state_dir = state_dir.absolute()
+    state, host = _backend(state_dir, backend_name)
+    if cut and state.partition is not None:
+        raise LabError("the lab is partitioned: heal it before cutting a path")
+    try:
+        node = find_node(state.plan(), node_reference)
+    except ValueError as exc:
+        raise LabError(str(exc)) from exc
+    ports = [nic.bridge_end for nic in node.nics if nic.bridge == host.bridge]
+    flag = "on" if cut else "off"
+    _ip_batch(
+        state.plan().switch_namespace,
+        [
+            f"link set dev {port} type bridge_slave isolated {flag}"
+            for port in (*ports, host.bridge_end)
+        ],
+    )
+
+
 def memory_dir(shm_free_mb: int, needed_mb: int, fallback: Path) -> Path:
     """Where UML keeps its guests' memory files (its TMPDIR).
 

@@ -22,6 +22,7 @@ from rainctl.kernel.ipvs import (
     KERNEL_DEFAULT_TIMEOUTS,
     Forwarding,
     IpProtocol,
+    IpvsChange,
     IpvsError,
     IpvsTimeouts,
     LinuxIpvsTable,
@@ -279,6 +280,58 @@ def test_set_timeouts_sets_all_three(table: IpvsTable) -> None:
     assert table.get_timeouts() == ones
     table.set_timeouts(KERNEL_DEFAULT_TIMEOUTS)
     assert table.get_timeouts() == KERNEL_DEFAULT_TIMEOUTS
+
+
+def test_apply_does_what_the_one_object_calls_do(table: IpvsTable) -> None:
+    drained = RealServer(DR.address, DR.port, weight=0, forwarding=Forwarding.DR)
+    table.apply(
+        [
+            IpvsChange("add", WEB),
+            IpvsChange("add", WEB, NAT),
+            IpvsChange("add", WEB, DR),
+            IpvsChange("add", WEB6),
+            IpvsChange("add", WEB6, TUN),
+            IpvsChange("add", DNS),
+            IpvsChange("set", WEB, drained),
+            IpvsChange("del", WEB, NAT),
+            IpvsChange("del", DNS),
+        ]
+    )
+    assert shape(table) == [(WEB, (drained,)), (WEB6, (TUN,))]
+    # Identical adds and deletes of missing objects succeed, as the one-object calls do.
+    table.apply(
+        [
+            IpvsChange("add", WEB),
+            IpvsChange("add", WEB, drained),
+            IpvsChange("del", WEB, NAT),
+            IpvsChange("del", DNS),
+            IpvsChange("del", DNS, NAT),
+        ]
+    )
+    assert shape(table) == [(WEB, (drained,)), (WEB6, (TUN,))]
+    table.apply([])
+
+
+def test_apply_tries_every_change_and_raises_the_first_failure(table: IpvsTable) -> None:
+    other = VirtualService(WEB.address, WEB.port, WEB.protocol, "rr")
+    with pytest.raises(IpvsError) as raised:
+        table.apply(
+            [
+                IpvsChange("add", WEB),
+                IpvsChange("add", other),  # conflicts with WEB: EEXIST
+                IpvsChange("add", DNS, NAT),  # no such service: ESRCH
+                IpvsChange("add", WEB, DR),  # still applied after the failures
+            ]
+        )
+    assert raised.value.errno == errno.EEXIST
+    assert "2 of 4 changes failed" in str(raised.value)
+    assert shape(table) == [(WEB, (DR,))]
+    with pytest.raises(IpvsError) as raised:
+        table.apply([IpvsChange("set", DNS)])
+    assert raised.value.errno == errno.ESRCH
+    with pytest.raises(IpvsError) as raised:
+        table.apply([IpvsChange("set", WEB, NAT)])
+    assert raised.value.errno == errno.ENOENT
 
 
 @pytest.mark.ipvs_kernel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import pytest
 
@@ -85,9 +85,9 @@ class RecordingTable(MemoryIpvsTable):
     def mutations(self) -> int:
         return sum(count for name, count in self.calls.items() if name in MUTATING)
 
-    def list_services(self) -> list[ServiceEntry]:
+    def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
         self._record("list_services")
-        return super().list_services()
+        return super().list_services(only)
 
     def add_service(self, service: VirtualService) -> None:
         self._record("add_service")
@@ -334,7 +334,7 @@ def test_a_missing_sync_interface_fails_but_services_are_programmed() -> None:
 class CountingTable(MemoryIpvsTable):
     """Reports fixed connection counters on every real server."""
 
-    def list_services(self) -> list[ServiceEntry]:
+    def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
         return [
             ServiceEntry(
                 entry.service,
@@ -344,7 +344,7 @@ class CountingTable(MemoryIpvsTable):
                 ),
                 IpvsStats(connections=20),
             )
-            for entry in super().list_services()
+            for entry in super().list_services(only)
         ]
 
 

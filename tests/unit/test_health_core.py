@@ -151,6 +151,26 @@ def test_the_only_vote_decides_and_no_vote_keeps_the_previous_verdict() -> None:
     assert verdicts(report(other, ServerOpinion(key, UP, 10)), previous=previous)[key].state is DOWN
 
 
+def test_after_a_ring_change_the_first_report_alone_cannot_lower_a_verdict() -> None:
+    key = KEYS[0]
+    a, b = checkers_of(key, MEMBERS, 2)
+    cut_off = report(a, ServerOpinion(key, DOWN, 0))
+    # b still has its report of the previous ring: a's "down" waits for b's new one.
+    assert key not in verdicts(cut_off, report(b, ring=OLD_RING))
+    assert key not in verdicts(report(a, ServerOpinion(key, UP, 3)), report(b, ring=OLD_RING))
+    # ... which says up: the server stays in; says down too: it goes down.
+    assert key not in verdicts(cut_off, report(b))
+    assert verdicts(cut_off, report(b, ServerOpinion(key, DOWN, 0)))[key].state is DOWN
+    # Rising needs no wait: one "up" brings a down server back at once.
+    previous = (ServerOpinion(key, DOWN, 0),)
+    assert key not in verdicts(report(a), report(b, ring=OLD_RING), previous=previous)
+    # A checker with no report at all (it never reported, e.g. it has just joined) and one
+    # from another catalogue are not waited for.
+    assert verdicts(cut_off)[key].state is DOWN
+    foreign = CheckerReport(b, OLD_RING, b"\0" * 8, ())
+    assert verdicts(cut_off, foreign)[key].state is DOWN
+
+
 def test_drain_and_weights_take_the_most_available_view() -> None:
     key = KEYS[0]
     a, b = checkers_of(key, MEMBERS, 2)

@@ -1,5 +1,5 @@
 """IPVS values, the in-memory table's errno semantics, and golden bytes of the netlink
-requests the pyroute2 adapter sends (encoded offline: the host kernel has no IPVS)."""
+requests the Linux adapter sends (encoded offline: the host kernel has no IPVS)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,13 @@ from rainctl.kernel.ipvs import (
     decode_dest,
     decode_service,
     decode_timeouts,
-    dest_attrs,
     encode_message,
-    encode_request,
-    service_attrs,
     set_ipvs_sysctls,
     set_timeouts_message,
     start_daemon_message,
     stop_daemon_message,
 )
+from rainctl.kernel.ipvs_wire import RequestPacker, attributes
 from rainctl.kernel.memory import MemoryIpvsTable
 
 WEB = VirtualService("192.0.2.10", 80, IpProtocol.TCP, "wlc", persistence_s=300)
@@ -169,8 +167,9 @@ def test_memory_table_updates_sorting_and_flush() -> None:
 
 # ---- golden bytes --------------------------------------------------------------------------
 # genl header (cmd, version 1, reserved) then the attributes, exactly as sent; the nlmsghdr
-# (family id, sequence number) is left out. A change here means pyroute2 changed its wire
-# format: check it against include/uapi/linux/ip_vs.h before updating the constant.
+# (family id, sequence number) is left out. They were pyroute2's bytes when the adapter sent
+# through pyroute2 (tests/unit/test_ipvs_wire.py still compares with pyroute2's encoder):
+# check a change against include/uapi/linux/ip_vs.h before updating a constant.
 
 GOLDEN_SERVICE_ADD = bytes.fromhex(
     "01010000"  # cmd NEW_SERVICE, version 1
@@ -217,15 +216,15 @@ GOLDEN_DEST_ADD = bytes.fromhex(
 
 
 def test_golden_service_add() -> None:
-    assert encode_request("add", service_attrs(WEB)) == GOLDEN_SERVICE_ADD
+    assert RequestPacker().payload("add", WEB, None) == GOLDEN_SERVICE_ADD
 
 
 def test_golden_ipv6_service_set() -> None:
-    assert encode_request("set", service_attrs(DNS6)) == GOLDEN_V6_SERVICE_SET
+    assert RequestPacker().payload("set", DNS6, None) == GOLDEN_V6_SERVICE_SET
 
 
 def test_golden_real_server_add() -> None:
-    assert encode_request("add", service_attrs(WEB), dest_attrs(RS1)) == GOLDEN_DEST_ADD
+    assert RequestPacker().payload("add", WEB, RS1) == GOLDEN_DEST_ADD
 
 
 def test_forwarding_codes_are_the_kernels() -> None:
@@ -236,21 +235,23 @@ def test_forwarding_codes_are_the_kernels() -> None:
     }
 
 
-def test_replies_decode_without_from_message() -> None:
-    def reply(verb: str, dest: RealServer | None) -> nl.ipvsmsg:
-        data = encode_request(verb, service_attrs(WEB), dest_attrs(dest) if dest else None)
-        header = struct.pack("=IHHII", 16 + len(data), 0x20, 0, 0, 0)
-        msg = nl.ipvsmsg(header + data)
-        msg.decode()
-        return msg
+def test_replies_decode() -> None:
+    """A dump reply carries the same attributes as a request (plus counters): the requests'
+    bytes decode back to their objects; NAT (0) stays NAT."""
 
-    # A dest dump reply carries the dest attributes; NAT (0) must stay NAT.
-    entry = decode_dest(reply("add", RS1))
+    def reply(payload: bytes) -> dict[int, bytes]:
+        return attributes(payload, 4)  # after the genl header
+
+    entry = decode_dest(reply(GOLDEN_DEST_ADD))
     assert entry is not None
     assert entry.server == RS1
-    decoded = decode_service(reply("add", None))
+    assert entry.stats.connections == 0
+    decoded = decode_service(reply(GOLDEN_SERVICE_ADD))
     assert decoded is not None
     assert decoded[0] == WEB
+    decoded = decode_service(reply(GOLDEN_V6_SERVICE_SET))
+    assert decoded is not None
+    assert decoded[0] == DNS6
 
 
 # ---- sync daemons and timeouts -------------------------------------------------------------
