@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -82,7 +82,7 @@ class Scenario:
         return max((fault.at_ms for fault in self.faults), default=0)
 
 
-FAULT_KINDS = (
+FaultKind = Literal[
     "crash",
     "restart",
     "pause",
@@ -104,7 +104,8 @@ FAULT_KINDS = (
     "backend_uncut",
     "backend_drain",
     "backend_undrain",
-)
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 # ---- random schedules for seed sweeps -----------------------------------------------------
 
@@ -234,29 +235,7 @@ class _NetworkModel(BaseModel):
 class _FaultModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     at_ms: Annotated[int, Field(ge=0)]
-    kind: Literal[
-        "crash",
-        "restart",
-        "pause",
-        "resume",
-        "leave",
-        "join",
-        "drain",
-        "undrain",
-        "traffic",
-        "partition",
-        "oneway",
-        "heal",
-        "network",
-        "upstream_down",
-        "upstream_up",
-        "backend_down",
-        "backend_up",
-        "backend_cut",
-        "backend_uncut",
-        "backend_drain",
-        "backend_undrain",
-    ]
+    kind: FaultKind
     node: Annotated[int, Field(ge=0, le=65535)] = 0
     groups: tuple[tuple[int, ...], ...] = ()
     sources: tuple[int, ...] = ()
