@@ -3,9 +3,13 @@ the health worker process (rainctl.health.worker), never in the ring's process.
 
 Inputs: `set_ring` (a new membership, hence a new assignment: `rainctl.core.health.assign`
 over the ring's member ids), `set_verdicts` (the ring's verdicts, where a newly assigned
-server's counting starts) and `set_targets` (a reload). Each assigned server has one task:
-probe, count (`CheckerBook`: rise / fall, the agent's declared state, the weight step),
-sleep `interval_ms`, or `fast_interval_ms` while a run of failures or passes is under way.
+server's counting starts) and `set_targets` (a reload). Each assigned server is due in the
+`ProbeSchedule` (the first probes spread over one interval); when due it is probed (TCP on
+the worker's one `TcpProber`, without a coroutine; other kinds as a task), the result is
+counted (`CheckerBook`: rise / fall, the agent's declared state, the weight step) and the
+server is due again after `interval_ms`, or `fast_interval_ms` while a run of failures or
+passes is under way. A result that comes back for a server no longer assigned (or assigned
+anew since) is dropped.
 Whenever this node's opinions change, and after every reassignment, `on_observed` gets a
 `HealthObserved`. State changes are logged as events. `snapshot()` is what `rainctl
 backends` shows of this node's own checking: per server the state it counts, since when,
@@ -33,8 +37,11 @@ from rainctl.core.health import (
     target_weight,
 )
 from rainctl.core.types import NodeId, RingId
-from rainctl.health.probes import ProbeResult, probe
+from rainctl.health.probes import probe
+from rainctl.health.results import ProbeResult
+from rainctl.health.schedule import ProbeSchedule
 from rainctl.health.targets import CheckTarget
+from rainctl.health.tcp import TcpProber
 
 SCRIPT_CONCURRENCY = 8
 """Script checks running at once (the only kind that forks)."""
@@ -86,7 +93,13 @@ class HealthMonitor:
         self._members: tuple[NodeId, ...] = ()
         self._verdicts: tuple[ServerOpinion, ...] = ()
         self._book = CheckerBook(RISE_DEFAULT, FALL_DEFAULT)
-        self._tasks: dict[ServerKey, asyncio.Task[None]] = {}
+        loop = asyncio.get_running_loop()
+        self._tcp = TcpProber(loop)
+        self._schedule = ProbeSchedule(loop, self._due)
+        self._assigned: dict[ServerKey, tuple[CheckTarget, int]] = {}
+        """The servers this node checks, each with the number of its assignment."""
+        self._assignments = 0
+        self._tasks: dict[ServerKey, asyncio.Task[ProbeResult]] = {}
         self._checks: dict[ServerKey, ServerCheck] = {}
         self._catalogue = tuple(target.entry() for target in targets)
         self._scripts = asyncio.Semaphore(SCRIPT_CONCURRENCY)
@@ -109,7 +122,10 @@ class HealthMonitor:
         return self._catalogue
 
     async def close(self) -> None:
-        """Cancel every check and wait for them."""
+        """Stop every check and wait for the probes under way."""
+        self._schedule.close()
+        self._tcp.close()
+        self._assigned.clear()
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
@@ -122,9 +138,9 @@ class HealthMonitor:
         wanted = {target.key: target for target in targets}
         if wanted == self._targets:
             return
-        for key in list(self._tasks):
+        for key in list(self._assigned):
             if wanted.get(key) != self._targets.get(key):
-                self._tasks.pop(key).cancel()
+                self._unassign(key)
                 self._book.counters.pop(key, None)
         self._targets = wanted
         self._catalogue = tuple(target.entry() for target in targets)
@@ -138,25 +154,63 @@ class HealthMonitor:
         thresholds = {t.key: (t.check.rise, t.check.fall) for t in mine}
         self._book.reassign([t.entry() for t in mine], self._verdicts, thresholds)
         wanted = {t.key for t in mine}
-        for key in list(self._tasks):
+        for key in list(self._assigned):
             if key not in wanted:
-                self._tasks.pop(key).cancel()
+                self._unassign(key)
                 self._checks.pop(key, None)
-        loop = asyncio.get_running_loop()
         for target in mine:
-            if target.key not in self._tasks:
-                self._tasks[target.key] = loop.create_task(self._check_loop(target))
+            if target.key not in self._assigned:
+                self._assignments += 1
+                self._assigned[target.key] = (target, self._assignments)
+                # Spread the first probes over one interval (deterministically per server).
+                self._schedule.at(target.key, (target.key % target.check.interval_ms) / 1000)
         self._emit()
 
-    async def _check_loop(self, target: CheckTarget) -> None:
-        check = target.check
-        # Spread the first probes over one interval (deterministically per server).
-        await asyncio.sleep((target.key % check.interval_ms) / 1000)
-        while True:
-            result = await probe(target.probe, check, self._scripts)
-            fast = self._count(target, result)
-            interval_ms = check.fast_interval_ms if fast else check.interval_ms
-            await asyncio.sleep(interval_ms / 1000)
+    def _unassign(self, key: ServerKey) -> None:
+        del self._assigned[key]
+        self._schedule.drop(key)
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    def _due(self, key: ServerKey) -> None:
+        target, assignment = self._assigned[key]
+        if target.check.kind is CheckKind.TCP:
+            self._tcp.start(
+                target.probe.address,
+                target.probe.port,
+                target.check.timeout_ms,
+                lambda result: self._probed(key, assignment, result),
+            )
+            return
+        task = asyncio.get_running_loop().create_task(
+            probe(target.probe, target.check, self._scripts, self._tcp)
+        )
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._task_done(key, assignment, done))
+
+    def _task_done(self, key: ServerKey, assignment: int, task: asyncio.Task[ProbeResult]) -> None:
+        if task.cancelled():
+            return
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        error = task.exception()
+        if error is not None:
+            # `probe` answers every expected failure itself: this is a defect, but the
+            # server stays checked.
+            log.error("health probe of key %d failed unexpectedly", key, exc_info=error)
+            self._probed(key, assignment, ProbeResult(False, 0, type(error).__name__))
+            return
+        self._probed(key, assignment, task.result())
+
+    def _probed(self, key: ServerKey, assignment: int, result: ProbeResult) -> None:
+        current = self._assigned.get(key)
+        if current is None or current[1] != assignment:
+            return
+        target = current[0]
+        fast = self._count(target, result)
+        interval_ms = target.check.fast_interval_ms if fast else target.check.interval_ms
+        self._schedule.at(key, interval_ms / 1000)
 
     def _count(self, target: CheckTarget, result: ProbeResult) -> bool:
         """Record one result; True while a run of failures or passes is under way."""

@@ -13,16 +13,17 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import ssl
-import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h11
 
 from rainctl.config.health import CheckKind, EffectiveCheck
 from rainctl.core.health import HealthState
+from rainctl.health.results import ProbeResult, since_ms
+from rainctl.health.tcp import TcpProber
 
 BODY_BYTES_MAX = 65536
 """An HTTP check reads at most this much of the body (for `body_regex`)."""
@@ -41,20 +42,11 @@ class ProbeTarget:
     server_port: int
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    passed: bool
-    latency_ms: int
-    detail: str
-    declared: HealthState | None = None
-    """An agent's declared state (up, drain, down for "down"/"maint"/"stopped"/"fail")."""
-    weight_permille: int | None = None
-    """An agent's "NN%"."""
-
-
 async def probe(
-    target: ProbeTarget, check: EffectiveCheck, scripts: asyncio.Semaphore
+    target: ProbeTarget, check: EffectiveCheck, scripts: asyncio.Semaphore, tcp: TcpProber
 ) -> ProbeResult:
+    """One probe of any kind (the monitor starts TCP probes on `tcp` itself, without a
+    coroutine: rainctl.health.tcp)."""
     started = time.monotonic()
     try:
         if check.kind is CheckKind.SCRIPT:
@@ -63,26 +55,34 @@ async def probe(
                 return await _script(target, check, started)
         timeout_s = check.timeout_ms / 1000
         if check.kind is CheckKind.TCP:
-            result = await asyncio.wait_for(_tcp(target), timeout_s)
-        elif check.kind in (CheckKind.HTTP, CheckKind.HTTPS):
+            answered: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+            tcp.start(target.address, target.port, check.timeout_ms, _resolver(answered))
+            return await answered
+        if check.kind in (CheckKind.HTTP, CheckKind.HTTPS):
             result = await asyncio.wait_for(_http(target, check), timeout_s)
         elif check.kind is CheckKind.AGENT:
             result = await asyncio.wait_for(_agent(target), timeout_s)
         else:
             result = ProbeResult(True, 0, "not checked")
     except TimeoutError:
-        return ProbeResult(False, _since_ms(started), "timeout")
+        return ProbeResult(False, since_ms(started), "timeout")
     except ConnectionRefusedError:
-        return ProbeResult(False, _since_ms(started), "refused")
+        return ProbeResult(False, since_ms(started), "refused")
     except (OSError, ssl.SSLError, h11.ProtocolError) as error:
-        return ProbeResult(False, _since_ms(started), _reason(error))
+        return ProbeResult(False, since_ms(started), _reason(error))
     return ProbeResult(
-        result.passed, _since_ms(started), result.detail, result.declared, result.weight_permille
+        result.passed, since_ms(started), result.detail, result.declared, result.weight_permille
     )
 
 
-def _since_ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+def _resolver(future: asyncio.Future[ProbeResult]) -> Callable[[ProbeResult], None]:
+    """Set the result unless the waiter was cancelled meanwhile."""
+
+    def resolve(result: ProbeResult) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    return resolve
 
 
 def _reason(error: BaseException) -> str:
@@ -95,25 +95,6 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError, ssl.SSLError):
         await writer.wait_closed()
-
-
-_NO_LINGER = struct.pack("ii", 1, 0)
-"""SO_LINGER on, 0 s: close() resets the connection (as HAProxy's checks do), so a check
-leaves no TIME_WAIT socket behind: thousands of probes a second would pile them up."""
-
-
-async def _tcp(target: ProbeTarget) -> ProbeResult:
-    # A bare non-blocking connect: no stream objects, a third of open_connection's cost,
-    # which matters with a thousand servers per node.
-    family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
-        await asyncio.get_running_loop().sock_connect(sock, (target.address, target.port))
-    finally:
-        sock.close()
-    return ProbeResult(True, 0, "connected")
 
 
 def _tls_context(verify: bool) -> ssl.SSLContext:
@@ -226,7 +207,7 @@ async def _script(target: ProbeTarget, check: EffectiveCheck, started: float) ->
     except TimeoutError:
         process.kill()
         await process.wait()
-        return ProbeResult(False, _since_ms(started), "script timed out")
+        return ProbeResult(False, since_ms(started), "script timed out")
     if code == 0:
-        return ProbeResult(True, _since_ms(started), "exit 0")
-    return ProbeResult(False, _since_ms(started), f"exit {code}")
+        return ProbeResult(True, since_ms(started), "exit 0")
+    return ProbeResult(False, since_ms(started), f"exit {code}")

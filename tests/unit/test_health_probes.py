@@ -4,9 +4,10 @@ reporting; the worker process, which ends when its input does."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from rainctl.core.health import HealthState
 from rainctl.core.types import RingId
 from rainctl.health.monitor import HealthMonitor
 from rainctl.health.probes import ProbeTarget, parse_agent_reply, probe
+from rainctl.health.results import ProbeResult
 from rainctl.health.targets import CheckTarget
+from rainctl.health.tcp import TcpProber
 from rainctl.health.worker import HealthWorker
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
@@ -58,14 +61,19 @@ def target(port: int) -> ProbeTarget:
 def run_probe(check: EffectiveCheck, handler: Handler | None) -> tuple[bool, str]:
     async def main() -> tuple[bool, str]:
         scripts = asyncio.Semaphore(2)
-        if handler is None:
-            async with serving(lambda r, w: None) as port:
-                pass  # closed again: nothing listens on `port`
-            result = await probe(target(port), check, scripts)
-            return result.passed, result.detail
-        async with serving(handler) as port:
-            result = await probe(target(port), check, scripts)
-            return result.passed, result.detail
+        tcp = TcpProber(asyncio.get_running_loop())
+        try:
+            if handler is None:
+                async with serving(lambda r, w: None) as port:
+                    pass  # closed again: nothing listens on `port`
+                result = await probe(target(port), check, scripts, tcp)
+                return result.passed, result.detail
+            async with serving(handler) as port:
+                result = await probe(target(port), check, scripts, tcp)
+                return result.passed, result.detail
+        finally:
+            assert tcp.in_flight() == 0
+            tcp.close()
 
     return asyncio.run(main())
 
@@ -74,6 +82,57 @@ def test_tcp_passes_on_a_listener_and_fails_refused_without_one() -> None:
     check = EffectiveCheck(kind=CheckKind.TCP)
     assert run_probe(check, lambda r, w: None) == (True, "connected")
     assert run_probe(check, None) == (False, "refused")
+
+
+@contextmanager
+def full_listener() -> Iterator[int]:
+    """A loopback port whose accept queue is full (nobody accepts): it drops SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    waiting = [socket.socket() for _ in range(3)]
+    for client in waiting:
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+    try:
+        yield port
+    finally:
+        for client in [listener, *waiting]:
+            client.close()
+
+
+def test_tcp_times_out_on_a_listener_whose_queue_is_full() -> None:
+    """A full accept queue drops SYNs: only the timeout answers (as for a dead link)."""
+
+    async def main() -> list[ProbeResult]:
+        results: list[ProbeResult] = []
+        tcp = TcpProber(asyncio.get_running_loop())
+        tcp.start("127.0.0.1", port, 150, results.append)
+        assert results == []  # never answered from inside start()
+        assert tcp.in_flight() == 1
+        await asyncio.sleep(0.4)
+        tcp.close()
+        return results
+
+    with full_listener() as port:
+        (result,) = asyncio.run(main())
+    assert (result.passed, result.detail) == (False, "timeout")
+    assert 150 <= result.latency_ms < 400
+
+
+def test_tcp_probes_abandoned_by_close_are_never_answered() -> None:
+
+    async def main() -> list[ProbeResult]:
+        results: list[ProbeResult] = []
+        tcp = TcpProber(asyncio.get_running_loop())
+        tcp.start("127.0.0.1", port, 100, results.append)
+        tcp.close()
+        await asyncio.sleep(0.3)
+        return results
+
+    with full_listener() as port:
+        assert asyncio.run(main()) == []
 
 
 @pytest.mark.parametrize(
