@@ -16,8 +16,11 @@ Theory of operation:
   `checkers_per_server` probes per interval instead of one per director.
 - Local counting. A checker turns probe results into a state with `rise` successes to come up
   and `fall` failures to go down (`count_result`); an agent's "drain" is a state of its own,
-  its "NN%" a weight. Weights move by `next_weight`: a deadband, then at most a quarter of
-  the configured weight per interval, so they do not oscillate.
+  its "NN%" a weight. A server newly given to a checker starts from the verdict the checker
+  last heard, which can be older than the ring's, so until the checker has seen `rise`
+  passes or `fall` failures of its own it reports the server UNCOUNTED: an abstention.
+  Weights move by `next_weight`: a deadband, then at most a quarter of the configured weight
+  per interval, so they do not oscillate.
 - Reports. When it holds the token a checker writes its `CheckerReport`: the ring whose
   membership (so, assignment) its opinions were counted for, the digest of its catalogue,
   and its opinion on each assigned server that is not up at its configured weight (up at
@@ -33,7 +36,8 @@ Theory of operation:
   previous verdict stays; while some assigned checker's report is still the one it made for
   the previous ring (it has not held the token, or its checking has not followed the new
   assignment yet), the verdict may become more available but not less, so the first
-  checker to report after a ring change (perhaps the cut-off one) is not alone. A member
+  checker to report after a ring change (perhaps the cut-off one) is not alone; an
+  abstaining checker (UNCOUNTED) holds the verdict the same way until it has counted. A member
   with no report at all, or one made from another catalogue, is not waited for. The holder
   recomputes the table whenever it holds the token; the table rides the token and is what
   every node applies.
@@ -84,6 +88,10 @@ class HealthState(IntEnum):
     """No new connections, the existing ones kept (weight 0): an agent's "drain" or an
     operator's `backend drain`."""
     DOWN = 2
+    UNCOUNTED = 3
+    """Only in a checker's report, never a verdict: the checker was given this server by a
+    new assignment and has not yet seen `rise` passes or `fall` failures of its own, so it
+    abstains (`CheckerBook`, `decide`)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -321,11 +329,13 @@ def decide(
     verdicts = [verdict for verdict in table.verdicts if verdict.key not in known]
     for entry in catalogue:
         checkers = assignment.get(entry.key, ())
-        votes = [
+        opinions = [
             voters[node_id].get(entry.key, ServerOpinion(entry.key, HealthState.UP, -1))
             for node_id in checkers
             if node_id in voters
         ]
+        votes = [opinion for opinion in opinions if opinion.state is not HealthState.UNCOUNTED]
+        waiting = len(votes) < len(opinions) or any(node_id in pending for node_id in checkers)
         kept = previous.get(entry.key)
         if not votes:
             if kept is not None:
@@ -334,12 +344,11 @@ def decide(
         verdict = _tally(votes, entry)
         if kept is None:
             kept = ServerOpinion(entry.key, HealthState.UP, entry.configured_weight)
-        if any(node_id in pending for node_id in checkers) and _availability(
-            verdict
-        ) < _availability(kept):
+        if waiting and _availability(verdict) < _availability(kept):
             # A checker of this server has not reported for this ring yet (its report is
-            # from the previous one): until it has, the verdict may rise but not fall, so
-            # that the first checker to report, perhaps the one cut off, is not alone.
+            # from the previous one) or abstains (newly assigned, not counted yet): until
+            # it has, the verdict may rise but not fall, so that the first checker to
+            # report, perhaps the one cut off, is not alone.
             verdict = kept
         if verdict.state is not HealthState.UP or verdict.weight != entry.configured_weight:
             verdicts.append(verdict)
@@ -487,9 +496,13 @@ class CheckerBook:
     monitor and the simulator both keep one).
 
     `reassign` follows the membership: a server that stays assigned keeps its counter; one
-    newly assigned starts from the ring's current verdict (a server that the ring holds down
-    stays down until this checker has seen `rise` passes), so a change of checkers never
-    puts a dead server back for a moment. `opinions` is the report body.
+    newly assigned starts from the verdict given (a server that the ring holds down stays
+    down until this checker has seen `rise` passes) and is `uncounted` until this checker
+    has seen `rise` passes or `fall` failures in a row of its own (or its agent declared a
+    state): the verdict given may be older than the ring's (the health worker heard the new
+    ring before the new verdicts, or the node comes back from a ring of its own), and a
+    report of "up" on that ground alone would put a dead server back for everybody.
+    `opinions` is the report body, with UNCOUNTED for those servers.
     """
 
     def __init__(self, rise: int, fall: int) -> None:
@@ -500,6 +513,7 @@ class CheckerBook:
         self.counters: dict[ServerKey, CheckCounter] = {}
         self.weights: dict[ServerKey, int] = {}
         self.configured: dict[ServerKey, int] = {}
+        self.uncounted: set[ServerKey] = set()
 
     def reassign(
         self,
@@ -522,7 +536,9 @@ class CheckerBook:
             state = HealthState.UP if verdict is None else verdict.state
             counters[entry.key] = CheckCounter(state)
             weights[entry.key] = entry.configured_weight if verdict is None else verdict.weight
+            self.uncounted.add(entry.key)
         self.counters, self.weights, self.configured = counters, weights, configured
+        self.uncounted &= counters.keys()
         self.thresholds = dict(thresholds or {})
 
     def record(self, key: ServerKey, passed: bool, target: int | None = None) -> None:
@@ -535,6 +551,8 @@ class CheckerBook:
         rise, fall = self.thresholds.get(key, (self.rise, self.fall))
         following = count_result(counter, passed, rise, fall)
         self.counters[key] = following
+        if following.successes >= rise or following.failures >= fall:
+            self.uncounted.discard(key)
         if following.state is HealthState.UP:
             configured = self.configured[key]
             aim = configured if target is None else target
@@ -543,11 +561,20 @@ class CheckerBook:
     def set_state(self, key: ServerKey, state: HealthState) -> None:
         """A state declared rather than counted (an agent's drain or maint, or its end)."""
         counter = self.counters.get(key)
-        if counter is not None and counter.state is not state:
+        if counter is None:
+            return
+        self.uncounted.discard(key)
+        if counter.state is not state:
             self.counters[key] = CheckCounter(state)
 
     def opinions(self) -> tuple[ServerOpinion, ...]:
-        return opinions_of(
-            {key: (c.state, self.weights[key]) for key, c in self.counters.items()},
+        counted = opinions_of(
+            {
+                key: (c.state, self.weights[key])
+                for key, c in self.counters.items()
+                if key not in self.uncounted
+            },
             self.configured,
         )
+        abstaining = [ServerOpinion(key, HealthState.UNCOUNTED, 0) for key in self.uncounted]
+        return tuple(sorted((*counted, *abstaining)))

@@ -220,6 +220,7 @@ class HealthMonitor:
         if counter_before is None:
             return False
         weight_before = book.weights.get(key)
+        uncounted_before = key in book.uncounted
         if result.declared is not None and result.declared is not HealthState.UP:
             book.set_state(key, result.declared)
         else:
@@ -251,11 +252,17 @@ class HealthMonitor:
             (previous.checks if previous else 0) + 1,
             book.weights.get(key, 0) if counter.state is HealthState.UP else 0,
         )
-        if counter.state is not counter_before.state or book.weights.get(key) != weight_before:
+        uncounted = key in book.uncounted
+        if (
+            counter.state is not counter_before.state
+            or book.weights.get(key) != weight_before
+            or uncounted is not uncounted_before
+        ):
             self._emit()
         settled_up = counter.state is HealthState.UP and counter.failures == 0
         settled_down = counter.state is not HealthState.UP and counter.successes == 0
-        return not (settled_up or settled_down)
+        # A newly assigned server is probed fast until counted: it abstains till then.
+        return uncounted or not (settled_up or settled_down)
 
     def _emit(self) -> None:
         if self._ring is None:

@@ -327,16 +327,18 @@ def up(
     exclusion: str = "conservative",
     ipv6: bool = False,
     checks: bool = False,
+    check_defaults: bool = False,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
     With a `profile` ("fast" or "lan"), every node also runs `rainctl daemon` with that timer
     profile (data plane GUEST_DATA_PLANE), and `up` waits until each daemon answers its
     status helper. `mode` ("dr" or "nat") is the IPVS forwarding of the lab's services and
-    decides the back-ends' routes; `checks` turns the services' back-end health checks on
-    (plan.cluster_config). With a `job`, the first node also runs it once after its
-    ready marker (`job_output` names its result file). On any failure everything built so far
-    is torn down before the error propagates.
+    decides the back-ends' routes; `checks` turns the services' back-end health checks on,
+    `check_defaults` gives every service the default check instead (plan.cluster_config).
+    With a `job`, the first node also runs it once after its ready marker (`job_output`
+    names its result file). On any failure everything built so far is torn down before the
+    error propagates.
     """
     try:
         plan = plan_lab(
@@ -357,6 +359,7 @@ def up(
                 data_plane=data_plane,
                 exclusion=exclusion,
                 checks=checks,
+                check_defaults=check_defaults,
             )
     except ValueError as exc:
         raise LabError(str(exc)) from exc

@@ -355,6 +355,8 @@ def lab_vips6(plan: LabPlan) -> tuple[ipaddress.IPv6Address, ...]:
 
 LAB_CHECK = ('health = { kind = "tcp", interval_ms = 2000, timeout_ms = 1000 }',)
 """The lab's back-end check with `checks` (a quarter of the default's probes)."""
+DEFAULT_CHECK = ('health = { kind = "tcp" }',)
+"""With `check_defaults`: the default check (every 500 ms: rainctl.config.health)."""
 LAB_AGENT_CHECK = (
     f'health = {{ kind = "agent", port = {AGENT_PORT}, interval_ms = 2000, timeout_ms = 1000 }}',
 )
@@ -380,6 +382,7 @@ def cluster_config(
     data_plane: str = "ipvs",
     exclusion: str = "conservative",
     checks: bool = False,
+    check_defaults: bool = False,
 ) -> str:
     """The cluster config (TOML) every node's daemon runs with.
 
@@ -393,7 +396,8 @@ def cluster_config(
     has little room, and the default 500 ms probes overloaded the guests (docs/lab.md).
     With `checks` the last VIP's two services show the other parts of back-end health: its
     HTTP service is checked by the back-ends' agents (`agent_service`), its echo service
-    has one real server and a sorry server (`sorry_service`).
+    has one real server and a sorry server (`sorry_service`). With `check_defaults` instead
+    (the health benchmark) every service has the default TCP check and every back-end.
     `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it).
     Raises ValueError for an unknown profile or data plane.
     """
@@ -431,18 +435,20 @@ def cluster_config(
     if ipvs:
         for vip in lab_vips(plan):
             for port in SERVICE_PORTS if plan.backends else ():
-                lines += _service_lines(plan, vip, port, checks=checks)
+                lines += _service_lines(plan, vip, port, checks, check_defaults)
     return "\n".join(lines)
 
 
 def _service_lines(
-    plan: LabPlan, vip: ipaddress.IPv4Address, port: int, *, checks: bool
+    plan: LabPlan, vip: ipaddress.IPv4Address, port: int, checks: bool, check_defaults: bool
 ) -> list[str]:
     """One service of the lab's config: every back-end at weight 1; with `checks` a TCP check,
     except on the agent service (agent checks, weight AGENT_WEIGHT) and the sorry service
     (the first back-end only, the second as its sorry server)."""
     health = LAB_CHECK if checks else ('health = { kind = "none" }',)
     backends, weight, sorry = plan.backends, 1, []
+    if check_defaults:
+        health, checks = DEFAULT_CHECK, False
     if checks and (vip, port) == agent_service(plan):
         health, weight = LAB_AGENT_CHECK, AGENT_WEIGHT
     if checks and (vip, port) == sorry_service(plan):

@@ -9,6 +9,7 @@ from rainctl.core.codec import decode_token, encode_token
 from rainctl.core.health import (
     CatalogueEntry,
     CheckCounter,
+    CheckerBook,
     CheckerReport,
     HealthKeeper,
     HealthState,
@@ -169,6 +170,48 @@ def test_after_a_ring_change_the_first_report_alone_cannot_lower_a_verdict() -> 
     assert verdicts(cut_off)[key].state is DOWN
     foreign = CheckerReport(b, OLD_RING, b"\0" * 8, ())
     assert verdicts(cut_off, foreign)[key].state is DOWN
+
+
+def test_an_abstaining_checker_holds_the_verdict_until_it_has_counted() -> None:
+    key = KEYS[0]
+    a, b = checkers_of(key, MEMBERS, 2)
+    uncounted = report(b, ServerOpinion(key, HealthState.UNCOUNTED, 0))
+    # A down server whose new checker b abstains is not put back by b's silence...
+    previous = (ServerOpinion(key, DOWN, 0),)
+    assert verdicts(report(a, ServerOpinion(key, DOWN, 0)), uncounted, previous=previous)[
+        key
+    ] == ServerOpinion(key, DOWN, 0)
+    # ... and a's "down" alone does not take an up server out while b has not counted.
+    assert key not in verdicts(report(a, ServerOpinion(key, DOWN, 0)), uncounted)
+    # Rising needs no wait; with every checker abstaining the previous verdict stays.
+    assert key not in verdicts(report(a), uncounted, previous=previous)
+    both = (uncounted, report(a, ServerOpinion(key, HealthState.UNCOUNTED, 0)))
+    assert verdicts(*both, previous=previous)[key].state is DOWN
+    assert key not in verdicts(*both)
+
+
+def test_a_newly_assigned_server_is_uncounted_until_a_run_of_results() -> None:
+    key = KEYS[0]
+    book = CheckerBook(rise=2, fall=2)
+    # The verdict the checker heard says up (stale: the server is dead by now).
+    book.reassign([CATALOGUE[0]], ())
+    assert book.opinions() == (ServerOpinion(key, HealthState.UNCOUNTED, 0),)
+    book.record(key, passed=False)
+    assert book.opinions() == (ServerOpinion(key, HealthState.UNCOUNTED, 0),)
+    book.record(key, passed=False)
+    assert book.opinions() == (ServerOpinion(key, DOWN, 0),)
+    # Staying assigned keeps the counter (and its counted state) across a reassignment.
+    book.reassign([CATALOGUE[0], CATALOGUE[1]], ())
+    assert book.opinions() == tuple(
+        sorted((ServerOpinion(key, DOWN, 0), ServerOpinion(KEYS[1], HealthState.UNCOUNTED, 0)))
+    )
+    # `rise` passes count too, and an agent's declared state ends the abstention at once.
+    book.record(KEYS[1], passed=True)
+    book.record(KEYS[1], passed=True)
+    assert KEYS[1] not in {opinion.key for opinion in book.opinions()}
+    book.reassign([CATALOGUE[2]], ())
+    book.set_state(KEYS[2], DRAIN)
+    assert book.opinions() == (ServerOpinion(KEYS[2], DRAIN, 0),)
 
 
 def test_drain_and_weights_take_the_most_available_view() -> None:

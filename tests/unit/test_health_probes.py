@@ -14,7 +14,7 @@ import pytest
 
 from rainctl.config.health import CheckKind, EffectiveCheck
 from rainctl.core.events import HealthObserved
-from rainctl.core.health import HealthState
+from rainctl.core.health import HealthState, ServerOpinion
 from rainctl.core.types import RingId
 from rainctl.health.monitor import HealthMonitor
 from rainctl.health.probes import ProbeTarget, parse_agent_reply, probe
@@ -226,7 +226,7 @@ def test_the_monitor_counts_reports_and_closes() -> None:
         monitor = HealthMonitor(1, [server], 2, observed.append)
         monitor.set_ring(RingId(1, 1, 1), (1,))
         for _ in range(100):
-            if observed and observed[-1].opinions:
+            if observed and observed[-1].opinions[0].state is HealthState.DOWN:
                 break
             await asyncio.sleep(0.05)
         snapshot = monitor.snapshot()
@@ -235,7 +235,8 @@ def test_the_monitor_counts_reports_and_closes() -> None:
         assert snapshot.checking[1234].detail == "refused"
 
     asyncio.run(main())
-    assert observed[0].opinions == ()  # the first report, right after the assignment
+    # The first report, right after the assignment: not counted yet (an abstention).
+    assert observed[0].opinions == (ServerOpinion(1234, HealthState.UNCOUNTED, 0),)
     assert observed[-1].opinions[0].state is HealthState.DOWN
     assert observed[-1].counted_for == RingId(1, 1, 1)
 
@@ -258,7 +259,11 @@ def test_the_worker_process_checks_and_ends_with_its_input(tmp_path: Path) -> No
         await worker.start(needed=True)
         worker.set_ring(RingId(2, 1, 1), (1,))
         for _ in range(200):
-            if observed and observed[-1].opinions and (await worker.fresh_snapshot()).checking:
+            if (
+                observed
+                and observed[-1].opinions[0].state is HealthState.DOWN
+                and (await worker.fresh_snapshot()).checking
+            ):
                 break
             await asyncio.sleep(0.05)
         await worker.stop()

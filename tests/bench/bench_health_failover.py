@@ -1,0 +1,401 @@
+"""B1: a back-end's death to its removal from IPVS on every front node, rainctl beside
+keepalived's checker, in one UML lab (GOALS.md B1, issue 7).
+
+Run from the repository root, as root on a lab machine (docs/lab.md):
+
+    python tests/bench/bench_health_failover.py [--trials 30] [--default-trials 3] [--quick]
+
+The lab: 3 nodes running `rainctl daemon` (profile lan, DR), 2 back-ends, every service with
+rainctl's default check (TCP every 500 ms, timeout 250 ms, fall 2, 2 checkers per server:
+`plan.cluster_config(check_defaults=True)`). Beside each daemon, in the same guest,
+keepalived's checker (`keepalived -C`) checks the same 2 back-ends for fwmark virtual
+servers (rainctl leaves fwmark services alone and no packet carries those marks: they exist
+only to be programmed), one per keepalived setting in KEEPALIVED_CHECKERS:
+
+- TCP_CHECK and HTTP_GET at delay_loop 1, connect_timeout 1 (keepalived's manual gives
+  delay_loop in whole seconds: 1 is its smallest; retry 1 and delay_before_retry 1, its
+  defaults);
+- TCP_CHECK at rainctl's budget (delay_loop 0.5, connect_timeout 0.25, retry 1,
+  delay_before_retry 0.125: rainctl's interval, timeout, fall and fast interval);
+- TCP_CHECK and HTTP_GET at keepalived's defaults (delay_loop 60, connect_timeout 5), timed
+  in their own --default-trials trials (each takes up to a minute).
+
+An observer in each guest reads /proc/net/ip_vs every OBSERVE_INTERVAL_S and writes every
+change of a back-end's weight (or its removal) with the guest's wall clock (UML's clock is
+the host's: the script prints the offset it sees) to its scratch directory. A trial: the
+second back-end is SIGKILLed (its ports answer RST) or its link goes down (only timeouts
+tell); for each checker, the time until it has the back-end at weight 0 or removed in every
+one of its services on every node; then the back-end returns and every checker has it back
+before the next trial. Printed: p50 / p99 / max per failure kind and checker, and each
+keepalived figure's ratio to rainctl's p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rainctl.lab import builder
+from rainctl.lab.plan import BACKEND_PORT, LabPlan, Node
+from rainctl.lab.processes import LabError
+
+OBSERVE_INTERVAL_S = 0.05
+EVENTS_FILE = "ipvs-events.jsonl"
+CLOCK_FILE = "observer-clock"
+CONFIG_FILE = "keepalived-check.conf"
+DETECT_BOUND_S = 30.0
+DEFAULT_DETECT_BOUND_S = 90.0
+RETURN_BOUND_S = 90.0
+QUIET_S = 2.0
+"""Pause after everything is back, before the next trial..."""
+PHASE_S = 1.0
+"""... plus a random part of this (seeded), so that the deaths fall at every phase of the
+checkers' intervals (keepalived's 1 s delay_loop, rainctl's 500 ms)."""
+RAINCTL = "rainctl (default check)"
+PREFIX = "rbh"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepalivedChecker:
+    fwmark: int
+    name: str
+    delay_loop: str
+    check: str
+    """The checker block's body lines."""
+    slow: bool = False
+    """Timed in the --default-trials trials only."""
+
+
+def _tcp(timeout: str, *retry: str) -> str:
+    return f"TCP_CHECK {{ connect_timeout {timeout} {' '.join(retry)} }}"
+
+
+def _http(timeout: str) -> str:
+    return f"HTTP_GET {{ url {{ path / status_code 200 }} connect_timeout {timeout} }}"
+
+
+KEEPALIVED_CHECKERS = (
+    KeepalivedChecker(11, "keepalived TCP_CHECK delay_loop 1", "1", _tcp("1")),
+    KeepalivedChecker(12, "keepalived HTTP_GET delay_loop 1", "1", _http("1")),
+    KeepalivedChecker(
+        13,
+        "keepalived TCP_CHECK at rainctl's budget",
+        "0.5",
+        _tcp("0.25", "retry 1", "delay_before_retry 0.125"),
+    ),
+    KeepalivedChecker(14, "keepalived TCP_CHECK defaults", "60", _tcp("5"), slow=True),
+    KeepalivedChecker(15, "keepalived HTTP_GET defaults", "60", _http("5"), slow=True),
+)
+
+
+# ---- in the guest: the observer ------------------------------------------------------------
+
+
+def _endpoint(hex_text: str) -> str:
+    address, port = hex_text.split(":")
+    octets = [str(int(address[i : i + 2], 16)) for i in range(0, 8, 2)]
+    return f"{'.'.join(octets)}:{int(port, 16)}"
+
+
+def read_ipvs(text: str) -> dict[tuple[str, str], int]:
+    """/proc/net/ip_vs as {(service, real server): weight}; a service is "FWM 11" or
+    "TCP 198.18.0.100:80"."""
+    table: dict[tuple[str, str], int] = {}
+    service = ""
+    for line in text.splitlines()[3:]:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "->":
+            table[(service, _endpoint(words[1]))] = int(words[3])
+        elif words[0] == "FWM":
+            service = f"FWM {int(words[1], 16)}"
+        else:
+            service = f"{words[0]} {_endpoint(words[1])}"
+    return table
+
+
+def observe(directory: Path) -> None:
+    """Write every change of the table as a JSON line: [time, service, server, weight or
+    None (removed)]; the clock file says the guest's time of its last read."""
+    previous: dict[tuple[str, str], int] = {}
+    with (directory / EVENTS_FILE).open("a", encoding="utf-8") as events:
+        while True:
+            now = time.time()
+            with open("/proc/net/ip_vs", encoding="ascii") as proc:
+                table = read_ipvs(proc.read())
+            lines = [
+                json.dumps([now, service, server, table.get((service, server))])
+                for service, server in sorted(previous.keys() | table.keys())
+                if previous.get((service, server)) != table.get((service, server))
+            ]
+            if lines:
+                events.write("\n".join(lines) + "\n")
+                events.flush()
+            previous = table
+            clock = directory / f"{CLOCK_FILE}.tmp"
+            clock.write_text(repr(now), encoding="ascii")
+            clock.replace(directory / CLOCK_FILE)
+            time.sleep(OBSERVE_INTERVAL_S)
+
+
+# ---- on the host ---------------------------------------------------------------------------
+
+
+def keepalived_config(plan: LabPlan) -> str:
+    lines = ["global_defs {", "    router_id rainctl-bench", "}", ""]
+    for checker in KEEPALIVED_CHECKERS:
+        lines += [
+            f"# {checker.name}",
+            f"virtual_server fwmark {checker.fwmark} {{",
+            f"    delay_loop {checker.delay_loop}",
+            "    lb_algo wlc",
+            "    lb_kind DR",
+            "    protocol TCP",
+        ]
+        for host in plan.backends:
+            lines += [
+                f"    real_server {host.address.ip} {BACKEND_PORT} {{",
+                "        weight 1",
+                f"        {checker.check}",
+                "    }",
+            ]
+        lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def _hook(plan: LabPlan, node: Node, scratch: Path) -> str:
+    (scratch / CONFIG_FILE).write_text(keepalived_config(plan), encoding="utf-8")
+    quoted = shlex.quote(str(scratch))
+    return (
+        f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{CONFIG_FILE} "
+        "-p /run/rainctl/kc.pid -c /run/rainctl/kc_checkers.pid "
+        f"< /dev/null > {quoted}/keepalived-check.log 2>&1 &\n"
+        f"{shlex.quote(sys.executable)} {shlex.quote(__file__)} --observe {quoted} "
+        f"< /dev/null > {quoted}/observer.log 2>&1 &\n"
+    )
+
+
+@dataclass
+class Views:
+    """Every node's table as its observer last wrote it."""
+
+    scratches: list[Path]
+
+    def tables(self, until: float = float("inf")) -> list[dict[tuple[str, str], int]]:
+        tables = []
+        for scratch in self.scratches:
+            table: dict[tuple[str, str], int] = {}
+            path = scratch / EVENTS_FILE
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            for line in text.splitlines():
+                try:
+                    at, service, server, weight = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if at > until:
+                    break
+                if weight is None:
+                    table.pop((service, server), None)
+                else:
+                    table[(service, server)] = weight
+            tables.append(table)
+        return tables
+
+    def changes(self, address: str, since: float) -> list[list[tuple[float, str, int | None]]]:
+        """Per node: the changes of `address`'s weights since `since` (time, service,
+        weight or None)."""
+        found = []
+        for scratch in self.scratches:
+            node: list[tuple[float, str, int | None]] = []
+            for line in (scratch / EVENTS_FILE).read_text(encoding="utf-8").splitlines():
+                try:
+                    at, service, endpoint, weight = json.loads(line)
+                except ValueError:
+                    continue
+                if endpoint.rsplit(":", 1)[0] == address and at >= since:
+                    node.append((at, service, weight))
+            found.append(node)
+        return found
+
+
+def _services(table: dict[tuple[str, str], int], checker: str) -> set[str]:
+    """The services of a checker (rainctl's: every TCP service; keepalived's: its fwmark)."""
+    if checker == RAINCTL:
+        return {service for service, _ in table if service.startswith("TCP ")}
+    fwmark = next(c.fwmark for c in KEEPALIVED_CHECKERS if c.name == checker)
+    return {f"FWM {fwmark}"}
+
+
+def _weights(table: dict[tuple[str, str], int], services: set[str], address: str) -> list[int]:
+    """The weight `address` has in each of `services` (0 where it is no real server)."""
+    found = dict.fromkeys(services, 0)
+    for (service, endpoint), weight in table.items():
+        if service in found and endpoint.rsplit(":", 1)[0] == address:
+            found[service] = weight
+    return list(found.values())
+
+
+def _is_in(table: dict[tuple[str, str], int], services: set[str], address: str) -> bool:
+    return all(weight > 0 for weight in _weights(table, services, address))
+
+
+def _is_out(table: dict[tuple[str, str], int], services: set[str], address: str) -> bool:
+    return not any(_weights(table, services, address))
+
+
+def _wait(condition: Callable[[], bool], bound_s: float, what: str) -> None:
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise LabError(f"{what}: not within {bound_s:g} s")
+        time.sleep(0.1)
+
+
+def _removed_at(
+    views: Views, services: dict[str, set[str]], checker: str, address: str, since: float
+) -> float | None:
+    """When `checker` had `address` out of all its services on every node (None: not yet)."""
+    latest = since
+    for changes, table in zip(views.changes(address, since), views.tables(), strict=True):
+        if not _is_out(table, services[checker], address):
+            return None
+        for service in services[checker]:
+            outs = [at for at, name, weight in changes if name == service and not weight]
+            if outs:
+                latest = max(latest, outs[0])
+    return latest
+
+
+def trial(
+    state_dir: Path,
+    views: Views,
+    services: dict[str, set[str]],
+    kind: str,
+    checkers: list[str],
+    bound_s: float,
+    phases: random.Random,
+) -> dict[str, float]:
+    plan = builder.status(state_dir).plan
+    victim = plan.backends[1]
+    address = str(victim.address.ip)
+    _wait(
+        lambda: all(
+            _is_in(table, services[c], address) for table in views.tables() for c in checkers
+        ),
+        RETURN_BOUND_S,
+        "every checker timed has the back-end in",
+    )
+    time.sleep(QUIET_S + phases.uniform(0, PHASE_S))
+    started = time.time()
+    if kind == "sigkill":
+        builder.kill_backend(state_dir, victim.name)
+    else:
+        builder.set_backend_link(state_dir, victim.name, up=False)
+    taken: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + bound_s
+        while len(taken) < len(checkers) and time.monotonic() < deadline:
+            for checker in checkers:
+                if checker not in taken:
+                    at = _removed_at(views, services, checker, address, started)
+                    if at is not None:
+                        taken[checker] = at - started
+            time.sleep(0.1)
+    finally:
+        if kind == "sigkill":
+            builder.start_backend(state_dir, victim.name)
+        else:
+            builder.set_backend_link(state_dir, victim.name, up=True)
+    missing = [checker for checker in checkers if checker not in taken]
+    if missing:
+        raise LabError(f"{kind}: not removed within {bound_s:g} s by {missing}")
+    return taken
+
+
+def _figures(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return f"p50 {statistics.median(ordered):.2f} / p99 {p99:.2f} / max {ordered[-1]:.2f} s"
+
+
+def run(trials: int, default_trials: int) -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-health-"))
+    builder.up(
+        state_dir, nodes=3, backends=2, prefix=PREFIX, profile="lan", mode="dr",
+        check_defaults=True, peer=_hook, memory_mb=192,
+    )  # fmt: skip
+    try:
+        plan = builder.status(state_dir).plan
+        views = Views([state_dir / "nodes" / node.name for node in plan.nodes])
+        _wait(lambda: all(views.tables()), 60, "every observer writing")
+        offsets = []
+        for scratch in views.scratches:
+            offsets.append(time.time() - float((scratch / CLOCK_FILE).read_text()))
+        print(
+            "clock check (host time - the observers' last read): "
+            + ", ".join(f"{offset * 1000:.0f} ms" for offset in offsets)
+        )
+        tables = views.tables()
+        services = {RAINCTL: _services(tables[0], RAINCTL)}
+        services.update({c.name: _services(tables[0], c.name) for c in KEEPALIVED_CHECKERS})
+        phases = random.Random(1)
+        fast = [RAINCTL, *(c.name for c in KEEPALIVED_CHECKERS if not c.slow)]
+        slow = [c.name for c in KEEPALIVED_CHECKERS if c.slow]
+        for kind in ("sigkill", "link-down"):
+            results: dict[str, list[float]] = {checker: [] for checker in fast + slow}
+            for index in range(trials):
+                taken = trial(state_dir, views, services, kind, fast, DETECT_BOUND_S, phases)
+                print(f"  {kind} trial {index + 1}: " + ", ".join(
+                    f"{name} {seconds:.2f} s" for name, seconds in taken.items()
+                ), flush=True)  # fmt: skip
+                for checker, seconds in taken.items():
+                    results[checker].append(seconds)
+            for index in range(default_trials):
+                taken = trial(
+                    state_dir, views, services, kind, slow, DEFAULT_DETECT_BOUND_S, phases
+                )
+                print(f"  {kind} defaults trial {index + 1}: " + ", ".join(
+                    f"{name} {seconds:.2f} s" for name, seconds in taken.items()
+                ), flush=True)  # fmt: skip
+                for checker in slow:
+                    results[checker].append(taken[checker])
+            reference = statistics.median(results[RAINCTL])
+            for checker, values in results.items():
+                if not values:
+                    continue
+                ratio = statistics.median(values) / reference
+                print(
+                    f"{kind}: {checker}: {_figures(values)} over {len(values)} trials "
+                    f"({ratio:.1f}x rainctl's p50)"
+                )
+    finally:
+        builder.down(state_dir)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--observe"]:
+        observe(Path(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--default-trials", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 trials, no default trials")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        run(2, 0)
+    else:
+        run(arguments.trials, arguments.default_trials)
+
+
+if __name__ == "__main__":
+    main()
