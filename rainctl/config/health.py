@@ -5,9 +5,11 @@ checks", lists every key.
 A real server's effective check is its service's `[services.health]` with the keys its own
 `health` table sets laid over it (`effective_check`). Kind-specific keys are checked against
 the effective kind, so a key that the kind would ignore is an error with its key path, not a
-silent no-op. The defaults detect a dead back-end within about a second (GOALS.md B1):
-probes every 500 ms, every 125 ms after a failure until the state is settled again, 2
-failures to go down, 2 passes to come back.
+silent no-op. The defaults take a dead back-end out of every node's IPVS within a second,
+with RST or without (GOALS.md B1; docs/benchmarks.md): probes every 400 ms with a 150 ms
+timeout, every 50 ms after a failure until the state is settled again, 2 failures to go
+down, 2 passes to come back. A connect to a live back-end on a LAN takes well under a
+millisecond: 150 ms is still a hundred times that.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from rainctl.core.dataplane import PORT_MAX
 from rainctl.core.health import CHECKERS_PER_SERVER_DEFAULT
 
 CHECKERS_PER_SERVER_MAX = 16
-INTERVAL_MS_DEFAULT = 500
-TIMEOUT_MS_DEFAULT = 250
+INTERVAL_MS_DEFAULT = 400
+TIMEOUT_MS_DEFAULT = 150
 RISE_DEFAULT = 2
 FALL_DEFAULT = 2
 SCRIPT_TIMEOUT_MS_DEFAULT = 2000
@@ -177,8 +179,8 @@ class EffectiveCheck(BaseModel):
 
     @property
     def fast_interval_ms(self) -> int:
-        """The interval while a failure run or a rise is under way."""
-        return max(50, self.interval_ms // 4)
+        """The interval while a failure run or a rise is under way (an eighth)."""
+        return max(50, self.interval_ms // 8)
 
     def status_ok(self, status: int) -> bool:
         if self.expect_status:

@@ -344,9 +344,10 @@ class DataPlaneReconciler:
             entries = list(last.entries)
         ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
         if ops:
-            _log_operations(ops)
+            applying = time.monotonic()
             self.operations += len(ops)
             self._table.apply([kernel_change(op) for op in ops])
+            _log_operations(ops, time.monotonic() - applying)
             touched = {kernel_service(op.service) for op in ops}
             keys = {service.key for service in touched}
             entries = sorted(
@@ -379,18 +380,20 @@ class DataPlaneReconciler:
         return tuple(self._table.list_sync_daemons())
 
 
-def _log_operations(ops: Sequence[IpvsOp]) -> None:
-    """One line per operation, or per kind of operation for a large batch (a cold start of
-    thousands of services should not write thousands of lines)."""
+def _log_operations(ops: Sequence[IpvsOp], took_s: float) -> None:
+    """Once applied: one line per operation, or for a large batch one line per kind of
+    operation and the time the kernel took (a cold start of thousands of services should
+    not write thousands of lines)."""
     if len(ops) <= LOGGED_OPERATIONS:
         for op in ops:
             log.info("ipvs: %s", op)
         return
     kinds = Counter(op.kind.value for op in ops)
     log.info(
-        "ipvs: %d operations (%s)",
+        "ipvs: %d operations (%s) applied in %.0f ms",
         len(ops),
         ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())),
+        took_s * 1000,
     )
 
 

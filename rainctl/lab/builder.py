@@ -537,6 +537,19 @@ def _agent_file(state_dir: Path, host: Host) -> Path:
     return state_dir / "backends" / host.name / "agent.txt"
 
 
+def set_agent_reply(state_dir: Path, name: str, reply: str | None) -> None:
+    """What a back-end's agent answers from now on ("50%", "drain", ...; None: "up"),
+    written whole (tmp + rename) so that no probe reads half of it."""
+    _state, host = _backend(state_dir.absolute(), name)
+    path = _agent_file(state_dir.absolute(), host)
+    if reply is None:
+        path.unlink(missing_ok=True)
+        return
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(reply + "\n", encoding="ascii")
+    scratch.replace(path)
+
+
 def set_backend_link(state_dir: Path, name: str, *, up: bool) -> None:
     """Take a back-end's only link down (no RST: only timeouts tell) or up again."""
     _state, host = _backend(state_dir.absolute(), name)

@@ -356,7 +356,7 @@ def lab_vips6(plan: LabPlan) -> tuple[ipaddress.IPv6Address, ...]:
 LAB_CHECK = ('health = { kind = "tcp", interval_ms = 2000, timeout_ms = 1000 }',)
 """The lab's back-end check with `checks` (a quarter of the default's probes)."""
 DEFAULT_CHECK = ('health = { kind = "tcp" }',)
-"""With `check_defaults`: the default check (every 500 ms: rainctl.config.health)."""
+"""With `check_defaults`: the default check (every 400 ms: rainctl.config.health)."""
 LAB_AGENT_CHECK = (
     f'health = {{ kind = "agent", port = {AGENT_PORT}, interval_ms = 2000, timeout_ms = 1000 }}',
 )
@@ -393,7 +393,7 @@ def cluster_config(
     SERVICE_PORTS port (tcp, SERVICE_SCHEDULER) with every back-end as a real server
     (forwarding = the plan's mode, weight 1), whose back-end health checks run only with
     `checks`, and then every 2 s (LAB_CHECK): on a 2-core host the UML nodes' ring timing
-    has little room, and the default 500 ms probes overloaded the guests (docs/lab.md).
+    has little room, and the default probes overloaded the guests (docs/lab.md).
     With `checks` the last VIP's two services show the other parts of back-end health: its
     HTTP service is checked by the back-ends' agents (`agent_service`), its echo service
     has one real server and a sorry server (`sorry_service`). With `check_defaults` instead

@@ -6,7 +6,7 @@ Run from the repository root, as root on a lab machine (docs/lab.md):
     python tests/bench/bench_health_failover.py [--trials 30] [--default-trials 3] [--quick]
 
 The lab: 3 nodes running `rainctl daemon` (profile lan, DR), 2 back-ends, every service with
-rainctl's default check (TCP every 500 ms, timeout 250 ms, fall 2, 2 checkers per server:
+rainctl's default check (TCP every 400 ms, timeout 150 ms, fall 2, 2 checkers per server:
 `plan.cluster_config(check_defaults=True)`). Beside each daemon, in the same guest,
 keepalived's checker (`keepalived -C`) checks the same 2 back-ends for fwmark virtual
 servers (rainctl leaves fwmark services alone and no packet carries those marks: they exist
@@ -15,8 +15,8 @@ only to be programmed), one per keepalived setting in KEEPALIVED_CHECKERS:
 - TCP_CHECK and HTTP_GET at delay_loop 1, connect_timeout 1 (keepalived's manual gives
   delay_loop in whole seconds: 1 is its smallest; retry 1 and delay_before_retry 1, its
   defaults);
-- TCP_CHECK at rainctl's budget (delay_loop 0.5, connect_timeout 0.25, retry 1,
-  delay_before_retry 0.125: rainctl's interval, timeout, fall and fast interval);
+- TCP_CHECK at rainctl's budget (delay_loop 0.4, connect_timeout 0.15, retry 1,
+  delay_before_retry 0.05: rainctl's interval, timeout, fall and fast interval);
 - TCP_CHECK and HTTP_GET at keepalived's defaults (delay_loop 60, connect_timeout 5), timed
   in their own --default-trials trials (each takes up to a minute).
 
@@ -54,12 +54,12 @@ CLOCK_FILE = "observer-clock"
 CONFIG_FILE = "keepalived-check.conf"
 DETECT_BOUND_S = 30.0
 DEFAULT_DETECT_BOUND_S = 90.0
-RETURN_BOUND_S = 90.0
+RETURN_BOUND_S = 150.0
 QUIET_S = 2.0
 """Pause after everything is back, before the next trial..."""
 PHASE_S = 1.0
 """... plus a random part of this (seeded), so that the deaths fall at every phase of the
-checkers' intervals (keepalived's 1 s delay_loop, rainctl's 500 ms)."""
+checkers' intervals (keepalived's 1 s delay_loop, rainctl's 400 ms)."""
 RAINCTL = "rainctl (default check)"
 PREFIX = "rbh"
 
@@ -89,8 +89,8 @@ KEEPALIVED_CHECKERS = (
     KeepalivedChecker(
         13,
         "keepalived TCP_CHECK at rainctl's budget",
-        "0.5",
-        _tcp("0.25", "retry 1", "delay_before_retry 0.125"),
+        "0.4",
+        _tcp("0.15", "retry 1", "delay_before_retry 0.05"),
     ),
     KeepalivedChecker(14, "keepalived TCP_CHECK defaults", "60", _tcp("5"), slow=True),
     KeepalivedChecker(15, "keepalived HTTP_GET defaults", "60", _http("5"), slow=True),

@@ -5,10 +5,10 @@ Run from the repository root:
     python tests/bench/bench_health_rotation.py [--servers 0,1000] [--nodes 3]
         [--profile lan] [--duration-s 60]
 
-For each back-end count: a farm process of this script listens on that many loopback ports
+For each back-end count: a farm process (rainctl.lab.farm) listens on that many loopback ports
 (accepts and closes: a live back-end), and N real `rainctl daemon` processes on loopback
 (`--data-plane none`) run a config with one VIP whose services hold those back-ends (100 per
-service, the default TCP check every 500 ms, 2 checkers per server). After the ring formed
+service, the default TCP check every 400 ms, 2 checkers per server). After the ring formed
 and SETTLE_S passed, every daemon's `status` is read SAMPLE_HZ times a second for --duration-s
 its `rotation_ms` (the time between its last two receipts of the token: a sample of the
 rotation distribution, not every rotation). Printed per run: rotation p50 / p99 / max over
@@ -23,10 +23,8 @@ daemons a little, the same in both runs per sample.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -39,39 +37,13 @@ from pathlib import Path
 import psutil
 
 from rainctl.daemon.control import ControlError, request
+from rainctl.lab.farm import read_counts
 from rainctl.testing.ports import daemon_command, free_udp_ports
 
 SETTLE_S = 8.0
 SAMPLE_HZ = 2
 SERVERS_PER_SERVICE = 100
 VIP = "198.18.2.1"
-
-
-# ---- the back-end farm (a child process of this script) ------------------------------------
-
-
-async def _farm(count: int, ports_file: Path, counts_file: Path) -> None:
-    accepted = 0
-
-    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal accepted
-        accepted += 1
-        writer.close()
-
-    servers = [
-        await asyncio.start_server(accept, "127.0.0.1", 0, backlog=256) for _ in range(count)
-    ]
-    ports = [server.sockets[0].getsockname()[1] for server in servers]
-    ports_file.write_text(" ".join(map(str, ports)), encoding="ascii")
-    while True:
-        await asyncio.sleep(1)
-        counts_file.write_text(f"{time.monotonic()} {accepted}", encoding="ascii")
-
-
-def farm_main(count: int, ports_file: Path, counts_file: Path) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
-    asyncio.run(_farm(count, ports_file, counts_file))
 
 
 # ---- the cluster ---------------------------------------------------------------------------
@@ -103,8 +75,9 @@ def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
     directory = Path(tempfile.mkdtemp(prefix="rainctl-rotation-"))
     ports_file, counts_file = directory / "ports", directory / "counts"
     farm = subprocess.Popen(
-        [sys.executable, __file__, "--farm", str(servers), str(ports_file), str(counts_file)]
-    )
+        [sys.executable, "-m", "rainctl.lab.farm", "--count", str(servers),
+         "--ports-file", str(ports_file), "--counts-file", str(counts_file)]
+    )  # fmt: skip
     daemons: list[subprocess.Popen[bytes]] = []
     try:
         deadline = time.monotonic() + 30
@@ -131,7 +104,7 @@ def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
             for daemon in daemons
             for process in [psutil.Process(daemon.pid), *psutil.Process(daemon.pid).children()]
         }
-        counts_start = counts_file.read_text().split() if servers else ["0", "0"]
+        counts_start = read_counts(counts_file) if servers else (0.0, 0)
         started = time.monotonic()
         rotations: list[float] = []
         while time.monotonic() - started < duration_s:
@@ -156,8 +129,8 @@ def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
         tables = logs.count("back-end verdicts of ring")
         probes = f"; {changes} back-end state changes counted, {tables} verdict tables applied"
         if servers:
-            t0, n0 = map(float, counts_start)
-            t1, n1 = map(float, counts_file.read_text().split())
+            t0, n0 = counts_start
+            t1, n1 = read_counts(counts_file)
             probes += f"; {(n1 - n0) / (t1 - t0) / servers:.2f} probes/s per back-end"
         print(
             f"{servers} back-ends, {nodes} nodes, {profile}: rotation p50 "
@@ -181,9 +154,6 @@ def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--farm"]:
-        farm_main(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--servers", default="0,1000")
     parser.add_argument("--nodes", type=int, default=3)

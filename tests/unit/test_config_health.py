@@ -15,12 +15,12 @@ from .test_config import error_of
 from .test_config_services import server, service, with_services
 
 
-def test_defaults_are_tcp_at_half_a_second() -> None:
+def test_defaults_are_tcp_every_400_ms() -> None:
     config = parse_config(with_services(service(servers=server())), "cluster.toml")
     check = effective_check(config.services[0].health, config.services[0].real_servers[0].health)
     assert check.kind is CheckKind.TCP
-    assert (check.interval_ms, check.timeout_ms, check.rise, check.fall) == (500, 250, 2, 2)
-    assert check.fast_interval_ms == 125
+    assert (check.interval_ms, check.timeout_ms, check.rise, check.fall) == (400, 150, 2, 2)
+    assert check.fast_interval_ms == 50
     assert check.on_failure is FailureAction.QUIESCE
     assert to_ring_spec(config).checkers_per_server == 2
     assert check.status_ok(204)

@@ -1,0 +1,190 @@
+"""S1 live: a 1,000 x 10 IPVS table loaded, then changed 1 % at a time, by every daemon of a
+3-node lab while a client's requests go through the VIPs (GOALS.md S1, issue 7).
+
+Run from the repository root, as root on a lab machine (docs/lab.md):
+
+    python tests/bench/bench_ipvs_live.py [--services 1000] [--trials 10] [--quick]
+
+The lab: 3 nodes running `rainctl daemon` (profile lan, DR), 2 back-ends serving the lab's
+own services. The client requests every VIP's HTTP service every 50 ms throughout. Then:
+
+- cold: the cluster config gains --services services of 10 real servers each (spread over
+  the lab's VIPs, ports from FIRST_PORT; the real servers are addresses nobody answers
+  for, unchecked, weight 1) and every node is asked to reload it;
+- --trials times a 1 % change: the weights of every real server of 1 % of those services
+  (the next 1 % each time) go from 1 to 2 or back, and every node is asked to reload.
+
+For each reload and node: the time from the request (the host's clock) to the line in the
+node's daemon log that says the reconciler's batch was applied (the guest's clock: UML's is
+the host's), and the kernel's part of it (the "applied in" of that line). Printed: p50 /
+p99 / max over nodes x trials, the client's failed requests over the whole run (and during
+the reloads), and whether any ring changed or any VIP moved. The reload includes the
+daemon's reading and validating the whole config file, as `rainctl reload` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rainctl.lab import builder, traffic
+from rainctl.lab.plan import BACKEND_PORT, lab_vips
+from rainctl.lab.processes import LabError
+
+FIRST_PORT = 20000
+SERVERS_PER_SERVICE = 10
+CHANGED_PERMILLE = 10
+APPLIED_BOUND_S = 120.0
+QUIET_S = 5.0
+"""Pause between reloads."""
+RELOAD_TIMEOUT_S = 60.0
+_APPLIED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: ipvs: (\d+) operations \(.*\) "
+    r"applied in (\d+) ms$"
+)
+
+
+def _services(vips: list[str], count: int, weights: dict[int, int]) -> str:
+    """The config's extra services; `weights`: the real servers' weight per service index
+    (1 where not given)."""
+    lines = []
+    for index in range(count):
+        lines += ["[[services]]", f'vip = "{vips[index % len(vips)]}"']
+        lines += [f"port = {FIRST_PORT + index}", 'forwarding = "dr"', 'health = { kind = "none" }']
+        lines.append("")
+        for server in range(SERVERS_PER_SERVICE):
+            lines += ["[[services.real_servers]]", f'address = "198.18.1.{100 + server}"']
+            lines += [f"weight = {weights.get(index, 1)}", ""]
+    return "\n".join(lines)
+
+
+def _applied_lines(log: Path) -> list[tuple[float, int, int]]:
+    """(time, operations, kernel ms) of every large batch the node's reconciler applied."""
+    found = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _APPLIED.match(line)
+        if match is not None:
+            moment = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
+            found.append((moment.timestamp(), int(match[2]), int(match[3])))
+    return found
+
+
+def _reload_all(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
+    """Ask every node to reload; per node (seconds until applied, operations, kernel ms)."""
+    seen = [len(_applied_lines(log)) for log in logs]
+    asked = []
+    for node in range(1, len(logs) + 1):
+        asked.append(time.time())
+        builder.control(state_dir, str(node), "reload", timeout_s=RELOAD_TIMEOUT_S)
+    results: list[tuple[float, int, int] | None] = [None] * len(logs)
+    deadline = time.monotonic() + APPLIED_BOUND_S
+    while any(result is None for result in results):
+        if time.monotonic() > deadline:
+            raise LabError(f"not applied by every node within {APPLIED_BOUND_S:g} s")
+        for index, log in enumerate(logs):
+            lines = _applied_lines(log)
+            if results[index] is None and len(lines) > seen[index]:
+                moment, operations, kernel_ms = lines[seen[index]]
+                results[index] = (moment - asked[index], operations, kernel_ms)
+        time.sleep(0.1)
+    return [result for result in results if result is not None]
+
+
+def _figures(values: list[float], unit: str = "s") -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    median = statistics.median(ordered)
+    return f"p50 {median:.3f} / p99 {p99:.3f} / max {ordered[-1]:.3f} {unit}"
+
+
+def _rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[list[str]]]:
+    status = builder.status(state_dir)
+    rings = {
+        (ring["epoch"], ring["creator"], ring["creator_incarnation"])
+        for daemon in status.daemons
+        if (ring := (daemon.document or {}).get("ring")) is not None
+    }
+    return rings, [sorted(daemon.owned) for daemon in status.daemons]
+
+
+def run(services: int, trials: int) -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-live-"))
+    builder.up(state_dir, nodes=3, backends=2, prefix="rbl", profile="lan", mode="dr",
+               memory_mb=384)  # fmt: skip
+    try:
+        plan = builder.status(state_dir).plan
+        vips = [str(vip) for vip in lab_vips(plan)]
+        config = state_dir / builder.CONFIG_FILE
+        base = config.read_text(encoding="utf-8")
+        logs = [state_dir / "nodes" / node.name / "daemon.log" for node in plan.nodes]
+        time.sleep(QUIET_S)
+        rings_before, owners_before = _rings_and_owners(state_dir)
+        targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
+        requests = builder.start_traffic(state_dir, "live", "http", targets, interval_s=0.05)
+        time.sleep(QUIET_S)
+        weights: dict[int, int] = {}
+        config.write_text(base + "\n" + _services(vips, services, weights), encoding="utf-8")
+        started = time.time()
+        cold = _reload_all(state_dir, logs)
+        cold_end = time.time()
+        changes: list[tuple[float, int, int]] = []
+        windows = [(started, cold_end)]
+        step = max(1, services * CHANGED_PERMILLE // 1000)
+        for index in range(trials):
+            time.sleep(QUIET_S)
+            for changed in ((index * step + k) % services for k in range(step)):
+                weights[changed] = 3 - weights.get(changed, 1)  # 1 <-> 2
+            text = base + "\n" + _services(vips, services, weights)
+            config.write_text(text, encoding="utf-8")
+            began = time.time()
+            changes += _reload_all(state_dir, logs)
+            windows.append((began, time.time()))
+        time.sleep(QUIET_S)
+        builder.stop_traffic(state_dir, "live")
+        rings_after, owners_after = _rings_and_owners(state_dir)
+        events = traffic.read_log(requests)
+        failed = sum(s.failed for s in traffic.summarize(events).values())
+        answered = sum(s.ok for s in traffic.summarize(events).values())
+        during = sum(
+            s.failed
+            for since, until in windows
+            for s in traffic.summarize(events, since=since, until=until).values()
+        )
+        print(
+            f"cold, {services} x {SERVERS_PER_SERVICE} under traffic: reload to applied "
+            f"{_figures([c[0] for c in cold])} over the 3 nodes ({cold[0][1]} operations; "
+            f"kernel {_figures([float(c[2]) for c in cold], 'ms')})"
+        )
+        print(
+            f"1 % change ({changes[0][1]} operations) x {trials}: reload to applied "
+            f"{_figures([c[0] for c in changes])} over {len(changes)} node-reloads; kernel "
+            f"{_figures([float(c[2]) for c in changes], 'ms')}"
+        )
+        print(
+            f"client: {answered} requests answered, {failed} failed in all ({during} during "
+            f"reloads); ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
+            f"VIP owners moved: {owners_after != owners_before}"
+        )
+    finally:
+        builder.down(state_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="100 services, 2 trials")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        run(100, 2)
+    else:
+        run(arguments.services, arguments.trials)
+
+
+if __name__ == "__main__":
+    main()
