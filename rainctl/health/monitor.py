@@ -7,9 +7,9 @@ server's counting starts) and `set_targets` (a reload). Each assigned server is 
 `ProbeSchedule` (the first probes spread over one interval); when due it is probed (TCP on
 the worker's one `TcpProber`, without a coroutine; other kinds as a task), the result is
 counted (`CheckerBook`: rise / fall, the agent's declared state, the weight step) and the
-server is due again after `interval_ms`, or `fast_interval_ms` while a run of failures or
-passes is under way. A result that comes back for a server no longer assigned (or assigned
-anew since) is dropped.
+server is due again `interval_ms` after that probe started, or `fast_interval_ms` while a
+run of failures or passes is under way. A result that comes back for a server no longer
+assigned (or assigned anew since) is dropped.
 Whenever this node's opinions change, and after every reassignment, `on_observed` gets a
 `HealthObserved`. State changes are logged as events. `snapshot()` is what `rainctl
 backends` shows of this node's own checking: per server the state it counts, since when,
@@ -173,23 +173,26 @@ class HealthMonitor:
         if task is not None:
             task.cancel()
 
-    def _due(self, key: ServerKey) -> None:
+    def _due(self, key: ServerKey, now: float) -> None:
         target, assignment = self._assigned[key]
         if target.check.kind is CheckKind.TCP:
             self._tcp.start(
                 target.probe.address,
                 target.probe.port,
                 target.check.timeout_ms,
-                lambda result: self._probed(key, assignment, result),
+                lambda result: self._probed(key, assignment, now, result),
+                now,
             )
             return
         task = asyncio.get_running_loop().create_task(
             probe(target.probe, target.check, self._scripts, self._tcp)
         )
         self._tasks[key] = task
-        task.add_done_callback(lambda done: self._task_done(key, assignment, done))
+        task.add_done_callback(lambda done: self._task_done(key, assignment, now, done))
 
-    def _task_done(self, key: ServerKey, assignment: int, task: asyncio.Task[ProbeResult]) -> None:
+    def _task_done(
+        self, key: ServerKey, assignment: int, started: float, task: asyncio.Task[ProbeResult]
+    ) -> None:
         if task.cancelled():
             return
         if self._tasks.get(key) is task:
@@ -199,18 +202,21 @@ class HealthMonitor:
             # `probe` answers every expected failure itself: this is a defect, but the
             # server stays checked.
             log.error("health probe of key %d failed unexpectedly", key, exc_info=error)
-            self._probed(key, assignment, ProbeResult(False, 0, type(error).__name__))
+            self._probed(key, assignment, started, ProbeResult(False, 0, type(error).__name__))
             return
-        self._probed(key, assignment, task.result())
+        self._probed(key, assignment, started, task.result())
 
-    def _probed(self, key: ServerKey, assignment: int, result: ProbeResult) -> None:
+    def _probed(self, key: ServerKey, assignment: int, started: float, result: ProbeResult) -> None:
         current = self._assigned.get(key)
         if current is None or current[1] != assignment:
             return
         target = current[0]
         fast = self._count(target, result)
         interval_ms = target.check.fast_interval_ms if fast else target.check.interval_ms
-        self._schedule.at(key, interval_ms / 1000)
+        # Intervals run from one probe's start to the next one's (no clock read here); a
+        # probe that took longer than that, a timeout in a run of failures, is followed at
+        # once.
+        self._schedule.at(key, interval_ms / 1000, started)
 
     def _count(self, target: CheckTarget, result: ProbeResult) -> bool:
         """Record one result; True while a run of failures or passes is under way."""
@@ -232,18 +238,19 @@ class HealthMonitor:
             book.record(key, result.passed, aim)
         counter = book.counters[key]
         previous = self._checks.get(key)
-        since = time.time()
         if previous is not None and previous.state is counter.state:
             since = previous.since
-        elif previous is not None or counter.state is not HealthState.UP:
-            log.warning(
-                "back-end %s of %s: %s (%s, %d ms)",
-                target.server,
-                target.service,
-                counter.state.name.lower(),
-                result.detail,
-                result.latency_ms,
-            )
+        else:
+            since = time.time()
+            if previous is not None or counter.state is not HealthState.UP:
+                log.warning(
+                    "back-end %s of %s: %s (%s, %d ms)",
+                    target.server,
+                    target.service,
+                    counter.state.name.lower(),
+                    result.detail,
+                    result.latency_ms,
+                )
         self._checks[key] = ServerCheck(
             counter.state,
             since,

@@ -55,8 +55,10 @@ async def probe(
                 return await _script(target, check, started)
         timeout_s = check.timeout_ms / 1000
         if check.kind is CheckKind.TCP:
-            answered: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-            tcp.start(target.address, target.port, check.timeout_ms, _resolver(answered))
+            loop = asyncio.get_running_loop()
+            answered: asyncio.Future[ProbeResult] = loop.create_future()
+            resolve = _resolver(answered)
+            tcp.start(target.address, target.port, check.timeout_ms, resolve, loop.time())
             return await answered
         if check.kind in (CheckKind.HTTP, CheckKind.HTTPS):
             result = await asyncio.wait_for(_http(target, check), timeout_s)

@@ -108,7 +108,7 @@ def test_tcp_times_out_on_a_listener_whose_queue_is_full() -> None:
     async def main() -> list[ProbeResult]:
         results: list[ProbeResult] = []
         tcp = TcpProber(asyncio.get_running_loop())
-        tcp.start("127.0.0.1", port, 150, results.append)
+        tcp.start("127.0.0.1", port, 150, results.append, asyncio.get_running_loop().time())
         assert results == []  # never answered from inside start()
         assert tcp.in_flight() == 1
         await asyncio.sleep(0.4)
@@ -126,7 +126,7 @@ def test_tcp_probes_abandoned_by_close_are_never_answered() -> None:
     async def main() -> list[ProbeResult]:
         results: list[ProbeResult] = []
         tcp = TcpProber(asyncio.get_running_loop())
-        tcp.start("127.0.0.1", port, 100, results.append)
+        tcp.start("127.0.0.1", port, 100, results.append, asyncio.get_running_loop().time())
         tcp.close()
         await asyncio.sleep(0.3)
         return results

@@ -11,7 +11,7 @@ from rainctl.health.schedule import COALESCE_S, ProbeSchedule
 def test_keys_fire_in_due_order_once_each_and_dropped_ones_never() -> None:
     async def main() -> list[int]:
         fired: list[int] = []
-        schedule = ProbeSchedule(asyncio.get_running_loop(), fired.append)
+        schedule = ProbeSchedule(asyncio.get_running_loop(), lambda key, now: fired.append(key))
         schedule.at(3, 0.06)
         schedule.at(1, 0.02)
         schedule.at(2, 0.04)
@@ -32,8 +32,9 @@ def test_a_key_scheduled_again_from_its_callback_fires_again() -> None:
         loop = asyncio.get_running_loop()
         times: list[float] = []
 
-        def due(key: int) -> None:
-            times.append(loop.time())
+        def due(key: int, now: float) -> None:
+            assert now <= loop.time()
+            times.append(now)
             if len(times) < 4:
                 schedule.at(key, 0.02)
 
@@ -52,7 +53,7 @@ def test_a_key_scheduled_again_from_its_callback_fires_again() -> None:
 def test_close_stops_everything() -> None:
     async def main() -> list[int]:
         fired: list[int] = []
-        schedule = ProbeSchedule(asyncio.get_running_loop(), fired.append)
+        schedule = ProbeSchedule(asyncio.get_running_loop(), lambda key, now: fired.append(key))
         schedule.at(1, 0.02)
         schedule.close()
         await asyncio.sleep(0.1)
