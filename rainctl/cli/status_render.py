@@ -68,6 +68,12 @@ def _ipvs_table(ipvs: dict[str, Any]) -> RenderableType:
                 str(server["active_connections"]),
                 str(server["inactive_connections"]),
             )
+    hidden = ipvs.get("services_total", 0) - len(ipvs["services"])
+    if hidden > 0:
+        table.caption = (
+            f"... and {hidden} more services ({ipvs['real_servers_total']} real servers in "
+            "all): `rainctl backends` lists every one"
+        )
     return table
 
 

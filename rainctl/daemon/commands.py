@@ -79,7 +79,7 @@ def write_drained(state_dir: Path, node_id: NodeId, drained: bool) -> None:
 StepEvent = Callable[[PinRequested | MulticastRequested], None]
 SetState = Callable[[NodeState], None]
 Document = Callable[[], JsonObject]
-Reload = Callable[[], JsonObject]
+Reload = Callable[[], JsonObject | Awaitable[JsonObject]]
 Leave = Callable[[], None]
 
 
@@ -216,7 +216,7 @@ class Commands:
         self._step(PinRequested(vip, None))
         return {"vip": vip, "pinned_to": None, "in_ring": self._machine.phase in IN_RING}
 
-    def _reload_command(self, request: ControlRequest) -> JsonObject:
+    def _reload_command(self, request: ControlRequest) -> JsonObject | Awaitable[JsonObject]:
         request.expect()
         return self._reload()
 

@@ -1,7 +1,8 @@
 """The data-plane reconciler: keeps the node's IPVS table and sync daemons as the config says.
 
 Like the VIP reconciler (rainctl/daemon/reconciler.py) it runs in its own task and does its
-netlink work in a worker thread, so the kernel never delays the token. It is level-triggered
+work in a worker thread (the desired table made from services, verdicts and drains, and
+the netlink calls), so neither a large table nor the kernel delays the token. It is level-triggered
 and takes the kernel as the source of truth: a pass diffs the kernel's table against the
 desired one (`rainctl.core.dataplane.diff_ipvs`), applies the operations in order, all in
 one `IpvsTable.apply` (pipelined netlink on Linux: GOALS.md S1), reads back only the
@@ -34,7 +35,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rainctl.config.convert import to_services
 from rainctl.config.models import ClusterConfig
 from rainctl.core.backends import with_verdicts
 from rainctl.core.dataplane import (
@@ -72,12 +72,18 @@ REFRESH_S = 1.0
 RETRY_S = 1.0
 READ_BUDGET: Final = 20
 """A whole-table read is repeated at most every READ_BUDGET times its own duration."""
+STATUS_SERVICES_MAX = 64
+"""The status document lists at most this many services (the totals are always there)."""
 LOGGED_OPERATIONS: Final = 20
 """A pass with more operations logs a count per kind instead of every one."""
 
 JsonObject = dict[str, Any]
 
 log = logging.getLogger("rainctl.dataplane")
+
+
+_Wanted = tuple[tuple[ServiceSpec, ...], tuple[ServerOpinion, ...], tuple[ServerKey, ...]]
+"""What the desired table is made of: the config's services, the ring's verdicts, drains."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +209,13 @@ class DataPlaneReconciler:
         self._refresh_s = refresh_s
         self._retry_s = retry_s
         self._wake = asyncio.Event()
-        self._desired: IpvsState = ()
         self._sync: SyncWanted | None = None
         self._services: tuple[ServiceSpec, ...] = ()
         self._verdicts: tuple[ServerOpinion, ...] = ()
         self._drained: tuple[ServerKey, ...] = ()
+        self._wanted: _Wanted = ((), (), ())
         self.want(services, sync)
-        self._applied: tuple[IpvsState, SyncWanted | None] | None = None
+        self._applied: tuple[_Wanted, SyncWanted | None] | None = None
         self._last: _Pass | None = None
         self._read_at: float | None = None
         """When the table was last read whole (time.monotonic(); None: read it next)."""
@@ -227,7 +233,8 @@ class DataPlaneReconciler:
 
     def want(self, services: Sequence[ServiceSpec], sync: SyncWanted | None) -> None:
         """The new desired state (start-up, config reload); applied by the next pass, at once.
-        The services must be valid config values (unique keys: `ValueError` otherwise)."""
+        The services must be valid config values (unique keys; otherwise the passes fail
+        with the `ValueError` as their last error)."""
         self._services = tuple(services)
         self._sync = sync
         self._redesire()
@@ -242,18 +249,17 @@ class DataPlaneReconciler:
         self._redesire()
 
     def _redesire(self) -> None:
-        self._desired = desired_ipvs(with_verdicts(self._services, self._verdicts, self._drained))
+        # The desired table itself is computed by the pass, in the worker thread: for ten
+        # thousand real servers that is tens of milliseconds, not to be spent on the loop
+        # that carries the token.
+        self._wanted = (self._services, self._verdicts, self._drained)
         self._wake.set()
-
-    def reload(self, config: ClusterConfig, node_id: NodeId, front_interface: str | None) -> None:
-        """`want` from a whole (validated) config: what SIGHUP / `rainctl reload` calls."""
-        self.want(to_services(config), sync_wanted(config, node_id, front_interface))
 
     # ---- outputs (event loop) --------------------------------------------------------
 
     def in_sync(self) -> bool:
         """Whether the last pass succeeded and applied the current desired state."""
-        return self._applied == (self._desired, self._sync)
+        return self._applied == (self._wanted, self._sync)
 
     def connections(self) -> int:
         """Active plus inactive connections over every real server, as of the last pass."""
@@ -266,8 +272,12 @@ class DataPlaneReconciler:
         )
 
     def status(self) -> JsonObject:
-        """The node's IPVS state for the status document (plain JSON values)."""
+        """The node's IPVS state for the status document (plain JSON values): the first
+        STATUS_SERVICES_MAX services with their real servers and the table's totals (a
+        status asked five times a second must not cost a table of ten thousand rows;
+        `rainctl backends` lists every service)."""
         last = self._last
+        entries = () if last is None else last.entries
         return {
             "in_sync": self.in_sync(),
             "operations": self.operations,
@@ -283,7 +293,9 @@ class DataPlaneReconciler:
                 {"state": d.state.name.lower(), "interface": d.interface, "sync_id": d.sync_id}
                 for d in last.sync_daemons
             ],
-            "services": [] if last is None else [_service_row(entry) for entry in last.entries],
+            "services": [_service_row(entry) for entry in entries[:STATUS_SERVICES_MAX]],
+            "services_total": len(entries),
+            "real_servers_total": sum(len(entry.real_servers) for entry in entries),
         }
 
     # ---- the task --------------------------------------------------------------------
@@ -292,10 +304,10 @@ class DataPlaneReconciler:
         """Pass after pass until cancelled."""
         while True:
             self._wake.clear()
-            desired, sync = self._desired, self._sync
+            wanted, sync = self._wanted, self._sync
             try:
                 done = await asyncio.get_running_loop().run_in_executor(
-                    self._worker, self._pass, desired, sync
+                    self._worker, self._pass, wanted, sync
                 )
             except (OSError, ValueError, KernelError) as exc:
                 # The adapters map their failures to these; read, diff and retry.
@@ -307,7 +319,7 @@ class DataPlaneReconciler:
                 continue
             self._last = done
             self.passes += 1
-            self._applied = (desired, sync)
+            self._applied = (wanted, sync)
             self.last_error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._refresh_s)
@@ -318,13 +330,14 @@ class DataPlaneReconciler:
         a large table costs at most 1 / READ_BUDGET of the worker's time."""
         return max(self._refresh_s, READ_BUDGET * self._read_s)
 
-    def _pass(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
-        """One read-diff-apply round (worker thread). The baseline is the kernel's table as
-        last read: read whole when that read is older than `full_read_interval_s` (or a
-        pass failed), else the previous pass's; after a change only the services it
-        touched are read back."""
+    def _pass(self, wanted: _Wanted, sync: SyncWanted | None) -> _Pass:
+        """One read-diff-apply round (worker thread): the desired table from the wanted
+        services, verdicts and drains; the baseline is the kernel's table as last read:
+        read whole when that read is older than `full_read_interval_s` (or a pass
+        failed), else the previous pass's; after a change only the services it touched
+        are read back."""
         try:
-            return self._read_diff_apply(desired, sync)
+            return self._read_diff_apply(desired_ipvs(with_verdicts(*wanted)), sync)
         except BaseException:
             self._read_at = None  # start the retry from a whole read
             raise

@@ -247,13 +247,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             },
         )
 
-    def reload() -> JsonObject:
-        return reload_config(options, setup, dataplane, health, live)
-
-    def reload_on_signal() -> None:
-        log.info("SIGHUP: reloading %s", options.config)
-        with contextlib.suppress(ControlError):  # already logged; the node runs on
-            reload()
+    reload, reload_on_signal = _reloaders(options, setup, dataplane, health, live)
 
     commands = Commands(
         spec=setup.spec,
@@ -511,14 +505,45 @@ def _backends_view(
     return backends
 
 
-def reload_config(
+def _reloaders(
     options: DaemonOptions,
     setup: _Setup,
     dataplane: DataPlaneReconciler | None,
     health: HealthWorker,
     live: _Live,
-) -> JsonObject:
-    """SIGHUP / `rainctl reload`: read the config again and apply what may change live.
+) -> tuple[Callable[[], Awaitable[JsonObject]], Callable[[], None]]:
+    """`rainctl reload` and SIGHUP. Reading and validating a large file takes long (10,000
+    real servers: a third of a second here, more inside UML): a thread does it, and the
+    ring's loop only applies the result."""
+    reloading: set[asyncio.Task[None]] = set()
+
+    async def reload() -> JsonObject:
+        loaded = await asyncio.to_thread(read_reload, options, setup)
+        return apply_reload(options, dataplane, health, live, loaded)
+
+    async def reload_logged() -> None:
+        with contextlib.suppress(ControlError):  # already logged; the node runs on
+            await reload()
+
+    def reload_on_signal() -> None:
+        log.info("SIGHUP: reloading %s", options.config)
+        reloading.difference_update({task for task in reloading if task.done()})
+        reloading.add(asyncio.get_running_loop().create_task(reload_logged()))
+
+    return reload, reload_on_signal
+
+
+@dataclass(frozen=True, slots=True)
+class _Reloaded:
+    config: ClusterConfig
+    services: tuple[ServiceSpec, ...]
+    checked: bool
+    """Whether any real server is checked (the health worker is needed)."""
+
+
+def read_reload(options: DaemonOptions, setup: _Setup) -> _Reloaded:
+    """SIGHUP / `rainctl reload`, first half (a worker thread): read the config again and
+    validate it whole; `apply_reload` applies what may change live.
 
     Nothing is applied unless the whole file is valid. Ring settings (cluster, timers,
     nodes, VIPs: what the config digest covers) cannot change under a running ring, whose
@@ -542,11 +567,23 @@ def reload_config(
         )
         log.error("reload refused: %s", message)
         raise ControlError(f"reload refused: {message}")
-    services = len(config.services)
-    live.services = to_services(config)
-    health.reload(needed=bool(check_targets(config)))
+    return _Reloaded(config, tuple(to_services(config)), bool(check_targets(config)))
+
+
+def apply_reload(
+    options: DaemonOptions,
+    dataplane: DataPlaneReconciler | None,
+    health: HealthWorker,
+    live: _Live,
+    loaded: _Reloaded,
+) -> JsonObject:
+    """SIGHUP / `rainctl reload`, second half (the loop): hand the validated config on."""
+    services = len(loaded.services)
+    live.services = loaded.services
+    health.reload(needed=loaded.checked)
     if dataplane is not None:
-        dataplane.reload(config, options.node_id, options.front_interface)
+        sync = sync_wanted(loaded.config, options.node_id, options.front_interface)
+        dataplane.want(loaded.services, sync)
         log.info("reload: ring settings unchanged, %d service(s) handed to IPVS", services)
     else:
         log.info(

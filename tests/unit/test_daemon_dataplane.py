@@ -6,6 +6,7 @@ import asyncio
 import errno
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +21,7 @@ from rainctl.core.dataplane import (
     desired_ipvs,
 )
 from rainctl.daemon.dataplane import (
+    STATUS_SERVICES_MAX,
     DataPlaneReconciler,
     SyncWanted,
     core_entry,
@@ -202,6 +204,19 @@ def test_programs_the_services_and_reports_them() -> None:
     assert table.calls["add_service"] == 2
     assert table.calls["add_real_server"] == 3
     assert reconciler.operations == 5
+
+
+def test_status_lists_a_bounded_number_of_services_and_the_totals() -> None:
+    many = [replace(WEB, port=1000 + index) for index in range(STATUS_SERVICES_MAX + 5)]
+
+    async def scenario(reconciler: DataPlaneReconciler) -> None:
+        await settled(reconciler)
+        status = reconciler.status()
+        assert len(status["services"]) == STATUS_SERVICES_MAX
+        assert status["services_total"] == STATUS_SERVICES_MAX + 5
+        assert status["real_servers_total"] == 2 * (STATUS_SERVICES_MAX + 5)
+
+    run(MemoryIpvsTable(), many, None, scenario)
 
 
 def test_unchanged_services_are_never_touched() -> None:
