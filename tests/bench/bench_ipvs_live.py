@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -112,7 +113,7 @@ def _rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[
     return rings, [sorted(daemon.owned) for daemon in status.daemons]
 
 
-def run(services: int, trials: int) -> None:
+def run(services: int, trials: int, keep_logs: Path | None) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-live-"))
     builder.up(state_dir, nodes=3, backends=2, prefix="rbl", profile="lan", mode="dr",
                memory_mb=384)  # fmt: skip
@@ -171,6 +172,10 @@ def run(services: int, trials: int) -> None:
             f"VIP owners moved: {owners_after != owners_before}"
         )
     finally:
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in (state_dir / "nodes").glob("*/daemon.log"):
+                shutil.copy(log, keep_logs / f"{log.parent.name}.log")
         builder.down(state_dir)
 
 
@@ -179,11 +184,12 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="100 services, 2 trials")
+    parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
     arguments = parser.parse_args()
     if arguments.quick:
-        run(100, 2)
+        run(100, 2, arguments.keep_logs)
     else:
-        run(arguments.services, arguments.trials)
+        run(arguments.services, arguments.trials, arguments.keep_logs)
 
 
 if __name__ == "__main__":
