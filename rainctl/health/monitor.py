@@ -100,6 +100,8 @@ class HealthMonitor:
         """The servers this node checks, each with the number of its assignment."""
         self._assignments = 0
         self._tasks: dict[ServerKey, asyncio.Task[ProbeResult]] = {}
+        self._connecting: dict[ServerKey, int] = {}
+        """TCP probes of a server in flight (at most its `fall`)."""
         self._checks: dict[ServerKey, ServerCheck] = {}
         self._catalogue = tuple(target.entry() for target in targets)
         self._scripts = asyncio.Semaphore(SCRIPT_CONCURRENCY)
@@ -168,6 +170,7 @@ class HealthMonitor:
 
     def _unassign(self, key: ServerKey) -> None:
         del self._assigned[key]
+        self._connecting.pop(key, None)
         self._schedule.drop(key)
         task = self._tasks.pop(key, None)
         if task is not None:
@@ -175,14 +178,29 @@ class HealthMonitor:
 
     def _due(self, key: ServerKey, now: float) -> None:
         target, assignment = self._assigned[key]
-        if target.check.kind is CheckKind.TCP:
+        check = target.check
+        if check.kind is CheckKind.TCP:
+            connecting = self._connecting.get(key, 0)
+            fast_s = check.fast_interval_ms / 1000
+            if connecting >= check.fall:
+                self._schedule.at(key, fast_s, now)
+                return
+            self._connecting[key] = connecting + 1
             self._tcp.start(
                 target.probe.address,
                 target.probe.port,
-                target.check.timeout_ms,
-                lambda result: self._probed(key, assignment, now, result),
+                check.timeout_ms,
+                lambda result: self._connected(key, assignment, now, result),
                 now,
             )
+            # A connect on a LAN answers within a millisecond: while the server counts as
+            # up, one with no answer after the fast interval is followed by the next at
+            # once, so that a dead link (only timeouts tell) costs one timeout plus
+            # `fall` - 1 fast intervals, not `fall` timeouts. An answer replaces this
+            # provisional due time; a server already down gets one probe at a time.
+            counter = self._book.counters.get(key)
+            if counter is not None and counter.state is HealthState.UP:
+                self._schedule.at(key, fast_s, now)
             return
         task = asyncio.get_running_loop().create_task(
             probe(target.probe, target.check, self._scripts, self._tcp)
@@ -205,6 +223,14 @@ class HealthMonitor:
             self._probed(key, assignment, started, ProbeResult(False, 0, type(error).__name__))
             return
         self._probed(key, assignment, started, task.result())
+
+    def _connected(
+        self, key: ServerKey, assignment: int, started: float, result: ProbeResult
+    ) -> None:
+        current = self._assigned.get(key)
+        if current is not None and current[1] == assignment:
+            self._connecting[key] -= 1
+        self._probed(key, assignment, started, result)
 
     def _probed(self, key: ServerKey, assignment: int, started: float, result: ProbeResult) -> None:
         current = self._assigned.get(key)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def run(servers: int, duration_s: float) -> None:
             )
     finally:
         builder.down(state_dir)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:

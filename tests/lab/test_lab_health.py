@@ -322,9 +322,22 @@ def test_an_agent_sets_its_backends_weight_and_drains_it(health_lab: Lab) -> Non
     every_node(health_lab, address, full, RETURN_BOUND_S, "full weight first", service)
     try:
         builder.set_agent_reply(health_lab.state_dir, host.name, "up 50%")
-        halved = every_node(health_lab, address, half, AGENT_BOUND_S, "half weight", service)
+        asked = time.monotonic()
+        # The weight steps towards the aim and stops within the deadband (10 % of the
+        # configured weight) of it: 10 -> 8 -> 6 for an aim of 5.
+        status, held = wait_for(
+            health_lab,
+            lambda s: (
+                in_sync(s.daemons)
+                and len(set(weights(s, address, service))) == 1
+                and abs((weights(s, address, service)[0] or 0) - half) <= full // 10
+            ),
+            AGENT_BOUND_S,
+            "about half the weight on every node",
+        )
+        halved, weight = held - asked, weights(status, address, service)[0]
         row = _agent_row(health_lab, "1", service, address)
-        assert (row["state"], row["weight"]) == ("up", half), row
+        assert (row["state"], row["weight"]) == ("up", weight), row
         builder.set_agent_reply(health_lab.state_dir, host.name, "drain")
         drained = every_node(health_lab, address, 0, AGENT_BOUND_S, "drained by its agent", service)
         row = _agent_row(health_lab, "2", service, address)
@@ -333,7 +346,7 @@ def test_an_agent_sets_its_backends_weight_and_drains_it(health_lab: Lab) -> Non
         builder.set_agent_reply(health_lab.state_dir, host.name, None)
     back = every_node(health_lab, address, full, AGENT_BOUND_S, "full weight again", service)
     NOTES.append(
-        f"health: agent of {host.name} said 50%: weight {full} -> {half} on all 3 nodes after "
+        f"health: agent of {host.name} said 50%: weight {full} -> {weight} on all 3 nodes after "
         f"{halved:.2f} s (steps of a quarter per 2 s check); drain: 0 after {drained:.2f} s; "
         f"up: {full} again after {back:.2f} s"
     )

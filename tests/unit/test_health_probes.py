@@ -241,6 +241,31 @@ def test_the_monitor_counts_reports_and_closes() -> None:
     assert observed[-1].counted_for == RingId(1, 1, 1)
 
 
+def test_a_silent_server_is_probed_again_before_the_first_probe_times_out() -> None:
+    """Dead link: no answer at all. The second probe starts a fast interval after the first,
+    not after its timeout, so `fall = 2` failures take one timeout plus a fast interval (1.25
+    s here), not two timeouts (2 s)."""
+    check = EffectiveCheck(kind=CheckKind.TCP, interval_ms=2000, timeout_ms=1000)
+    assert check.fast_interval_ms == 250
+
+    async def main(port: int) -> float:
+        observed: list[HealthObserved] = []
+        server = CheckTarget(1, "tcp 198.18.0.100:80", f"127.0.0.1:{port}", target(port),
+                             check, 1)  # fmt: skip
+        monitor = HealthMonitor(1, [server], 1, observed.append)
+        started = asyncio.get_running_loop().time()
+        monitor.set_ring(RingId(1, 1, 1), (1,))
+        while not any(o.opinions and o.opinions[0].state is HealthState.DOWN for o in observed):
+            await asyncio.sleep(0.01)
+        took = asyncio.get_running_loop().time() - started
+        await monitor.close()
+        return took
+
+    with full_listener() as port:
+        took = asyncio.run(main(port))
+    assert 1.2 <= took < 1.75, took
+
+
 def test_the_worker_process_checks_and_ends_with_its_input(tmp_path: Path) -> None:
     async def main() -> tuple[list[HealthObserved], HealthWorker]:
         async with serving(lambda r, w: None) as port:
