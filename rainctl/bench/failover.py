@@ -160,7 +160,8 @@ def _peer_hook(advert_int: float) -> builder.PeerHook:
     return hook
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` every 50 ms until it holds; LabError naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -194,7 +195,7 @@ def wait_settled(spec: SystemSpec, state_dir: Path, watchers: Watchers | None) -
         vips = demo.all_vips(builder.status(state_dir))
         tail = LogTail(watchers.probe_log)
         scratch = watchers.probe_log.with_name("settle.log")
-        _wait(
+        wait_until(
             lambda: vips <= probe.answered(tail.as_file(scratch), since=time.time() - 1.0),
             SETTLE_TIMEOUT_S,
             f"{spec.name}: every VIP answering the client",

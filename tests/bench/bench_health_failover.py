@@ -40,10 +40,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rainctl.bench.failover import wait_until
 from rainctl.lab import builder
 from rainctl.lab.plan import BACKEND_PORT, LabPlan, Node
 from rainctl.lab.processes import LabError
@@ -253,14 +253,6 @@ def _is_out(table: dict[tuple[str, str], int], services: set[str], address: str)
     return not any(_weights(table, services, address))
 
 
-def _wait(condition: Callable[[], bool], bound_s: float, what: str) -> None:
-    deadline = time.monotonic() + bound_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise LabError(f"{what}: not within {bound_s:g} s")
-        time.sleep(0.1)
-
-
 def _removed_at(
     views: Views, services: dict[str, set[str]], checker: str, address: str, since: float
 ) -> float | None:
@@ -288,7 +280,7 @@ def trial(
     plan = builder.status(state_dir).plan
     victim = plan.backends[1]
     address = str(victim.address.ip)
-    _wait(
+    wait_until(
         lambda: all(
             _is_in(table, services[c], address) for table in views.tables() for c in checkers
         ),
@@ -337,7 +329,7 @@ def run(trials: int, default_trials: int) -> None:
     try:
         plan = builder.status(state_dir).plan
         views = Views([state_dir / "nodes" / node.name for node in plan.nodes])
-        _wait(lambda: all(views.tables()), 60, "every observer writing")
+        wait_until(lambda: all(views.tables()), 60, "every observer writing")
         offsets = []
         for scratch in views.scratches:
             offsets.append(time.time() - float((scratch / CLOCK_FILE).read_text()))
