@@ -166,6 +166,8 @@ def backends_view(document: dict[str, Any]) -> RenderableType:
             if local is not None:
                 latency = "" if local["latency_ms"] is None else f", {local['latency_ms']} ms"
                 here = f"{local['state']} for {local['since_s']} s: {local['last']}{latency}"
+                if not local["counted"]:
+                    here += " (newly assigned: abstains until counted)"
             weight = server["weight"]
             state = server["state"] + (" (drained by operator)" if server["maintenance"] else "")
             table.add_row(

@@ -60,6 +60,7 @@ def backends_document(
                         "last": mine.detail,
                         "latency_ms": mine.latency_ms,
                         "checks": mine.checks,
+                        "counted": mine.counted,
                     },
                 }
             )

@@ -60,6 +60,8 @@ class ServerCheck:
     latency_ms: int | None
     checks: int
     weight: int
+    counted: bool
+    """False while this node, newly given the server, abstains on it (CheckerBook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +286,7 @@ class HealthMonitor:
             result.latency_ms,
             (previous.checks if previous else 0) + 1,
             book.weights.get(key, 0) if counter.state is HealthState.UP else 0,
+            key not in book.uncounted,
         )
         uncounted = key in book.uncounted
         if (

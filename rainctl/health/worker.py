@@ -74,7 +74,7 @@ def _snapshot_value(snapshot: MonitorSnapshot) -> dict[str, Any]:
         "ring": None if snapshot.ring is None else _ring_value(snapshot.ring),
         "members": list(snapshot.members),
         "checking": [
-            [key, int(c.state), c.since, c.detail, c.latency_ms, c.checks, c.weight]
+            [key, int(c.state), c.since, c.detail, c.latency_ms, c.checks, c.weight, c.counted]
             for key, c in snapshot.checking.items()
         ],
     }
@@ -83,8 +83,8 @@ def _snapshot_value(snapshot: MonitorSnapshot) -> dict[str, Any]:
 def _snapshot_from(value: dict[str, Any]) -> MonitorSnapshot:
     ring = None if value["ring"] is None else RingId(*value["ring"])
     checking = {
-        key: ServerCheck(HealthState(state), since, detail, latency, checks, weight)
-        for key, state, since, detail, latency, checks, weight in value["checking"]
+        key: ServerCheck(HealthState(state), since, detail, latency, checks, weight, counted)
+        for key, state, since, detail, latency, checks, weight, counted in value["checking"]
     }
     return MonitorSnapshot(ring, tuple(value["members"]), checking)
 

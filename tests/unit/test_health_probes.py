@@ -233,6 +233,7 @@ def test_the_monitor_counts_reports_and_closes() -> None:
         await monitor.close()
         assert snapshot.checking[1234].state is HealthState.DOWN
         assert snapshot.checking[1234].detail == "refused"
+        assert snapshot.checking[1234].counted  # `fall` failures of its own
 
     asyncio.run(main())
     # The first report, right after the assignment: not counted yet (an abstention).
@@ -299,6 +300,7 @@ def test_the_worker_process_checks_and_ends_with_its_input(tmp_path: Path) -> No
     assert len(observed[-1].catalogue) == 1
     (check,) = worker.snapshot().checking.values()
     assert check.detail == "refused"
+    assert check.counted
     pid = worker.pid()
     assert pid is not None
     assert not Path(f"/proc/{pid}").exists()
