@@ -466,9 +466,7 @@ class HealthKeeper:
         report = CheckerReport(self.node_id, self.counted_for, self.digest, self.opinions)
         if mine != report:
             table = with_report(table, report)
-        # Every hold brings a table decoded afresh: compare it by value. That costs the size of
-        # the table (empty tables when all is well), the verdict rule the whole catalogue.
-        if self._decided is not None and self._decided[1] == ring and self._decided[0] == table:
+        if self._decided is not None and self._decided[0] is table and self._decided[1] == ring:
             return table
         verdicts = decide(table, self.catalogue, self.assignment(members), ring, self.digest)
         if verdicts != table.verdicts:
