@@ -39,9 +39,8 @@ Theory of operation:
   checker to report after a ring change (perhaps the cut-off one) is not alone; an
   abstaining checker (UNCOUNTED) holds the verdict the same way until it has counted. A member
   with no report at all, or one made from another catalogue, is not waited for. The holder
-  recomputes the table whenever the one it holds differs from the one it last decided (a
-  healthy ring's tables stay equal, so a hold costs no walk over the catalogue); the table
-  rides the token and is what every node applies.
+  recomputes the table whenever it holds the token; the table rides the token and is what
+  every node applies.
 - Maintenance (`rainctl backend drain|undrain`). An operator's request at any node becomes
   a `Maintenance` entry stamped with a Lamport clock; the node merges what it knows into
   the token whenever it holds it, and takes in every token's entries (`merge_maintenance`:
