@@ -74,7 +74,8 @@ class TcpProber:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as error:
-            self._loop.call_soon(done, ProbeResult(False, 0, connect_detail(error.errno or 0)))
+            detail = connect_detail(error.errno or errno.EINVAL)
+            self._loop.call_soon(done, ProbeResult(False, 0, detail))
             return
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
