@@ -18,6 +18,7 @@ from rainctl.cli import config as config_commands
 from rainctl.cli import daemon as daemon_commands
 from rainctl.cli import lab as lab_commands
 from rainctl.cli import operate as operate_commands
+from rainctl.cli import proxy as proxy_commands
 from rainctl.cli import sim as sim_commands
 from rainctl.cli import status as status_commands
 from rainctl.errors import RainctlError
@@ -68,6 +69,7 @@ config_commands.register(app)
 daemon_commands.register(app)
 lab_commands.register(app)
 operate_commands.register(app)
+proxy_commands.register(app)
 sim_commands.register(app)
 status_commands.register(app)
 
