@@ -103,8 +103,8 @@ class _RequestParser:
         self.refusal: int | None = None
         self.send_continue = False
         """The request's head asked for `100 Continue` before its body (RFC 9110 10.1.1)."""
-        self.upgraded = False
-        """The parser stopped after a request with Upgrade (or CONNECT): no more requests."""
+        self.finished = False
+        """No request may follow (after Upgrade, CONNECT or a final HTTP/1.0 request)."""
         self.in_head = False
         self.head_started_in_earlier_feed = False
         self._reset()
@@ -131,16 +131,22 @@ class _RequestParser:
             if not self.requests:
                 self._refuse(400)
             self.requests[-1].keep_alive = False
-            self.upgraded = True
+            self.finished = True
         except httptools.HttpParserError:
+            if self.refusal is None and self.requests and not self.requests[-1].keep_alive:
+                # Bytes after a request that ends the connection (llhttp refuses them): the
+                # request is answered, the bytes are ignored.
+                self.finished = True
+                return
             self._refuse(self.refusal or 400)
         if self.in_head and self.head_started_in_earlier_feed:
             self._head_bytes += len(data)
             self._check_head()
 
     def _check_head(self) -> None:
+        # The request line has its own limit (on_url, exact): past it, this is the fields.
         if self._head_bytes > self._settings.header_max_bytes:
-            self._refuse(431 if self._headers else 414)
+            self._refuse(431)
 
     # httptools callbacks ---------------------------------------------------------------
 
@@ -214,6 +220,8 @@ class _ResponseParser:
         self.body: list[bytes] = []
         self.complete = False
         self.reusable = True
+        self._keep_alive = False
+        """llhttp's keep-alive verdict, read when the message completes (it is reset after)."""
         self._informational = False
 
     def feed(self, data: bytes) -> None:
@@ -227,7 +235,7 @@ class _ResponseParser:
 
     @property
     def keep_alive(self) -> bool:
-        return self.reusable and self._parser.should_keep_alive()
+        return self.reusable and self._keep_alive
 
     def on_message_begin(self) -> None:
         if self._informational:
@@ -265,6 +273,7 @@ class _ResponseParser:
     def on_message_complete(self) -> None:
         if not self._informational:
             self.complete = True
+            self._keep_alive = self._parser.should_keep_alive()
 
 
 # ---- the per-response state ----------------------------------------------------------------
@@ -435,7 +444,7 @@ class ProxyServer:
         """The next complete request, or None when the client closed between requests."""
         deadline = self._loop.time() + self._idle_s
         while not parser.requests:
-            if parser.upgraded:
+            if parser.finished:
                 return None
             if parser.in_head:
                 deadline = min(deadline, self._loop.time() + self._head_s)

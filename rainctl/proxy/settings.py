@@ -34,10 +34,12 @@ class Endpoint:
 def parse_endpoint(text: str, option: str) -> Endpoint:
     """`HOST:PORT` (IPv6 as `[HOST]:PORT`) with an IP address; OptionError names `option`."""
     host, colon, port_text = text.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     problem = f"{option}: {text!r} is not HOST:PORT with an IP address (e.g. 192.0.2.10:8080)"
-    if not colon or not port_text.isdigit():
+    # An IPv6 address without brackets would make the port ambiguous.
+    if not colon or not port_text.isdigit() or (":" in host and not bracketed):
         raise OptionError(problem)
     try:
         address = ipaddress.ip_address(host)
