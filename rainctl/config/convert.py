@@ -18,6 +18,7 @@ import json
 
 from rainctl.config.health import CheckKind, FailureAction, effective_check
 from rainctl.config.models import ClusterConfig, NodeEntry, VipEntry, vip_sort_key
+from rainctl.config.services import ServiceEntry
 from rainctl.core.dataplane import RealServerSpec, ServiceSpec, SyncSpec
 from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
 
@@ -68,34 +69,34 @@ def to_ring_spec(config: ClusterConfig) -> RingSpec:
 def to_services(config: ClusterConfig) -> tuple[ServiceSpec, ...]:
     """The `[[services]]` as core values, defaults resolved (real server port and forwarding
     from their service, each real server's effective health check), in file order."""
-    services = []
-    for service in config.services:
-        servers = []
-        for server in service.real_servers:
-            check = effective_check(service.health, server.health)
-            servers.append(
-                RealServerSpec(
-                    address=server.address,
-                    port=service.port_of(server),
-                    weight=server.weight,
-                    forwarding=service.forwarding_of(server),
-                    checked=check.kind is not CheckKind.NONE,
-                    remove_when_down=check.on_failure is FailureAction.REMOVE,
-                )
-            )
-        services.append(
-            ServiceSpec(
-                vip=service.vip,
-                port=service.port,
-                protocol=service.protocol,
-                scheduler=service.scheduler,
-                mh_port=service.mh_port,
-                persistence_s=service.persistence_s,
-                real_servers=tuple(servers),
-                sorry_server=service.sorry_server,
+    return tuple(service_spec(service) for service in config.services)
+
+
+def service_spec(service: ServiceEntry) -> ServiceSpec:
+    """One `[[services]]` entry as a core value (see `to_services`)."""
+    servers = []
+    for server in service.real_servers:
+        check = effective_check(service.health, server.health)
+        servers.append(
+            RealServerSpec(
+                address=server.address,
+                port=service.port_of(server),
+                weight=server.weight,
+                forwarding=service.forwarding_of(server),
+                checked=check.kind is not CheckKind.NONE,
+                remove_when_down=check.on_failure is FailureAction.REMOVE,
             )
         )
-    return tuple(services)
+    return ServiceSpec(
+        vip=service.vip,
+        port=service.port,
+        protocol=service.protocol,
+        scheduler=service.scheduler,
+        mh_port=service.mh_port,
+        persistence_s=service.persistence_s,
+        real_servers=tuple(servers),
+        sorry_server=service.sorry_server,
+    )
 
 
 def to_sync(config: ClusterConfig) -> SyncSpec:

@@ -27,6 +27,11 @@ def key_of(service: ServiceSpec, server: RealServerSpec) -> ServerKey:
     )
 
 
+def any_checked(services: Sequence[ServiceSpec]) -> bool:
+    """Whether any real server of `services` has a health check (the checkers are needed)."""
+    return any(server.checked for service in services for server in service.real_servers)
+
+
 def catalogue_of(services: Sequence[ServiceSpec]) -> tuple[CatalogueEntry, ...]:
     """Every checked real server, in key order (the order is part of nothing: the digest
     and the assignment depend on the set)."""
@@ -45,7 +50,8 @@ def with_verdicts(
     drained: Collection[ServerKey] = (),
 ) -> tuple[ServiceSpec, ...]:
     """`services` as IPVS should run them under `verdicts` and the operator's `drained`
-    servers (rules in the module docstring)."""
+    servers (rules in the module docstring); a service none of them changes is returned
+    as the same object."""
     by_key = {verdict.key: verdict for verdict in verdicts}
     held = frozenset(drained)
     result: list[ServiceSpec] = []
@@ -70,5 +76,11 @@ def with_verdicts(
                 service.real_servers[0].forwarding if service.real_servers else ForwardingMethod.DR
             )
             servers.append(RealServerSpec(service.sorry_server, service.port, 1, forwarding, False))
-        result.append(replace(service, real_servers=tuple(servers)))
+        if len(servers) == len(service.real_servers) and all(
+            mine is theirs for mine, theirs in zip(servers, service.real_servers, strict=True)
+        ):
+            # Unchanged: the very object, so that consumers can skip it by identity.
+            result.append(service)
+        else:
+            result.append(replace(service, real_servers=tuple(servers)))
     return tuple(result)

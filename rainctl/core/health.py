@@ -465,7 +465,10 @@ class HealthKeeper:
         report = CheckerReport(self.node_id, self.counted_for, self.digest, self.opinions)
         if mine != report:
             table = with_report(table, report)
-        if self._decided is not None and self._decided[0] is table and self._decided[1] == ring:
+        # Every hold brings a table decoded afresh, but its sections are the very objects
+        # parsed last time when their bytes did not change (TokenCodec): compared by value,
+        # an unchanged table costs a few identity tests, the verdict rule the whole catalogue.
+        if self._decided is not None and self._decided[1] == ring and self._decided[0] == table:
             return table
         verdicts = decide(table, self.catalogue, self.assignment(members), ring, self.digest)
         if verdicts != table.verdicts:

@@ -47,8 +47,10 @@ from rainctl.core.dataplane import (
     OpKind,
     ServiceProtocol,
     ServiceSpec,
-    desired_ipvs,
+    desired_entry,
+    diff_changed,
     diff_ipvs,
+    in_key_order,
 )
 from rainctl.core.health import ServerKey, ServerOpinion
 from rainctl.core.types import NodeId
@@ -219,6 +221,10 @@ class DataPlaneReconciler:
         self._last: _Pass | None = None
         self._desired_made: tuple[_Wanted, IpvsState] | None = None
         """The desired table and what it was made of (worker thread)."""
+        self._entries: dict[int, tuple[ServiceSpec, IpvsEntry]] = {}
+        """id(service) -> (service, its desired entry) of the last desired table (worker
+        thread): a service that is the same object next time keeps its entry object, which
+        `diff_changed` then skips."""
         self._matched: IpvsState | None = None
         """The desired table the kernel's was made equal to by the last pass (worker thread;
         None after a failure)."""
@@ -343,7 +349,7 @@ class DataPlaneReconciler:
         are read back."""
         made = self._desired_made
         if made is None or made[0] is not wanted:
-            made = self._desired_made = (wanted, desired_ipvs(with_verdicts(*wanted)))
+            made = self._desired_made = (wanted, self._desire(wanted))
         try:
             return self._read_diff_apply(made[1], sync)
         except BaseException:
@@ -351,24 +357,41 @@ class DataPlaneReconciler:
             self._matched = None
             raise
 
+    def _desire(self, wanted: _Wanted) -> IpvsState:
+        """The desired table; the entries of services unchanged since the last one (the
+        same objects: rainctl.config.reread, `with_verdicts`) are reused, not made again."""
+        entries: dict[int, tuple[ServiceSpec, IpvsEntry]] = {}
+        for service in with_verdicts(*wanted):
+            known = self._entries.get(id(service))
+            if known is None or known[0] is not service:
+                known = (service, desired_entry(service))
+            entries[id(service)] = known
+        self._entries = entries
+        return in_key_order(entry for _, entry in entries.values())
+
     def _read_diff_apply(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
         now = time.monotonic()
         last = self._last
+        matched = self._matched
         if (
             last is None
+            or matched is None
             or self._read_at is None
             or now - self._read_at >= (self.full_read_interval_s())
         ):
             entries = self._table.list_services()
             self._read_s = time.monotonic() - now
             self._read_at = now
-        elif desired is self._matched:
+            ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
+        elif desired is matched:
             # Nothing was read and nothing is wanted anew since the last pass left the
             # table as desired: no diff (of 11,000 objects, in UML a tenth of a second).
             return _Pass(last.entries, self._ensure_sync(sync))
         else:
+            # The kernel's table is the desired one the last pass made it, and was not read
+            # since: only the services whose desired entry changed need a look.
             entries = list(last.entries)
-        ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
+            ops = diff_changed(matched, desired)
         if ops:
             applying = time.monotonic()
             self.operations += len(ops)

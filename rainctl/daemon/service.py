@@ -33,11 +33,11 @@ from random import Random
 from rainctl.config import (
     ClusterConfig,
     key_file_path,
-    load_config,
     load_keys,
     to_ring_spec,
-    to_services,
 )
+from rainctl.config.reread import ConfigRereader
+from rainctl.core.backends import any_checked
 from rainctl.core.codec import DatagramCodec, KeyRing
 from rainctl.core.dataplane import ServiceSpec
 from rainctl.core.events import ApplyHealth, InstallRing, MaintenanceRestored, UpstreamChecked
@@ -64,7 +64,6 @@ from rainctl.daemon.state import StateError, next_incarnation
 from rainctl.daemon.status import status_document
 from rainctl.daemon.upstream import UpstreamMonitor
 from rainctl.errors import ConfigError, KernelError, OptionError, RainctlError
-from rainctl.health.targets import check_targets
 from rainctl.health.worker import HealthWorker
 from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, IpvsTable, VipAddresses
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryIpvsTable, MemoryVipAddresses
@@ -96,10 +95,15 @@ class _Setup:
     address: str
     peers: dict[NodeId, SocketAddress]
     config: ClusterConfig
+    services: tuple[ServiceSpec, ...]
+    reader: ConfigRereader
+    """Reads the file again at reloads, at the cost of what changed."""
 
 
 def _load(options: DaemonOptions) -> _Setup:
-    config = load_config(options.config)
+    reader = ConfigRereader()
+    read = reader.read(options.config)
+    config = read.config
     key_path = key_file_path(config, options.config)
     if key_path is None:
         raise ConfigError(
@@ -119,7 +123,7 @@ def _load(options: DaemonOptions) -> _Setup:
         for node_id, address in addresses.items()
         if node_id != options.node_id
     }
-    return _Setup(spec, keys, addresses[options.node_id], peers, config)
+    return _Setup(spec, keys, addresses[options.node_id], peers, config, read.services, reader)
 
 
 @dataclass(slots=True)
@@ -224,7 +228,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     )
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
-    live = _Live(to_services(setup.config))
+    live = _Live(setup.services)
     health = _health_monitor(options, driver, dataplane, lambda: labels_of(live.services))
     backends = _backends_view(options, setup, machine, live, health)
     maintenance = _maintenance_store(options, driver, live)
@@ -272,7 +276,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     _handle_signals(loop, leave=driver.request_leave, reload=reload_on_signal)
     try:
         # Before the driver: the first ring installed must reach it.
-        await health.start(needed=bool(check_targets(setup.config)))
+        await health.start(needed=any_checked(setup.services))
         driver.start(transport)
         driver.submit(MaintenanceRestored(_saved_maintenance(maintenance)))
         log.info(
@@ -553,7 +557,8 @@ def read_reload(options: DaemonOptions, setup: _Setup) -> _Reloaded:
     """
     problem: str | None = None
     try:
-        config = load_config(options.config)
+        read = setup.reader.read(options.config)
+        config = read.config
         spec = to_ring_spec(config)
     except RainctlError as exc:
         problem = str(exc)
@@ -567,7 +572,7 @@ def read_reload(options: DaemonOptions, setup: _Setup) -> _Reloaded:
         )
         log.error("reload refused: %s", message)
         raise ControlError(f"reload refused: {message}")
-    return _Reloaded(config, tuple(to_services(config)), bool(check_targets(config)))
+    return _Reloaded(config, read.services, any_checked(read.services))
 
 
 def apply_reload(
@@ -609,7 +614,7 @@ def _data_plane(
         return None
     dataplane = DataPlaneReconciler(
         kernel.ipvs,
-        to_services(config),
+        setup.services,
         sync_wanted(config, options.node_id, options.front_interface),
         worker=kernel.ipvs_worker,
     )

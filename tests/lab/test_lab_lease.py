@@ -62,6 +62,9 @@ def _logs(lab: Lab, since: float) -> dict[str, list[str]]:
     return result
 
 
+ROUND_COMPLETE_S = 0.2
+"""A prober round's answers are logged within this of its request (a 20 ms round; the
+answers of a live owner come back in a few ms, under load in tens)."""
 DUAL_RUN_BOUND_S = 0.35
 """Fast profile: token loss 135 ms, plus the excluded node's reconciler under load."""
 _OWNED = re.compile(r"^(\S+ \S+) INFO rainctl\.driver: owned VIPs: (\S+)")
@@ -189,7 +192,10 @@ def test_a_resumed_daemon_does_not_take_its_old_vips_back(lease_lab: Lab) -> Non
         "the resumed node back in the ring with its share",
     )
     time.sleep(SETTLE_S)
-    rounds = [r for r in probe.arp_rounds(_watch(lease_lab)[0]) if r.sent >= resumed_at]
+    # A round sent just before the read may not have its answers logged yet: leave it out.
+    complete_before = time.time() - ROUND_COMPLETE_S
+    rounds = [r for r in probe.arp_rounds(_watch(lease_lab)[0])
+              if resumed_at <= r.sent < complete_before]  # fmt: skip
     assert rounds
     log = lease_lab.state_dir / "nodes" / stopped.node.name / "daemon.log"
     owned_again = _first_owned(log, since=resumed_at)
@@ -211,9 +217,16 @@ def test_a_resumed_daemon_does_not_take_its_old_vips_back(lease_lab: Lab) -> Non
         for run_s in _dual_runs(rounds, vip):
             NOTES.append(f"lease lab after SIGCONT: {vip} had two ARP answerers {run_s:.2f} s")
             assert run_s <= DUAL_RUN_BOUND_S, _explain(vip, mac, [run_s], {})
+    # ... and it answers for what it owns now: the VIPs it held before and after the rounds
+    # were read (a planned handover may still be under way at the read).
     back = next(d for d in status.daemons if d.node_id == stopped.node_id)
     assert back.owned, "the resumed node got no VIP back"
-    assert all(mac in r.answerers.get(vip, ()) for vip in back.owned for r in rounds[-5:])
+    later = builder.status(lease_lab.state_dir)
+    still = set(back.owned) & set(next(d for d in later.daemons if d.node_id == back.node_id).owned)
+    assert still, ("the resumed node's VIPs moved again after it settled", back.owned, later)
+    unanswered = [(vip, r.sent - resumed_at, dict(r.answerers)) for vip in sorted(still)
+                  for r in rounds[-5:] if r.answerers.get(vip) != frozenset({mac})]  # fmt: skip
+    assert unanswered == [], unanswered
 
 
 def test_a_killed_daemons_vips_go_silent_by_themselves(lease_lab: Lab) -> None:

@@ -413,3 +413,40 @@ def test_sync_interface_is_the_back_interface_else_the_front() -> None:
         SyncDaemon(SyncState.MASTER, "vec1", 9),
         SyncDaemon(SyncState.BACKUP, "vec1", 9),
     )
+
+
+def test_a_change_between_whole_reads_is_diffed_by_the_changed_services_only() -> None:
+    table = RecordingTable()
+    services = [
+        ServiceSpec("198.18.0.100", 1000 + index, real_servers=WEB.real_servers)
+        for index in range(50)
+    ]
+    heavier = RealServerSpec("198.18.1.11", 80, 3)
+
+    async def main() -> None:
+        # No whole read after the first for an hour: the passes below diff by identity.
+        reconciler = DataPlaneReconciler(table, services, None, refresh_s=3600, retry_s=0.01)
+        task = asyncio.create_task(reconciler.run())
+        try:
+            await settled(reconciler)
+            whole_reads = table.calls["list_services"]
+            before = table.mutations()
+            changed = [
+                replace(services[7], real_servers=(heavier, WEB.real_servers[1])),
+                *services[8:],  # the very objects: unchanged
+                ServiceSpec("198.18.0.101", 80, real_servers=(heavier,)),
+            ]
+            reconciler.want(changed, None)
+            await settled(reconciler)
+            # Only the touched services were read back (no whole read) ...
+            assert table.calls["list_services"] == whole_reads + 1
+            # ... the kernel holds exactly the new desired table, reached by 1 weight
+            # update, 7 services (2 servers each) deleted and 1 added with its server.
+            assert table_state(table) == desired_ipvs(changed)
+            assert table.mutations() == before + 1 + 7 * 3 + 2
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())

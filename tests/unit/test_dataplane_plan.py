@@ -20,8 +20,11 @@ from rainctl.core.dataplane import (
     ServiceProtocol,
     ServiceSpec,
     apply_ipvs,
+    desired_entry,
     desired_ipvs,
+    diff_changed,
     diff_ipvs,
+    in_key_order,
     normalised,
 )
 
@@ -192,3 +195,30 @@ def test_the_model_refuses_what_the_kernel_refuses() -> None:
     with pytest.raises(ValueError, match="no such real server"):
         apply_ipvs([IpvsEntry(WEB)], [IpvsOp(OpKind.UPDATE_REAL_SERVER, WEB, RS1)])
     assert apply_ipvs([IpvsEntry(WEB, (RS1,))], [IpvsOp(OpKind.DELETE_SERVICE, WEB)]) == ()
+
+
+@given(before=tables, after=tables, keep=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_the_diff_of_changed_entries_is_the_whole_diff(
+    before: tuple[IpvsEntry, ...], after: tuple[IpvsEntry, ...], keep: list[bool]
+) -> None:
+    # `after` shares some entry objects with `before` (unchanged services), as the
+    # reconciler's consecutive desired tables do; the rest may differ or be equal by value.
+    shared = {entry.service.key: entry for entry, kept in zip(before, keep, strict=False) if kept}
+    mixed = normalised([*(e for e in after if e.service.key not in shared), *shared.values()])
+    mixed = tuple(shared.get(entry.service.key, entry) for entry in mixed)
+    assert diff_changed(before, mixed) == diff_ipvs(before, mixed)
+
+
+def test_desired_entries_keep_their_objects_in_the_table() -> None:
+    specs = [
+        ServiceSpec(vip, 80, real_servers=(RealServerSpec("198.18.1.12", 80),
+                                           RealServerSpec("198.18.1.11", 80)))
+        for vip in ("198.18.0.101", "198.18.0.100")
+    ]  # fmt: skip
+    made = [desired_entry(spec) for spec in specs]
+    table = in_key_order(made)
+    assert table == desired_ipvs(specs)
+    assert [id(entry) for entry in table] == [id(made[1]), id(made[0])]
+    assert [rs.address for rs in table[0].real_servers] == ["198.18.1.11", "198.18.1.12"]
+    with pytest.raises(ValueError, match="appears twice"):
+        in_key_order([made[0], desired_entry(specs[0])])
