@@ -1,0 +1,90 @@
+"""The one place that renders the files rainctl writes for other programs (jinja2).
+
+Templates live in the repository's `templates/` (installed wheels carry them as
+`rainctl/templates`, see pyproject.toml). The environment is strict: an undefined name is an
+error (StrictUndefined), nothing is HTML-escaped (the outputs are config files), and callers
+pass values that were validated before (pydantic models or plain values made from them).
+Filters quote values for the target syntax, so a template never builds a literal by hand:
+`toml` (a TOML value) and `keepalived_word` (one keepalived word, quoted when needed).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+_PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
+_SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"
+_TOML_ARRAY_ITEMS_PER_LINE = 16
+
+
+def templates_dir() -> Path:
+    """`rainctl/templates` in an installed wheel, else the source tree's `templates/`."""
+    return _PACKAGE_TEMPLATES if _PACKAGE_TEMPLATES.is_dir() else _SOURCE_TEMPLATES
+
+
+def render(name: str, **context: Any) -> str:
+    """The template `name` (a file of `templates_dir()`) rendered with `context`."""
+    return _environment().get_template(name).render(**context)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["toml"] = toml_value
+    environment.filters["keepalived_word"] = keepalived_word
+    return environment
+
+
+def toml_value(value: object) -> str:
+    """`value` (bool, int, str, or a list / tuple of them) as a TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        items = [toml_value(item) for item in value]
+        if len(items) <= _TOML_ARRAY_ITEMS_PER_LINE:
+            return "[" + ", ".join(items) + "]"
+        rows = [
+            "    " + ", ".join(items[start : start + _TOML_ARRAY_ITEMS_PER_LINE]) + ","
+            for start in range(0, len(items), _TOML_ARRAY_ITEMS_PER_LINE)
+        ]
+        return "[\n" + "\n".join(rows) + "\n]"
+    raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def _toml_string(text: str) -> str:
+    # json's escapes are TOML's for everything but non-BMP characters (surrogate pairs) and
+    # DEL, so those are written out by hand.
+    escaped = []
+    for character in text:
+        code = ord(character)
+        if character in '"\\' or code < 0x20 or code == 0x7F:
+            escaped.append(json.dumps(character)[1:-1] if code != 0x7F else "\\u007f")
+        else:
+            escaped.append(character)
+    return '"' + "".join(escaped) + '"'
+
+
+def keepalived_word(value: object) -> str:
+    """`value` as one keepalived word: as is when it has no space, brace, quote or comment
+    character, else in double quotes with backslash escapes."""
+    text = str(value)
+    if text and not any(character in text for character in ' \t"\'{}#!\\'):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t") + '"'
