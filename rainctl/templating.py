@@ -5,7 +5,8 @@ Templates live in the repository's `templates/` (installed wheels carry them as
 error (StrictUndefined), nothing is HTML-escaped (the outputs are config files), and callers
 pass values that were validated before (pydantic models or plain values made from them).
 Filters quote values for the target syntax, so a template never builds a literal by hand:
-`toml` (a TOML value) and `keepalived_word` (one keepalived word, quoted when needed).
+`toml` (a TOML value), `keepalived_word` (one keepalived word, quoted when needed) and
+`one_line` (text from an input file, safe inside a comment line of either syntax).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        # The outputs are config files, not HTML: escaping would corrupt them. Values are
+        # quoted for their syntax by the filters below instead.
+        autoescape=False,  # noqa: S701
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     environment.filters["toml"] = toml_value
     environment.filters["keepalived_word"] = keepalived_word
+    environment.filters["one_line"] = one_line
     return environment
 
 
@@ -81,10 +85,22 @@ def _toml_string(text: str) -> str:
 
 
 def keepalived_word(value: object) -> str:
-    """`value` as one keepalived word: as is when it has no space, brace, quote or comment
-    character, else in double quotes with backslash escapes."""
+    """`value` as one keepalived word. Unquoted when it has no space, brace, quote or comment
+    character (backslashes stay as they are: keepalived reads escapes only inside quotes),
+    else in double quotes with backslashes doubled. A double quote cannot be written at all:
+    keepalived 2.2 refuses a word with an odd number of them, escaped or single-quoted."""
     text = str(value)
-    if text and not any(character in text for character in ' \t"\'{}#!\\'):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t") + '"'
+    if '"' in text or "\n" in text or "\r" in text:
+        raise ValueError(f"{text!r} cannot be written as one keepalived word")
+    if not text or any(character in text for character in " \t'{}#!"):
+        return '"' + text.replace("\\", "\\\\") + '"'
+    return text
+
+
+def one_line(value: object) -> str:
+    """`value` as text without line breaks or other control characters (escaped), so that
+    text taken from an input file (names, directives) cannot end a comment line early."""
+    return "".join(
+        character if ord(character) >= 0x20 and ord(character) != 0x7F else repr(character)[1:-1]
+        for character in str(value)
+    )

@@ -6,8 +6,9 @@ line or the next) opens a block. Comments start with `#` or `!` anywhere outside
 run to the end of the line. Braces are words of their own even when attached
 (`80{`, `1}`), so any brace layout reads the same: `{` on the next line, `}` after the last
 word, several blocks on one line (a block keyword of `BLOCK_KEYWORDS` after the words of
-another statement starts a new statement: `{ weight 1 TCP_CHECK { ... } }`). Quoted strings (`"..."` or `'...'`, joined with adjacent
-unquoted characters as in the shell) are one word without their quotes.
+another statement starts a new statement: `{ weight 1 TCP_CHECK { ... } }`). Quoted strings
+(`"..."` or `'...'`, joined with adjacent unquoted characters as in the shell) are one word
+without their quotes.
 
 The grammar is lark's (LALR, one lexer), which gives every statement its line. Newlines,
 blank lines and comment lines are one `_NL` token, so `words NL {` (a brace on the next
@@ -43,8 +44,18 @@ INCLUDE_KEYWORDS = frozenset(
 INCLUDE_DEPTH_MAX = 32
 BLOCK_KEYWORDS = frozenset(
     {
-        "BFD_CHECK", "DNS_CHECK", "FILE_CHECK", "HTTP_GET", "MISC_CHECK", "PING_CHECK",
-        "SMTP_CHECK", "SSL_GET", "TCP_CHECK", "UDP_CHECK", "real_server", "url",
+        "BFD_CHECK",
+        "DNS_CHECK",
+        "FILE_CHECK",
+        "HTTP_GET",
+        "MISC_CHECK",
+        "PING_CHECK",
+        "SMTP_CHECK",
+        "SSL_GET",
+        "TCP_CHECK",
+        "UDP_CHECK",
+        "real_server",
+        "url",
     }
 )
 """The block keywords that may follow another statement on one line (`weight 1 TCP_CHECK {`
@@ -69,7 +80,14 @@ _NL: (/\n[\t \f\r]*/ | COMMENT)+
 _PARSER = Lark(_GRAMMAR, parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
 _ESCAPES = {
-    "a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"
+    "a": "\a",
+    "b": "\b",
+    "E": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
 }
 """Backslash escapes inside quotes (keepalived also reads octal and hex ones: rare, not here)."""
 
@@ -299,7 +317,9 @@ def _describe_syntax_error(error: UnexpectedInput, text: str, source: str) -> st
     line = error.line if isinstance(error.line, int) and error.line > 0 else text.count("\n") + 1
     where = f"{source}:{line}"
     if isinstance(error, UnexpectedCharacters):
-        character = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+        # lark declares pos_in_stream None on the base class; UnexpectedCharacters sets it.
+        position: int = getattr(error, "pos_in_stream", 0) or 0
+        character = text[position] if position < len(text) else ""
         if character in "\"'":
             return f"{where}: unterminated quoted string"
         return f"{where}: unexpected character {character!r}"
