@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rainctl.config import parse_config
-from rainctl.config.health import CheckKind, FailureAction
+from rainctl.config.health import CheckKind, CheckOverrides, FailureAction
 from rainctl.config.models import ClusterConfig
 from rainctl.config.services import ServiceEntry
 from rainctl.core.dataplane import ForwardingMethod, Scheduler, ServiceProtocol
@@ -202,8 +202,7 @@ def test_every_checker_kind() -> None:
     assert script.health.script_timeout_ms == 4000
     assert script.health.fall == 1  # MISC_CHECK's default retry is 0
     assert script.health.interval_ms == 10_000
-    assert dns_checked.health is not None and dns_checked.health.kind is CheckKind.NONE
-    assert unchecked.health is not None and unchecked.health.kind is CheckKind.NONE
+    assert dns_checked.health == unchecked.health == CheckOverrides(kind=CheckKind.NONE)
     assert unchecked.weight == 2
 
     mail = _service(config, "192.0.2.102", 25)
@@ -271,7 +270,7 @@ def test_a_service_vip_outside_vrrp_joins_the_pool(tmp_path: Path) -> None:
     assert [vip.address for vip in result.config.vips] == ["192.0.2.90"]
     (service,) = result.config.services
     assert service.protocol is ServiceProtocol.UDP  # keepalived's (and the kernel's) default
-    assert service.health is not None and service.health.kind is CheckKind.NONE
+    assert service.health == CheckOverrides(kind=CheckKind.NONE)
     messages = [note.message for note in result.notes]
     assert "192.0.2.90 is in no vrrp_instance: added to the VIP pool" in messages
     assert any(message.startswith("no protocol") for message in messages)
@@ -281,7 +280,10 @@ def test_a_service_vip_outside_vrrp_joins_the_pool(tmp_path: Path) -> None:
     ("name", "message"),
     [
         ("unknown_keyword.conf", r"unknown_keyword\.conf:4: unknown keyword 'vrrp_instnace'"),
-        ("bad_address.conf", r"bad_address\.conf:1: '192\.0\.2\.300' is not an IPv4 or IPv6 address"),
+        (
+            "bad_address.conf",
+            r"bad_address\.conf:1: '192\.0\.2\.300' is not an IPv4 or IPv6 address",
+        ),
         ("bad_weight.conf", r"bad_weight\.conf:4: weight 'lots': not an integer in 0\.\.65535"),
     ],
 )

@@ -48,8 +48,7 @@ def test_braces_on_their_own_lines_attached_and_closing_after_words() -> None:
     # A `#` inside quotes is no comment; the quotes are gone.
     assert _find(_children(misc), "misc_path").arguments == ("/bin/true #not-a-comment",)
     assert _find(_children(misc), "misc_path").origin.line == 27
-    assert _find(statements, "global_defs").children is not None
-    assert [s.text() for s in _children(_find(statements, "global_defs"))][0] == "router_id ODD"
+    assert _children(_find(statements, "global_defs"))[0].text() == "router_id ODD"
 
 
 def test_several_nested_blocks_on_one_line() -> None:
@@ -72,7 +71,10 @@ def test_several_nested_blocks_on_one_line() -> None:
 def test_crlf_line_ends() -> None:
     statements = parse_file(CORPUS / "crlf.conf").statements
     instance = _find(statements, "vrrp_instance", "VI_CRLF")
-    assert [s.text() for s in _children(instance)][:2] == ["interface eth0", "virtual_router_id 121"]
+    assert [s.text() for s in _children(instance)][:2] == [
+        "interface eth0",
+        "virtual_router_id 121",
+    ]
     assert _find(_children(instance), "virtual_ipaddress").origin.line == 4
 
 
@@ -80,7 +82,7 @@ def test_crlf_line_ends() -> None:
     ("text", "words"),
     [
         ("a 'b c'\"d\" e\n", ("a", "b cd", "e")),
-        ('misc_path "/bin/check \'x y\'"\n', ("misc_path", "/bin/check 'x y'")),
+        ("misc_path \"/bin/check 'x y'\"\n", ("misc_path", "/bin/check 'x y'")),
         ('x "tab\\there"\n', ("x", "tab\there")),
         ("x y # trailing\n! whole line\n", ("x", "y")),
         ("x y! no space before the comment\n", ("x", "y")),
