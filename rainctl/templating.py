@@ -92,7 +92,7 @@ def keepalived_word(value: object) -> str:
     text = str(value)
     if '"' in text or "\n" in text or "\r" in text:
         raise ValueError(f"{text!r} cannot be written as one keepalived word")
-    if not text or any(character in text for character in " \t'{}#!"):
+    if not text or any(character.isspace() or character in "'{}#!" for character in text):
         return '"' + text.replace("\\", "\\\\") + '"'
     return text
 
