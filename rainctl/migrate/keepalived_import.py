@@ -83,8 +83,12 @@ _UNSUPPORTED_CHECKERS = frozenset(
     {"SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "BFD_CHECK", "FILE_CHECK"}
 )
 _SYNC_OPTIONS = frozenset({"inst", "id", "maxlen", "port", "ttl", "group"})
-_CHECK_SETTINGS = frozenset({"delay_loop", "connect_timeout", "retry", "virtualhost"})
+_CHECK_SETTINGS = frozenset(
+    {"delay_loop", "connect_timeout", "retry", "nb_get_retry", "virtualhost"}
+)
 """Checker settings a virtual server or real server sets for its checkers (inherited)."""
+_RETRY_ALIASES = {"nb_get_retry": "retry"}
+"""keepalived 1.x's name of HTTP_GET's retry, still read by 2.x."""
 
 _MAIL = "rainctl sends no mail: its log and `rainctl status` show every change"
 _NOTIFY = "rainctl runs no notify scripts: its log and `rainctl status` show every change"
@@ -278,7 +282,7 @@ class _CheckContext:
         inhibit = self.inhibit
         for statement in statements:
             if statement.keyword in _CHECK_SETTINGS:
-                settings[statement.keyword] = statement
+                settings[_RETRY_ALIASES.get(statement.keyword, statement.keyword)] = statement
             elif statement.keyword == "inhibit_on_failure":
                 inhibit = _boolean(statement)
         return _CheckContext(settings, inhibit)

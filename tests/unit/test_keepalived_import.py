@@ -290,3 +290,23 @@ def test_a_service_vip_outside_vrrp_joins_the_pool(tmp_path: Path) -> None:
 def test_files_keepalived_rejects(name: str, message: str) -> None:
     with pytest.raises(MigrationError, match=f"^{CORPUS / 'errors'}/{message}$"):
         import_keepalived([CORPUS / "errors" / name])
+
+
+def test_keepalived_1x_retry_name_and_timer_fractions(tmp_path: Path) -> None:
+    path = tmp_path / "old.conf"
+    path.write_text(
+        "virtual_server 192.0.2.1 80 {\n protocol TCP\n lb_kind DR\n delay_loop 0.5\n"
+        " real_server 198.51.100.1 80 {\n  HTTP_GET {\n   url {\n    path /\n   }\n"
+        "   nb_get_retry 4\n   connect_timeout 0.25\n  }\n }\n}\n",
+        encoding="utf-8",
+    )
+    result = import_keepalived([path])
+    (service,) = result.config.services
+    assert service.health is not None
+    assert (service.health.fall, service.health.interval_ms, service.health.timeout_ms) == (
+        5,
+        500,
+        250,
+    )
+    assert service.health.expect_status == tuple(range(200, 300))  # keepalived's default
+    assert result.unmapped == ()
