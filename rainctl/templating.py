@@ -1,9 +1,12 @@
 """The one place that renders the files rainctl writes for other programs (jinja2).
 
-Templates live in the repository's `templates/` (installed wheels carry them as
-`rainctl/templates`, see pyproject.toml). The environment is strict: an undefined name is an
-error (StrictUndefined), nothing is HTML-escaped (the outputs are config files), and callers
-pass values that were validated before (pydantic models or plain values made from them).
+Templates live in the repository's `templates/`, next to the package: rainctl runs from a
+clone of its repository (`make setup` installs it editable), like the systemd unit it ships
+there. (A wheel's force-include would also copy them into site-packages for editable
+installs, as a stray `rainctl/` directory.) The environment is strict: an undefined name is
+an error (StrictUndefined), nothing is HTML-escaped (the outputs are config files), and
+callers pass values that were validated before (pydantic models or plain values made from
+them).
 Filters quote values for the target syntax, so a template never builds a literal by hand:
 `toml` (a TOML value), `keepalived_word` (one keepalived word, quoted when needed) and
 `one_line` (text from an input file, safe inside a comment line of either syntax).
@@ -18,25 +21,28 @@ from typing import Any
 
 import jinja2
 
-_PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
-_SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"
+from rainctl.errors import RainctlError
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 _TOML_ARRAY_ITEMS_PER_LINE = 16
 
 
-def templates_dir() -> Path:
-    """`rainctl/templates` in an installed wheel, else the source tree's `templates/`."""
-    return _PACKAGE_TEMPLATES if _PACKAGE_TEMPLATES.is_dir() else _SOURCE_TEMPLATES
-
-
 def render(name: str, **context: Any) -> str:
-    """The template `name` (a file of `templates_dir()`) rendered with `context`."""
-    return _environment().get_template(name).render(**context)
+    """The template `name` (a file of `TEMPLATES_DIR`) rendered with `context`."""
+    try:
+        template = _environment().get_template(name)
+    except jinja2.TemplateNotFound:
+        raise RainctlError(
+            f"{TEMPLATES_DIR / name}: template missing (rainctl renders files from the "
+            "templates/ of its repository clone)"
+        ) from None
+    return template.render(**context)
 
 
 @cache
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         undefined=jinja2.StrictUndefined,
         # The outputs are config files, not HTML: escaping would corrupt them. Values are
         # quoted for their syntax by the filters below instead.
