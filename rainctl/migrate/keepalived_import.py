@@ -367,7 +367,7 @@ class _Importer:
 
     def _vrrp_instance(self, node: _Node, instance: Statement) -> None:
         statements = _block(instance)
-        interface = next((s.arguments[0] for s in statements if s.keyword == "interface"), None)
+        interface = next((_arity(s, 1)[0] for s in statements if s.keyword == "interface"), None)
         if interface is not None:
             node.interfaces[interface] += 1
         priority = PRIORITY_DEFAULT

@@ -4,10 +4,13 @@ what is listed as unmapped (at the right file:line), the placeholders, and the e
 from __future__ import annotations
 
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rainctl.config import parse_config
 from rainctl.config.health import CheckKind, CheckOverrides, FailureAction
@@ -310,3 +313,34 @@ def test_keepalived_1x_retry_name_and_timer_fractions(tmp_path: Path) -> None:
     )
     assert service.health.expect_status == tuple(range(200, 300))  # keepalived's default
     assert result.unmapped == ()
+
+
+_WORDS = st.sampled_from(
+    [
+        "{", "}", "\n", "vrrp_instance", "virtual_server", "real_server", "virtual_ipaddress",
+        "TCP_CHECK", "HTTP_GET", "MISC_CHECK", "url", "path", "/x", "status_code", "200-299",
+        "misc_path", '"/bin/true a"', "interface", "eth0", "priority", "150", "weight", "-1",
+        "lb_kind", "NAT", "DR", "protocol", "TCP", "delay_loop", "0.5", "retry", "x",
+        "192.0.2.1", "80", "2001:db8::1", "global_defs", "lvs_sync_daemon", "id", "300",
+        "sorry_server", "unicast_peer", "fwmark", "group", "include", "# c", "!",
+        "virtual_ipaddress_excluded", "connect_timeout", "inhibit_on_failure", "'",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_WORDS, max_size=60))
+def test_any_word_soup_is_a_config_or_one_line_error(words: list[str]) -> None:
+    """Whatever the file holds, the import ends in a result or a MigrationError naming a
+    place, never in another exception (a traceback for the operator)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "soup.conf"
+        path.write_text(" ".join(words), encoding="utf-8")
+        message = ""
+        try:
+            tomllib.loads(import_keepalived([path]).text)
+        except MigrationError as error:
+            message = str(error)
+        if message:
+            assert message.startswith(str(path))
+            assert "\n" not in message
