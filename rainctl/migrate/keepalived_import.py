@@ -45,7 +45,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rainctl.config.diagnostics import format_validation_error
-from rainctl.config.health import CheckOverrides
+from rainctl.config.health import INTERVAL_MS_DEFAULT, CheckOverrides
 from rainctl.config.models import ClusterConfig
 from rainctl.errors import MigrationError
 from rainctl.migrate.keepalived_parse import Origin, Statement, parse_file
@@ -58,7 +58,6 @@ PRIORITY_DEFAULT = 100
 """keepalived's priority of an instance that sets none."""
 PERSISTENCE_S_DEFAULT = 360
 """keepalived's persistence_timeout without a value (6 minutes)."""
-VIRTUAL_ADDRESS_RANGE_MAX = 256
 
 _TOP_LEVEL_KEYWORDS = frozenset(
     {
@@ -647,7 +646,7 @@ class _Importer:
         if "connect_timeout" in settings and kind != "script":
             statement = settings["connect_timeout"]
             timeout_ms = _clamped_ms(statement, 10, 600_000, self.notes)
-            interval_ms = check.get("interval_ms", 400)
+            interval_ms = check.get("interval_ms", INTERVAL_MS_DEFAULT)
             if timeout_ms >= interval_ms:
                 self.notes.append(
                     Note(
