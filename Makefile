@@ -22,8 +22,10 @@ SYSTEM_PACKAGES := python3 python3-venv python3-pip
 # same holds in CI: the package's service must not run on a CI host either. iptables: the
 # NAT-mode guests' masquerade rule (iptables-legacy, run from the host's filesystem inside
 # the guests); nftables: the drop rule of `rainctl bench soak` in the switch namespace.
+# haproxy and wrk: the peer and the load generator of tests/bench/bench_proxy_resume.py (B3),
+# on 127.0.0.1 only; haproxy's own service is kept from starting like keepalived's.
 LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump \
-	keepalived iptables nftables
+	keepalived iptables nftables haproxy wrk
 PYTEST_ARGS ?=
 
 .PHONY: setup lint test demo sim-demo bench lock clean

@@ -26,6 +26,18 @@ class OptionError(RainctlError):
     """
 
 
+class MigrationError(RainctlError):
+    """Another tool's configuration (keepalived.conf) cannot be read or converted, or a
+    rainctl config cannot be expressed in the other tool's terms.
+
+    The message is one line that starts with `FILE:LINE:` where the problem is in a file.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = " ".join(message.split())
+        super().__init__(self.message)
+
+
 class KernelError(RainctlError):
     """A kernel operation (netlink, sysctl, raw socket) failed.
 

@@ -17,7 +17,9 @@ from rainctl.cli import bench as bench_commands
 from rainctl.cli import config as config_commands
 from rainctl.cli import daemon as daemon_commands
 from rainctl.cli import lab as lab_commands
+from rainctl.cli import migrate as migrate_commands
 from rainctl.cli import operate as operate_commands
+from rainctl.cli import proxy as proxy_commands
 from rainctl.cli import sim as sim_commands
 from rainctl.cli import status as status_commands
 from rainctl.errors import RainctlError
@@ -67,7 +69,9 @@ bench_commands.register(app)
 config_commands.register(app)
 daemon_commands.register(app)
 lab_commands.register(app)
+migrate_commands.register(app)
 operate_commands.register(app)
+proxy_commands.register(app)
 sim_commands.register(app)
 status_commands.register(app)
 

@@ -1,0 +1,1 @@
+"""Moving between rainctl and other tools' configurations (keepalived: import and export)."""
