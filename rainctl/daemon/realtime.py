@@ -41,7 +41,11 @@ def apply_realtime(priority: int, *, lock_memory: bool) -> None:
                 "(or 0 for none)"
             )
         try:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+            # RESET_ON_FORK: the processes the daemon starts (health checks, proxy workers)
+            # begin at normal scheduling; a busy worker at the ring's real-time priority
+            # would take turns with the ring instead of yielding to it.
+            policy = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+            os.sched_setscheduler(0, policy, os.sched_param(priority))
         except OSError as exc:
             raise RealtimeError(
                 f"--realtime-priority {priority}: SCHED_RR refused ({exc.strerror}); needs "

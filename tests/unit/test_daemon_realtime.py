@@ -18,8 +18,12 @@ from rainctl.daemon.realtime import RealtimeError, apply_realtime
 CHILD = (
     "import os; from rainctl.daemon.realtime import apply_realtime; "
     "apply_realtime(7, lock_memory=True); "
-    "print(os.sched_getscheduler(0) == os.SCHED_RR, os.sched_getparam(0).sched_priority); "
-    "print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0].split()[1])"
+    "policy = os.sched_getscheduler(0); "
+    "print(policy & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR, os.sched_getparam(0).sched_priority); "
+    "print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0].split()[1]); "
+    "import subprocess, sys; "
+    "print(subprocess.run([sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))'], "
+    "capture_output=True, text=True, check=True).stdout.strip() == str(os.SCHED_OTHER))"
 )
 
 
@@ -27,9 +31,10 @@ def test_the_daemon_process_becomes_round_robin_with_locked_memory() -> None:
     result = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=30
     )
-    policy, locked_kb = result.stdout.splitlines()
+    policy, locked_kb, child_normal = result.stdout.splitlines()
     assert policy == "True 7"
     assert int(locked_kb) > 1000  # the interpreter's pages are locked
+    assert child_normal == "True"  # what the daemon starts is not real-time
 
 
 def test_nothing_asked_changes_nothing() -> None:
