@@ -66,6 +66,15 @@ def daemon(
             help="Lock the daemon's memory (mlockall): no page fault on the token path.",
         ),
     ] = False,
+    proxy_workers: Annotated[
+        int,
+        typer.Option(
+            "--proxy-workers",
+            help='Proxy worker processes for mode = "http" services (0: one per CPU).',
+            min=0,
+            max=256,
+        ),
+    ] = 0,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
     if data_plane is DataPlane.NONE and front_interface:
@@ -85,6 +94,7 @@ def daemon(
         front_interface=front_interface,
         realtime_priority=realtime_priority,
         lock_memory=lock_memory,
+        proxy_workers=proxy_workers,
     )
     asyncio.run(run_daemon(options))
 

@@ -36,7 +36,40 @@ def status_view(document: dict[str, Any]) -> RenderableType:
     ipvs = document.get("ipvs")
     if ipvs is not None:
         parts.append(_ipvs_table(ipvs))
+    proxy = document.get("proxy")
+    if proxy is not None:
+        parts.append(_proxy_table(proxy))
     return Group(*parts)
+
+
+def _proxy_table(proxy: dict[str, Any]) -> RenderableType:
+    """The node's `mode = "http"` services: back-ends and the workers' summed counters."""
+    workers = len(proxy["workers"])
+    table = Table(
+        title=f"HTTP proxy: {workers} worker(s), {proxy['restarts']} restart(s)",
+        title_justify="left",
+    )
+    columns = ("service", "back-ends", "requests", "body bytes", "resumes", "retries", "aborts")
+    for column in (*columns, "refused resumes"):
+        table.add_column(column, justify="left" if column in ("service", "back-ends") else "right")
+    for service in proxy["services"]:
+        counters = service["counters"]
+        refused = ", ".join(
+            f"{reason} {count}" for reason, count in counters.get("refused", {}).items()
+        )
+        listen = service["listen"]
+        if service["refused_listen"]:
+            listen += f" (NOT LISTENING: {service['refused_listen']})"
+        table.add_row(
+            listen,
+            " ".join(service["backends"]),
+            *(
+                str(counters.get(name, 0))
+                for name in ("requests", "body_bytes", "resumes", "retries", "aborts")
+            ),
+            refused or "-",
+        )
+    return table
 
 
 def _ipvs_table(ipvs: dict[str, Any]) -> RenderableType:

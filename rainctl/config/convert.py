@@ -18,7 +18,7 @@ import json
 
 from rainctl.config.health import CheckKind, FailureAction, effective_check
 from rainctl.config.models import ClusterConfig, NodeEntry, VipEntry, vip_sort_key
-from rainctl.config.services import ServiceEntry
+from rainctl.config.services import ServiceEntry, ServiceMode
 from rainctl.core.dataplane import RealServerSpec, ServiceSpec, SyncSpec
 from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
 
@@ -96,6 +96,7 @@ def service_spec(service: ServiceEntry) -> ServiceSpec:
         persistence_s=service.persistence_s,
         real_servers=tuple(servers),
         sorry_server=service.sorry_server,
+        proxied=service.mode is ServiceMode.HTTP,
     )
 
 

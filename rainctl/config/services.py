@@ -9,9 +9,11 @@ model validator through `service_problems`, so each problem names its full key p
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -85,8 +87,33 @@ class RealServerEntry(BaseModel):
         return canonical_address(value)
 
 
+class ServiceMode(enum.StrEnum):
+    IPVS = "ipvs"
+    """The kernel forwards the service's packets (the default)."""
+    HTTP = "http"
+    """Every node's proxy workers terminate TCP on VIP:port and proxy HTTP/1.1 to the real
+    servers, resuming a broken download from another one (rainctl.proxy, docs/proxy.md)."""
+
+
+class ProxyOptions(BaseModel):
+    """`proxy = { ... }` of a `mode = "http"` service (defaults: rainctl.proxy.settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    balance: Literal["round-robin", "least-connections"] = "round-robin"
+    stall_timeout_ms: int = Field(default=2_000, ge=50, le=600_000)
+    """A real server that sends no body byte for this long has failed: resume elsewhere."""
+    resumes_max: int = Field(default=3, ge=0, le=16)
+    """Resumes of one response before the client's transfer is ended as broken."""
+
+
+_IPVS_ONLY = ("scheduler", "mh_port", "forwarding", "persistence_s", "sorry_server")
+"""Service keys that mean nothing to the proxy (it balances with `proxy.balance`)."""
+
+
 class ServiceEntry(BaseModel):
-    """One `[[services]]` entry: an IPVS virtual service on a configured VIP."""
+    """One `[[services]]` entry: an IPVS virtual service (or, with `mode = "http"`, a proxied
+    one) on a configured VIP."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -102,6 +129,9 @@ class ServiceEntry(BaseModel):
     """The back-end check of every real server (rainctl.config.health); None: tcp, defaults."""
     sorry_server: str | None = None
     """An address that gets the traffic (at the service port) while no real server is up."""
+    mode: ServiceMode = Field(default=ServiceMode.IPVS, strict=False)
+    proxy: ProxyOptions | None = None
+    """Only with mode = "http"; None: the defaults."""
 
     @field_validator("vip", "sorry_server")
     @classmethod
@@ -157,6 +187,7 @@ def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> l
                     f'only used with scheduler = "mh" (scheduler is "{service.scheduler.value}")',
                 )
             )
+        problems.extend(_mode_problems(service, loc))
         problems.extend(_real_server_problems(service, loc))
         problems.extend(
             check_problems(service.health, [rs.health for rs in service.real_servers], loc)
@@ -174,6 +205,34 @@ def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> l
                 problems.append(
                     ((*loc, "sorry_server"), f"{service.sorry_server} is also a real server")
                 )
+    return problems
+
+
+def _mode_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[Problem]:
+    if service.mode is ServiceMode.IPVS:
+        if service.proxy is not None:
+            return [((*loc, "proxy"), 'only used with mode = "http"')]
+        return []
+    problems: list[Problem] = []
+    if not service.real_servers:
+        problems.append(((*loc, "real_servers"), 'mode = "http" needs at least one real server'))
+    if service.protocol is not ServiceProtocol.TCP:
+        problems.append(
+            (
+                (*loc, "protocol"),
+                f'mode = "http" needs protocol "tcp", not "{service.protocol.value}"',
+            )
+        )
+    problems.extend(
+        ((*loc, key), 'not used with mode = "http" (the proxy balances with proxy.balance)')
+        for key in _IPVS_ONLY
+        if key in service.model_fields_set
+    )
+    problems.extend(
+        ((*loc, "real_servers", index, "forwarding"), 'not used with mode = "http"')
+        for index, server in enumerate(service.real_servers)
+        if server.forwarding is not None
+    )
     return problems
 
 
@@ -212,7 +271,8 @@ def _real_server_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[P
         else:
             first_by_key[key] = index
         forwarding = service.forwarding_of(server)
-        if forwarding.keeps_port and port != service.port:
+        proxied = service.mode is ServiceMode.HTTP  # the proxy connects to any port
+        if forwarding.keeps_port and port != service.port and not proxied:
             problems.append(
                 (
                     (*server_loc, "port"),

@@ -9,7 +9,7 @@ on_failure = "remove"). A server an operator drained (`rainctl backend drain`, c
 not) gets weight 0 unless its verdict is down. When no real server of a service is up (and
 not drained) and the service has a `sorry_server`, that server is added at weight 1 with the
 forwarding of the service's first real server; it leaves again as soon as one real server
-is up.
+is up. A proxied service (`mode = "http"`) goes to the real servers `proxy_backends` names.
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ def key_of(service: ServiceSpec, server: RealServerSpec) -> ServerKey:
 def any_checked(services: Sequence[ServiceSpec]) -> bool:
     """Whether any real server of `services` has a health check (the checkers are needed)."""
     return any(server.checked for service in services for server in service.real_servers)
+
+
+def proxy_backends(service: ServiceSpec) -> tuple[tuple[str, int], ...]:
+    """Where a proxied service's requests go, given the service as `with_verdicts` made it:
+    its real servers with a weight above 0 (up, not drained), in config order. When the
+    verdicts leave none, every real server: the proxy then finds the live ones by its own
+    failures (a 502 either way if none is), which beats refusing every request on a
+    verdict that may be wrong."""
+    serving = tuple((server.address, server.port) for server in service.real_servers
+                    if server.weight > 0)  # fmt: skip
+    if serving:
+        return serving
+    return tuple((server.address, server.port) for server in service.real_servers)
 
 
 def catalogue_of(services: Sequence[ServiceSpec]) -> tuple[CatalogueEntry, ...]:

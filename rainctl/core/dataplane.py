@@ -103,6 +103,9 @@ class ServiceSpec:
     real_servers: tuple[RealServerSpec, ...] = ()
     sorry_server: str | None = None
     """Gets the traffic, at the service port, while no real server is up (rainctl.core.backends)."""
+    proxied: bool = False
+    """mode = "http": the node's proxy serves it, IPVS must not (a kernel service on the same
+    VIP:port would take its packets before the proxy's socket sees them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +218,9 @@ def normalised(entries: Iterable[IpvsEntry]) -> IpvsState:
 
 
 def desired_ipvs(services: Sequence[ServiceSpec]) -> IpvsState:
-    """The IPVS table the config asks for (identical on every node)."""
-    return in_key_order(desired_entry(spec) for spec in services)
+    """The IPVS table the config asks for (identical on every node); proxied services have
+    no place in it."""
+    return in_key_order(desired_entry(spec) for spec in services if not spec.proxied)
 
 
 def desired_entry(spec: ServiceSpec) -> IpvsEntry:

@@ -362,6 +362,8 @@ class DataPlaneReconciler:
         same objects: rainctl.config.reread, `with_verdicts`) are reused, not made again."""
         entries: dict[int, tuple[ServiceSpec, IpvsEntry]] = {}
         for service in with_verdicts(*wanted):
+            if service.proxied:
+                continue  # the node's proxy serves it, not IPVS
             known = self._entries.get(id(service))
             if known is None or known[0] is not service:
                 known = (service, desired_entry(service))

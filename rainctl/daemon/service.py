@@ -23,6 +23,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -37,11 +38,12 @@ from rainctl.config import (
     to_ring_spec,
 )
 from rainctl.config.reread import ConfigRereader
-from rainctl.core.backends import any_checked
+from rainctl.config.services import ProxyOptions
+from rainctl.core.backends import any_checked, with_verdicts
 from rainctl.core.codec import DatagramCodec, KeyRing
 from rainctl.core.dataplane import ServiceSpec
 from rainctl.core.events import ApplyHealth, InstallRing, MaintenanceRestored, UpstreamChecked
-from rainctl.core.health import HealthState, Maintenance, ServerKey
+from rainctl.core.health import HealthState, Maintenance, ServerKey, ServerOpinion
 from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.spec import QuorumPolicy, RingSpec
 from rainctl.core.types import NodeId, NodeState
@@ -58,6 +60,7 @@ from rainctl.daemon.maintenance import (
     maintenance_path,
 )
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
+from rainctl.daemon.proxies import ProxyFleet, proxy_options_of, proxy_settings
 from rainctl.daemon.realtime import apply_realtime
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import StateError, next_incarnation
@@ -86,6 +89,8 @@ class DaemonOptions:
     realtime_priority: int = 0
     """SCHED_RR priority of the daemon (rainctl.daemon.realtime); 0: normal scheduling."""
     lock_memory: bool = False
+    proxy_workers: int = 0
+    """Proxy worker processes for `mode = "http"` services; 0: one per CPU."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +233,11 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     )
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
-    live = _Live(setup.services)
-    health = _health_monitor(options, driver, dataplane, lambda: labels_of(live.services))
+    live = _Live(setup.services, proxy_options_of(setup.config))
+    fleet = ProxyFleet(options.proxy_workers or os.cpu_count() or 1)
+    health = _health_monitor(
+        options, driver, dataplane, lambda: labels_of(live.services), live=live, fleet=fleet
+    )
     backends = _backends_view(options, setup, machine, live, health)
     maintenance = _maintenance_store(options, driver, live)
     transport = await UdpTransport.open(setup.address, driver.on_datagram)
@@ -243,6 +251,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             transport_errors=transport.counters,
             driver_counters=driver.driver_counters,
             ipvs=None if dataplane is None else dataplane.status(),
+            proxy=fleet.status(),
             upstream=None if upstream is None else upstream.status(),
             vip_lease={
                 "lease_s": setup.config.cluster.vip_lease_s,
@@ -251,7 +260,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             },
         )
 
-    reload, reload_on_signal = _reloaders(options, setup, dataplane, health, live)
+    reload, reload_on_signal = _reloaders(options, setup, dataplane, health, live=live, fleet=fleet)
 
     commands = Commands(
         spec=setup.spec,
@@ -277,6 +286,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     try:
         # Before the driver: the first ring installed must reach it.
         await health.start(needed=any_checked(setup.services))
+        live.refresh_proxies(fleet)
         driver.start(transport)
         driver.submit(MaintenanceRestored(_saved_maintenance(maintenance)))
         log.info(
@@ -299,6 +309,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         _handle_signals(loop, leave=None, reload=None)
         driver.stop()
         await health.stop()
+        await fleet.stop()
         await _cancel_all(background)
         transport.close()
         control.close()
@@ -433,9 +444,19 @@ def _reconciler(
 
 @dataclass(slots=True)
 class _Live:
-    """What a reload changes while the daemon runs."""
+    """What a reload changes while the daemon runs, and the ring's latest verdicts."""
 
     services: tuple[ServiceSpec, ...]
+    proxy_options: dict[tuple[str, int], ProxyOptions]
+    verdicts: tuple[ServerOpinion, ...] = ()
+    drained: tuple[ServerKey, ...] = ()
+
+    def refresh_proxies(self, fleet: ProxyFleet) -> None:
+        """Hand the proxy workers the proxied services as the verdicts leave them (only
+        those services are looked at: this runs on the ring's loop)."""
+        proxied = [service for service in self.services if service.proxied]
+        applied = with_verdicts(proxied, self.verdicts, self.drained)
+        fleet.want(proxy_settings(applied, self.proxy_options))
 
 
 def _health_monitor(
@@ -443,10 +464,13 @@ def _health_monitor(
     driver: RingDriver,
     dataplane: DataPlaneReconciler | None,
     labels: Callable[[], dict[ServerKey, str]],
+    *,
+    live: _Live,
+    fleet: ProxyFleet,
 ) -> HealthWorker:
     """The node's checkers, a worker process (started before the driver), wired to the ring:
     a new ring reassigns the checks, the ring's verdicts and operator drains go to the data
-    plane (and the verdicts to the checkers), and the checkers' opinions are stepped into
+    plane, the proxy workers and the checkers, and the checkers' opinions are stepped into
     the ring machine. Every operator drain and undrain is logged as it is applied."""
     monitor = HealthWorker(options.config, options.node_id, driver.submit)
     drained_before: set[ServerKey] = set()
@@ -480,6 +504,8 @@ def _health_monitor(
         monitor.set_verdicts(apply.verdicts)
         if dataplane is not None:
             dataplane.apply_verdicts(apply.verdicts, apply.drained)
+        live.verdicts, live.drained = apply.verdicts, apply.drained
+        live.refresh_proxies(fleet)
 
     driver.on_install = on_install
     driver.on_health = on_health
@@ -514,7 +540,9 @@ def _reloaders(
     setup: _Setup,
     dataplane: DataPlaneReconciler | None,
     health: HealthWorker,
+    *,
     live: _Live,
+    fleet: ProxyFleet,
 ) -> tuple[Callable[[], Awaitable[JsonObject]], Callable[[], None]]:
     """`rainctl reload` and SIGHUP. Reading and validating a large file takes long (10,000
     real servers: a third of a second here, more inside UML): a thread does it, and the
@@ -523,7 +551,7 @@ def _reloaders(
 
     async def reload() -> JsonObject:
         loaded = await asyncio.to_thread(read_reload, options, setup)
-        return apply_reload(options, dataplane, health, live, loaded)
+        return apply_reload(options, dataplane, health, loaded, live=live, fleet=fleet)
 
     async def reload_logged() -> None:
         with contextlib.suppress(ControlError):  # already logged; the node runs on
@@ -579,12 +607,16 @@ def apply_reload(
     options: DaemonOptions,
     dataplane: DataPlaneReconciler | None,
     health: HealthWorker,
-    live: _Live,
     loaded: _Reloaded,
+    *,
+    live: _Live,
+    fleet: ProxyFleet,
 ) -> JsonObject:
     """SIGHUP / `rainctl reload`, second half (the loop): hand the validated config on."""
     services = len(loaded.services)
     live.services = loaded.services
+    live.proxy_options = proxy_options_of(loaded.config)
+    live.refresh_proxies(fleet)
     health.reload(needed=loaded.checked)
     if dataplane is not None:
         sync = sync_wanted(loaded.config, options.node_id, options.front_interface)

@@ -26,6 +26,7 @@ def status_document(
     ipvs: JsonObject | None = None,
     upstream: JsonObject | None = None,
     vip_lease: JsonObject | None = None,
+    proxy: JsonObject | None = None,
 ) -> JsonObject:
     token = status.token
     ring = status.ring
@@ -71,6 +72,7 @@ def status_document(
             for load in token.loads
         ],
         "ipvs": ipvs,
+        "proxy": proxy,
         "upstream": upstream,
         "counters": {
             "ring": dict(status.counters),

@@ -54,6 +54,7 @@ from rainctl.proxy.settings import Endpoint, ProxyCounters, ProxySettings
 
 log = logging.getLogger("rainctl.proxy")
 
+_IP_FREEBIND = 15
 FailureKind = Literal["connect", "reset", "eof", "stall", "timeout", "protocol"]
 
 
@@ -345,6 +346,9 @@ class ProxyServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.settings.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if self.settings.free_bind:
+                # IP_FREEBIND is honoured by IPv6 sockets too (Linux); Python has no name.
+                sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
             sock.bind((listen.host, listen.port))
             sock.listen(1024)
         except OSError:

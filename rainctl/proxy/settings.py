@@ -89,6 +89,8 @@ class ProxySettings:
     failure_hold_ms: int = 2_000
     """A back-end that just failed is tried after the others for this long."""
     reuse_port: bool = True
+    free_bind: bool = False
+    """IP_FREEBIND: listen on an address this host may not have yet (the daemon's VIPs)."""
 
     def __post_init__(self) -> None:
         assert self.backends, "at least one back-end"

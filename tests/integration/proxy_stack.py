@@ -129,10 +129,11 @@ def fetch(
     path: str = "/file",
     connection: http.client.HTTPConnection | None = None,
     timeout_s: float = 30.0,
+    host: str = "127.0.0.1",
 ) -> Fetched:
     """One request; a body cut short (before its length or last chunk) is incomplete."""
     own = connection is None
-    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    connection = connection or http.client.HTTPConnection(host, port, timeout=timeout_s)
     started = time.monotonic()
     try:
         connection.request(method, path)

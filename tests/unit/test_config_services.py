@@ -241,7 +241,8 @@ def test_digest_still_covers_the_nodes() -> None:
         pytest.param(
             with_services(service(body="fwmark = 1\n")),
             "services[0].fwmark: unknown key (allowed: vip, port, protocol, scheduler, "
-            "mh_port, forwarding, persistence_s, real_servers, health, sorry_server)",
+            "mh_port, forwarding, persistence_s, real_servers, health, sorry_server, mode, "
+            "proxy)",
             id="unknown-service-key",
         ),
         pytest.param(

@@ -90,3 +90,36 @@ def test_rendering_of_a_lonely_node() -> None:
     assert "ring none" in text
     assert "NO QUORUM" in text
     assert "owns: none (data plane none)" in text
+
+
+def test_rendering_of_the_proxy_section() -> None:
+    machines = _converged_machines()
+    document = _document(machines[1])
+    document["proxy"] = {
+        "workers": [101, 102],
+        "restarts": 1,
+        "services": [
+            {
+                "listen": "198.18.0.100:80",
+                "backends": ["198.18.1.11:80", "198.18.1.12:80"],
+                "refused_listen": None,
+                "counters": {
+                    "requests": 7,
+                    "body_bytes": 1234,
+                    "resumes": 2,
+                    "retries": 1,
+                    "aborts": 1,
+                    "refused": {"weak_etag": 1},
+                },
+            }
+        ],
+    }
+    text = _render(document)
+    assert "HTTP proxy: 2 worker(s), 1 restart(s)" in text
+    lines = text.splitlines()
+    index = next(i for i, line in enumerate(lines) if "198.18.0.100:80" in line)
+    cells = [cell.strip() for cell in lines[index].split("│")[1:-1]]
+    assert cells[0] == "198.18.0.100:80"
+    assert cells[2:] == ["7", "1234", "2", "1", "1", "weak_etag 1"]
+    backends = " ".join(cell.split("│")[2].strip() for cell in lines[index : index + 2])
+    assert backends == "198.18.1.11:80 198.18.1.12:80"
