@@ -10,7 +10,7 @@ from rich.text import Text
 
 from rainctl.config.keys import ClusterKeys
 from rainctl.config.models import ClusterConfig
-from rainctl.config.services import ServiceEntry
+from rainctl.config.services import ProxyOptions, ServiceEntry, ServiceMode
 from rainctl.core.spec import ProfileDefaults, RingSpec, RingTimers
 
 _PROFILE_TIMERS = frozenset(field.name for field in dataclasses.fields(ProfileDefaults))
@@ -107,10 +107,14 @@ def config_document(
 
 
 def _service_document(service: ServiceEntry) -> dict[str, object]:
-    """A service with its defaults resolved (real servers' port and forwarding)."""
+    """A service with its defaults resolved (real servers' port and forwarding; a proxied
+    service's `proxy` options)."""
+    proxied = service.mode is ServiceMode.HTTP
     return {
         "vip": service.vip,
         "port": service.port,
+        "mode": service.mode.value,
+        "proxy": (service.proxy or ProxyOptions()).model_dump() if proxied else None,
         "protocol": service.protocol.value,
         "scheduler": service.scheduler.value,
         "mh_port": service.mh_port,
@@ -145,10 +149,14 @@ def _services_table(config: ClusterConfig) -> Table:
     table.add_column("persistence")
     table.add_column("real servers")
     for service in config.services:
+        proxied = service.mode is ServiceMode.HTTP
         scheduler = service.scheduler.value + (" +port" if service.mh_port else "")
+        if proxied:
+            scheduler = f"http proxy, {(service.proxy or ProxyOptions()).balance}"
         servers = "\n".join(
             f"{_host(server.address)}:{service.port_of(server)} "
-            f"{service.forwarding_of(server).value} weight {server.weight}"
+            + ("" if proxied else f"{service.forwarding_of(server).value} ")
+            + f"weight {server.weight}"
             for server in service.real_servers
         )
         table.add_row(

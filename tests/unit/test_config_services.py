@@ -305,7 +305,10 @@ def test_the_example_data_plane_settings_are_valid() -> None:
     assert config.sync.enabled
     assert config.nodes[0].front_interface == "eth0"
     assert config.nodes[0].back_interface == "eth1"
-    assert [len(spec.real_servers) for spec in to_services(config)] == [2]
+    assert [(len(spec.real_servers), spec.proxied) for spec in to_services(config)] == [
+        (2, False),
+        (2, True),
+    ]
     # Switching them on leaves the ring's digest alone.
     assert config_digest(config) == config_digest(parse_config(EXAMPLE.read_text(), "example"))
 
@@ -314,12 +317,15 @@ def test_config_check_shows_services(tmp_path: Path) -> None:
     path = tmp_path / "cluster.toml"
     path.write_text(_uncommented_example(), encoding="utf-8")
     runner = CliRunner()
-    result = runner.invoke(app, ["config", "check", str(path)], terminal_width=140)
+    result = runner.invoke(app, ["config", "check", str(path)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     assert "connection sync: sync_id 1" in result.stdout
     lines = result.stdout.splitlines()
     assert any("tcp 198.18.0.100:80" in line and "wlc" in line for line in lines)
     assert any("198.18.1.12:80 dr weight 1" in line for line in lines)
+    assert any("tcp 198.18.0.101:80" in line and "http proxy, round-robin" in line
+               for line in lines)  # fmt: skip
+    assert any("198.18.1.12:8080 weight 1" in line for line in lines)
 
     result = runner.invoke(app, ["config", "check", "--json", str(path)])
     assert result.exit_code == 0, result.output
@@ -327,21 +333,26 @@ def test_config_check_shows_services(tmp_path: Path) -> None:
     assert document_["sync"] == {"enabled": True, "sync_id": 1}
     assert document_["nodes"][0]["back_interface"] == "eth1"
     assert document_["nodes"][0]["front_interface"] == "eth0"
-    assert document_["services"] == [
-        {
-            "vip": "198.18.0.100",
-            "port": 80,
-            "protocol": "tcp",
-            "scheduler": "wlc",
-            "mh_port": False,
-            "forwarding": "dr",
-            "persistence_s": 0,
-            "real_servers": [
-                {"address": "198.18.1.11", "port": 80, "weight": 1, "forwarding": "dr"},
-                {"address": "198.18.1.12", "port": 80, "weight": 1, "forwarding": "dr"},
-            ],
-        }
-    ]
+    assert document_["services"][0] == {
+        "vip": "198.18.0.100",
+        "port": 80,
+        "mode": "ipvs",
+        "proxy": None,
+        "protocol": "tcp",
+        "scheduler": "wlc",
+        "mh_port": False,
+        "forwarding": "dr",
+        "persistence_s": 0,
+        "real_servers": [
+            {"address": "198.18.1.11", "port": 80, "weight": 1, "forwarding": "dr"},
+            {"address": "198.18.1.12", "port": 80, "weight": 1, "forwarding": "dr"},
+        ],
+    }
+    proxied = document_["services"][1]
+    assert (proxied["mode"], proxied["vip"]) == ("http", "198.18.0.101")
+    assert proxied["proxy"] == {"balance": "round-robin", "stall_timeout_ms": 2000,
+                                "resumes_max": 3}  # fmt: skip
+    assert [server["port"] for server in proxied["real_servers"]] == [8080, 8080]
 
 
 def test_config_check_without_services() -> None:
