@@ -14,7 +14,8 @@ daemon's `status` is read SAMPLE_HZ times a second for its `rotation_ms` (the ti
 its last two receipts of the token). Printed per phase: rotation p50 / p99 / max over all
 samples of all nodes, the CPU of the daemons and of their proxy workers (% of one core),
 and wrk's requests per second. Everything shares the machine's cores: the proxies run in
-their own processes at normal priority, the daemons too (no --realtime-priority here).
+their own processes at normal priority; the daemons too, or with --realtime-priority N at
+SCHED_RR N (their workers then still start at normal scheduling).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _phase(
     )
 
 
-def run(duration_s: float, connections: int) -> None:
+def run(duration_s: float, connections: int, realtime_priority: int) -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench_proxy_rotation: wrk is missing (make setup installs it)")
     directory = Path(tempfile.mkdtemp(prefix="rainctl-proxy-rotation-"))
@@ -134,7 +135,15 @@ def run(duration_s: float, connections: int) -> None:
             with (node_dir / "daemon.log").open("wb") as log:
                 daemons.append(
                     subprocess.Popen(
-                        [*command, "--proxy-workers", "1"], stdout=subprocess.DEVNULL, stderr=log
+                        [
+                            *command,
+                            "--proxy-workers",
+                            "1",
+                            "--realtime-priority",
+                            str(realtime_priority),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
                     )
                 )
         time.sleep(SETTLE_S)
@@ -175,9 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--realtime-priority", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="10 s phases")
     arguments = parser.parse_args()
-    run(10.0 if arguments.quick else arguments.duration_s, arguments.connections)
+    duration_s = 10.0 if arguments.quick else arguments.duration_s
+    run(duration_s, arguments.connections, arguments.realtime_priority)
 
 
 if __name__ == "__main__":
