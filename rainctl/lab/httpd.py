@@ -25,16 +25,18 @@ back-end began can be completed from another with `Range: bytes=K-` and `If-Rang
 resumable proxy, docs/proxy.md), and the client can check every byte it got. The content is
 the first N bytes of one endless stream of FILE_BLOCK_BYTES blocks, block k being
 SHAKE128("rainctl-file-<k>"): no two offsets look alike (a resume at a wrong offset shows),
-it is generated as it is sent (nothing stored), and at about 250 MB/s it costs a tenth of
-the time of a SHA-256 per 32 bytes. `file_chunks`, `file_bytes` and `file_sha256` give any
-part of it to clients and tests. The answers follow RFC 9110: `ETag: "rainctl-file-N"` and a
-fixed `Last-Modified` (both strong validators, section 8.8), `Accept-Ranges: bytes`, and for a
-GET with one byte range (`bytes=A-`, `bytes=A-B`, `bytes=-N`, section 14.1.1) a 206 with
-`Content-Range: bytes A-B/N`, or a 416 with `Content-Range: bytes */N` when the range selects
-no byte. Several ranges, an invalid or non-bytes Range, a Range on HEAD (section 14.2), and an
-If-Range that does not match (strong comparison, or the exact Last-Modified date; section
-13.1.5) all get the whole file, as the RFC allows. `?rate=BYTES_PER_S` paces the body, so
-that a test can kill a back-end while a transfer is in flight.
+it is generated as it is sent (nothing stored), about nine times as fast as a SHA-256 per
+32 bytes would be (260 against 30 MB/s on the lab host). `file_chunks`, `file_bytes` and
+`file_sha256` give any part of it to clients and tests.
+
+The answers follow RFC 9110: `ETag: "rainctl-file-N"` and a fixed `Last-Modified` (both
+strong validators, section 8.8), `Accept-Ranges: bytes`; a GET with one byte range
+(`bytes=A-`, `bytes=A-B`, `bytes=-L`; section 14.1.1) gets a 206 with `Content-Range: bytes
+A-B/N`, or a 416 with `Content-Range: bytes */N` when the range selects no byte. Several
+ranges, an invalid or non-bytes Range, a Range on HEAD (section 14.2), and an If-Range that
+does not match (strong comparison, or the exact Last-Modified value; section 13.1.5) all get
+the whole file, as the RFC allows. `?rate=BYTES_PER_S` paces the body, so that a test can
+kill a back-end while a transfer is in flight.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def test_an_unsatisfiable_range_is_416_with_the_length(
     assert headers["content-length"] == str(len(body))
 
 
-def test_head_answers_get_s_head_without_a_body_and_ignores_range(
+def test_head_answers_the_get_head_without_a_body_and_ignores_range(
     servers: tuple[_TrackedServer, _TrackedServer],
 ) -> None:
     port = servers[0].port
@@ -520,6 +520,15 @@ def test_the_module_prints_started_then_one_json_line(
     assert download.main([url, "--started-file", str(marker), "--rate", "100000"]) == 0
     assert marker.read_text() == "started\n"
     assert list(tmp_path.iterdir()) == [marker]
+
+
+def test_urls_are_host_port_and_target() -> None:
+    assert download.parse_url("http://198.18.0.100/file/5?rate=9") == (
+        "198.18.0.100",
+        80,
+        "/file/5?rate=9",
+    )
+    assert download.parse_url("http://[2001:db8::1]:8080") == ("2001:db8::1", 8080, "/")
 
 
 @pytest.mark.parametrize(
