@@ -4,11 +4,13 @@
                                 [--agent-port 9777 --agent-file PATH]
 
 - HTTP on every address (in DR mode requests arrive addressed to a VIP held on the back-end's
-  loopback): `GET /` answers the back-end's name and a newline, `GET /bytes/N` answers N bytes
-  (at most BYTES_MAX, generated as they are sent, for download tests); every answer carries
-  the header `X-Backend: NAME`. HTTP/1.0, one thread per connection. `python -m http.server`
-  would look up its own fully qualified name at start, which in a namespace without DNS costs
-  seconds of resolver timeouts; this server does not.
+  loopback): `GET /` answers the back-end's name and a newline, `GET /bytes/N` answers N zero
+  bytes (at most BYTES_MAX, generated as they are sent, for throughput tests), `GET /file/N`
+  answers the resumable file below; every answer carries the header `X-Backend: NAME`, and
+  HEAD answers GET's head. HTTP/1.0 (a Content-Length on every answer, the connection closed
+  after it), one thread per connection. `python -m http.server` would look up its own fully
+  qualified name at start, which in a namespace without DNS costs seconds of resolver
+  timeouts; this server does not.
 - A TCP echo server: every byte received is sent back, for as long as the client keeps the
   connection open (long-lived connections, the connection-sync survival test). One thread
   per connection, never a process.
@@ -16,22 +18,169 @@
   connection gets the file's first line ("up", "drain", "down", "maint", "50%", ...; "up"
   while there is no file) and a newline, then the close. Writing the file changes what the
   back-end says.
+
+The file `/file/N` is what resumable downloads are tested with: every back-end serves the
+same N bytes (at most BYTES_MAX) under the same strong validators, so a download that one
+back-end began can be completed from another with `Range: bytes=K-` and `If-Range` (the
+resumable proxy, docs/proxy.md), and the client can check every byte it got. The content is
+the first N bytes of one endless stream of FILE_BLOCK_BYTES blocks, block k being
+SHAKE128("rainctl-file-<k>"): no two offsets look alike (a resume at a wrong offset shows),
+it is generated as it is sent (nothing stored), about nine times as fast as a SHA-256 per
+32 bytes would be (260 against 30 MB/s on the lab host). `file_chunks`, `file_bytes` and
+`file_sha256` give any part of it to clients and tests.
+
+The answers follow RFC 9110: `ETag: "rainctl-file-N"` and a fixed `Last-Modified` (both
+strong validators, section 8.8), `Accept-Ranges: bytes`; a GET with one byte range
+(`bytes=A-`, `bytes=A-B`, `bytes=-L`; section 14.1.1) gets a 206 with `Content-Range: bytes
+A-B/N`, or a 416 with `Content-Range: bytes */N` when the range selects no byte. Several
+ranges, an invalid or non-bytes Range, a Range on HEAD (section 14.2), and an If-Range that
+does not match (strong comparison, or the exact Last-Modified value; section 13.1.5) all get
+the whole file, as the RFC allows. `?rate=BYTES_PER_S` paces the body, so that a test can
+kill a back-end while a transfer is in flight.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.server
+import re
 import socket
 import socketserver
 import threading
-from collections.abc import Sequence
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 BYTES_MAX = 1 << 30
 CHUNK = 64 * 1024
 _ZEROS = b"\0" * CHUNK
+
+FILE_BLOCK_BYTES = 64 * 1024
+FILE_LAST_MODIFIED = "Sat, 01 Jan 2000 00:00:00 GMT"
+"""The same on every back-end and years before any Date they send, so a strong validator."""
+PACE_STEPS_PER_S = 20
+"""A paced transfer moves this many pieces a second: even at a 50 ms scale."""
+
+_COUNT = re.compile(r"[0-9]{1,10}")  # BYTES_MAX has 10 digits
+_INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")
+_SUFFIX_RANGE = re.compile(r"-([0-9]+)")
+
+
+def file_etag(size: int) -> str:
+    """The entity tag of /file/`size`: strong, the same on every back-end."""
+    return f'"rainctl-file-{size}"'
+
+
+def file_chunks(start: int, stop: int) -> Iterator[bytes]:
+    """Bytes `start` to `stop - 1` of /file/N (any N >= stop), at most a block at a time."""
+    offset = start
+    while offset < stop:
+        index, skip = divmod(offset, FILE_BLOCK_BYTES)
+        # SHAKE's shorter outputs are prefixes of its longer ones: a part of a block costs
+        # only the bytes up to the part's end.
+        wanted = min(FILE_BLOCK_BYTES, skip + stop - offset)
+        piece = hashlib.shake_128(f"rainctl-file-{index}".encode()).digest(wanted)[skip:]
+        yield piece
+        offset += len(piece)
+
+
+def file_bytes(start: int, stop: int) -> bytes:
+    """Bytes `start` to `stop - 1` of /file/N (any N >= stop), in memory: for small parts."""
+    return b"".join(file_chunks(start, stop))
+
+
+def file_sha256(start: int, stop: int) -> str:
+    """The hex SHA-256 of `file_bytes(start, stop)`, computed without holding them."""
+    digest = hashlib.sha256()
+    for chunk in file_chunks(start, stop):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """How a request for /file/N is answered: `status` 200 (the whole file), 206 (bytes
+    `start` to `stop - 1`) or 416 (no byte selected; `start` = `stop` = 0)."""
+
+    status: int
+    start: int
+    stop: int
+
+
+def answer_file_request(size: int, range_value: str | None, if_range: str | None) -> FileAnswer:
+    """RFC 9110's answer to a GET of /file/`size` carrying these Range and If-Range values
+    (None: absent). Pure; the handler passes no Range for HEAD (section 14.2)."""
+    whole = FileAnswer(200, 0, size)
+    if range_value is None or (if_range is not None and not _if_range_matches(if_range, size)):
+        return whole
+    unit, equals, range_set = range_value.partition("=")
+    # Empty list elements are allowed and ignored (section 5.6.1).
+    specs = [spec.strip() for spec in range_set.split(",") if spec.strip()]
+    # Another unit must be ignored; several ranges may be (sections 14.1, 14.2).
+    if not equals or unit.lower() != "bytes" or len(specs) != 1:
+        return whole
+    selected = _selected_bytes(specs[0], size)
+    if selected is None:
+        return whole  # an invalid range-spec, which section 14.2 allows to ignore
+    start, stop = selected
+    return FileAnswer(206, start, stop) if start < stop else FileAnswer(416, 0, 0)
+
+
+def _selected_bytes(spec: str, size: int) -> tuple[int, int] | None:
+    """The bytes `start` to `stop - 1` that one range-spec selects in `size` bytes (RFC 9110
+    section 14.1.1; none when `start` >= `stop`), or None when the spec is invalid."""
+    if (match := _INT_RANGE.fullmatch(spec)) is not None:
+        first = _position(match[1])
+        if not match[2]:
+            return first, size
+        last = _position(match[2])
+        return None if last < first else (first, min(last + 1, size))
+    if (match := _SUFFIX_RANGE.fullmatch(spec)) is not None:
+        return max(0, size - _position(match[1])), size
+    return None
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range; every one beyond BYTES_MAX acts alike, so a huge one is
+    not converted (int() refuses more than 4,300 digits)."""
+    significant = digits.lstrip("0") or "0"
+    return BYTES_MAX + 1 if len(significant) > 10 else min(int(significant), BYTES_MAX + 1)
+
+
+def _if_range_matches(validator: str, size: int) -> bool:
+    """RFC 9110 section 13.1.5: an entity tag matches by strong comparison (a weak one
+    never does), a date only when it is exactly the Last-Modified field value."""
+    validator = validator.strip()
+    if validator.startswith(('"', "W/")):
+        return validator == file_etag(size)
+    return validator == FILE_LAST_MODIFIED
+
+
+class Pacer:
+    """Spreads a transfer over time: move at most `piece_bytes`, then call `moved`, which
+    sleeps until the average since the start is back at the rate (after a stall the
+    transfer catches up at full speed). Without a rate it never sleeps."""
+
+    def __init__(self, rate_bytes_per_s: int | None) -> None:
+        self._rate_bytes_per_s = rate_bytes_per_s
+        self.piece_bytes = CHUNK
+        if rate_bytes_per_s is not None:
+            self.piece_bytes = max(1, min(CHUNK, rate_bytes_per_s // PACE_STEPS_PER_S))
+        self._started_s = time.monotonic()
+        self._moved_bytes = 0
+
+    def moved(self, count: int) -> None:
+        if self._rate_bytes_per_s is None:
+            return
+        self._moved_bytes += count
+        due_s = self._started_s + self._moved_bytes / self._rate_bytes_per_s
+        delay_s = due_s - time.monotonic()
+        if delay_s > 0:
+            time.sleep(delay_s)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -50,31 +199,69 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        name = self.server.backend_name
-        if self.path == "/":
-            self._answer(200, f"{name}\n".encode())
-            return
-        prefix, _, count = self.path.partition("/bytes/")
-        if prefix == "" and count.isdigit() and int(count) <= BYTES_MAX:
-            size = int(count)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(size))
-            self.send_header("X-Backend", name)
-            self.end_headers()
-            while size > 0:
-                self.wfile.write(_ZEROS[: min(size, CHUNK)])
-                size -= CHUNK
-            return
-        self._answer(404, b"not found\n")
+        url = urllib.parse.urlsplit(self.path)
+        directory, _, count = url.path.rpartition("/")
+        size = int(count) if _COUNT.fullmatch(count) else BYTES_MAX + 1
+        if url.path == "/":
+            self._answer(200, f"{self.server.backend_name}\n".encode())
+        elif directory == "/bytes" and size <= BYTES_MAX:
+            self._send_head(200, size, {"Content-Type": "application/octet-stream"})
+            zeros = (_ZEROS[: min(CHUNK, size - offset)] for offset in range(0, size, CHUNK))
+            self._send_body(zeros, Pacer(None))
+        elif directory == "/file" and size <= BYTES_MAX:
+            self._send_file(size, url.query)
+        else:
+            self._answer(404, b"not found\n")
 
-    def _answer(self, code: int, body: bytes) -> None:
+    def do_HEAD(self) -> None:
+        self.do_GET()  # the same head; _send_body leaves the body out
+
+    def _send_file(self, size: int, query: str) -> None:
+        rate = dict(urllib.parse.parse_qsl(query)).get("rate")
+        if rate is not None and (_COUNT.fullmatch(rate) is None or int(rate) == 0):
+            self._answer(400, b"rate: a positive number of bytes per second\n")
+            return
+        range_value = self.headers.get("Range") if self.command == "GET" else None
+        answer = answer_file_request(size, range_value, self.headers.get("If-Range"))
+        if answer.status == 416:
+            self._answer(416, b"range not satisfiable\n", {"Content-Range": f"bytes */{size}"})
+            return
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ETag": file_etag(size),
+            "Last-Modified": FILE_LAST_MODIFIED,
+            "Accept-Ranges": "bytes",
+        }
+        if answer.status == 206:
+            headers["Content-Range"] = f"bytes {answer.start}-{answer.stop - 1}/{size}"
+        self._send_head(answer.status, answer.stop - answer.start, headers)
+        self._send_body(
+            file_chunks(answer.start, answer.stop), Pacer(None if rate is None else int(rate))
+        )
+
+    def _answer(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._send_head(code, len(body), {"Content-Type": "text/plain", **(headers or {})})
+        self._send_body([body], Pacer(None))
+
+    def _send_head(self, code: int, length: int, headers: dict[str, str]) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(length))
         self.send_header("X-Backend", self.server.backend_name)
         self.end_headers()
-        self.wfile.write(body)
+
+    def _send_body(self, chunks: Iterable[bytes], pacer: Pacer) -> None:
+        if self.command == "HEAD":
+            return
+        # A client leaving mid-body (a proxy resuming from another back-end, a stopped
+        # download) is normal here: no traceback from socketserver for it.
+        with contextlib.suppress(OSError):
+            for chunk in chunks:
+                for offset in range(0, len(chunk), pacer.piece_bytes):
+                    piece = chunk[offset : offset + pacer.piece_bytes]
+                    self.wfile.write(piece)
+                    pacer.moved(len(piece))
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # thousands of requests per test: no log line each
