@@ -24,7 +24,7 @@ from rich.table import Table
 from rainctl.errors import OptionError
 from rainctl.lab import builder, demo
 from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
-from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES
+from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES, PROXY_PORT
 from rainctl.lab.processes import LabError
 
 lab_app = typer.Typer(
@@ -193,6 +193,14 @@ def up(
             "--checks", help="Run the back-end health checks (TCP every 2 s) with --daemon."
         ),
     ] = False,
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            "--proxy",
+            help='With --daemon: the first VIP also serves a mode = "http" service on port '
+            f"{PROXY_PORT} (the nodes' resumable proxies, docs/proxy.md).",
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Build the lab and wait until every node has IPVS loaded (and its daemon answers)."""
@@ -202,6 +210,8 @@ def up(
         raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
     if checks and not daemon:
         raise OptionError("--checks needs --daemon (the checks run in the nodes' daemons)")
+    if proxy and not daemon:
+        raise OptionError("--proxy needs --daemon (the proxies run under the nodes' daemons)")
     started = time.monotonic()
     status = builder.up(
         state_dir,
@@ -214,6 +224,7 @@ def up(
         mode=mode,
         ipv6=ipv6,
         checks=checks,
+        proxy=proxy,
     )
     elapsed_s = time.monotonic() - started
     typer.echo(f"lab up in {elapsed_s:.1f} s")

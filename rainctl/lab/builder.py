@@ -328,6 +328,7 @@ def up(
     ipv6: bool = False,
     checks: bool = False,
     check_defaults: bool = False,
+    proxy: bool = False,
 ) -> LabStatus:
     """Build the lab and wait until every node reports its IPVS modules loaded.
 
@@ -335,7 +336,8 @@ def up(
     profile (data plane GUEST_DATA_PLANE), and `up` waits until each daemon answers its
     status helper. `mode` ("dr" or "nat") is the IPVS forwarding of the lab's services and
     decides the back-ends' routes; `checks` turns the services' back-end health checks on,
-    `check_defaults` gives every service the default check instead (plan.cluster_config).
+    `check_defaults` gives every service the default check instead, `proxy` adds a
+    `mode = "http"` service (plan.cluster_config).
     With a `job`, the first node also runs it once after its ready marker (`job_output`
     names its result file). On any failure everything built so far is torn down before the
     error propagates.
@@ -360,6 +362,7 @@ def up(
                 exclusion=exclusion,
                 checks=checks,
                 check_defaults=check_defaults,
+                proxy=proxy,
             )
     except ValueError as exc:
         raise LabError(str(exc)) from exc

@@ -28,9 +28,10 @@ slows the sender down), closes, and prints one JSON line:
 `--timeout-s` bounds each wait, not the whole: the connection, the head, every read. The
 default is above the proxy's 2 s stall timeout, so a resume is waited for.
 
-`--started-file PATH` writes "started" to PATH (written aside and renamed: a reader never
-sees it half written) as soon as the first body byte arrived, so a test knows when to kill
-the serving back-end; `--started-file -` prints the line "started" before the JSON line.
+`--started-file PATH` writes "started BACKEND" (the head's X-Backend; "started" without
+one) to PATH (written aside and renamed: a reader never sees it half written) as soon as the
+first body byte arrived, so a test knows when, and which, serving back-end to kill;
+`--started-file -` prints that line before the JSON line.
 
 Exit status 0 whenever the download ran, whatever its outcome; 2 for bad arguments, with one
 line on stderr.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import http.client
 import json
@@ -112,11 +112,11 @@ def download(
     *,
     rate_bytes_per_s: int | None = None,
     timeout_s: float = TIMEOUT_S,
-    on_first_byte: Callable[[], None] | None = None,
+    on_first_byte: Callable[[Download], None] | None = None,
 ) -> Download:
     """Fetch `url` once (the module's docstring says how); the transfer's failures are in
     the result, never raised. `on_first_byte` is called once, when the first body byte
-    arrived."""
+    arrived, with the result so far (status, back-end and headers known)."""
     host, port, target = parse_url(url)
     result = Download(url)
     digest = hashlib.sha256()
@@ -136,7 +136,7 @@ def download(
             if result.received_bytes == 0:
                 result.first_byte_s = round(now_s - started_s, 6)
                 if on_first_byte is not None:
-                    on_first_byte()
+                    on_first_byte(result)
             result.received_bytes += len(piece)
             digest.update(piece)
             pacer.moved(len(piece))
@@ -196,13 +196,15 @@ def _matches_file(target: str, result: Download) -> bool | None:
     return end <= stop and result.sha256 == file_sha256(start, end)
 
 
-def _write_started(where: str) -> None:
+def _write_started(where: str, backend: str | None) -> None:
+    # The serving back-end's name goes with it: a test kills that one mid-body.
+    line = "started" if backend is None else f"started {backend}"
     if where == "-":
-        print("started", flush=True)
+        print(line, flush=True)
         return
     path = Path(where)
     aside = path.with_name(f"{path.name}.tmp")
-    aside.write_text("started\n", encoding="ascii")
+    aside.write_text(line + "\n", encoding="ascii")
     aside.replace(path)
 
 
@@ -248,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_s=arguments.timeout_s,
         on_first_byte=None
         if arguments.started_file is None
-        else functools.partial(_write_started, arguments.started_file),
+        else lambda so_far: _write_started(arguments.started_file, so_far.backend),
     )
     print(result.to_json(), flush=True)
     return 0

@@ -42,6 +42,9 @@ BACKEND_PORT = 80
 ECHO_PORT = 9000
 """Each back-end's resident TCP echo server (long-lived connections, connection sync)."""
 SERVICE_PORTS = (BACKEND_PORT, ECHO_PORT)
+PROXY_PORT = 8080
+"""With `proxy`: the first VIP's `mode = "http"` service (the nodes' proxies, to the
+back-ends' HTTP port)."""
 AGENT_PORT = 9777
 """The back-ends' agent (HAProxy's agent-check protocol; rainctl.lab.httpd)."""
 AGENT_WEIGHT = 10
@@ -383,6 +386,7 @@ def cluster_config(
     exclusion: str = "conservative",
     checks: bool = False,
     check_defaults: bool = False,
+    proxy: bool = False,
 ) -> str:
     """The cluster config (TOML) every node's daemon runs with.
 
@@ -398,6 +402,8 @@ def cluster_config(
     HTTP service is checked by the back-ends' agents (`agent_service`), its echo service
     has one real server and a sorry server (`sorry_service`). With `check_defaults` instead
     (the health benchmark) every service has the default TCP check and every back-end.
+    With `proxy` the first VIP also has a `mode = "http"` service on PROXY_PORT whose real
+    servers are the back-ends' HTTP servers (checked like the others).
     `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it).
     Raises ValueError for an unknown profile or data plane.
     """
@@ -436,6 +442,13 @@ def cluster_config(
         for vip in lab_vips(plan):
             for port in SERVICE_PORTS if plan.backends else ():
                 lines += _service_lines(plan, vip, port, checks, check_defaults)
+    if ipvs and proxy and plan.backends:
+        health = LAB_CHECK if checks else ('health = { kind = "none" }',)
+        lines += ["[[services]]", f'vip = "{lab_vips(plan)[0]}"', f"port = {PROXY_PORT}"]
+        lines += ['mode = "http"', *health, ""]
+        for host in plan.backends:
+            lines += ["[[services.real_servers]]", f'address = "{host.address.ip}"']
+            lines += [f"port = {BACKEND_PORT}", ""]
     return "\n".join(lines)
 
 

@@ -377,7 +377,7 @@ def test_download_from_a_server_closed_mid_body_is_an_incomplete_correct_prefix(
             download.download(
                 f"http://127.0.0.1:{server.port}/file/{size}?rate=200000",
                 timeout_s=TIMEOUT_S,
-                on_first_byte=first_byte.set,
+                on_first_byte=lambda _: first_byte.set(),
             )
         )
     )
@@ -514,11 +514,11 @@ def test_the_module_prints_started_then_one_json_line(
     )
     assert (run.returncode, run.stderr) == (0, "")
     started, line = run.stdout.splitlines()
-    assert started == "started"
+    assert started == "started backend1"
     assert json.loads(line)["matches_file"] is True
     marker = tmp_path / "started"
     assert download.main([url, "--started-file", str(marker), "--rate", "100000"]) == 0
-    assert marker.read_text() == "started\n"
+    assert marker.read_text() == "started backend1\n"
     assert list(tmp_path.iterdir()) == [marker]
 
 

@@ -16,15 +16,19 @@ from typer.testing import CliRunner
 
 from rainctl.cli.app import app
 from rainctl.cli.lab import status_lines
+from rainctl.config import parse_config
 from rainctl.lab import builder, mconsole, processes
 from rainctl.lab.builder import HostStatus, LabStatus, NodeStatus
 from rainctl.lab.plan import (
+    BACKEND_PORT,
     BACKENDS_MAX,
     IPVS_MODULES,
     LAB_NETWORK,
     NODES_MAX,
+    PROXY_PORT,
     cluster_config,
     init_script,
+    lab_vips,
     lab_vips6,
     plan_lab,
     uml_command,
@@ -319,3 +323,16 @@ def test_an_ipv6_lab_adds_one_ipv6_vip_per_node_without_services() -> None:
     plain = init_script(plan_lab(nodes=3, backends=2), plan.nodes[1], "/s/n2")
     assert "ip -6" not in plain
     assert "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6" in plain
+
+
+def test_a_proxy_lab_adds_one_proxied_service_that_the_config_accepts() -> None:
+    plan = plan_lab(nodes=3, backends=2)
+    text = cluster_config(plan, profile="lan", key_file="k", proxy=True)
+    config = parse_config(text, "lab.toml")
+    proxied = [service for service in config.services if service.mode.value == "http"]
+    assert [(s.vip, s.port) for s in proxied] == [(str(lab_vips(plan)[0]), PROXY_PORT)]
+    assert [(rs.address, rs.port) for rs in proxied[0].real_servers] == [
+        (str(host.address.ip), BACKEND_PORT) for host in plan.backends
+    ]
+    without = parse_config(cluster_config(plan, profile="lan", key_file="k"), "lab.toml")
+    assert len(without.services) == len(config.services) - 1
