@@ -439,8 +439,15 @@ def _build_network(plan: LabPlan) -> None:
         ]
     for node in plan.nodes:
         for nic in node.nics:
+            # gso_max_segs 1 on the bridge port: a TCP sender in a namespace (a back-end)
+            # hands the veth segments of up to 64 KB, which reach UML's raw socket whole and
+            # are dropped there (the guest reads one MTU); the kernel cuts them into MTU
+            # frames before this port instead. Without it TCP into a guest crawls at ~20
+            # KB/s (the proxied downloads of tests/lab/test_lab_proxy.py); IPVS never
+            # noticed, its large replies go from the back-ends straight to the client.
             commands += [
                 f"link add {nic.uml_end} type veth peer name {nic.bridge_end}",
+                f"link set {nic.bridge_end} gso_max_segs 1",
                 f"link set {nic.bridge_end} master {nic.bridge} up",
                 f"link set {nic.uml_end} up",
             ]
