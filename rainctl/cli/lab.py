@@ -261,6 +261,26 @@ def kill(node: NodeName, state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     typer.echo(f"killed {node}")
 
 
+@lab_app.command("kill-backend")
+def kill_backend(
+    backend: Annotated[str, typer.Argument(help="A back-end's name, e.g. backend1.")],
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """SIGKILL a back-end's servers (HTTP, echo, agent): its ports answer RST from now on."""
+    builder.kill_backend(state_dir, backend)
+    typer.echo(f"killed the servers of {backend}")
+
+
+@lab_app.command("start-backend")
+def start_backend(
+    backend: Annotated[str, typer.Argument(help="A back-end's name, e.g. backend1.")],
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Start a back-end's servers again after `kill-backend`."""
+    builder.start_backend(state_dir, backend)
+    typer.echo(f"started the servers of {backend}")
+
+
 @lab_app.command()
 def restart(
     node: NodeName,

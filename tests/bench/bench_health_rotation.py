@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python tests/bench/bench_health_rotation.py [--servers 0,1000] [--nodes 3]
-        [--profile lan] [--duration-s 60]
+        [--profile lan] [--duration-s 60] [--realtime-priority N]
 
 For each back-end count: a farm process (rainctl.lab.farm) listens on that many loopback ports
 (accepts and closes: a live back-end), and N real `rainctl daemon` processes on loopback
@@ -17,7 +17,9 @@ user + system over the window), the back-end state changes the checkers logged a
 verdict tables the daemons applied (every back-end is alive: each is a false down or its
 end), and the probes per second each back-end received (the farm counts accepted
 connections). Each status answer lists every real server: the sampling itself costs the
-daemons a little, the same in both runs per sample.
+daemons a little, the same in both runs per sample. With --realtime-priority N the daemons
+run at SCHED_RR N (the systemd unit's way); their health workers still start at normal
+scheduling (SCHED_RESET_ON_FORK) and nice 10.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
+def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_priority: int) -> None:
     directory = Path(tempfile.mkdtemp(prefix="rainctl-rotation-"))
     ports_file, counts_file = directory / "ports", directory / "counts"
     farm = subprocess.Popen(
@@ -93,7 +95,11 @@ def run(servers: int, nodes: int, profile: str, duration_s: float) -> None:
             with (node_dir / "daemon.log").open("wb") as log:
                 daemons.append(
                     subprocess.Popen(
-                        daemon_command(config, node_id, node_dir / "state", sockets[-1]),
+                        [
+                            *daemon_command(config, node_id, node_dir / "state", sockets[-1]),
+                            "--realtime-priority",
+                            str(realtime_priority),
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                     )
@@ -159,9 +165,16 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--profile", default="lan")
     parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--realtime-priority", type=int, default=0)
     arguments = parser.parse_args()
     for servers in (int(value) for value in arguments.servers.split(",")):
-        run(servers, arguments.nodes, arguments.profile, arguments.duration_s)
+        run(
+            servers,
+            arguments.nodes,
+            arguments.profile,
+            arguments.duration_s,
+            arguments.realtime_priority,
+        )
 
 
 if __name__ == "__main__":

@@ -285,6 +285,17 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["lab", "freeze", "x", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
+    result = runner.invoke(app, ["lab", "up", "--proxy", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rainctl: error: --proxy needs --daemon (the proxies run under the nodes' daemons)\n"
+    )
+    for command in ("kill-backend", "start-backend"):
+        result = runner.invoke(app, ["lab", command, "backend1", "--state-dir", str(tmp_path)])
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"rainctl: error: no lab in {tmp_path} (run `rainctl lab up`)\n",
+        )
 
 
 def test_down_without_a_lab_is_a_no_op(tmp_path: Path) -> None:
