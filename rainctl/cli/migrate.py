@@ -9,8 +9,9 @@ JSON with `--json`) then goes to standard error so that `> file` captures the fi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, RenderableType
@@ -61,12 +62,13 @@ def import_keepalived_command(
     rainctl equivalent is listed with its file:line."""
     _check_json(as_json, output)
     result = import_keepalived(files)
-    _emit(result.text, output)
-    destination = None if output is None else str(output)
-    if as_json:
-        typer.echo(json.dumps(import_document(result, destination), indent=2))
-    else:
-        _summary(import_summary(result, destination), output)
+    _finish(
+        result.text,
+        output,
+        as_json,
+        lambda destination: import_document(result, destination),
+        lambda destination: import_summary(result, destination),
+    )
 
 
 @export_app.command("keepalived")
@@ -93,12 +95,13 @@ def export_keepalived_command(
     _check_json(as_json, output)
     config = load_config(config_file)
     result = export_keepalived(config, node_id=node, interface=interface, source=str(config_file))
-    _emit(result.text, output)
-    destination = None if output is None else str(output)
-    if as_json:
-        typer.echo(json.dumps(export_document(result, destination), indent=2))
-    else:
-        _summary(export_summary(result, destination), output)
+    _finish(
+        result.text,
+        output,
+        as_json,
+        lambda destination: export_document(result, destination),
+        lambda destination: export_summary(result, destination),
+    )
 
 
 def _check_json(as_json: bool, output: Path | None) -> None:
@@ -116,8 +119,21 @@ def _emit(text: str, output: Path | None) -> None:
         raise MigrationError(f"{output}: cannot write: {error.strerror or error}") from error
 
 
-def _summary(renderable: RenderableType, output: Path | None) -> None:
-    Console(stderr=output is None, width=160).print(renderable)
+def _finish(
+    text: str,
+    output: Path | None,
+    as_json: bool,
+    document: Callable[[str | None], dict[str, Any]],
+    summary: Callable[[str | None], RenderableType],
+) -> None:
+    """Write the file (or print it), then the JSON document or the summary (on stderr when
+    the file went to stdout), both told where the file went."""
+    _emit(text, output)
+    destination = None if output is None else str(output)
+    if as_json:
+        typer.echo(json.dumps(document(destination), indent=2))
+    else:
+        Console(stderr=output is None, width=160).print(summary(destination))
 
 
 def register(app: typer.Typer) -> None:

@@ -25,10 +25,7 @@ scheduling (SCHED_RESET_ON_FORK) and nice 10.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,14 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
-from rainctl.daemon.control import ControlError, request
+from rainctl.bench.report import percentile
 from rainctl.lab.farm import read_counts
-from rainctl.testing.ports import daemon_command, free_udp_ports
+from rainctl.testing.loopback import LoopbackRing, cpu_shares
+from rainctl.testing.ports import free_udp_ports
 
 SETTLE_S = 8.0
-SAMPLE_HZ = 2
 SERVERS_PER_SERVICE = 100
 VIP = "198.18.2.1"
 
@@ -68,11 +63,6 @@ def _config(directory: Path, nodes: int, profile: str, backend_ports: list[int])
     return path
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_priority: int) -> None:
     directory = Path(tempfile.mkdtemp(prefix="rainctl-rotation-"))
     ports_file, counts_file = directory / "ports", directory / "counts"
@@ -80,57 +70,24 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
         [sys.executable, "-m", "rainctl.lab.farm", "--count", str(servers),
          "--ports-file", str(ports_file), "--counts-file", str(counts_file)]
     )  # fmt: skip
-    daemons: list[subprocess.Popen[bytes]] = []
+    ring: LoopbackRing | None = None
     try:
         deadline = time.monotonic() + 30
         while not ports_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         backend_ports = [int(p) for p in ports_file.read_text().split()] if servers else []
         config = _config(directory, nodes, profile, backend_ports)
-        sockets = []
-        for node_id in range(1, nodes + 1):
-            node_dir = directory / f"node{node_id}"
-            node_dir.mkdir()
-            sockets.append(node_dir / "control.sock")
-            with (node_dir / "daemon.log").open("wb") as log:
-                daemons.append(
-                    subprocess.Popen(
-                        [
-                            *daemon_command(config, node_id, node_dir / "state", sockets[-1]),
-                            "--realtime-priority",
-                            str(realtime_priority),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                    )
-                )
+        ring = LoopbackRing(
+            config, directory, nodes, ("--realtime-priority", str(realtime_priority))
+        )
+        ring.start()
         time.sleep(SETTLE_S)
-        cpu_start = {
-            process.pid: sum(process.cpu_times()[:2])
-            for daemon in daemons
-            for process in [psutil.Process(daemon.pid), *psutil.Process(daemon.pid).children()]
-        }
+        cpu_start = ring.cpu_times()
         counts_start = read_counts(counts_file) if servers else (0.0, 0)
         started = time.monotonic()
-        rotations: list[float] = []
-        while time.monotonic() - started < duration_s:
-            for path in sockets:
-                with contextlib.suppress(ControlError):
-                    rotation = request(path, "status", timeout_s=1.0).get("rotation_ms")
-                    if rotation is not None:
-                        rotations.append(float(rotation))
-            time.sleep(1 / SAMPLE_HZ)
-        elapsed = time.monotonic() - started
-        cpu: list[str] = []
-        for daemon in daemons:
-            parent = psutil.Process(daemon.pid)
-            for process in [parent, *parent.children()]:
-                used = sum(process.cpu_times()[:2]) - cpu_start.get(process.pid, 0.0)
-                role = "daemon" if process.pid == parent.pid else "worker"
-                cpu.append(f"{role} {100 * used / elapsed:.1f}%")
-        logs = "".join(
-            (directory / f"node{n}" / "daemon.log").read_text() for n in range(1, nodes + 1)
-        )
+        rotations = ring.rotations(duration_s)
+        cpu = cpu_shares(cpu_start, ring.cpu_times(), time.monotonic() - started)
+        logs = ring.logs()
         changes = logs.count("WARNING rainctl.health: back-end")
         tables = logs.count("back-end verdicts of ring")
         probes = f"; {changes} back-end state changes counted, {tables} verdict tables applied"
@@ -140,20 +97,13 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
             probes += f"; {(n1 - n0) / (t1 - t0) / servers:.2f} probes/s per back-end"
         print(
             f"{servers} back-ends, {nodes} nodes, {profile}: rotation p50 "
-            f"{statistics.median(rotations):.0f} / p99 {_percentile(rotations, 0.99):.0f} / max "
+            f"{statistics.median(rotations):.0f} / p99 {percentile(rotations, 0.99):.0f} / max "
             f"{max(rotations):.0f} ms over {len(rotations)} samples; CPU per process: "
             f"{', '.join(cpu)}{probes}"
         )
     finally:
-        for daemon in daemons:
-            if daemon.poll() is None:
-                os.kill(daemon.pid, signal.SIGTERM)
-        for daemon in daemons:
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        if ring is not None:
+            ring.stop()
         farm.kill()
         farm.wait()
         shutil.rmtree(directory, ignore_errors=True)

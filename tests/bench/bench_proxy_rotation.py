@@ -21,12 +21,10 @@ SCHED_RR N (their workers then still start at normal scheduling).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,13 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
-from rainctl.daemon.control import ControlError, request
-from rainctl.testing.ports import daemon_command, free_udp_ports
+from rainctl.bench.report import percentile
+from rainctl.testing.loopback import LoopbackRing, cpu_shares
+from rainctl.testing.ports import free_udp_ports
 
 SETTLE_S = 8.0
-SAMPLE_HZ = 2
 VIP = "127.0.0.77"
 PORT = 8088
 FILE_BYTES = 10_000
@@ -61,11 +57,6 @@ def _config(directory: Path, origins: list[int]) -> Path:
     return path
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def _start_origin(file: Path) -> tuple[subprocess.Popen[bytes], int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "rainctl.testing.origin", "--file", str(file)],
@@ -76,41 +67,16 @@ def _start_origin(file: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-def _cpu(processes: list[psutil.Process]) -> dict[int, float]:
-    times = {}
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times[process.pid] = sum(process.cpu_times()[:2])
-    return times
-
-
-def _phase(
-    name: str, sockets: list[Path], daemons: list[psutil.Process], duration_s: float
-) -> None:
-    watched = [*daemons, *(child for daemon in daemons for child in daemon.children())]
-    before = _cpu(watched)
+def _phase(name: str, ring: LoopbackRing, duration_s: float) -> None:
+    before = ring.cpu_times()
     started = time.monotonic()
-    rotations: list[float] = []
-    while time.monotonic() - started < duration_s:
-        for path in sockets:
-            with contextlib.suppress(ControlError):
-                rotation = request(path, "status", timeout_s=1.0).get("rotation_ms")
-                if rotation is not None:
-                    rotations.append(float(rotation))
-        time.sleep(1 / SAMPLE_HZ)
-    elapsed = time.monotonic() - started
-    after = _cpu(watched)
-    daemon_pids = {daemon.pid for daemon in daemons}
-    shares = {
-        pid: 100 * (after[pid] - before.get(pid, 0.0)) / elapsed for pid in after if pid in before
-    }
-    daemon_cpu = [f"{shares[pid]:.1f}" for pid in shares if pid in daemon_pids]
-    other_cpu = [f"{shares[pid]:.1f}" for pid in shares if pid not in daemon_pids]
+    rotations = ring.rotations(duration_s)
+    cpu = cpu_shares(before, ring.cpu_times(), time.monotonic() - started)
     print(
         f"{name}: rotation p50 {statistics.median(rotations):.0f} / p99 "
-        f"{_percentile(rotations, 0.99):.0f} / max {max(rotations):.0f} ms over "
-        f"{len(rotations)} samples; CPU % of a core: daemons {', '.join(daemon_cpu)}, "
-        f"their proxy workers and checkers {', '.join(other_cpu)}",
+        f"{percentile(rotations, 0.99):.0f} / max {max(rotations):.0f} ms over "
+        f"{len(rotations)} samples; CPU per process (workers: proxies and checkers): "
+        f"{', '.join(cpu)}",
         flush=True,
     )
 
@@ -123,32 +89,14 @@ def run(duration_s: float, connections: int, realtime_priority: int) -> None:
     file.write_bytes(os.urandom(FILE_BYTES))
     os.utime(file, (1_700_000_000, 1_700_000_000))
     origins = [_start_origin(file) for _ in range(2)]
-    daemons: list[subprocess.Popen[bytes]] = []
+    ring: LoopbackRing | None = None
     try:
         config = _config(directory, [port for _, port in origins])
-        sockets = []
-        for node_id in range(1, NODES + 1):
-            node_dir = directory / f"node{node_id}"
-            node_dir.mkdir()
-            sockets.append(node_dir / "control.sock")
-            command = daemon_command(config, node_id, node_dir / "state", sockets[-1])
-            with (node_dir / "daemon.log").open("wb") as log:
-                daemons.append(
-                    subprocess.Popen(
-                        [
-                            *command,
-                            "--proxy-workers",
-                            "1",
-                            "--realtime-priority",
-                            str(realtime_priority),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                    )
-                )
+        options = ("--proxy-workers", "1", "--realtime-priority", str(realtime_priority))
+        ring = LoopbackRing(config, directory, NODES, options)
+        ring.start()
         time.sleep(SETTLE_S)
-        watched = [psutil.Process(daemon.pid) for daemon in daemons]
-        _phase("proxy at rest", sockets, watched, duration_s)
+        _phase("proxy at rest", ring, duration_s)
         wrk = subprocess.Popen(
             ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration_s + 5:.0f}s",
              f"http://{VIP}:{PORT}/file"],
@@ -156,7 +104,7 @@ def run(duration_s: float, connections: int, realtime_priority: int) -> None:
         )  # fmt: skip
         try:
             time.sleep(2)
-            _phase(f"proxy saturated ({connections} connections)", sockets, watched, duration_s)
+            _phase(f"proxy saturated ({connections} connections)", ring, duration_s)
             output, _ = wrk.communicate(timeout=duration_s + 30)
         finally:
             if wrk.poll() is None:
@@ -165,15 +113,8 @@ def run(duration_s: float, connections: int, realtime_priority: int) -> None:
         rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
         print(f"wrk through the proxies: {rate.group(1) if rate else '?'} requests/s", flush=True)
     finally:
-        for daemon in daemons:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-        for daemon in daemons:
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        if ring is not None:
+            ring.stop()
         for process, _ in origins:
             process.kill()
             process.wait()

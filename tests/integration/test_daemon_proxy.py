@@ -15,12 +15,10 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from rainctl.daemon.control import request
 from rainctl.testing.ports import RAINCTL, daemon_command, free_udp_ports
@@ -93,15 +91,6 @@ def backends_everywhere(daemons: list[Daemon], port: int) -> set[tuple[str, ...]
         listed = [s["backends"] for s in services if s["listen"] == f"{VIP}:{port}"]
         seen.add(tuple(listed[0]) if listed else ())
     return seen
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def stop_all(daemons: list[Daemon]) -> None:

@@ -16,7 +16,6 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,15 +25,6 @@ from tests.integration.proxy_stack import Stack, fetch, free_tcp_port, write_con
 
 SIZE = 3_000_000
 SEED = 8
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture
