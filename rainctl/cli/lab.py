@@ -24,7 +24,14 @@ from rich.table import Table
 from rainctl.errors import OptionError
 from rainctl.lab import builder, demo
 from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
-from rainctl.lab.plan import BACKEND_PORT, ECHO_PORT, MODES, PROFILES, PROXY_PORT
+from rainctl.lab.plan import (
+    BACKEND_PORT,
+    ECHO_PORT,
+    MEMORY_MB_DEFAULT,
+    MODES,
+    PROFILES,
+    PROXY_PORT,
+)
 from rainctl.lab.processes import LabError
 
 lab_app = typer.Typer(
@@ -163,7 +170,9 @@ def up(
     prefix: Annotated[
         str, typer.Option("--prefix", help="Prefix of every namespace and interface name.")
     ] = "rlab",
-    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Memory of each node.")] = 128,
+    memory_mb: Annotated[
+        int, typer.Option("--memory-mb", help="Memory of each node.")
+    ] = MEMORY_MB_DEFAULT,
     timeout_s: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the nodes to boot.")
     ] = builder.BOOT_TIMEOUT_S,

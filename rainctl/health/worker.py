@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     except RainctlError as exc:
         log.error("health worker: %s", exc)  # noqa: TRY400
         return 2
+    except BrokenPipeError:
+        # The daemon is gone (its end of the pipe closed): nobody to tell, nothing to check
+        # for. Quietly, and so that the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

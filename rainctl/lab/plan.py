@@ -30,6 +30,11 @@ BACKENDS_MAX = 32
 PREFIX_MAX_CHARS = 8
 """Interface names are at most 15 characters: `<prefix>n8v1` and `<prefix>c0b` must fit."""
 MEMORY_MB_MIN = 64
+MEMORY_MB_DEFAULT = 192
+"""A guest keeps about 97 of 128 MB for its processes; the daemon (~50 MB), its status
+helper (~20 MB) and its health worker (~20 MB) left nothing for a burst, and the guest's
+OOM killer took the daemon (seen in the health lab). 192 MB leaves room for a proxy worker
+too."""
 LAB_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
 FRONT_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 BACK_NETWORK = ipaddress.IPv4Network("198.18.1.0/24")
@@ -181,7 +186,7 @@ def plan_lab(
     nodes: int,
     backends: int,
     prefix: str = "rlab",
-    memory_mb: int = 128,
+    memory_mb: int = MEMORY_MB_DEFAULT,
     mode: str = "dr",
     ipv6: bool = False,
 ) -> LabPlan:

@@ -148,14 +148,14 @@ def daemon_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="session")
 def proxy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """3 nodes (profile lan), 2 DR back-ends and the first VIP's `mode = "http"` service
-    (`--proxy`); 192 MB per node for the proxy workers beside the daemon."""
+    (`--proxy`)."""
     yield from _session_lab(
         tmp_path_factory,
         "proxy-lab",
         "rlp",
         f"proxy lab up ({DAEMON_NODES} nodes, 2 back-ends, every daemon answering)",
         ["--nodes", str(DAEMON_NODES), "--backends", "2", "--daemon", "--profile", "lan",
-         "--mode", "dr", "--proxy", "--memory-mb", "192"],
+         "--mode", "dr", "--proxy"],
     )  # fmt: skip
 
 
