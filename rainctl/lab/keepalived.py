@@ -29,6 +29,7 @@ import shlex
 import string
 
 from rainctl.lab.plan import STATUS_INTERVAL_S, LabPlan, Node, lab_vips
+from rainctl.templating import render
 
 ADVERT_INTS = (1.0, 0.1, 0.05, 0.01)
 """The advert intervals the benchmark runs by default (GOALS.md's peer table)."""
@@ -77,32 +78,20 @@ def home_node(plan: LabPlan, vip: str) -> Node:
 
 
 def config(plan: LabPlan, node: Node, *, advert_int: float) -> str:
-    """keepalived.conf for `node`: one VRRPv3 instance per lab VIP on vec0."""
+    """keepalived.conf for `node`: one VRRPv3 instance per lab VIP on vec0
+    (templates/lab_keepalived.conf.j2)."""
     advert = check_advert_int(advert_int)
-    interface = node.nics[0].guest_name
-    lines = [
-        f"# keepalived on lab node {node.name} (rainctl.lab.keepalived): do not edit.",
-        "global_defs {",
-        f"    router_id {node.name}",
-        "    vrrp_version 3",
-        "}",
-        "",
+    instances = [
+        {"index": index, "priority": priority(plan, node, index), "vip": str(vip)}
+        for index, vip in enumerate(lab_vips(plan))
     ]
-    for index, vip in enumerate(lab_vips(plan)):
-        lines += [
-            f"vrrp_instance vip{index} {{",
-            "    state BACKUP",
-            f"    interface {interface}",
-            f"    virtual_router_id {index + 1}",
-            f"    priority {priority(plan, node, index)}",
-            f"    advert_int {advert:g}",
-            "    virtual_ipaddress {",
-            f"        {vip}/32 dev {interface}",
-            "    }",
-            "}",
-            "",
-        ]
-    return "\n".join(lines)
+    return render(
+        "lab_keepalived.conf.j2",
+        node_name=node.name,
+        interface=node.nics[0].guest_name,
+        advert_int=f"{advert:g}",
+        instances=instances,
+    )
 
 
 _SECTION = string.Template(

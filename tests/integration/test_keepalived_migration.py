@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 
 from rainctl.cli.app import app
 from rainctl.config import load_config, parse_config
+from rainctl.lab import keepalived as lab_keepalived
+from rainctl.lab.plan import plan_lab
 from rainctl.migrate.keepalived_export import export_keepalived
 from rainctl.migrate.keepalived_import import import_keepalived
 from tests.unit.test_keepalived_import import CORPUS, VALID, fill_placeholders
@@ -347,3 +349,15 @@ def test_export_option_errors(tmp_path: Path) -> None:
     assert result.stderr == (
         "rainctl: error: --json: needs --output (the file itself goes to standard output)\n"
     )
+
+
+def test_the_lab_peers_config_is_accepted(keepalived: str, interface: str, tmp_path: Path) -> None:
+    """The keepalived.conf the lab's benchmark peer runs (rainctl.lab.keepalived, rendered
+    from templates/lab_keepalived.conf.j2), for every node and advert_int it is run with."""
+    plan = plan_lab(nodes=3, backends=0)
+    for node in plan.nodes:
+        for advert_int in (1.0, 0.1, 0.05, 0.01):
+            text = lab_keepalived.config(plan, node, advert_int=advert_int)
+            path = tmp_path / f"{node.name}-{advert_int:g}.conf"
+            path.write_text(text.replace("vec0", interface), encoding="utf-8")
+            assert config_test(keepalived, path) == (0, ""), text
