@@ -9,11 +9,15 @@ one `IpvsTable.apply` (pipelined netlink on Linux: GOALS.md S1), reads back only
 services it touched, then makes the sync daemons match. A pass runs at start, at once after
 `want` (config reload) or new verdicts, and every `REFRESH_S` otherwise. The whole table is
 read again when the last whole read is older than `full_read_interval_s` (REFRESH_S, or
-READ_BUDGET times that read's duration for a table so large that reading it takes long:
-inside UML one real-server dump costs about 3 ms, so 1,000 services take 3 s); that read
-refreshes the counters that `status` and `connections` report and puts back what someone
-removed by hand. After a failure the next pass comes `RETRY_S` later and starts again from a
-whole read.
+READ_BUDGET times that read's duration); that read refreshes the counters that `status`
+and `connections` report and puts back what someone changed by hand. A table whose whole
+read takes longer than SWEEP_SLICE_S (inside UML one real-server dump costs about 2 ms, so
+1,000 services take 2 s) is instead swept: every REFRESH_S one slice of its services (about
+SWEEP_SLICE_S of reading) is read again, together with one cheap list of the kernel's
+services that shows what was added or deleted by hand, and only those services and the
+changed ones are diffed; so a reload or a verdict never waits behind seconds of reading,
+and the counters of a swept table are up to one sweep old. After a failure the next pass
+comes `RETRY_S` later and starts again from a whole read.
 
 Every service is configured on every node whatever the ring decides (only the VIP's owner
 receives traffic), so nothing here depends on ownership. rainctl owns the node's IPVS table:
@@ -45,8 +49,10 @@ from rainctl.core.dataplane import (
     IpvsService,
     IpvsState,
     OpKind,
+    ServiceKey,
     ServiceProtocol,
     ServiceSpec,
+    address_order,
     desired_entry,
     diff_changed,
     diff_ipvs,
@@ -74,6 +80,10 @@ REFRESH_S = 1.0
 RETRY_S = 1.0
 READ_BUDGET: Final = 20
 """A whole-table read is repeated at most every READ_BUDGET times its own duration."""
+SWEEP_SLICE_S: Final = 0.1
+"""A table whose whole read takes longer is re-read in slices that take about this long
+(inside UML 1,000 services took 2 s to read whole, and a reload or a verdict waited)."""
+SWEEP_SERVICES_MIN: Final = 16
 STATUS_SERVICES_MAX = 64
 """The status document lists at most this many services (the totals are always there)."""
 LOGGED_OPERATIONS: Final = 20
@@ -203,6 +213,7 @@ class DataPlaneReconciler:
         worker: Executor | None = None,
         refresh_s: float = REFRESH_S,
         retry_s: float = RETRY_S,
+        sweep_slice_s: float = SWEEP_SLICE_S,
     ) -> None:
         self._table = table
         self._worker = worker
@@ -210,6 +221,7 @@ class DataPlaneReconciler:
         table needs the one thread that opened it (None: the loop's default pool)."""
         self._refresh_s = refresh_s
         self._retry_s = retry_s
+        self._sweep_slice_s = sweep_slice_s
         self._wake = asyncio.Event()
         self._sync: SyncWanted | None = None
         self._services: tuple[ServiceSpec, ...] = ()
@@ -232,6 +244,11 @@ class DataPlaneReconciler:
         """When the table was last read whole (time.monotonic(); None: read it next)."""
         self._read_s = 0.0
         """How long that read took."""
+        self._read_services = 0
+        """How many services it read."""
+        self._sweep_next = 0
+        """Where the next slice of a swept table starts (an index into the services in key
+        order)."""
         self.operations = 0
         """Kernel changes made (service and real-server operations, sync daemon starts and
         stops)."""
@@ -341,6 +358,16 @@ class DataPlaneReconciler:
         a large table costs at most 1 / READ_BUDGET of the worker's time."""
         return max(self._refresh_s, READ_BUDGET * self._read_s)
 
+    def sweeping(self) -> bool:
+        """Whether the table is re-read in slices (its whole read took longer than
+        SWEEP_SLICE_S: a change must not wait behind a read of seconds)."""
+        return self._read_s > self._sweep_slice_s
+
+    def sweep_services(self) -> int:
+        """Services per slice: about SWEEP_SLICE_S of reading, at the last whole read's pace."""
+        per_service_s = self._read_s / max(1, self._read_services)
+        return max(SWEEP_SERVICES_MIN, int(self._sweep_slice_s / max(per_service_s, 1e-6)))
+
     def _pass(self, wanted: _Wanted, sync: SyncWanted | None) -> _Pass:
         """One read-diff-apply round (worker thread): the desired table from the wanted
         services, verdicts and drains; the baseline is the kernel's table as last read:
@@ -379,12 +406,14 @@ class DataPlaneReconciler:
             last is None
             or matched is None
             or self._read_at is None
-            or now - self._read_at >= (self.full_read_interval_s())
+            or (now - self._read_at >= self.full_read_interval_s() and not self.sweeping())
         ):
-            entries = self._table.list_services()
-            self._read_s = time.monotonic() - now
-            self._read_at = now
+            entries = self._read_whole(now)
             ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
+        elif now - self._read_at >= self._refresh_s and self.sweeping():
+            self._read_at = now
+            entries, examined = self._read_slice(last.entries)
+            ops = _diff_where(entries, examined | _changed_keys(matched, desired), desired)
         elif desired is matched:
             # Nothing was read and nothing is wanted anew since the last pass left the
             # table as desired: no diff (of 11,000 objects, in UML a tenth of a second).
@@ -412,6 +441,40 @@ class DataPlaneReconciler:
         self._matched = desired
         return _Pass(tuple(entries), daemons)
 
+    def _read_whole(self, now: float) -> list[ServiceEntry]:
+        entries = self._table.list_services()
+        self._read_s = time.monotonic() - now
+        self._read_services = len(entries)
+        self._read_at = now
+        return entries
+
+    def _read_slice(
+        self, known: Sequence[ServiceEntry]
+    ) -> tuple[list[ServiceEntry], set[ServiceKey]]:
+        """The baseline with the next slice of services read again, and the (core) keys
+        of the services whose kernel state that read may have changed. One cheap list of
+        the kernel's services tells what someone added or deleted by hand; those are read
+        too, so a sweep puts back everything a whole read would, a slice at a time."""
+        listed = {service.key: service for service in self._table.list_virtual_services()}
+        by_key = {entry.service.key: entry for entry in known}
+        order = sorted(listed, key=lambda key: service_order(listed[key]))
+        count = min(len(order), self.sweep_services())
+        start = self._sweep_next % len(order) if order else 0
+        self._sweep_next = start + count
+        chosen = {*(order + order)[start : start + count], *(listed.keys() - by_key.keys())}
+        gone = by_key.keys() - listed.keys()
+        fresh = self._table.list_services([listed[key] for key in chosen])
+        entries = sorted(
+            [
+                *(e for key, e in by_key.items() if key not in chosen and key not in gone),
+                *fresh,
+            ],
+            key=lambda entry: service_order(entry.service),
+        )
+        examined = {_core_key(listed[key]) for key in chosen}
+        examined |= {_core_key(by_key[key].service) for key in gone}
+        return entries, examined
+
     def _ensure_sync(self, sync: SyncWanted | None) -> tuple[SyncDaemon, ...]:
         running = {daemon.state: daemon for daemon in self._table.list_sync_daemons()}
         wanted = {} if sync is None else {daemon.state: daemon for daemon in sync.daemons()}
@@ -430,6 +493,27 @@ class DataPlaneReconciler:
                 self.operations += 1
                 log.info("ipvs: started sync daemon %s", want)
         return tuple(self._table.list_sync_daemons())
+
+
+def _core_key(service: VirtualService) -> ServiceKey:
+    """A kernel service's key as the core's tables are ordered and keyed."""
+    return (*address_order(service.address), service.port, service.protocol.value)
+
+
+def _changed_keys(before: IpvsState, after: IpvsState) -> set[ServiceKey]:
+    """Keys whose desired entry is not the same object in both tables."""
+    old = {entry.service.key: entry for entry in before}
+    new = {entry.service.key: entry for entry in after}
+    return {key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)}
+
+
+def _diff_where(
+    entries: Sequence[ServiceEntry], keys: set[ServiceKey], desired: IpvsState
+) -> list[IpvsOp]:
+    """The diff of the kernel's `entries` against `desired`, over the services of `keys`
+    only (the rest is known to match)."""
+    current = [core_entry(entry) for entry in entries if _core_key(entry.service) in keys]
+    return diff_ipvs(current, [entry for entry in desired if entry.service.key in keys])
 
 
 def _log_operations(ops: Sequence[IpvsOp], took_s: float) -> None:

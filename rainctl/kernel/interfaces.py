@@ -79,6 +79,10 @@ class IpvsTable(Protocol):
         """Every service with its real servers and counters, in `service_order`; with `only`,
         just those of these services (by key) that exist (a cheaper read after a change)."""
 
+    def list_virtual_services(self) -> list[VirtualService]:
+        """Every service without its real servers, in `service_order`: the cheap part of a
+        whole read (one request to the kernel, where the real servers cost one per service)."""
+
     def add_service(self, service: VirtualService) -> None: ...
     def update_service(self, service: VirtualService) -> None: ...
     def delete_service(self, service: VirtualService) -> None:

@@ -670,6 +670,10 @@ class LinuxIpvsTable:
         entries = [entry for entry in map(decode_dest, replies) if entry is not None]
         return sorted(entries, key=lambda entry: entry.server.key)
 
+    def list_virtual_services(self) -> list[VirtualService]:
+        """One dump of the services."""
+        return sorted((service for service, _stats in self._services()), key=service_order)
+
     def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
         """One dump of the services, then one of the real servers of each (of `only`)."""
         keys = None if only is None else {service.key for service in only}

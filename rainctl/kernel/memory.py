@@ -114,6 +114,10 @@ class MemoryIpvsTable:
         self.changes = 0
         """How many calls changed something (idempotent calls do not count)."""
 
+    def list_virtual_services(self) -> list[VirtualService]:
+        with self._lock:
+            return sorted(self._services.values(), key=service_order)
+
     def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
         keys = None if only is None else {service.key for service in only}
         with self._lock:

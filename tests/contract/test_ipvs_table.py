@@ -104,6 +104,18 @@ def test_add_service_is_idempotent_and_conflicts_are_eexist(table: IpvsTable) ->
     assert shape(table) == [(DNS, ()), (WEB, ())]
 
 
+def test_virtual_services_are_listed_without_their_real_servers(table: IpvsTable) -> None:
+    assert table.list_virtual_services() == []
+    table.add_service(WEB6)
+    table.add_service(WEB)
+    table.add_real_server(WEB, DR)
+    table.add_service(DNS)
+    listed = table.list_virtual_services()
+    assert listed == [entry.service for entry in table.list_services()]
+    assert {service.key for service in listed} == {WEB.key, WEB6.key, DNS.key}
+    assert listed[-1] == WEB6  # IPv4 before IPv6 (service_order)
+
+
 def test_sctp_services_round_trip(table: IpvsTable) -> None:
     server = RealServer("198.18.1.12", SIGNALLING.port, weight=2, forwarding=Forwarding.DR)
     table.add_service(SIGNALLING)

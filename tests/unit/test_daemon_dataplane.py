@@ -30,6 +30,7 @@ from rainctl.daemon.dataplane import (
     sync_wanted,
 )
 from rainctl.kernel.ipvs import (
+    IpProtocol,
     IpvsError,
     IpvsStats,
     RealServer,
@@ -77,6 +78,8 @@ class RecordingTable(MemoryIpvsTable):
         super().__init__(interfaces)
         self.calls: Counter[str] = Counter()
         self.fail: Counter[str] = Counter()
+        self.reads: list[list[VirtualService] | None] = []
+        """What each list_services call asked for (None: the whole table)."""
 
     def _record(self, name: str) -> None:
         self.calls[name] += 1
@@ -89,7 +92,12 @@ class RecordingTable(MemoryIpvsTable):
 
     def list_services(self, only: Collection[VirtualService] | None = None) -> list[ServiceEntry]:
         self._record("list_services")
+        self.reads.append(None if only is None else list(only))
         return super().list_services(only)
+
+    def list_virtual_services(self) -> list[VirtualService]:
+        self._record("list_virtual_services")
+        return super().list_virtual_services()
 
     def add_service(self, service: VirtualService) -> None:
         self._record("add_service")
@@ -450,3 +458,48 @@ def test_a_change_between_whole_reads_is_diffed_by_the_changed_services_only() -
                 await task
 
     asyncio.run(main())
+
+
+def test_a_swept_table_puts_back_what_was_changed_by_hand_without_whole_reads() -> None:
+    table = RecordingTable()
+    services = [
+        ServiceSpec("198.18.0.100", 2000 + index, real_servers=WEB.real_servers)
+        for index in range(50)
+    ]
+    stranger = VirtualService("198.18.0.199", 9, IpProtocol.TCP, "rr")
+
+    def whole_reads() -> int:
+        return sum(1 for only in table.reads if only is None)
+
+    async def main() -> None:
+        # sweep_slice_s 0: every table counts as large, so it is swept 16 services a pass.
+        reconciler = DataPlaneReconciler(
+            table, services, None, refresh_s=0.005, retry_s=0.01, sweep_slice_s=0.0
+        )
+        task = asyncio.create_task(reconciler.run())
+        try:
+            await settled(reconciler)
+            assert reconciler.sweeping()
+            reads = whole_reads()
+            # By hand: a real server of service 40 drained, service 7 deleted, a stranger
+            # added. The sweep finds all three within a few slices.
+            victim = kernel_service(desired_ipvs(services)[40].service)
+            table.update_real_server(victim, RealServer("198.18.1.11", 80, weight=0))
+            table.delete_service(kernel_service(desired_ipvs(services)[7].service))
+            table.add_service(stranger)
+            await wait_until(
+                lambda: shape_of(table) == desired_ipvs(services), "the sweep put it back"
+            )
+            assert whole_reads() == reads  # slices and lists only
+            assert all(len(only) <= 16 + 1 for only in table.reads[-3:] if only is not None)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def shape_of(table: MemoryIpvsTable) -> tuple[IpvsEntry, ...]:
+    """The table as core entries, read without counting as the reconciler's read."""
+    return tuple(core_entry(entry) for entry in MemoryIpvsTable.list_services(table))
