@@ -60,6 +60,8 @@ def _proxy_table(proxy: dict[str, Any]) -> RenderableType:
         listen = service["listen"]
         if service["refused_listen"]:
             listen += f" (NOT LISTENING: {service['refused_listen']})"
+        elif not service.get("listening_workers"):
+            listen += " (not listening yet)"
         table.add_row(
             listen,
             " ".join(service["backends"]),

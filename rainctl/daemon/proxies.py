@@ -77,6 +77,7 @@ class _Worker:
         self.process = process
         self.counters: dict[str, CounterDocument] = {}
         self.refused: dict[str, str] = {}
+        self.listening: set[str] = set()
 
 
 class ProxyFleet:
@@ -149,6 +150,8 @@ class ProxyFleet:
             message = json.loads(line)
             if "counters" in message:
                 worker.counters = message["counters"]
+            elif "listening" in message:
+                worker.listening = set(message["listening"])
             elif "refused" in message:
                 worker.refused = message["refused"]
                 log.error(
@@ -158,8 +161,9 @@ class ProxyFleet:
                 log.info("proxy worker %d ready", worker.process.pid)
 
     def status(self) -> JsonObject | None:
-        """Per service (VIP:PORT) the counters summed over the workers, present and past;
-        None when the node proxies nothing and never did."""
+        """Per service (VIP:PORT) the back-ends, how many workers listen for it, and the
+        counters summed over the workers, present and past; None when the node proxies
+        nothing and never did."""
         if not self._wanted and not self._running and not self._exited:
             return None
         totals: dict[str, CounterDocument] = {key: dict(doc) for key, doc in self._exited.items()}
@@ -174,6 +178,9 @@ class ProxyFleet:
                 {
                     "listen": str(settings.listen),
                     "backends": [str(backend) for backend in settings.backends],
+                    "listening_workers": sum(
+                        1 for worker in self._running if str(settings.listen) in worker.listening
+                    ),
                     "refused_listen": refused.get(str(settings.listen)),
                     "counters": totals.get(str(settings.listen), {}),
                 }

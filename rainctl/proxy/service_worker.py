@@ -16,8 +16,9 @@ Every worker of the node listens on the same VIP:port (SO_REUSEPORT: the kernel 
 connections over them) with IP_FREEBIND, since a VIP is on this node's interfaces only
 while the node holds it or keeps it on its dummy device.
 
-On stdout, to the daemon: `{"ready": true}` once the first set is applied, `{"refused":
-{"VIP:PORT": reason}}` for a listener that could not start (the others run), and every
+On stdout, to the daemon: `{"ready": true}` once the first set is applied, after every
+set `{"listening": ["VIP:PORT", ...]}` (the services it now accepts connections for) and
+`{"refused": {"VIP:PORT": reason}}` for a listener that could not start, and every
 COUNTERS_S `{"counters": {"VIP:PORT": {...}}}`: each service's counters since the worker
 started (a restarted listener's are carried over). The end of stdin (the daemon stopped,
 however) stops every listener gracefully and ends the worker; so does the death of its
@@ -165,6 +166,7 @@ async def _serve() -> None:
             if refused:
                 log.error("proxy listeners refused: %s", refused)
                 _say({"refused": refused})
+            _say({"listening": sorted(worker.servers)})
             if not ready:
                 ready = True
                 _say({"ready": True})

@@ -84,11 +84,13 @@ def counter(daemons: list[Daemon], port: int, name: str) -> int:
 
 
 def backends_everywhere(daemons: list[Daemon], port: int) -> set[tuple[str, ...]]:
+    """The back-ends each node's proxy has for the service once its worker listens."""
     seen = set()
     for daemon in daemons:
         proxy = proxy_of(daemon)
         services = [] if proxy is None else proxy["services"]
-        listed = [s["backends"] for s in services if s["listen"] == f"{VIP}:{port}"]
+        listed = [s["backends"] for s in services
+                  if s["listen"] == f"{VIP}:{port}" and s["listening_workers"] == 1]  # fmt: skip
         seen.add(tuple(listed[0]) if listed else ())
     return seen
 

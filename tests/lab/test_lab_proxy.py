@@ -81,7 +81,10 @@ def _proxied(status: LabStatus, vip: str) -> list[dict[str, Any] | None]:
 def _serving_everywhere(status: LabStatus, vip: str, backends: int) -> bool:
     rows = _proxied(status, vip)
     return all(
-        row is not None and len(row["backends"]) == backends and row["refused_listen"] is None
+        row is not None
+        and len(row["backends"]) == backends
+        and row["refused_listen"] is None
+        and row["listening_workers"] >= 1
         for row in rows
     )
 

@@ -102,6 +102,7 @@ def test_rendering_of_the_proxy_section() -> None:
             {
                 "listen": "198.18.0.100:80",
                 "backends": ["198.18.1.11:80", "198.18.1.12:80"],
+                "listening_workers": 2,
                 "refused_listen": None,
                 "counters": {
                     "requests": 7,
