@@ -16,6 +16,8 @@ from rainctl.errors import OptionError
 from rainctl.kernel.interfaces import DataPlane
 from rainctl.logs import LOG_FORMAT
 
+PROXY_WORKERS_MAX = 256
+
 
 def daemon(
     *,
@@ -71,8 +73,6 @@ def daemon(
         typer.Option(
             "--proxy-workers",
             help='Proxy worker processes for mode = "http" services (0: one per CPU).',
-            min=0,
-            max=256,
         ),
     ] = 0,
 ) -> None:
@@ -82,6 +82,10 @@ def daemon(
     if not 0 <= realtime_priority <= PRIORITY_MAX:
         raise OptionError(
             f"--realtime-priority: {realtime_priority} is not 1..{PRIORITY_MAX} (or 0 for none)"
+        )
+    if not 0 <= proxy_workers <= PROXY_WORKERS_MAX:
+        raise OptionError(
+            f"--proxy-workers: {proxy_workers} is not 0..{PROXY_WORKERS_MAX} (0: one per CPU)"
         )
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

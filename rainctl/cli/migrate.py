@@ -79,7 +79,7 @@ def export_keepalived_command(
     ],
     node: Annotated[
         int | None,
-        typer.Option("--node", help="The node whose keepalived.conf to write.", min=1, max=65535),
+        typer.Option("--node", help="The node whose keepalived.conf to write."),
     ] = None,
     interface: Annotated[
         str | None,

@@ -10,7 +10,13 @@ import typer
 
 from rainctl.errors import OptionError
 from rainctl.logs import LOG_FORMAT
-from rainctl.proxy.settings import Balance, ProxySettings, parse_endpoint
+from rainctl.proxy.settings import (
+    RESUMES_MAX_DEFAULT,
+    STALL_TIMEOUT_MS_DEFAULT,
+    Balance,
+    ProxySettings,
+    parse_endpoint,
+)
 from rainctl.proxy.worker import run_workers
 
 
@@ -40,10 +46,10 @@ def proxy(
             help="A back-end that sends no body byte for this long has failed: the body is "
             "resumed from another one.",
         ),
-    ] = 2_000,
+    ] = STALL_TIMEOUT_MS_DEFAULT,
     resumes_max: Annotated[
         int, typer.Option("--resumes-max", help="Resumes of one response at most.")
-    ] = 3,
+    ] = RESUMES_MAX_DEFAULT,
     workers: Annotated[
         int | None,
         typer.Option(

@@ -28,6 +28,7 @@ from rainctl.core.dataplane import (
     Scheduler,
     ServiceProtocol,
 )
+from rainctl.proxy.settings import RESUMES_MAX_DEFAULT, STALL_TIMEOUT_MS_DEFAULT
 
 SERVICES_MAX = 1024
 REAL_SERVERS_MAX = 1024
@@ -96,14 +97,15 @@ class ServiceMode(enum.StrEnum):
 
 
 class ProxyOptions(BaseModel):
-    """`proxy = { ... }` of a `mode = "http"` service (defaults: rainctl.proxy.settings)."""
+    """`proxy = { ... }` of a `mode = "http"` service (defaults: rainctl.proxy.settings's,
+    which `rainctl proxy` shares)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     balance: Literal["round-robin", "least-connections"] = "round-robin"
-    stall_timeout_ms: int = Field(default=2_000, ge=50, le=600_000)
+    stall_timeout_ms: int = Field(default=STALL_TIMEOUT_MS_DEFAULT, ge=50, le=600_000)
     """A real server that sends no body byte for this long has failed: resume elsewhere."""
-    resumes_max: int = Field(default=3, ge=0, le=16)
+    resumes_max: int = Field(default=RESUMES_MAX_DEFAULT, ge=0, le=16)
     """Resumes of one response before the client's transfer is ended as broken."""
 
 

@@ -21,7 +21,7 @@ updates, then adds.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -217,10 +217,15 @@ def normalised(entries: Iterable[IpvsEntry]) -> IpvsState:
     return tuple(result)
 
 
-def desired_ipvs(services: Sequence[ServiceSpec]) -> IpvsState:
+def desired_ipvs(
+    services: Sequence[ServiceSpec],
+    make_entry: Callable[[ServiceSpec], IpvsEntry] | None = None,
+) -> IpvsState:
     """The IPVS table the config asks for (identical on every node); proxied services have
-    no place in it."""
-    return in_key_order(desired_entry(spec) for spec in services if not spec.proxied)
+    no place in it. `make_entry` (default `desired_entry`) lets a caller reuse the entries
+    of services it has seen before."""
+    make = desired_entry if make_entry is None else make_entry
+    return in_key_order(make(spec) for spec in services if not spec.proxied)
 
 
 def desired_entry(spec: ServiceSpec) -> IpvsEntry:
@@ -270,15 +275,21 @@ def diff_ipvs(current: Sequence[IpvsEntry], desired: Sequence[IpvsEntry]) -> lis
     return ops
 
 
+def changed_keys(before: IpvsState, after: IpvsState) -> set[ServiceKey]:
+    """The services whose entry is not the same object in both tables."""
+    old = {entry.service.key: entry for entry in before}
+    new = {entry.service.key: entry for entry in after}
+    return {key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)}
+
+
 def diff_changed(before: IpvsState, after: IpvsState) -> list[IpvsOp]:
     """`diff_ipvs(before, after)` at the cost of what changed: services whose entry is the
     same object in both tables are skipped unread (the reconciler, whose kernel table is
     `before`, keeps unchanged services' entries from one desired table to the next)."""
-    old = {entry.service.key: entry for entry in before}
-    new = {entry.service.key: entry for entry in after}
-    changed = [key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)]
+    keys = changed_keys(before, after)
     return diff_ipvs(
-        [old[key] for key in changed if key in old], [new[key] for key in changed if key in new]
+        [entry for entry in before if entry.service.key in keys],
+        [entry for entry in after if entry.service.key in keys],
     )
 
 

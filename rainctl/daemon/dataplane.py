@@ -52,11 +52,11 @@ from rainctl.core.dataplane import (
     ServiceKey,
     ServiceProtocol,
     ServiceSpec,
-    address_order,
+    changed_keys,
     desired_entry,
+    desired_ipvs,
     diff_changed,
     diff_ipvs,
-    in_key_order,
 )
 from rainctl.core.health import ServerKey, ServerOpinion
 from rainctl.core.types import NodeId
@@ -155,17 +155,20 @@ def kernel_server(server: IpvsRealServer) -> RealServer:
     )
 
 
+def core_service(service: VirtualService) -> IpvsService:
+    return IpvsService(
+        vip=service.address,
+        port=service.port,
+        protocol=ServiceProtocol(service.protocol.value),
+        scheduler=service.scheduler,
+        persistence_s=service.persistence_s,
+        flags=service.flags,
+    )
+
+
 def core_entry(entry: ServiceEntry) -> IpvsEntry:
-    service = entry.service
     return IpvsEntry(
-        IpvsService(
-            vip=service.address,
-            port=service.port,
-            protocol=ServiceProtocol(service.protocol.value),
-            scheduler=service.scheduler,
-            persistence_s=service.persistence_s,
-            flags=service.flags,
-        ),
+        core_service(entry.service),
         tuple(
             IpvsRealServer(
                 address=rs.server.address,
@@ -390,15 +393,17 @@ class DataPlaneReconciler:
         """The desired table; the entries of services unchanged since the last one (the
         same objects: rainctl.config.reread, `with_verdicts`) are reused, not made again."""
         entries: dict[int, tuple[ServiceSpec, IpvsEntry]] = {}
-        for service in with_verdicts(*wanted):
-            if service.proxied:
-                continue  # the node's proxy serves it, not IPVS
+
+        def entry_of(service: ServiceSpec) -> IpvsEntry:
             known = self._entries.get(id(service))
             if known is None or known[0] is not service:
                 known = (service, desired_entry(service))
             entries[id(service)] = known
+            return known[1]
+
+        desired = desired_ipvs(with_verdicts(*wanted), entry_of)
         self._entries = entries
-        return in_key_order(entry for _, entry in entries.values())
+        return desired
 
     def _read_diff_apply(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
         now = time.monotonic()
@@ -415,7 +420,7 @@ class DataPlaneReconciler:
         elif now - self._read_at >= self._refresh_s and self.sweeping():
             self._read_at = now
             entries, examined = self._read_slice(last.entries)
-            ops = _diff_where(entries, examined | _changed_keys(matched, desired), desired)
+            ops = _diff_where(entries, examined | changed_keys(matched, desired), desired)
         elif desired is matched:
             # Nothing was read and nothing is wanted anew since the last pass left the
             # table as desired: no diff (of 11,000 objects, in UML a tenth of a second).
@@ -473,8 +478,8 @@ class DataPlaneReconciler:
             ],
             key=lambda entry: service_order(entry.service),
         )
-        examined = {_core_key(listed[key]) for key in chosen}
-        examined |= {_core_key(by_key[key].service) for key in gone}
+        examined = {core_service(listed[key]).key for key in chosen}
+        examined |= {core_service(by_key[key].service).key for key in gone}
         return entries, examined
 
     def _ensure_sync(self, sync: SyncWanted | None) -> tuple[SyncDaemon, ...]:
@@ -497,24 +502,12 @@ class DataPlaneReconciler:
         return tuple(self._table.list_sync_daemons())
 
 
-def _core_key(service: VirtualService) -> ServiceKey:
-    """A kernel service's key as the core's tables are ordered and keyed."""
-    return (*address_order(service.address), service.port, service.protocol.value)
-
-
-def _changed_keys(before: IpvsState, after: IpvsState) -> set[ServiceKey]:
-    """Keys whose desired entry is not the same object in both tables."""
-    old = {entry.service.key: entry for entry in before}
-    new = {entry.service.key: entry for entry in after}
-    return {key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)}
-
-
 def _diff_where(
     entries: Sequence[ServiceEntry], keys: set[ServiceKey], desired: IpvsState
 ) -> list[IpvsOp]:
     """The diff of the kernel's `entries` against `desired`, over the services of `keys`
     only (the rest is known to match)."""
-    current = [core_entry(entry) for entry in entries if _core_key(entry.service) in keys]
+    current = [core_entry(entry) for entry in entries if core_service(entry.service).key in keys]
     return diff_ipvs(current, [entry for entry in desired if entry.service.key in keys])
 
 

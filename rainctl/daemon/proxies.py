@@ -188,9 +188,6 @@ class ProxyFleet:
             ],
         }
 
-    def pids(self) -> list[int]:
-        return [worker.process.pid for worker in self._running]
-
     async def stop(self) -> None:
         """End the workers: their stdin is closed, they finish in-flight responses and exit
         (killed if they linger)."""

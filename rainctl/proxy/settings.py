@@ -15,6 +15,10 @@ from typing import Any
 
 from rainctl.errors import OptionError
 
+STALL_TIMEOUT_MS_DEFAULT = 2_000
+RESUMES_MAX_DEFAULT = 3
+"""The defaults of the options `rainctl proxy` and the config's `proxy = { ... }` share."""
+
 
 class Balance(enum.StrEnum):
     ROUND_ROBIN = "round-robin"
@@ -56,7 +60,7 @@ class ProxySettings:
     listen: Endpoint
     backends: tuple[Endpoint, ...]
     balance: Balance = Balance.ROUND_ROBIN
-    stall_timeout_ms: int = 2_000
+    stall_timeout_ms: int = STALL_TIMEOUT_MS_DEFAULT
     """A back-end that sends no body byte for this long has failed (resume from another);
     it also bounds the wait for a resume candidate's response head."""
     connect_timeout_ms: int = 1_000
@@ -70,7 +74,7 @@ class ProxySettings:
     """A client that accepts no byte for this long is dropped (and so is its back-end)."""
     shutdown_grace_ms: int = 10_000
     """On SIGTERM, in-flight responses get this long to finish."""
-    resumes_max: int = 3
+    resumes_max: int = RESUMES_MAX_DEFAULT
     """Resumes of one response; the next failure ends the client's transfer as broken."""
     retries_max: int = 2
     """Redispatches of one idempotent request before its response started."""
