@@ -32,6 +32,17 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Final, NamedTuple, TypeVar, assert_never
 
+from rainctl.core.cluster_config import (
+    LOST_MAX,
+    OUTCOMES_MAX,
+    REASON_BYTES_MAX,
+    ConfigOutcome,
+    ConfigProposal,
+    ConfigSection,
+    ConfigVersion,
+    ConfigVote,
+    LostVersion,
+)
 from rainctl.core.health import (
     CATALOGUE_DIGEST_BYTES,
     EMPTY_HEALTH,
@@ -79,7 +90,8 @@ from rainctl.core.types import (
 from rainctl.errors import RainctlError
 
 MAGIC: Final = b"RN"
-VERSION: Final = 1
+VERSION: Final = 2
+"""2: the token carries a configuration section and 911s a version (live config)."""
 HEADER_BYTES: Final = 28
 TAG_BYTES: Final = 16
 DATAGRAM_BYTES_MAX: Final = 1472
@@ -593,17 +605,112 @@ def _read_multicast(reader: Reader) -> MulticastMessage:
     )
 
 
-def _write_config_digest(writer: Writer, digest: bytes) -> None:
-    if len(digest) not in (0, CONFIG_DIGEST_BYTES):
-        raise ValueError(f"config digest of {len(digest)} bytes")
-    writer.bytes_u8(digest)
+def _write_config_version(writer: Writer, version: ConfigVersion) -> None:
+    if len(version.digest) not in (0, CONFIG_DIGEST_BYTES):
+        raise ValueError(f"config digest of {len(version.digest)} bytes")
+    writer.u64(version.number)
+    writer.bytes_u8(version.digest)
 
 
-def _read_config_digest(reader: Reader) -> bytes:
+def _read_config_version(reader: Reader) -> ConfigVersion:
+    number = reader.u64()
     digest = reader.bytes_u8()
     if len(digest) not in (0, CONFIG_DIGEST_BYTES):
         raise _malformed(f"config digest of {len(digest)} bytes")
-    return digest
+    return ConfigVersion(number, digest)
+
+
+def _write_reason(writer: Writer, reason: str) -> None:
+    encoded = reason.encode()
+    if len(encoded) > REASON_BYTES_MAX:
+        raise ValueError(f"reason longer than {REASON_BYTES_MAX} bytes: {reason!r}")
+    writer.bytes_u8(encoded)
+
+
+def _read_reason(reader: Reader) -> str:
+    try:
+        return reader.bytes_u8().decode()
+    except UnicodeDecodeError:
+        raise _malformed("reason is not UTF-8") from None
+
+
+def _write_config_vote(writer: Writer, vote: ConfigVote) -> None:
+    writer.node_id(vote.node_id)
+    writer.flag(vote.accepted)
+    _write_reason(writer, vote.reason)
+
+
+def _read_config_vote(reader: Reader) -> ConfigVote:
+    return ConfigVote(reader.node_id(), reader.flag(), _read_reason(reader))
+
+
+def _write_config_outcome(writer: Writer, outcome: ConfigOutcome) -> None:
+    writer.node_id(outcome.origin)
+    writer.u32(outcome.origin_incarnation)
+    writer.u32(outcome.request_id)
+    _write_config_version(writer, outcome.version)
+    writer.flag(outcome.committed)
+    _write_reason(writer, outcome.reason)
+
+
+def _read_config_outcome(reader: Reader) -> ConfigOutcome:
+    return ConfigOutcome(
+        reader.node_id(),
+        reader.u32(),
+        reader.u32(),
+        _read_config_version(reader),
+        reader.flag(),
+        _read_reason(reader),
+    )
+
+
+def _write_lost_version(writer: Writer, lost: LostVersion) -> None:
+    writer.node_id(lost.node_id)
+    _write_config_version(writer, lost.version)
+    _write_config_version(writer, lost.replaced_by)
+
+
+def _read_lost_version(reader: Reader) -> LostVersion:
+    return LostVersion(reader.node_id(), _read_config_version(reader), _read_config_version(reader))
+
+
+def _write_config_section(writer: Writer, section: ConfigSection) -> None:
+    _write_config_version(writer, section.committed)
+    proposal = section.proposal
+    writer.flag(proposal is not None)
+    if proposal is not None:
+        writer.node_id(proposal.origin)
+        writer.u32(proposal.origin_incarnation)
+        writer.u32(proposal.request_id)
+        _write_config_version(writer, proposal.version)
+        writer.u64(proposal.started_seq)
+        writer.items(proposal.votes, MEMBERS_MAX, _write_config_vote)
+    writer.items(section.outcomes, OUTCOMES_MAX, _write_config_outcome)
+    writer.items(section.lost, LOST_MAX, _write_lost_version)
+
+
+def _read_config_section(reader: Reader) -> ConfigSection:
+    committed = _read_config_version(reader)
+    proposal = None
+    if reader.flag():
+        proposal = ConfigProposal(
+            reader.node_id(),
+            reader.u32(),
+            reader.u32(),
+            _read_config_version(reader),
+            reader.u64(),
+            reader.items(MEMBERS_MAX, _read_config_vote),
+        )
+    return ConfigSection(
+        committed,
+        proposal,
+        reader.items(OUTCOMES_MAX, _read_config_outcome),
+        reader.items(LOST_MAX, _read_lost_version),
+    )
+
+
+def _config_section(section: ConfigSection) -> bytes:
+    return _section(lambda writer: _write_config_section(writer, section))
 
 
 def _write_opinion(writer: Writer, opinion: ServerOpinion) -> None:
@@ -705,6 +812,7 @@ class TokenCodec:
 
     __slots__ = (
         "_checkers",
+        "_config",
         "_maintenance",
         "_members",
         "_multicast",
@@ -723,6 +831,7 @@ class TokenCodec:
         self._verdicts: tuple[tuple[ServerOpinion, ...], bytes] | None = None
         self._checkers: dict[NodeId, tuple[CheckerReport, bytes]] = {}
         self._maintenance: tuple[tuple[Maintenance, ...], bytes] | None = None
+        self._config: tuple[ConfigSection, bytes] | None = None
 
     def encode(self, token: Token) -> bytes:
         """The token payload a `TokenPacket` (and its carriages) transports."""
@@ -734,7 +843,8 @@ class TokenCodec:
         writer = Writer()
         writer.ring(token.ring)
         writer.u64(token.seq)
-        _write_config_digest(writer, token.config_digest)
+        self._config = _reuse(self._config, token.config, _config_section)
+        writer.bytes_u32(self._config[1])
         writer.u64(token.rebalance_count)
         writer.u32(token.hops_since_change)
         writer.bytes_u32(self._members[1])
@@ -781,7 +891,9 @@ class TokenCodec:
     def _read(self, reader: Reader) -> Token:
         ring = reader.ring()
         seq = reader.u64()
-        config_digest = _read_config_digest(reader)
+        config_data = reader.bytes_u32()
+        config = self._parsed(self._config, config_data, _read_config_section)
+        self._config = (config, config_data)
         rebalance_count = reader.u64()
         hops_since_change = reader.u32()
         members_data = reader.bytes_u32()
@@ -820,7 +932,7 @@ class TokenCodec:
             vips=vips,
             loads=tuple(loads),
             pins=pins,
-            config_digest=config_digest,
+            config=config,
             rebalance_count=rebalance_count,
             hops_since_change=hops_since_change,
             multicast=multicast,
@@ -955,7 +1067,7 @@ def _write_sos911(writer: Writer, message: Sos911) -> None:
     writer.u64(message.seq)
     writer.u64(message.proposed_epoch)
     writer.u64(message.highest_epoch)
-    _write_config_digest(writer, message.config_digest)
+    _write_config_version(writer, message.config)
 
 
 def _read_sos911(reader: Reader) -> Sos911:
@@ -965,7 +1077,7 @@ def _read_sos911(reader: Reader) -> Sos911:
         seq=reader.u64(),
         proposed_epoch=reader.u64(),
         highest_epoch=reader.u64(),
-        config_digest=_read_config_digest(reader),
+        config=_read_config_version(reader),
     )
 
 

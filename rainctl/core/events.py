@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rainctl.core.cluster_config import ConfigVersion, LostVersion
 from rainctl.core.health import CatalogueEntry, Maintenance, ServerKey, ServerOpinion
 from rainctl.core.messages import Envelope, Message
+from rainctl.core.spec import RingSpec
 from rainctl.core.types import Member, NodeId, NodeState, RingId, Vip, VipTraffic
 
 # ---- events ------------------------------------------------------------------------------
@@ -93,8 +95,31 @@ class MulticastRequested:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigPushRequested:
+    """An operator pushes the document `digest` at this node, which has validated it (and
+    holds it for the others to fetch): commit it as the next version if the ring is still
+    at version `base` (rainctl.core.cluster_config)."""
+
+    request_id: int
+    base: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPrepared:
+    """The driver fetched and validated document `digest` for this node (`ConfigWanted`):
+    `spec` is what the ring runs with it; `problem` (spec None) why this node refuses it."""
+
+    digest: bytes
+    spec: RingSpec | None
+    problem: str | None = None
+
+
 Event = (
     MessageReceived
+    | ConfigPushRequested
+    | ConfigPrepared
     | ClockAdvanced
     | LeaveRequested
     | LoadMeasured
@@ -188,8 +213,41 @@ class FailureDecided:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigWanted:
+    """Fetch document `digest` (from `sources`, in that order: nodes that hold it) and
+    validate it for this node; answer with `ConfigPrepared`. Off the token path."""
+
+    digest: bytes
+    sources: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyConfig:
+    """This node runs configuration `version` from now on (`spec` is its ring part; the
+    driver applies the rest of the document it prepared). `lost` lists the versions the
+    ring did not adopt at merges (the token's record), for the history."""
+
+    version: ConfigVersion
+    spec: RingSpec
+    lost: tuple[LostVersion, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPushSettled:
+    """How this node's push `request_id` ended: committed as `version`, or not, and why."""
+
+    request_id: int
+    committed: bool
+    version: ConfigVersion | None
+    reason: str
+
+
 Action = (
     Send
+    | ConfigWanted
+    | ApplyConfig
+    | ConfigPushSettled
     | InstallRing
     | OwnVips
     | Announce

@@ -446,6 +446,13 @@ class HealthKeeper:
         self.opinions = opinions
         self.counted_for = counted_for
 
+    def set_per_server(self, per_server: int) -> None:
+        """A committed configuration changed `checkers_per_server`: reassign."""
+        if per_server != self.per_server:
+            self.per_server = per_server
+            self._assignment = None
+            self._decided = None
+
     def assignment(self, members: tuple[NodeId, ...]) -> Assignment:
         if self._assignment is None or self._assignment[0] != members:
             keys = (entry.key for entry in self.catalogue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from rainctl.core.cluster_config import ConfigVersion
 from rainctl.core.types import NodeId, RingId
 
 
@@ -63,7 +64,8 @@ class SosVerdict(IntEnum):
     DENY_TOKEN_ALIVE = 3
     JOIN_QUEUED = 4
     NOT_MEMBER = 5
-    CONFIG_MISMATCH = 6
+    # 6 was CONFIG_MISMATCH in protocol version 1; nodes of one cluster now share a ring
+    # whatever configuration they booted with, and adopt the ring's.
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,9 @@ class Sos911:
     seq: int
     proposed_epoch: int
     highest_epoch: int
-    config_digest: bytes
+    config: ConfigVersion
+    """The configuration the sender runs: an admitting holder applies the version rule
+    (rainctl.core.cluster_config.admit) to a joiner's."""
 
 
 @dataclass(frozen=True, slots=True)

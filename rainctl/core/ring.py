@@ -33,12 +33,23 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from random import Random
 
+from rainctl.core.cluster_config import (
+    ConfigSection,
+    ConfigVersion,
+    PushRequest,
+    admit,
+    first_commit,
+)
 from rainctl.core.codec import CodecError, TokenCodec
+from rainctl.core.config_follower import ConfigFollower
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyConfig,
     ApplyHealth,
     ClockAdvanced,
+    ConfigPrepared,
+    ConfigPushRequested,
     Deliver,
     Event,
     FailureDecided,
@@ -154,6 +165,8 @@ class _PendingJoin:
     incarnation: int
     highest_epoch: int
     heard_at: Instant
+    config: ConfigVersion
+    """The version the joiner runs (the version rule at its admission)."""
 
 
 @dataclass(slots=True)
@@ -182,8 +195,17 @@ class RingMachine:
 
     # One assignment per field: the constructor is the inventory of the machine's state.
     def __init__(  # noqa: PLR0915
-        self, spec: RingSpec, node_id: NodeId, incarnation: int, rng: Random, now: Instant
+        self,
+        spec: RingSpec,
+        node_id: NodeId,
+        incarnation: int,
+        rng: Random,
+        now: Instant,
+        *,
+        config_number: int = 0,
     ) -> None:
+        """`spec` comes from the configuration document this node starts with: version
+        `config_number` of the ring's history, or 0 for a bootstrap file never committed."""
         if node_id not in spec.node_ids():
             raise ValueError(f"node {node_id} is not a configured node")
         self.spec = spec
@@ -255,8 +277,9 @@ class RingMachine:
         self.leave_requested = False
         self.leave_index = 0
         self.leave_deadline: Instant | None = None
-        self.config_votes: dict[NodeId, bool] = {}
-        """Per peer: does its config digest match ours (from its JOINs and replies)?"""
+        self.config = ConfigFollower(
+            node_id, incarnation, ConfigVersion(config_number, spec.config_digest)
+        )
         self.probe_round: _ProbeRound | None = None
         self.probe_duties: list[_ProbeDuty] = []
         self.counters: Counter[str] = Counter()
@@ -286,6 +309,18 @@ class RingMachine:
         elif isinstance(event, MaintenanceRestored):
             if self.health.remember(event.entries):
                 actions.append(SaveMaintenance(self.health.maintenance))
+        elif isinstance(event, ConfigPushRequested):
+            refused = self.config.request_push(
+                PushRequest(event.request_id, event.base, event.digest)
+            )
+            if refused is not None:
+                actions.append(refused)
+            elif self.phase is Phase.HOLDING:
+                self.hold_until = min(self.hold_until, now)
+        elif isinstance(event, ConfigPrepared):
+            self.config.prepared(event.digest, event.spec, event.problem)
+            if self.token is not None and self.phase in IN_RING:
+                self._follow_config(self.token, now, actions)
         elif not isinstance(event, ClockAdvanced):
             raise TypeError(f"unknown event {event!r}")
         self._fire_deadlines(now, actions)
@@ -353,8 +388,7 @@ class RingMachine:
             return None
         if phase is Phase.JOINING:
             candidates.append(self.join_deadline)
-            if not self.config_mismatch:
-                candidates.append(self.boot_deadline)
+            candidates.append(self.boot_deadline)
         elif phase is Phase.MEMBER:
             candidates.append(self._token_loss_deadline())
         elif phase is Phase.HOLDING:
@@ -398,16 +432,9 @@ class RingMachine:
 
     # ---- small helpers -------------------------------------------------------------------
 
-    @property
-    def config_mismatch(self) -> bool:
-        """More peers run another config than ours: never form a ring of our own.
-
-        Counting both sides matters at boot: when one misconfigured node boots with the
-        others, each good node hears one "mismatch" but more "match"es and goes ahead, while
-        the odd node hears only mismatches and stays out.
-        """
-        votes = list(self.config_votes.values())
-        return votes.count(False) > votes.count(True)
+    def runs_ring_config(self) -> bool:
+        """Does this node run the configuration version of its token copy?"""
+        return self.token is None or self.config.runs(self.token.config)
 
     def _others(self) -> tuple[NodeId, ...]:
         return tuple(node for node in self.configured if node != self.node_id)
@@ -466,7 +493,7 @@ class RingMachine:
 
     def _desired_owned(self) -> tuple[Vip, ...]:
         token = self.token
-        if token is None or not self._has_quorum():
+        if token is None or not self._has_quorum() or not self.config.runs(token.config):
             return ()
         # Called after every step; the VIP table only changes with the token copy.
         cached_token, cached = self.owned_cache
@@ -619,7 +646,7 @@ class RingMachine:
             self._send_beacons(now, actions)
 
     def _joining_deadlines(self, now: Instant, actions: list[Action]) -> None:
-        if now >= self.boot_deadline and not self.config_mismatch:
+        if now >= self.boot_deadline:
             self._form_singleton(now, actions)
             return
         if now >= self.join_deadline:
@@ -681,7 +708,7 @@ class RingMachine:
             self.token.seq if self.token else 0,
             0,
             max(self.highest_epoch, self.promised_epoch, self.abandoned_ring.epoch),
-            self.spec.config_digest,
+            self.config.applied,
         )
         for node in self.join_targets:
             self._send(actions, node, request)
@@ -715,7 +742,7 @@ class RingMachine:
             vips=(),
             loads=(),
             pins=(),
-            config_digest=self.spec.config_digest,
+            config=ConfigSection(first_commit(self.config.applied)),
             rebalance_count=0,
             hops_since_change=0,
             multicast=(),
@@ -839,9 +866,6 @@ class RingMachine:
             self.counters["tokens_out_of_range"] += 1
             return AckStatus.NOT_MEMBER
         self.highest_epoch = max(self.highest_epoch, token.ring.epoch)
-        if token.config_digest != self.spec.config_digest:
-            self.counters["tokens_config_mismatch"] += 1
-            return AckStatus.NOT_MEMBER
         in_ring = self.phase in IN_RING
         if not self._is_member(token, self.node_id, self.incarnation):
             if in_ring and token.ring > self.ring:
@@ -890,12 +914,49 @@ class RingMachine:
         self.loss_timer_base = now
         token = self._deliver_multicast(token, actions)
         self.token = token
+        self._follow_config(token, now, actions)
         self._observe_moves(token, now)
         if ring_changed:
             self._install(token, previous_members, actions)
         self.hold_until = now + self._hold_ms(token)
-        if self.pending_joins or self.leave_requested:
+        if self.pending_joins or self.leave_requested or self.config.push is not None:
             self.hold_until = now
+
+    # ---- live configuration ----------------------------------------------------------------
+
+    def _follow_config(self, token: Token, now: Instant, actions: list[Action]) -> None:
+        """Take in the configuration section of an accepted token (or of the copy, once a
+        document is prepared): report this node's settled pushes, run the ring's committed
+        version if it is validated here, ask for the documents it lacks."""
+        section = token.config
+        actions.extend(self.config.settled(section))
+        change = self.config.to_apply(section, self.spec)
+        if change is not None:
+            self._apply_config(*change, section, now, actions)
+        actions.extend(self.config.wanted(section, now, token.member_ids(), self.last_token_from))
+        self.config.forget(section)
+
+    def _apply_config(
+        self,
+        version: ConfigVersion,
+        spec: RingSpec,
+        section: ConfigSection,
+        now: Instant,
+        actions: list[Action],
+    ) -> None:
+        """Run `version` from now on. A configuration without this node removes it: it
+        leaves the ring, handing its VIPs over with the token."""
+        self.config.applied = version
+        if spec is not self.spec:
+            self.spec = spec
+            self.timers = spec.timers
+            self.configured = spec.node_ids()
+            self.health.set_per_server(spec.checkers_per_server)
+            self.quiet_table = (None, None, None)
+        self.counters["config_applied"] += 1
+        actions.append(ApplyConfig(version, spec, section.lost))
+        if self.node_id not in self.configured:
+            self._on_leave_requested(now, actions)
 
     def _hold_ms(self, token: Token) -> int:
         return 0 if self.outbox else self._paced_hold_ms(token)
@@ -912,6 +973,9 @@ class RingMachine:
     # ---- holding and passing -------------------------------------------------------------
 
     def _own_state(self) -> NodeState:
+        if not self.runs_ring_config():
+            # It does not run the ring's configuration yet: no VIP for it until it does.
+            return NodeState.UNHEALTHY
         cut_off = self.spec.quorum is QuorumPolicy.UPSTREAM and not self.upstream_reachable
         if cut_off:
             # Ineligible, so the holder moves our VIPs to nodes that reach the upstream.
@@ -980,7 +1044,8 @@ class RingMachine:
             [self.highest_epoch] + [join.highest_epoch for join in fresh.values()]
         )
         self.counters["joins_admitted"] += len(admitted)
-        return self._with_members(token, members)
+        config = admit(token.config, {node: fresh[node].config for node in admitted_ids})
+        return replace(self._with_members(token, members), config=config)
 
     def _apply_pin_requests(self, token: Token) -> Token:
         """Write the operator's pending pin changes into the token (sorted by VIP)."""
@@ -1058,11 +1123,27 @@ class RingMachine:
             self.leave_index = token.member_ids().index(self.node_id)
             remaining = tuple(m for m in token.members if m.node_id != self.node_id)
             token = self._with_members(token, remaining)
-        token = self._maintain_vips(token, now)
-        health = self.health.update(token.health, token.ring, token.member_ids())
-        if health is not token.health:
-            token = replace(token, health=health)
+        # A version renumbered at this admission is run at once (same document).
+        self._follow_config(token, now, actions)
+        if self.config.runs(token.config):
+            # A node that does not run the ring's configuration leaves the shared tables
+            # alone: its VIP pool, nodes and services may not be the ring's.
+            token = self._hold_config(token, now, actions)
+            token = self._maintain_vips(token, now)
+            health = self.health.update(token.health, token.ring, token.member_ids())
+            if health is not token.health:
+                token = replace(token, health=health)
         return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
+
+    def _hold_config(self, token: Token, now: Instant, actions: list[Action]) -> Token:
+        """The commit rule at this hold; a version committed here is run at once, before
+        the VIP table is maintained, so a VIP it adds is placed in this same hop."""
+        section = self.config.hold(token.config, token.member_ids(), token.seq)
+        if section is token.config:
+            return token
+        token = replace(token, config=section)
+        self._follow_config(token, now, actions)
+        return token
 
     def _release_token(self, now: Instant, actions: list[Action]) -> None:
         """End of the hold: run the hooks, then pass the token on."""
@@ -1313,7 +1394,7 @@ class RingMachine:
             token.seq,
             proposed,
             self.highest_epoch,
-            self.spec.config_digest,
+            self.config.applied,
         )
 
     def _resend_sos(self, actions: list[Action]) -> None:
@@ -1328,10 +1409,6 @@ class RingMachine:
         self, source: NodeId, reply: SosReply, now: Instant, actions: list[Action]
     ) -> None:
         self.highest_epoch = max(self.highest_epoch, reply.ring.epoch, reply.promised_epoch)
-        self.config_votes[source] = reply.verdict is not SosVerdict.CONFIG_MISMATCH
-        if reply.verdict is SosVerdict.CONFIG_MISMATCH:
-            self.counters["config_mismatch_replies"] += 1
-            return
         if self.phase is Phase.JOINING:
             if reply.verdict is SosVerdict.JOIN_QUEUED:
                 self.counters["join_queued"] += 1
@@ -1411,10 +1488,6 @@ class RingMachine:
     ) -> None:
         source = envelope.source
         self.highest_epoch = max(self.highest_epoch, request.highest_epoch, request.ring.epoch)
-        self.config_votes[source] = request.config_digest == self.spec.config_digest
-        if request.config_digest != self.spec.config_digest:
-            self._reply(actions, source, request, SosVerdict.CONFIG_MISMATCH)
-            return
         if request.kind is SosKind.JOIN:
             self._on_join_request(envelope, request, now, actions)
             return
@@ -1481,7 +1554,7 @@ class RingMachine:
             if source > self.node_id:
                 # Both booting: the lower id forms the ring and admits the higher ones.
                 self.pending_joins[source] = _PendingJoin(
-                    envelope.source_incarnation, request.highest_epoch, now
+                    envelope.source_incarnation, request.highest_epoch, now, request.config
                 )
                 self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
             else:
@@ -1502,7 +1575,7 @@ class RingMachine:
             self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
             return
         self.pending_joins[source] = _PendingJoin(
-            envelope.source_incarnation, request.highest_epoch, now
+            envelope.source_incarnation, request.highest_epoch, now, request.config
         )
         self._reply(actions, source, request, SosVerdict.JOIN_QUEUED)
         if self.phase is Phase.HOLDING:

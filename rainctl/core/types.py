@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from rainctl.core.cluster_config import ConfigSection
 from rainctl.core.health import EMPTY_HEALTH, HealthTable
 
 NodeId = int
@@ -134,7 +135,9 @@ class Token:
     vips: tuple[VipRecord, ...]
     loads: tuple[LoadReport, ...]
     pins: tuple[tuple[Vip, NodeId], ...]
-    config_digest: bytes
+    config: ConfigSection
+    """The ring's committed configuration version, a push being voted on, recent outcomes
+    (rainctl.core.cluster_config)."""
     rebalance_count: int
     hops_since_change: int
     multicast: tuple[MulticastMessage, ...]

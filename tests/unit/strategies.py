@@ -10,6 +10,16 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from rainctl.core.cluster_config import (
+    LOST_MAX,
+    OUTCOMES_MAX,
+    ConfigOutcome,
+    ConfigProposal,
+    ConfigSection,
+    ConfigVersion,
+    ConfigVote,
+    LostVersion,
+)
 from rainctl.core.messages import (
     AckStatus,
     Beacon,
@@ -71,6 +81,49 @@ wire_texts: st.SearchStrategy[str] = st.text(max_size=16)
 
 config_digests: st.SearchStrategy[bytes] = st.one_of(
     st.just(b""), st.binary(min_size=32, max_size=32)
+)
+
+config_versions: st.SearchStrategy[ConfigVersion] = st.builds(
+    ConfigVersion, number=st.integers(0, 100) | u64s, digest=config_digests
+)
+
+reasons: st.SearchStrategy[str] = st.text(max_size=60)
+"""Reasons the token carries (at most 60 characters: at most 240 UTF-8 bytes)."""
+
+config_sections: st.SearchStrategy[ConfigSection] = st.builds(
+    ConfigSection,
+    committed=config_versions,
+    proposal=st.none()
+    | st.builds(
+        ConfigProposal,
+        origin=node_ids,
+        origin_incarnation=u32s,
+        request_id=u32s,
+        version=config_versions,
+        started_seq=u64s,
+        votes=st.lists(
+            st.builds(ConfigVote, node_id=node_ids, accepted=st.booleans(), reason=reasons),
+            max_size=4,
+        ).map(tuple),
+    ),
+    outcomes=st.lists(
+        st.builds(
+            ConfigOutcome,
+            origin=node_ids,
+            origin_incarnation=u32s,
+            request_id=u32s,
+            version=config_versions,
+            committed=st.booleans(),
+            reason=reasons,
+        ),
+        max_size=OUTCOMES_MAX,
+    ).map(tuple),
+    lost=st.lists(
+        st.builds(
+            LostVersion, node_id=node_ids, version=config_versions, replaced_by=config_versions
+        ),
+        max_size=LOST_MAX,
+    ).map(tuple),
 )
 
 ring_ids: st.SearchStrategy[RingId] = st.one_of(
@@ -167,7 +220,7 @@ def tokens(
         vips=vip_record_tuples(max_vips),
         loads=load_report_tuples(max_loads),
         pins=pin_tuples(),
-        config_digest=config_digests,
+        config=config_sections,
         rebalance_count=st.integers(0, 100) | u64s,
         hops_since_change=st.integers(0, 100) | u32s,
         multicast=st.lists(multicast_messages, max_size=max_multicast).map(tuple),
@@ -206,7 +259,7 @@ sos911s: st.SearchStrategy[Sos911] = st.builds(
     seq=u64s,
     proposed_epoch=u64s,
     highest_epoch=u64s,
-    config_digest=config_digests,
+    config=config_versions,
 )
 
 sos_replies: st.SearchStrategy[SosReply] = st.builds(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from rainctl.core.cluster_config import ConfigOutcome, ConfigSection, ConfigVersion
 from rainctl.core.codec import (
     BODY_BYTES_MAX,
     CARRIAGE_CHUNK_BYTES_MAX,
@@ -20,6 +21,7 @@ from rainctl.core.codec import (
     INLINE_PAYLOAD_BYTES_MAX,
     REPLAY_WINDOW_SIZE,
     TAG_BYTES,
+    VERSION,
     CodecError,
     DatagramCodec,
     KeyRing,
@@ -95,7 +97,7 @@ def signed(
     key_id: int = 1,
     key: bytes = KEY_1,
     flags: int = 0,
-    version: int = 1,
+    version: int = VERSION,
     body_length: int | None = None,
 ) -> bytes:
     """A datagram built by hand, correctly tagged unless told otherwise by its arguments."""
@@ -184,7 +186,7 @@ def test_golden_datagram() -> None:
     datagram = sender(node_id=0x0102, incarnation=0x03040506).encode(0x0708, Probe(0x1122))
     assert datagram[:HEADER_BYTES].hex() == (
         "524e"  # magic
-        "01"  # version
+        "02"  # version
         "09"  # type PROBE
         "00c0ffee"  # cluster
         "0102"  # source
@@ -234,7 +236,7 @@ def test_failed_encode_does_not_use_up_a_message_id() -> None:
         Nack(1, (70000,)),
         Nack(1, tuple(range(1025))),
         Beacon(RingId(1, 65536, 0), 1, 1),
-        Sos911(SosKind.JOIN, NO_RING, 0, 0, 0, b"short digest"),
+        Sos911(SosKind.JOIN, NO_RING, 0, 0, 0, ConfigVersion(1, b"short digest")),
     ],
 )
 def test_encode_refuses_out_of_range_values(message: Message) -> None:
@@ -250,7 +252,14 @@ def test_encode_token_refuses_bad_values() -> None:
         replace(base, vips=(VipRecord("v", None, None, 0, (1, 2, 3, 4, 5)),)),
         replace(base, vips=(VipRecord("v", 0, None, 0, ()),)),
         replace(base, members=(Member(0, 1),)),
-        replace(base, config_digest=b"\1" * 31),
+        replace(base, config=ConfigSection(ConfigVersion(1, b"\1" * 31))),
+        replace(
+            base,
+            config=ConfigSection(
+                ConfigVersion(1, b"\1" * 32),
+                outcomes=(ConfigOutcome(1, 1, 1, ConfigVersion(2, b""), False, "x" * 241),),
+            ),
+        ),
         replace(base, seq=-1),
         replace(base, hops_since_change=2**32),
     ]
@@ -382,7 +391,7 @@ def test_windows_are_per_source() -> None:
     ("datagram", "reason"),
     [
         (b"XN" + probe_datagram()[2:], RejectReason.BAD_MAGIC),
-        (signed(version=2), RejectReason.BAD_VERSION),
+        (signed(version=VERSION + 1), RejectReason.BAD_VERSION),
         (signed(message_type=0), RejectReason.BAD_TYPE),
         (signed(message_type=200), RejectReason.BAD_TYPE),
         (signed(flags=1), RejectReason.MALFORMED),
@@ -647,7 +656,7 @@ def _small_token() -> Token:
             ),
         ),
         pins=(("198.18.0.100", 1),),
-        config_digest=b"\7" * 32,
+        config=ConfigSection(ConfigVersion(4, b"\7" * 32)),
         rebalance_count=1,
         hops_since_change=0,
         multicast=(MulticastMessage(1, 1, 1, 3, b"hello"),),

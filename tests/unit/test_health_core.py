@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rainctl.core.cluster_config import ConfigSection, ConfigVersion
 from rainctl.core.codec import decode_token, encode_token
 from rainctl.core.health import (
     CatalogueEntry,
@@ -29,6 +30,8 @@ from rainctl.core.health import (
     target_weight,
 )
 from rainctl.core.types import NO_RING, RingId, Token
+
+NO_CONFIG = ConfigSection(ConfigVersion(0, b""))
 
 RING = RingId(3, 1, 1)
 OLD_RING = RingId(2, 1, 1)
@@ -259,11 +262,11 @@ def test_health_rides_the_token_codec() -> None:
         (report(1, ServerOpinion(KEYS[0], DOWN, 0)), report(2)),
         (Maintenance(KEYS[2], 4, 2, True), Maintenance(KEYS[3], 5, 1, False)),
     )
-    token = Token(NO_RING, 1, (), (), (), (), b"", 0, 0, (), table)
+    token = Token(NO_RING, 1, (), (), (), (), NO_CONFIG, 0, 0, (), table)
     assert decode_token(encode_token(token)) == token
-    assert decode_token(encode_token(Token(NO_RING, 1, (), (), (), (), b"", 0, 0, ()))).health == (
-        HealthTable()
-    )
+    assert decode_token(
+        encode_token(Token(NO_RING, 1, (), (), (), (), NO_CONFIG, 0, 0, ()))
+    ).health == (HealthTable())
 
 
 maintenance_entries = st.lists(
