@@ -27,9 +27,11 @@ def status_view(document: dict[str, Any]) -> RenderableType:
     )
     owned = ", ".join(document["owned"]) or "none"
     owned_line = Text(f"owns: {owned} (data plane {document['data_plane']})")
-    parts: list[RenderableType] = [
-        header,
-        owned_line,
+    parts: list[RenderableType] = [header, owned_line]
+    config = document.get("config")
+    if config is not None:
+        parts += _config_lines(config)
+    parts += [
         _members_table(document),
         _vips_table(document),
     ]
@@ -40,6 +42,39 @@ def status_view(document: dict[str, Any]) -> RenderableType:
     if proxy is not None:
         parts.append(_proxy_table(proxy))
     return Group(*parts)
+
+
+def _config_lines(config: dict[str, Any]) -> list[RenderableType]:
+    """The configuration version this node runs, a push in flight, versions lost at merges
+    and why this node cannot run the ring's version, if so."""
+    line = f"config: version {config['version']} ({config['digest'][:12]})"
+    ring_version = config["ring_version"]
+    if ring_version is not None and not config["runs_ring_version"]:
+        line += f", NOT the ring's version {ring_version} yet (owns no VIP until it runs it)"
+    lines: list[RenderableType] = [Text(line)]
+    proposal = config["proposal"]
+    if proposal is not None:
+        voted = ", ".join(
+            f"{vote['node']} {'yes' if vote['accepted'] else 'no'}" for vote in proposal["votes"]
+        )
+        lines.append(
+            Text(
+                f"  push of version {proposal['version']} from node {proposal['origin']} "
+                f"being voted on ({voted or 'no vote yet'})"
+            )
+        )
+    for lost in config["lost"]:
+        lines.append(
+            Text(
+                f"  version {lost['version']} ({lost['digest'][:12]}) of node {lost['node']} was "
+                f"lost at a merge, replaced by version {lost['replaced_by']}: "
+                f"`rainctl config history` on node {lost['node']} keeps it",
+                style="yellow",
+            )
+        )
+    if config["problem"]:
+        lines.append(Text(f"  {config['problem']}", style="red"))
+    return lines
 
 
 def _proxy_table(proxy: dict[str, Any]) -> RenderableType:

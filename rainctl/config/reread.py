@@ -55,12 +55,15 @@ class ConfigRereader:
     def read(self, path: Path) -> ConfigRead:
         """Read and validate `path` whole; ConfigError (one line) when it is not valid, and
         then nothing is remembered of it."""
-        with self._lock:
-            return self._read(path)
+        return self.read_text(read_text(path), str(path))
 
-    def _read(self, path: Path) -> ConfigRead:
-        source = str(path)
-        document = parse_toml(read_text(path), source)
+    def read_text(self, text: str, source: str) -> ConfigRead:
+        """`read` of a document's text; `source` names it in error messages."""
+        with self._lock:
+            return self._read(text, source)
+
+    def _read(self, text: str, source: str) -> ConfigRead:
+        document = parse_toml(text, source)
         tables = document.get("services")
         if isinstance(tables, list):
             document["services"] = [self._validated(table) for table in tables]

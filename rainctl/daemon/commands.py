@@ -29,7 +29,6 @@ from pathlib import Path
 
 from rainctl.core.events import MulticastRequested, PinRequested
 from rainctl.core.ring import IN_RING, RingMachine
-from rainctl.core.spec import RingSpec
 from rainctl.core.types import NodeId, NodeState, Vip
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
 from rainctl.daemon.maintenance import BackendCommands
@@ -89,7 +88,6 @@ class Commands:
     def __init__(
         self,
         *,
-        spec: RingSpec,
         machine: RingMachine,
         state_dir: Path,
         step: StepEvent,
@@ -99,8 +97,8 @@ class Commands:
         leave: Leave,
         backends: Callable[[], Awaitable[JsonObject]],
         backend_commands: BackendCommands,
+        config_commands: dict[str, Callable[[ControlRequest], Awaitable[JsonObject]]],
     ) -> None:
-        self._spec = spec
         self._machine = machine
         self._state_dir = state_dir
         self._step = step
@@ -110,7 +108,7 @@ class Commands:
         self._leave = leave
         self._backends = backends
         self._backend_commands = backend_commands
-        self._homes = {vip.vip: vip.home for vip in spec.vips}
+        self._config_commands = config_commands
 
     def answer(self, request: ControlRequest) -> JsonObject | Awaitable[JsonObject]:
         handlers: dict[str, Callable[[ControlRequest], JsonObject | Awaitable[JsonObject]]] = {
@@ -124,6 +122,7 @@ class Commands:
             "reload": self._reload_command,
             "leave": self._leave_command,
             **self._backend_commands.handlers(),
+            **self._config_commands,
         }
         handler = handlers.get(request.command)
         if handler is None:
@@ -164,7 +163,7 @@ class Commands:
         records = {record.vip: record for record in token.vips} if token else {}
         pins = dict(token.pins) if token else {}
         rows = []
-        for vip in self._spec.vips:
+        for vip in self._machine.spec.vips:
             record = records.get(vip.vip)
             rows.append(
                 {
@@ -234,7 +233,7 @@ class Commands:
 
     def _configured_node(self, request: ControlRequest, name: str) -> NodeId:
         node = request.integer(name)
-        configured = self._spec.node_ids()
+        configured = self._machine.spec.node_ids()
         if node not in configured:
             listed = ", ".join(str(node_id) for node_id in configured)
             raise ControlError(
@@ -250,9 +249,10 @@ class Commands:
             raise ControlError(
                 f"{request.command}: vip {text!r} is not an IPv4 or IPv6 address"
             ) from None
-        if vip not in self._homes:
+        pool = {entry.vip for entry in self._machine.spec.vips}
+        if vip not in pool:
             raise ControlError(
                 f"{request.command}: vip {vip} is not in the configured pool "
-                f"({len(self._homes)} VIPs; see `rainctl vips`)"
+                f"({len(pool)} VIPs; see `rainctl vips`)"
             )
         return vip

@@ -35,8 +35,11 @@ from rainctl.core.codec import CodecError, DatagramCodec
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyConfig,
     ApplyHealth,
     ClockAdvanced,
+    ConfigPushSettled,
+    ConfigWanted,
     Deliver,
     Event,
     FailureDecided,
@@ -125,6 +128,10 @@ class RingDriver:
         """The ring's back-end verdicts to apply (data plane, health monitor)."""
         self.on_save_maintenance: Callable[[SaveMaintenance], None] | None = None
         """What the node knows of operators' back-end drains changed (the state file)."""
+        self.on_config: Callable[[ConfigWanted | ApplyConfig | ConfigPushSettled], None] | None = (
+            None
+        )
+        """The live configuration's actions (rainctl.daemon.live_config)."""
         self.connection_count: Callable[[], int] = lambda: 0
         """Where load samples get the node's connection count (the IPVS counters)."""
 
@@ -243,6 +250,9 @@ class RingDriver:
         elif isinstance(action, SaveMaintenance):
             if self.on_save_maintenance is not None:
                 self.on_save_maintenance(action)
+        elif isinstance(action, ConfigWanted | ApplyConfig | ConfigPushSettled):
+            if self.on_config is not None:
+                self.on_config(action)
         elif isinstance(action, FailureDecided):
             self.driver_counters[f"decided_{action.decision}"] += 1
             about = "" if action.node is None else f" node {action.node}"

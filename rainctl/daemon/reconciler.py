@@ -63,10 +63,19 @@ class Reconciler:
         self.applied_changed = asyncio.Event()
         """Set whenever `applied` changes (the driver waits on it to pass a handover)."""
         self.failures = 0
+        self._pool_changed = False
 
     def want_owned(self, vips: Sequence[Vip]) -> None:
         self._desired = tuple(vips)
         self._wake.set()
+
+    def want_pool(self, vips: Sequence[Vip]) -> None:
+        """A new configuration's VIP pool: configured (added VIPs not owned, removed ones
+        deleted, owned or not) before the next owned set is applied."""
+        if tuple(vips) != self._pool:
+            self._pool = tuple(vips)
+            self._pool_changed = True
+            self._wake.set()
 
     def want_announce(self, vips: Sequence[Vip]) -> None:
         self._to_announce.update(vips)
@@ -140,7 +149,16 @@ class Reconciler:
                 self._wake.set()
 
     async def _apply(self) -> None:
-        desired = self._desired
+        if self._pool_changed:
+            async with self._kernel:
+                pool = self._pool
+                await asyncio.to_thread(self._addresses.ensure_all, pool)
+            if pool == self._pool:
+                self._pool_changed = False
+            log.info("VIP pool applied: %d VIP(s)", len(pool))
+            if self.applied is not None:
+                self.applied = tuple(vip for vip in self.applied if vip in pool)
+        desired = tuple(vip for vip in self._desired if vip in self._pool)
         if desired != self.applied:
             async with self._kernel:
                 await asyncio.to_thread(self._addresses.set_owned, desired)

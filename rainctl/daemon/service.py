@@ -6,12 +6,17 @@ every VIP configured, ARP sysctls, the announcer's AF_PACKET socket) -> incarnat
 durable) -> UDP transport on the node's cluster address -> control socket -> ring driver ->
 `gc.freeze()` (start-up objects leave the garbage collector's generations) -> READY=1.
 
+The configuration it runs: the latest version in its history (the state directory), else
+the local file as a bootstrap (version 0, committed as version 1 by the ring it founds, or
+replaced by the ring's version when it joins one). Changes come through the ring
+(rainctl.daemon.live_config): `rainctl config push` on any node, and SIGHUP / `rainctl
+reload`, which push the local file.
+
 SIGTERM (and SIGINT, for a foreground run) asks the ring to leave: the node hands its VIPs
 over with the token and the machine reports `LeftRing`, bounded by the ring's
 `leave_timeout_ms` (plus a margin for the loop itself). Then the kernel is told to own
-nothing, the sockets are closed, and the process exits 0. SIGHUP (like `rainctl reload`)
-reads the config again and applies it by diff (`reload_config`); ring settings cannot change
-live and are refused whole.
+nothing, the sockets are closed, and the process exits 0. A committed configuration without
+this node does the same.
 
 Operator commands (`rainctl vips|node|vip`) are served by `rainctl.daemon.commands`.
 """
@@ -37,9 +42,12 @@ from rainctl.config import (
     load_keys,
     to_ring_spec,
 )
+from rainctl.config.files import read_text
+from rainctl.config.live import NodeContext, Prepared, document_digest
 from rainctl.config.reread import ConfigRereader
 from rainctl.config.services import ProxyOptions
 from rainctl.core.backends import any_checked, with_verdicts
+from rainctl.core.cluster_config import ConfigVersion
 from rainctl.core.codec import DatagramCodec, KeyRing
 from rainctl.core.dataplane import ServiceSpec
 from rainctl.core.events import ApplyHealth, InstallRing, MaintenanceRestored, UpstreamChecked
@@ -50,9 +58,11 @@ from rainctl.core.types import NodeId, NodeState
 from rainctl.daemon.backends import backends_document
 from rainctl.daemon.clock import MonotonicClock
 from rainctl.daemon.commands import Commands, read_drained
+from rainctl.daemon.config_store import ConfigStore
 from rainctl.daemon.control import ControlError, ControlServer, JsonObject
 from rainctl.daemon.dataplane import DataPlaneReconciler, sync_wanted
 from rainctl.daemon.driver import RingDriver
+from rainctl.daemon.live_config import LiveConfig, Running
 from rainctl.daemon.maintenance import (
     BackendCommands,
     MaintenanceStore,
@@ -91,6 +101,9 @@ class DaemonOptions:
     lock_memory: bool = False
     proxy_workers: int = 0
     """Proxy worker processes for `mode = "http"` services; 0: one per CPU."""
+    front_interface_from_config: bool = False
+    """The front interface came from the config (no `--front-interface`): a pushed config
+    cannot move it (rainctl.config.live)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +114,35 @@ class _Setup:
     peers: dict[NodeId, SocketAddress]
     config: ClusterConfig
     services: tuple[ServiceSpec, ...]
-    reader: ConfigRereader
-    """Reads the file again at reloads, at the cost of what changed."""
+    running: Running
+    store: ConfigStore
+    document_path: Path
+    """The file of the running document (the health worker reads it)."""
+
+
+def _starting_document(options: DaemonOptions, store: ConfigStore) -> tuple[int, str, Path]:
+    """(version number, text, file) this node starts with: the newest version of its
+    history, else its local file as a bootstrap (0). A history whose newest version no
+    longer lists this node (it was removed, and is now added back) gives way to the file."""
+    stored = store.current()
+    if stored is not None:
+        text = store.document(stored.number)
+        read = ConfigRereader().read_text(text, str(stored.path))
+        if any(node.id == options.node_id for node in read.config.nodes):
+            return stored.number, text, stored.path
+        log.warning(
+            "version %d of the history does not list node %d: starting from %s",
+            stored.number,
+            options.node_id,
+            options.config,
+        )
+    return 0, read_text(options.config), options.config
 
 
 def _load(options: DaemonOptions) -> _Setup:
-    reader = ConfigRereader()
-    read = reader.read(options.config)
+    store = ConfigStore(options.state_dir, options.node_id)
+    number, text, path = _starting_document(options, store)
+    read = ConfigRereader().read_text(text, str(path))
     config = read.config
     key_path = key_file_path(config, options.config)
     if key_path is None:
@@ -116,7 +151,8 @@ def _load(options: DaemonOptions) -> _Setup:
             "(ring datagrams must be authenticated)"
         )
     keys = KeyRing(*load_keys(key_path))
-    spec = to_ring_spec(config)
+    digest = document_digest(text)
+    spec = replace(to_ring_spec(config), config_digest=digest)
     addresses = {node.node_id: node.address for node in spec.nodes}
     if options.node_id not in addresses:
         configured = ", ".join(str(node_id) for node_id in sorted(addresses))
@@ -128,7 +164,12 @@ def _load(options: DaemonOptions) -> _Setup:
         for node_id, address in addresses.items()
         if node_id != options.node_id
     }
-    return _Setup(spec, keys, addresses[options.node_id], peers, config, read.services, reader)
+    running = Running(
+        ConfigVersion(number, digest), Prepared(text, digest, config, read.services, spec)
+    )
+    return _Setup(
+        spec, keys, addresses[options.node_id], peers, config, read.services, running, store, path
+    )
 
 
 @dataclass(slots=True)
@@ -225,22 +266,43 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         incarnation,
         Random(f"{options.node_id}:{incarnation}"),
         clock.now_ms(),
+        config_number=setup.running.version.number,
     )
-    codec = DatagramCodec(setup.spec.cluster_id, options.node_id, incarnation, setup.keys)
     reconciler = _reconciler(setup, kernel, machine, clock)
     driver = RingDriver(
-        machine, codec, setup.peers, reconciler, clock, node_state=_initial_state(options)
+        machine,
+        DatagramCodec(setup.spec.cluster_id, options.node_id, incarnation, setup.keys),
+        setup.peers,
+        reconciler,
+        clock,
+        node_state=_initial_state(options),
     )
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
     live = _Live(setup.services, proxy_options_of(setup.config))
     fleet = ProxyFleet(options.proxy_workers or os.cpu_count() or 1)
     health = _health_monitor(
-        options, driver, dataplane, lambda: labels_of(live.services), live=live, fleet=fleet
+        options,
+        setup.document_path,
+        driver,
+        dataplane,
+        lambda: labels_of(live.services),
+        live=live,
+        fleet=fleet,
     )
-    backends = _backends_view(options, setup, machine, live, health)
     maintenance = _maintenance_store(options, driver, live)
-    transport = await UdpTransport.open(setup.address, driver.on_datagram)
+    live_config = _live_config(
+        options,
+        setup,
+        machine=machine,
+        driver=driver,
+        reconciler=reconciler,
+        dataplane=dataplane,
+        health=health,
+        live=live,
+        fleet=fleet,
+    )
+    transport = await _open_transport(setup, driver, live_config)
 
     def status() -> JsonObject:
         return status_document(
@@ -252,6 +314,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             driver_counters=driver.driver_counters,
             ipvs=None if dataplane is None else dataplane.status(),
             proxy=fleet.status(),
+            config=live_config.status(),
             upstream=None if upstream is None else upstream.status(),
             vip_lease={
                 "lease_s": setup.config.cluster.vip_lease_s,
@@ -260,10 +323,9 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
             },
         )
 
-    reload, reload_on_signal = _reloaders(options, setup, dataplane, health, live=live, fleet=fleet)
+    reload, reload_on_signal = _reloaders(options, live_config)
 
     commands = Commands(
-        spec=setup.spec,
         machine=machine,
         state_dir=options.state_dir,
         step=driver.submit,
@@ -271,14 +333,16 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         status=status,
         reload=reload,
         leave=driver.request_leave,
-        backends=backends,
+        backends=_backends_view(options, machine, live, health),
         backend_commands=BackendCommands(machine, lambda: live.services, driver.submit),
+        config_commands=live_config.handlers(),
     )
     driver.on_deliver = commands.on_deliver
     try:
         control = await ControlServer.start(options.control_socket, commands.answer)
     except BaseException:
         transport.close()
+        live_config.close()
         raise
     loop = asyncio.get_running_loop()
     background = _background_tasks(reconciler, dataplane, upstream)
@@ -304,7 +368,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         notify("READY=1")
         await driver.leave_requested.wait()
         notify("STOPPING=1")
-        await _leave(driver, reconciler, setup.spec.timers.leave_timeout_ms / 1000)
+        await _leave(driver, reconciler, machine.spec.timers.leave_timeout_ms / 1000)
     finally:
         _handle_signals(loop, leave=None, reload=None)
         driver.stop()
@@ -312,6 +376,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         await fleet.stop()
         await _cancel_all(background)
         transport.close()
+        live_config.close()
         control.close()
         maintenance.close()
     log.info("stopped")
@@ -329,7 +394,11 @@ def _with_front_interface(options: DaemonOptions, config: ClusterConfig) -> Daem
             f"--data-plane {options.data_plane.value} needs --front-interface IFACE or "
             f"front_interface in the config's [[nodes]] entry of node {options.node_id}"
         )
-    return replace(options, front_interface=front)
+    return replace(
+        options,
+        front_interface=front,
+        front_interface_from_config=options.front_interface is None,
+    )
 
 
 def _handle_signals(
@@ -425,13 +494,11 @@ def _background_tasks(
 def _reconciler(
     setup: _Setup, kernel: _Kernel, machine: RingMachine, clock: MonotonicClock
 ) -> Reconciler:
-    lease_fresh_ms = 2 * setup.spec.timers.token_loss_ms
-
     def lease_fresh() -> bool:
         # The lease is renewed only while the ring confirms this node (its successor keeps
         # accepting its tokens): a node whose ring went silent, or one that woke from a
         # freeze holding an old ring's token, lets it lapse; the ring has moved on by then.
-        return machine.confirmed_age_ms(clock.now_ms()) <= lease_fresh_ms
+        return machine.confirmed_age_ms(clock.now_ms()) <= 2 * machine.timers.token_loss_ms
 
     return Reconciler(
         kernel.addresses,
@@ -461,6 +528,7 @@ class _Live:
 
 def _health_monitor(
     options: DaemonOptions,
+    document_path: Path,
     driver: RingDriver,
     dataplane: DataPlaneReconciler | None,
     labels: Callable[[], dict[ServerKey, str]],
@@ -472,7 +540,7 @@ def _health_monitor(
     a new ring reassigns the checks, the ring's verdicts and operator drains go to the data
     plane, the proxy workers and the checkers, and the checkers' opinions are stepped into
     the ring machine. Every operator drain and undrain is logged as it is applied."""
-    monitor = HealthWorker(options.config, options.node_id, driver.submit)
+    monitor = HealthWorker(document_path, options.node_id, driver.submit)
     drained_before: set[ServerKey] = set()
 
     def on_install(install: InstallRing) -> None:
@@ -514,7 +582,6 @@ def _health_monitor(
 
 def _backends_view(
     options: DaemonOptions,
-    setup: _Setup,
     machine: RingMachine,
     live: _Live,
     health: HealthWorker,
@@ -527,7 +594,7 @@ def _backends_view(
             options.node_id,
             live.services,
             token,
-            per_server=setup.spec.checkers_per_server,
+            per_server=machine.spec.checkers_per_server,
             assignment=assignment,
             snapshot=snapshot,
         )
@@ -536,22 +603,26 @@ def _backends_view(
 
 
 def _reloaders(
-    options: DaemonOptions,
-    setup: _Setup,
-    dataplane: DataPlaneReconciler | None,
-    health: HealthWorker,
-    *,
-    live: _Live,
-    fleet: ProxyFleet,
+    options: DaemonOptions, live_config: LiveConfig
 ) -> tuple[Callable[[], Awaitable[JsonObject]], Callable[[], None]]:
-    """`rainctl reload` and SIGHUP. Reading and validating a large file takes long (10,000
-    real servers: a third of a second here, more inside UML): a thread does it, and the
-    ring's loop only applies the result."""
+    """`rainctl reload` and SIGHUP: push the local file through the ring (reading it is the
+    only work done here; validation runs in a thread, the commit on the ring)."""
     reloading: set[asyncio.Task[None]] = set()
 
     async def reload() -> JsonObject:
-        loaded = await asyncio.to_thread(read_reload, options, setup)
-        return apply_reload(options, dataplane, health, loaded, live=live, fleet=fleet)
+        try:
+            text = await asyncio.to_thread(read_text, options.config)
+        except RainctlError as exc:
+            log.error("reload refused, the running config stays: %s", exc)  # noqa: TRY400
+            raise ControlError(f"reload refused: {exc}") from exc
+        try:
+            answer = await live_config.push(
+                text, str(options.config), expect_version=None, dry_run=False
+            )
+        except ControlError as exc:
+            log.error("reload refused, the running config stays: %s", exc)  # noqa: TRY400
+            raise
+        return {"reloaded": True, **answer}
 
     async def reload_logged() -> None:
         with contextlib.suppress(ControlError):  # already logged; the node runs on
@@ -565,69 +636,84 @@ def _reloaders(
     return reload, reload_on_signal
 
 
-@dataclass(frozen=True, slots=True)
-class _Reloaded:
-    config: ClusterConfig
-    services: tuple[ServiceSpec, ...]
-    checked: bool
-    """Whether any real server is checked (the health worker is needed)."""
-
-
-def read_reload(options: DaemonOptions, setup: _Setup) -> _Reloaded:
-    """SIGHUP / `rainctl reload`, first half (a worker thread): read the config again and
-    validate it whole; `apply_reload` applies what may change live.
-
-    Nothing is applied unless the whole file is valid. Ring settings (cluster, timers,
-    nodes, VIPs: what the config digest covers) cannot change under a running ring, whose
-    members compare digests; a change there is refused whole, with a log line, and the node
-    keeps running its current config. Data-plane sections go to the IPVS reconciler, which
-    diffs them against the kernel: unchanged services and real servers are not touched.
-    """
-    problem: str | None = None
+async def _open_transport(
+    setup: _Setup, driver: RingDriver, live_config: LiveConfig
+) -> UdpTransport:
+    """The ring's UDP socket and, on the same address over TCP, the documents' fetch
+    channel; neither is left open if the other cannot be."""
     try:
-        read = setup.reader.read(options.config)
-        config = read.config
-        spec = to_ring_spec(config)
-    except RainctlError as exc:
-        problem = str(exc)
-    if problem is not None:
-        log.error("reload refused, the running config stays: %s", problem)
-        raise ControlError(f"reload refused: {problem}")
-    if spec.config_digest != setup.spec.config_digest:
-        message = (
-            f"{options.config}: ring settings ([cluster], [timers], [rebalance], [[nodes]], "
-            "[[vips]]) changed; they need a restart of every node, the running config stays"
-        )
-        log.error("reload refused: %s", message)
-        raise ControlError(f"reload refused: {message}")
-    return _Reloaded(config, read.services, any_checked(read.services))
+        transport = await UdpTransport.open(setup.address, driver.on_datagram)
+    except BaseException:
+        live_config.close()
+        raise
+    try:
+        live_config.serve(parse_endpoint(setup.address)[0])
+    except BaseException:
+        transport.close()
+        live_config.close()
+        raise
+    return transport
 
 
-def apply_reload(
+def _live_config(
     options: DaemonOptions,
+    setup: _Setup,
+    *,
+    machine: RingMachine,
+    driver: RingDriver,
+    reconciler: Reconciler,
     dataplane: DataPlaneReconciler | None,
     health: HealthWorker,
-    loaded: _Reloaded,
-    *,
     live: _Live,
     fleet: ProxyFleet,
-) -> JsonObject:
-    """SIGHUP / `rainctl reload`, second half (the loop): hand the validated config on."""
-    services = len(loaded.services)
-    live.services = loaded.services
-    live.proxy_options = proxy_options_of(loaded.config)
-    live.refresh_proxies(fleet)
-    health.reload(needed=loaded.checked)
-    if dataplane is not None:
-        sync = sync_wanted(loaded.config, options.node_id, options.front_interface)
-        dataplane.want(loaded.services, sync)
-        log.info("reload: ring settings unchanged, %d service(s) handed to IPVS", services)
-    else:
-        log.info(
-            "reload: ring settings unchanged; data plane %s programs no services",
-            options.data_plane.value,
-        )
-    return {"reloaded": True, "services": services, "ipvs": dataplane is not None}
+) -> LiveConfig:
+    """The node's live configuration, wired to the ring and to what a new version changes:
+    the VIP pool, the peers' addresses, the services (IPVS, proxies, checks)."""
+
+    def apply(prepared: Prepared, previous: Prepared) -> None:
+        spec = prepared.spec
+        reconciler.want_pool([vip.vip for vip in spec.vips])
+        driver.peers = {
+            node.node_id: parse_endpoint(node.address)[0]
+            for node in spec.nodes
+            if node.node_id != options.node_id
+        }
+        live.services = prepared.services
+        live.proxy_options = proxy_options_of(prepared.config)
+        live.refresh_proxies(fleet)
+        if dataplane is not None and prepared.services is not previous.services:
+            dataplane.want(
+                prepared.services,
+                sync_wanted(prepared.config, options.node_id, options.front_interface),
+            )
+        if options.node_id not in spec.node_ids():
+            log.warning("node %d is not in the new configuration: leaving", options.node_id)
+            driver.request_leave()
+
+    def recorded(prepared: Prepared, path: Path) -> None:
+        health.reload(path, needed=any_checked(prepared.services))
+
+    def fetch_address(node: NodeId) -> SocketAddress | None:
+        spec = machine.spec
+        entry = next((n for n in spec.nodes if n.node_id == node), None)
+        return None if entry is None else parse_endpoint(entry.address)[0]
+
+    live_config = LiveConfig(
+        machine=machine,
+        running=setup.running,
+        store=setup.store,
+        keys=setup.keys,
+        context=NodeContext(
+            options.node_id,
+            front_interface_fixed=options.front_interface_from_config,
+        ),
+        submit=driver.submit,
+        fetch_address=fetch_address,
+        apply=apply,
+        recorded=recorded,
+    )
+    driver.on_config = live_config.on_action
+    return live_config
 
 
 def _data_plane(

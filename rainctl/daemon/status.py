@@ -27,6 +27,7 @@ def status_document(
     upstream: JsonObject | None = None,
     vip_lease: JsonObject | None = None,
     proxy: JsonObject | None = None,
+    config: JsonObject | None = None,
 ) -> JsonObject:
     token = status.token
     ring = status.ring
@@ -71,6 +72,7 @@ def status_document(
             }
             for load in token.loads
         ],
+        "config": config,
         "ipvs": ipvs,
         "proxy": proxy,
         "upstream": upstream,

@@ -8,9 +8,9 @@ measurable CPU. The worker runs at `nice` WORKER_NICE, so on a busy core the rin
 `python -m rainctl.health.worker --config FILE --node ID` reads the config itself (the
 targets: rainctl.health.targets) and talks JSON lines. On stdin, from the daemon:
 `{"ring": [epoch, creator, incarnation], "members": [...]}`, `{"verdicts": [[key, state,
-weight], ...]}`, `{"reload": true}` (read the config again; a bad file is logged and the
-running checks stay) and `{"snapshot": true}`. On stdout, to the daemon: `{"catalogue":
-[[key, weight], ...]}` (at start and after a reload that changed it), `{"observed":
+weight], ...]}`, `{"reload": "FILE"}` (read the configuration, now in FILE; a bad file is
+logged and the running checks stay) and `{"snapshot": true}`. On stdout, to the daemon:
+`{"catalogue": [[key, weight], ...]}` (at start and after a reload that changed it), `{"observed":
 {"ring": [...], "opinions": [...]}}` and, answering a request, `{"snapshot": ...}`. The end
 of stdin (the daemon exited, however it died) ends the worker; so does the death of its
 parent (PR_SET_PDEATHSIG).
@@ -126,7 +126,11 @@ class _Worker:
             self.monitor.set_verdicts(_opinions_from(message["verdicts"]))
         elif message.get("reload"):
             try:
-                self.monitor.set_targets(check_targets(load_config(self.config)))
+                config = Path(message["reload"])
+                loaded = load_config(config)
+                self.config = config
+                self.monitor.per_server = loaded.health.checkers_per_server
+                self.monitor.set_targets(check_targets(loaded))
             except RainctlError as exc:
                 log.error("health worker: reload refused, the running checks stay: %s", exc)  # noqa: TRY400
         elif message.get("snapshot"):
@@ -217,11 +221,12 @@ class HealthWorker:
         self._verdicts = _opinions_value(verdicts)
         self._write({"verdicts": self._verdicts})
 
-    def reload(self, *, needed: bool) -> None:
-        """The config file changed: the worker reads it again (or starts, when it was not
-        needed before and is now)."""
+    def reload(self, config: Path, *, needed: bool) -> None:
+        """The configuration changed (now in file `config`): the worker reads it (or
+        starts, when it was not needed before and is now)."""
+        self.config = config
         if self._process is not None:
-            self._write({"reload": True})
+            self._write({"reload": str(config)})
         elif needed and self._spawning is None:
             self._spawning = asyncio.get_running_loop().create_task(self._spawn())
 

@@ -69,7 +69,6 @@ def _machine(node_id: int, *, converged: bool = True) -> RingMachine:
 
 def _commands(machine: RingMachine, state_dir: Path, recorder: Recorder) -> Commands:
     return Commands(
-        spec=spec_for(SCENARIO),
         machine=machine,
         state_dir=state_dir,
         step=recorder.step,
@@ -79,6 +78,7 @@ def _commands(machine: RingMachine, state_dir: Path, recorder: Recorder) -> Comm
         leave=recorder.leave,
         backends=backends_document,
         backend_commands=BackendCommands(machine, lambda: (), recorder.step),
+        config_commands={},
     )
 
 

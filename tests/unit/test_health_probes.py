@@ -311,7 +311,7 @@ def test_no_worker_runs_while_nothing_is_checked(tmp_path: Path) -> None:
         worker = HealthWorker(tmp_path / "unused.toml", 1, lambda observed: None)
         await worker.start(needed=False)
         worker.set_ring(RingId(1, 1, 1), (1,))
-        worker.reload(needed=False)
+        worker.reload(tmp_path / "unused.toml", needed=False)
         assert (await worker.fresh_snapshot()).checking == {}
         await worker.stop()
         return worker

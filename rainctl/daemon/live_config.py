@@ -1,0 +1,381 @@
+"""The daemon's side of live configuration (docs/operations.md, "Changing a running
+cluster"; the commit protocol is docs/protocol.md, "Live configuration").
+
+`LiveConfig` is what the ring machine's configuration actions reach:
+
+- `ConfigWanted`: a task fetches the document by digest (from this node's history or
+  prepared documents, else from the named nodes over the fetch channel,
+  rainctl.daemon.config_fetch), validates it for this node in a thread
+  (rainctl.config.live.prepare_document) and steps `ConfigPrepared` into the machine: its
+  vote, or the ring's version it can now run;
+- `ApplyConfig`: the node runs a new version: the composition root's `apply` hands its
+  parts to the data plane, and the version is written to the node's history (the state
+  directory, rainctl.daemon.config_store) in the background, in order;
+- `ConfigPushSettled`: the answer to the operator waiting in `push`.
+
+`push` is `rainctl config push` (and `rollback`, SIGHUP and `rainctl reload`, which push
+the local file): the document is validated here first, exactly as every member will, then
+proposed with the version it was based on; the answer comes when the ring decided.
+Nothing here runs on the token path: validation and fetches run in threads, the history is
+written by a single background writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from rainctl.config.changes import change_count, config_changes
+from rainctl.config.live import NodeContext, Prepared, prepare_document
+from rainctl.config.reread import ConfigRereader
+from rainctl.core.cluster_config import ConfigVersion
+from rainctl.core.codec import KeyRing
+from rainctl.core.events import (
+    ApplyConfig,
+    ConfigPrepared,
+    ConfigPushRequested,
+    ConfigPushSettled,
+    ConfigWanted,
+    Event,
+)
+from rainctl.core.ring import IN_RING, RingMachine
+from rainctl.core.types import NodeId
+from rainctl.daemon.config_fetch import ConfigServer, FetchError, fetch_document
+from rainctl.daemon.config_store import ConfigStore
+from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
+from rainctl.daemon.state import StateError
+from rainctl.errors import RainctlError
+from rainctl.net.transport import SocketAddress
+
+FETCH_TIMEOUT_S = 5.0
+PUSH_TIMEOUT_S = 120.0
+"""An operator waits at most this long for the ring's decision (the ring itself aborts a
+proposal nobody could validate after PROPOSAL_ROTATIONS_MAX rotations)."""
+
+log = logging.getLogger("rainctl.config")
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """The version this node runs and its validated document."""
+
+    version: ConfigVersion
+    prepared: Prepared
+
+
+class LiveConfig:
+    def __init__(
+        self,
+        *,
+        machine: RingMachine,
+        running: Running,
+        store: ConfigStore,
+        keys: KeyRing,
+        context: NodeContext,
+        submit: Callable[[Event], None],
+        fetch_address: Callable[[NodeId], SocketAddress | None],
+        apply: Callable[[Prepared, Prepared], None],
+        recorded: Callable[[Prepared, Path], None],
+    ) -> None:
+        self._machine = machine
+        self.running = running
+        self._store = store
+        self._keys = keys
+        self._context = context
+        self._submit = submit
+        self._fetch_address = fetch_address
+        self._apply = apply
+        self._recorded = recorded
+        self._reader = ConfigRereader()
+        self._prepared: dict[bytes, Prepared] = {}
+        """Documents validated here that the ring has not committed (yet)."""
+        self._pushes: dict[int, asyncio.Future[ConfigPushSettled]] = {}
+        self._next_request_id = 1
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainctl-history")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.problem: str | None = None
+        """Why this node cannot run the ring's committed version (None: it can)."""
+        self.server: ConfigServer | None = None
+
+    # ---- the fetch channel ------------------------------------------------------------------
+
+    def serve(self, address: SocketAddress) -> None:
+        """Serve documents by digest to the other members (TCP on the ring's address)."""
+        self.server = ConfigServer(address, self._document_bytes, self._keys)
+        self.server.start()
+
+    def _document_bytes(self, digest: bytes) -> bytes | None:
+        """Called from the server's threads: dict reads of immutable values only."""
+        prepared = self._prepared.get(digest)
+        if prepared is None and self.running.prepared.digest == digest:
+            prepared = self.running.prepared
+        if prepared is not None:
+            return prepared.text.encode()
+        try:
+            text = self._store.find(digest)
+        except StateError:
+            return None
+        return None if text is None else text.encode()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        self._writer.shutdown(wait=True)
+
+    # ---- the machine's actions --------------------------------------------------------------
+
+    def on_action(self, action: ConfigWanted | ApplyConfig | ConfigPushSettled) -> None:
+        if isinstance(action, ConfigWanted):
+            self._spawn(self._prepare_wanted(action))
+        elif isinstance(action, ApplyConfig):
+            self._run(action)
+        else:
+            future = self._pushes.pop(action.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(action)
+
+    def _spawn(self, work: object) -> None:
+        assert asyncio.iscoroutine(work)
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare_wanted(self, wanted: ConfigWanted) -> None:
+        label = f"version {wanted.digest.hex()[:12]}"
+        try:
+            text = await self._fetch(wanted)
+            prepared = await asyncio.to_thread(self._prepare, text, label)
+        except RainctlError as exc:
+            log.warning("cannot take %s: %s", label, exc)
+            token = self._machine.token
+            if token is not None and token.config.committed.digest == wanted.digest:
+                self.problem = f"cannot run the ring's version: {exc}"
+            self._submit(ConfigPrepared(wanted.digest, None, str(exc)))
+            return
+        self._prepared[wanted.digest] = prepared
+        self._submit(ConfigPrepared(wanted.digest, prepared.spec))
+
+    async def _fetch(self, wanted: ConfigWanted) -> str:
+        local = self._document_bytes(wanted.digest)
+        if local is not None:
+            return local.decode()
+        sources = [
+            address
+            for address in (self._fetch_address(node) for node in wanted.sources)
+            if address is not None
+        ]
+        if not sources:
+            raise FetchError(f"no node to fetch document {wanted.digest.hex()[:12]} from")
+        data = await asyncio.to_thread(
+            fetch_document, wanted.digest, sources, self._keys, FETCH_TIMEOUT_S
+        )
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            raise FetchError(f"document {wanted.digest.hex()[:12]} is not UTF-8") from None
+
+    def _prepare(self, text: str, source: str) -> Prepared:
+        return prepare_document(
+            text,
+            source,
+            reader=self._reader,
+            running=self.running.prepared.config,
+            context=self._context,
+        )
+
+    def _run(self, apply: ApplyConfig) -> None:
+        """Run `apply.version`: data plane now, history in the background (in order)."""
+        digest = apply.version.digest
+        previous = self.running
+        prepared = (
+            previous.prepared
+            if digest == previous.prepared.digest
+            else self._prepared.pop(digest, None)
+        )
+        if prepared is None:  # the machine applies only what was prepared here
+            log.error("version %s applied without its document", apply.version.label())
+            return
+        self.running = Running(apply.version, prepared)
+        self.problem = None
+        changes = config_changes(previous.prepared.config, prepared.config)
+        log.info(
+            "running configuration version %s (%d change(s)%s)",
+            apply.version.label(),
+            change_count(changes),
+            "".join(f"; {section}: {' '.join(lines)}" for section, lines in changes.items())[:400],
+        )
+        if prepared is not previous.prepared:
+            self._apply(prepared, previous.prepared)
+        source = "renumbered" if prepared is previous.prepared else "committed by the ring"
+
+        def record() -> Path:
+            self._store.record(apply.version, prepared.text, source=source, lost=apply.lost)
+            return self._store.document_path(apply.version.number)
+
+        def recorded(future: asyncio.Future[Path]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                log.error("the configuration history could not be written: %s", error)
+            elif prepared is not previous.prepared:
+                self._recorded(prepared, future.result())
+
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(self._writer, record).add_done_callback(recorded)
+
+    # ---- operators ------------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Callable[[ControlRequest], Awaitable[JsonObject]]]:
+        """The control commands of `rainctl config show|history|diff|push|rollback`."""
+        return {
+            "config_show": self._show_command,
+            "config_history": self._history_command,
+            "config_push": self._push_command,
+            "config_rollback": self._rollback_command,
+        }
+
+    async def _show_command(self, request: ControlRequest) -> JsonObject:
+        request.expect("version")
+        number = None if request.arguments.get("version") is None else request.integer("version")
+        return self.show(number)
+
+    async def _history_command(self, request: ControlRequest) -> JsonObject:
+        request.expect()
+        return self.history()
+
+    async def _push_command(self, request: ControlRequest) -> JsonObject:
+        request.expect("text", "source", "expect_version", "dry_run")
+        expect = request.arguments.get("expect_version")
+        dry_run = request.arguments.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise ControlError(
+                f"config_push: argument 'dry_run' must be a boolean, got {dry_run!r}"
+            )
+        return await self.push(
+            request.text("text"),
+            request.text("source"),
+            expect_version=None if expect is None else request.integer("expect_version"),
+            dry_run=dry_run,
+        )
+
+    async def _rollback_command(self, request: ControlRequest) -> JsonObject:
+        request.expect("version")
+        return await self.rollback(request.integer("version"))
+
+    async def push(
+        self, text: str, source: str, *, expect_version: int | None, dry_run: bool
+    ) -> JsonObject:
+        """Validate `text` here, then (unless a dry run) commit it through the ring."""
+        try:
+            prepared = await asyncio.to_thread(self._prepare, text, source)
+        except RainctlError as exc:
+            raise ControlError(f"push refused: {exc}") from exc
+        running = self.running
+        changes = config_changes(running.prepared.config, prepared.config)
+        answer: JsonObject = {
+            "base_version": running.version.number,
+            "digest": prepared.digest.hex(),
+            "changes": changes,
+        }
+        if dry_run:
+            return {**answer, "dry_run": True}
+        if self._machine.phase not in IN_RING:
+            raise ControlError(
+                f"push refused: node {self._machine.node_id} is not in a ring "
+                f"({self._machine.phase.name.lower()}); push on a member"
+            )
+        base = running.version.number if expect_version is None else expect_version
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        future: asyncio.Future[ConfigPushSettled] = asyncio.get_running_loop().create_future()
+        self._pushes[request_id] = future
+        self._prepared[prepared.digest] = prepared
+        self._submit(ConfigPrepared(prepared.digest, prepared.spec))
+        self._submit(ConfigPushRequested(request_id, base, prepared.digest))
+        try:
+            settled = await asyncio.wait_for(future, PUSH_TIMEOUT_S)
+        except TimeoutError:
+            raise ControlError(
+                f"push: no decision within {PUSH_TIMEOUT_S:.0f} s; see `rainctl config history`"
+            ) from None
+        finally:
+            self._pushes.pop(request_id, None)
+        if not settled.committed:
+            raise ControlError(f"push refused: {settled.reason}")
+        version = settled.version or running.version
+        return {**answer, "version": version.number, "committed": True, "reason": settled.reason}
+
+    def show(self, number: int | None) -> JsonObject:
+        running = self.running
+        if number is None or number == running.version.number:
+            return {
+                "version": running.version.number,
+                "digest": running.version.digest.hex(),
+                "running": True,
+                "text": running.prepared.text,
+            }
+        try:
+            text = self._store.document(number)
+        except StateError as exc:
+            raise ControlError(f"config show: {exc}") from exc
+        return {"version": number, "running": False, "text": text}
+
+    def history(self) -> JsonObject:
+        try:
+            entries = self._store.history()
+        except StateError as exc:
+            raise ControlError(f"config history: {exc}") from exc
+        return {
+            "node_id": self._machine.node_id,
+            "running": self.running.version.number,
+            "history": [entry.as_json() for entry in entries],
+        }
+
+    async def rollback(self, number: int) -> JsonObject:
+        """Push version `number`'s document again (as a new version)."""
+        try:
+            text = self._store.document(number)
+        except StateError as exc:
+            raise ControlError(f"config rollback: {exc}") from exc
+        answer = await self.push(text, f"version {number}", expect_version=None, dry_run=False)
+        return {**answer, "rolled_back_to": number}
+
+    def status(self) -> JsonObject:
+        token = self._machine.token if self._machine.phase in IN_RING else None
+        section = token.config if token is not None else None
+        proposal = None if section is None else section.proposal
+        return {
+            "version": self.running.version.number,
+            "digest": self.running.version.digest.hex(),
+            "ring_version": None if section is None else section.committed.number,
+            "runs_ring_version": self._machine.runs_ring_config(),
+            "proposal": None
+            if proposal is None
+            else {
+                "version": proposal.version.number,
+                "origin": proposal.origin,
+                "votes": [
+                    {"node": vote.node_id, "accepted": vote.accepted, "reason": vote.reason}
+                    for vote in proposal.votes
+                ],
+            },
+            "lost": []
+            if section is None
+            else [
+                {
+                    "node": lost.node_id,
+                    "version": lost.version.number,
+                    "digest": lost.version.digest.hex(),
+                    "replaced_by": lost.replaced_by.number,
+                }
+                for lost in section.lost
+            ],
+            "problem": self.problem,
+        }
