@@ -117,10 +117,6 @@ class ConfigStore:
         self.node_id = node_id
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"{self.directory}: {exc.strerror or exc}") from exc
         self._entries: tuple[HistoryEntry, ...] = self._load_index()
         """Newest first; replaced whole (never mutated) so readers see one consistent list."""
 
@@ -250,6 +246,9 @@ class ConfigStore:
 
     def _write(self, path: Path, data: bytes) -> None:
         try:
+            # Created at the first record, not before: a daemon refused at start leaves
+            # nothing in the state directory.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomically(path, data)
         except OSError as exc:
             raise StateError(f"{path}: {exc.strerror or exc}") from exc

@@ -45,7 +45,7 @@ from rainctl.core.events import (
 from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.types import NodeId
 from rainctl.daemon.config_fetch import ConfigServer, FetchError, fetch_document
-from rainctl.daemon.config_store import ConfigStore
+from rainctl.daemon.config_store import ConfigStore, HistoryEntry
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
 from rainctl.daemon.state import StateError
 from rainctl.errors import RainctlError
@@ -105,7 +105,9 @@ class LiveConfig:
 
     def serve(self, address: SocketAddress) -> None:
         """Serve documents by digest to the other members (TCP on the ring's address)."""
-        self.server = ConfigServer(address, self._document_bytes, self._keys)
+        self.server = ConfigServer(
+            address[0], address[1], lookup=self._document_bytes, keys=self._keys
+        )
         self.server.start()
 
     def _document_bytes(self, digest: bytes) -> bytes | None:
@@ -270,13 +272,20 @@ class LiveConfig:
         return await self.rollback(request.integer("version"))
 
     async def push(
-        self, text: str, source: str, *, expect_version: int | None, dry_run: bool
+        self,
+        text: str,
+        source: str,
+        *,
+        expect_version: int | None,
+        dry_run: bool,
+        verb: str = "push",
     ) -> JsonObject:
-        """Validate `text` here, then (unless a dry run) commit it through the ring."""
+        """Validate `text` here, then (unless a dry run) commit it through the ring; errors
+        start with "`verb` refused:"."""
         try:
             prepared = await asyncio.to_thread(self._prepare, text, source)
         except RainctlError as exc:
-            raise ControlError(f"push refused: {exc}") from exc
+            raise ControlError(f"{verb} refused: {exc}") from exc
         running = self.running
         changes = config_changes(running.prepared.config, prepared.config)
         answer: JsonObject = {
@@ -288,7 +297,7 @@ class LiveConfig:
             return {**answer, "dry_run": True}
         if self._machine.phase not in IN_RING:
             raise ControlError(
-                f"push refused: node {self._machine.node_id} is not in a ring "
+                f"{verb} refused: node {self._machine.node_id} is not in a ring "
                 f"({self._machine.phase.name.lower()}); push on a member"
             )
         base = running.version.number if expect_version is None else expect_version
@@ -303,12 +312,12 @@ class LiveConfig:
             settled = await asyncio.wait_for(future, PUSH_TIMEOUT_S)
         except TimeoutError:
             raise ControlError(
-                f"push: no decision within {PUSH_TIMEOUT_S:.0f} s; see `rainctl config history`"
+                f"{verb}: no decision within {PUSH_TIMEOUT_S:.0f} s; see `rainctl config history`"
             ) from None
         finally:
             self._pushes.pop(request_id, None)
         if not settled.committed:
-            raise ControlError(f"push refused: {settled.reason}")
+            raise ControlError(f"{verb} refused: {settled.reason}")
         version = settled.version or running.version
         return {**answer, "version": version.number, "committed": True, "reason": settled.reason}
 
@@ -335,7 +344,7 @@ class LiveConfig:
         return {
             "node_id": self._machine.node_id,
             "running": self.running.version.number,
-            "history": [entry.as_json() for entry in entries],
+            "history": [_history_json(entry) for entry in entries],
         }
 
     async def rollback(self, number: int) -> JsonObject:
@@ -379,3 +388,15 @@ class LiveConfig:
             ],
             "problem": self.problem,
         }
+
+
+def _history_json(entry: HistoryEntry) -> JsonObject:
+    return {
+        "number": entry.version.number,
+        "digest": entry.version.digest.hex(),
+        "applied_at": entry.applied_at.isoformat(timespec="seconds"),
+        "source": entry.source,
+        "status": entry.status.value,
+        "replaced_by": None if entry.replaced_by is None else entry.replaced_by.number,
+        "kept": entry.kept,
+    }

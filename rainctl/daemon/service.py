@@ -126,13 +126,13 @@ def _starting_document(options: DaemonOptions, store: ConfigStore) -> tuple[int,
     longer lists this node (it was removed, and is now added back) gives way to the file."""
     stored = store.current()
     if stored is not None:
-        text = store.document(stored.number)
+        text = store.document(stored.version.number)
         read = ConfigRereader().read_text(text, str(stored.path))
         if any(node.id == options.node_id for node in read.config.nodes):
-            return stored.number, text, stored.path
+            return stored.version.number, text, stored.path
         log.warning(
             "version %d of the history does not list node %d: starting from %s",
-            stored.number,
+            stored.version.number,
             options.node_id,
             options.config,
         )
@@ -612,16 +612,13 @@ def _reloaders(
     async def reload() -> JsonObject:
         try:
             text = await asyncio.to_thread(read_text, options.config)
-        except RainctlError as exc:
-            log.error("reload refused, the running config stays: %s", exc)  # noqa: TRY400
-            raise ControlError(f"reload refused: {exc}") from exc
-        try:
             answer = await live_config.push(
-                text, str(options.config), expect_version=None, dry_run=False
+                text, str(options.config), expect_version=None, dry_run=False, verb="reload"
             )
-        except ControlError as exc:
-            log.error("reload refused, the running config stays: %s", exc)  # noqa: TRY400
-            raise
+        except RainctlError as exc:
+            refusal = str(exc) if isinstance(exc, ControlError) else f"reload refused: {exc}"
+            log.error("%s; the running config stays", refusal)  # noqa: TRY400
+            raise ControlError(refusal) from exc
         return {"reloaded": True, **answer}
 
     async def reload_logged() -> None:
