@@ -50,6 +50,7 @@ from rainctl.lab.plan import (
     partition_commands,
     partition_groups,
     plan_lab,
+    spare_vips,
     uml_command,
 )
 from rainctl.lab.processes import LabError, ProcessRecord, end_group, is_alive
@@ -459,7 +460,7 @@ def _build_network(plan: LabPlan) -> None:
         commands.append(f"addr add {address} dev {bridge}")
     _ip_batch(switch, commands)
     _sysctls(switch, {"net/ipv4/ip_forward": 1, **_rp_filter_off("br0", "br1")})
-    dr_vips = lab_vips(plan) if plan.mode == "dr" else ()
+    dr_vips = (*lab_vips(plan), *spare_vips(plan)) if plan.mode == "dr" else ()
     for host in hosts:
         host_commands = [
             "link set lo up",
@@ -1255,6 +1256,6 @@ def start_arp_prober(state_dir: Path) -> Path:
             "ip", "netns", "exec", plan.client.namespace, sys.executable, "-m",
             "rainctl.lab.probe", "arp", "--output", str(log), "--interface", "eth0",
             "--source", str(plan.client.address.ip), "--source6", str(CLIENT_ADDRESS6.ip),
-            *(str(vip) for vip in (*lab_vips(plan), *lab_vips6(plan))),
+            *(str(vip) for vip in (*lab_vips(plan), *spare_vips(plan), *lab_vips6(plan))),
         ),
     )  # fmt: skip

@@ -353,6 +353,17 @@ def lab_vips(plan: LabPlan) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(VIP_BASE + index for index in range(VIPS_PER_NODE * len(plan.nodes)))
 
 
+SPARE_VIPS = 2
+
+
+def spare_vips(plan: LabPlan) -> tuple[ipaddress.IPv4Address, ...]:
+    """SPARE_VIPS addresses after the lab VIPs: not in the cluster config the lab writes, but
+    on the DR back-ends' loopback and in the ARP prober's list, so a live configuration push
+    can add them as VIPs with services (tests/lab/test_lab_config.py)."""
+    first = VIP_BASE + VIPS_PER_NODE * len(plan.nodes)
+    return tuple(first + index for index in range(SPARE_VIPS))
+
+
 def lab_vips6(plan: LabPlan) -> tuple[ipaddress.IPv6Address, ...]:
     """With `ipv6`: VIPS6_PER_NODE IPv6 VIPs per node, from VIP6_BASE up (else none). They
     carry no IPVS service: they show ownership, NA and neighbour solicitation end to end."""

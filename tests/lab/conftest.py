@@ -220,6 +220,19 @@ def health_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="session")
+def config_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """3 nodes at the lan profile with 2 DR back-ends, for live configuration pushes."""
+    yield from _session_lab(
+        tmp_path_factory,
+        "config-lab",
+        "rlc",
+        f"config lab up ({DR_NODES} nodes, {DR_BACKENDS} back-ends, every daemon answering)",
+        ["--nodes", str(DR_NODES), "--backends", str(DR_BACKENDS), "--daemon",
+         "--profile", DR_PROFILE, "--mode", "dr"],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def nat_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from _session_lab(
         tmp_path_factory,
