@@ -18,7 +18,7 @@ import json
 
 from rainctl.config.health import CheckKind, FailureAction, effective_check
 from rainctl.config.models import ClusterConfig, NodeEntry, VipEntry, vip_sort_key
-from rainctl.config.services import ServiceEntry, ServiceMode
+from rainctl.config.services import ProxyOptions, ServiceEntry, ServiceMode
 from rainctl.core.dataplane import RealServerSpec, ServiceSpec, SyncSpec
 from rainctl.core.spec import NodeSpec, RebalanceSpec, RingSpec, VipSpec
 
@@ -110,3 +110,12 @@ def _sorted_nodes(config: ClusterConfig) -> list[NodeEntry]:
 
 def _sorted_vips(config: ClusterConfig) -> list[VipEntry]:
     return sorted(config.vips, key=lambda vip: vip_sort_key(vip.address))
+
+
+def proxy_options_of(config: ClusterConfig) -> dict[tuple[str, int], ProxyOptions]:
+    """Each proxied service's `proxy` options (the defaults where it gives none)."""
+    return {
+        (entry.vip, entry.port): entry.proxy or ProxyOptions()
+        for entry in config.services
+        if entry.mode is ServiceMode.HTTP
+    }

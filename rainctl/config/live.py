@@ -25,10 +25,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from rainctl.config.convert import to_ring_spec
+from rainctl.config.changes import config_changes
+from rainctl.config.convert import proxy_options_of, to_ring_spec
 from rainctl.config.diagnostics import Problem, format_loc
 from rainctl.config.models import ClusterConfig, NodeEntry
 from rainctl.config.reread import ConfigRereader
+from rainctl.config.services import ProxyOptions
 from rainctl.core.dataplane import ServiceSpec
 from rainctl.core.spec import QuorumPolicy, RingSpec
 from rainctl.core.types import NodeId
@@ -66,8 +68,15 @@ class Prepared:
     text: str
     digest: bytes
     config: ClusterConfig
+    """Without its `[[services]]` when a large document was validated in the daemon's
+    configuration worker (rainctl.daemon.config_worker): `services` has them."""
     services: tuple[ServiceSpec, ...]
     spec: RingSpec
+    changes: dict[str, list[str]]
+    """What it changes against the version that ran when it was validated, per section
+    (rainctl.config.changes)."""
+    proxy_options: dict[tuple[str, int], ProxyOptions]
+    """The `proxy` options of its `mode = "http"` services."""
 
 
 def prepare_document(
@@ -87,7 +96,9 @@ def prepare_document(
         raise ConfigError(f"{source}: {format_loc(path)}: {message}")
     digest = document_digest(text)
     spec = replace(to_ring_spec(read.config), config_digest=digest)
-    return Prepared(text, digest, read.config, read.services, spec)
+    changes = config_changes(running, read.config)
+    proxies = proxy_options_of(read.config)
+    return Prepared(text, digest, read.config, read.services, spec, changes, proxies)
 
 
 def live_change_problems(

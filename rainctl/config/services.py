@@ -30,7 +30,8 @@ from rainctl.core.dataplane import (
 )
 from rainctl.proxy.settings import RESUMES_MAX_DEFAULT, STALL_TIMEOUT_MS_DEFAULT
 
-SERVICES_MAX = 1024
+SERVICES_MAX = 16384
+"""A 10,000-service configuration (GOALS.md S1, S4) fits; each is a netlink object."""
 REAL_SERVERS_MAX = 1024
 """Per service."""
 

@@ -29,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from rainctl.config.changes import change_count, config_changes
-from rainctl.config.live import NodeContext, Prepared, prepare_document
-from rainctl.config.reread import ConfigRereader
+from rainctl.config.changes import change_count
+from rainctl.config.live import NodeContext, Prepared
 from rainctl.core.cluster_config import ConfigVersion
 from rainctl.core.codec import KeyRing
 from rainctl.core.events import (
@@ -46,6 +45,7 @@ from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.types import NodeId
 from rainctl.daemon.config_fetch import ConfigServer, FetchError, fetch_document
 from rainctl.daemon.config_store import ConfigStore, HistoryEntry
+from rainctl.daemon.config_worker import ConfigWorker, PrepareRequest
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
 from rainctl.daemon.state import StateError
 from rainctl.errors import RainctlError
@@ -90,7 +90,7 @@ class LiveConfig:
         self._fetch_address = fetch_address
         self._apply = apply
         self._recorded = recorded
-        self._reader = ConfigRereader()
+        self._worker = ConfigWorker()
         self._prepared: dict[bytes, Prepared] = {}
         """Documents validated here that the ring has not committed (yet)."""
         self._pushes: dict[int, asyncio.Future[ConfigPushSettled]] = {}
@@ -123,11 +123,12 @@ class LiveConfig:
             return None
         return None if text is None else text.encode()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.server is not None:
             self.server.close()
         for task in self._tasks:
             task.cancel()
+        await self._worker.close()
         self._writer.shutdown(wait=True)
 
     # ---- the machine's actions --------------------------------------------------------------
@@ -152,7 +153,7 @@ class LiveConfig:
         label = f"version {wanted.digest.hex()[:12]}"
         try:
             text = await self._fetch(wanted)
-            prepared = await asyncio.to_thread(self._prepare, text, label)
+            prepared = await self._prepare(text, label)
         except RainctlError as exc:
             log.warning("cannot take %s: %s", label, exc)
             token = self._machine.token
@@ -182,14 +183,10 @@ class LiveConfig:
         except UnicodeDecodeError:
             raise FetchError(f"document {wanted.digest.hex()[:12]} is not UTF-8") from None
 
-    def _prepare(self, text: str, source: str) -> Prepared:
-        return prepare_document(
-            text,
-            source,
-            reader=self._reader,
-            running=self.running.prepared.config,
-            context=self._context,
-        )
+    async def _prepare(self, text: str, source: str) -> Prepared:
+        running = self.running.prepared
+        request = PrepareRequest(text, source, running.text, self._context)
+        return await self._worker.prepare(request, running)
 
     def _run(self, apply: ApplyConfig) -> None:
         """Run `apply.version`: data plane now, history in the background (in order)."""
@@ -205,7 +202,7 @@ class LiveConfig:
             return
         self.running = Running(apply.version, prepared)
         self.problem = None
-        changes = config_changes(previous.prepared.config, prepared.config)
+        changes = prepared.changes if prepared is not previous.prepared else {}
         log.info(
             "running configuration version %s (%d change(s)%s)",
             apply.version.label(),
@@ -246,11 +243,11 @@ class LiveConfig:
     async def _show_command(self, request: ControlRequest) -> JsonObject:
         request.expect("version")
         number = None if request.arguments.get("version") is None else request.integer("version")
-        return self.show(number)
+        return await asyncio.to_thread(self.show, number)  # reads (and checks) a document
 
     async def _history_command(self, request: ControlRequest) -> JsonObject:
         request.expect()
-        return self.history()
+        return await asyncio.to_thread(self.history)
 
     async def _push_command(self, request: ControlRequest) -> JsonObject:
         request.expect("text", "source", "expect_version", "dry_run")
@@ -282,16 +279,15 @@ class LiveConfig:
     ) -> JsonObject:
         """Validate `text` here, then (unless a dry run) commit it through the ring; errors
         start with "`verb` refused:"."""
+        running = self.running
         try:
-            prepared = await asyncio.to_thread(self._prepare, text, source)
+            prepared = await self._prepare(text, source)
         except RainctlError as exc:
             raise ControlError(f"{verb} refused: {exc}") from exc
-        running = self.running
-        changes = config_changes(running.prepared.config, prepared.config)
         answer: JsonObject = {
             "base_version": running.version.number,
             "digest": prepared.digest.hex(),
-            "changes": changes,
+            "changes": prepared.changes,
         }
         if dry_run:
             return {**answer, "dry_run": True}
@@ -350,7 +346,7 @@ class LiveConfig:
     async def rollback(self, number: int) -> JsonObject:
         """Push version `number`'s document again (as a new version)."""
         try:
-            text = self._store.document(number)
+            text = await asyncio.to_thread(self._store.document, number)
         except StateError as exc:
             raise ControlError(f"config rollback: {exc}") from exc
         answer = await self.push(text, f"version {number}", expect_version=None, dry_run=False)

@@ -23,8 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rainctl.config.models import ClusterConfig
-from rainctl.config.services import ProxyOptions, ServiceMode
+from rainctl.config.services import ProxyOptions
 from rainctl.core.backends import proxy_backends
 from rainctl.core.dataplane import ServiceSpec
 from rainctl.proxy.service_worker import CounterDocument, add_counters
@@ -38,15 +37,6 @@ LINE_BYTES_MAX = 16 * 1024 * 1024
 log = logging.getLogger("rainctl.proxies")
 
 JsonObject = dict[str, Any]
-
-
-def proxy_options_of(config: ClusterConfig) -> dict[tuple[str, int], ProxyOptions]:
-    """Each proxied service's `proxy` options (the defaults where it gives none)."""
-    return {
-        (entry.vip, entry.port): entry.proxy or ProxyOptions()
-        for entry in config.services
-        if entry.mode is ServiceMode.HTTP
-    }
 
 
 def proxy_settings(

@@ -42,6 +42,7 @@ from rainctl.config import (
     load_keys,
     to_ring_spec,
 )
+from rainctl.config.convert import proxy_options_of
 from rainctl.config.files import read_text
 from rainctl.config.live import NodeContext, Prepared, document_digest
 from rainctl.config.reread import ConfigRereader
@@ -70,7 +71,7 @@ from rainctl.daemon.maintenance import (
     maintenance_path,
 )
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
-from rainctl.daemon.proxies import ProxyFleet, proxy_options_of, proxy_settings
+from rainctl.daemon.proxies import ProxyFleet, proxy_settings
 from rainctl.daemon.realtime import apply_realtime
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import StateError, next_incarnation
@@ -165,7 +166,8 @@ def _load(options: DaemonOptions) -> _Setup:
         if node_id != options.node_id
     }
     running = Running(
-        ConfigVersion(number, digest), Prepared(text, digest, config, read.services, spec)
+        ConfigVersion(number, digest),
+        Prepared(text, digest, config, read.services, spec, {}, proxy_options_of(config)),
     )
     return _Setup(
         spec, keys, addresses[options.node_id], peers, config, read.services, running, store, path
@@ -279,7 +281,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     )
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
-    live = _Live(setup.services, proxy_options_of(setup.config))
+    live = _Live(setup.services, setup.running.prepared.proxy_options)
     fleet = ProxyFleet(options.proxy_workers or os.cpu_count() or 1)
     health = _health_monitor(
         options,
@@ -342,7 +344,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         control = await ControlServer.start(options.control_socket, commands.answer)
     except BaseException:
         transport.close()
-        live_config.close()
+        await live_config.close()
         raise
     loop = asyncio.get_running_loop()
     background = _background_tasks(reconciler, dataplane, upstream)
@@ -376,7 +378,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         await fleet.stop()
         await _cancel_all(background)
         transport.close()
-        live_config.close()
+        await live_config.close()
         control.close()
         maintenance.close()
     log.info("stopped")
@@ -641,13 +643,13 @@ async def _open_transport(
     try:
         transport = await UdpTransport.open(setup.address, driver.on_datagram)
     except BaseException:
-        live_config.close()
+        await live_config.close()
         raise
     try:
         live_config.serve(parse_endpoint(setup.address)[0])
     except BaseException:
         transport.close()
-        live_config.close()
+        await live_config.close()
         raise
     return transport
 
@@ -676,7 +678,7 @@ def _live_config(
             if node.node_id != options.node_id
         }
         live.services = prepared.services
-        live.proxy_options = proxy_options_of(prepared.config)
+        live.proxy_options = prepared.proxy_options
         live.refresh_proxies(fleet)
         if dataplane is not None and prepared.services is not previous.services:
             dataplane.want(

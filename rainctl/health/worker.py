@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rainctl.children import die_with_parent
 from rainctl.config import load_config
 from rainctl.core.events import HealthObserved
 from rainctl.core.health import CatalogueEntry, HealthState, ServerOpinion
@@ -49,7 +48,6 @@ SNAPSHOT_TIMEOUT_S = 1.0
 RESTART_S = 1.0
 STOP_TIMEOUT_S = 3.0
 LINE_BYTES_MAX = 64 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("rainctl.health")
 
@@ -90,11 +88,6 @@ def _snapshot_from(value: dict[str, Any]) -> MonitorSnapshot:
 
 
 # ---- the worker process ----------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _Worker:
@@ -157,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _die_with_parent()
+    die_with_parent()
     os.nice(WORKER_NICE)
     try:
         asyncio.run(_serve(arguments.config, arguments.node))

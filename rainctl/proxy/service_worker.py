@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -37,13 +36,13 @@ import signal
 import sys
 from typing import Any
 
+from rainctl.children import die_with_parent
 from rainctl.logs import LOG_FORMAT
 from rainctl.proxy.server import ProxyServer
 from rainctl.proxy.settings import ProxySettings, from_json
 
 COUNTERS_S = 1.0
 LINE_BYTES_MAX = 16 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("rainctl.proxy")
 
@@ -180,8 +179,7 @@ async def _serve() -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    die_with_parent(signal.SIGTERM)
     asyncio.run(_serve())
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import errno
 import json
 import logging
@@ -28,6 +27,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+from rainctl.children import die_with_parent
 from rainctl.errors import OptionError, RainctlError
 from rainctl.logs import LOG_FORMAT
 from rainctl.proxy.server import ProxyServer
@@ -37,7 +37,6 @@ log = logging.getLogger("rainctl.proxy")
 
 READY_TIMEOUT_S = 10.0
 RESTART_S = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 def _listen_error(settings: ProxySettings, error: OSError) -> OptionError:
@@ -191,11 +190,6 @@ def run_workers(settings: ProxySettings, workers: int) -> None:
 # ---- python -m rainctl.proxy.worker --------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _say(message: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
@@ -206,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", required=True, help="ProxySettings as JSON")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)
     try:
         settings = from_json(arguments.settings)
         asyncio.run(serve(settings, on_ready=lambda port: _say({"ready": port})))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from rainctl.config import parse_config, to_services
+from rainctl.config.convert import proxy_options_of
 from rainctl.core.backends import key_of, proxy_backends, with_verdicts
 from rainctl.core.dataplane import ServiceSpec, desired_ipvs
 from rainctl.core.health import HealthState, ServerOpinion
-from rainctl.daemon.proxies import proxy_options_of, proxy_settings
+from rainctl.daemon.proxies import proxy_settings
 from rainctl.proxy.settings import Balance, Endpoint
 
 from .test_config import error_of

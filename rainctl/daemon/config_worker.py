@@ -1,0 +1,212 @@
+"""Validating configuration documents off the daemon's interpreter (live configuration).
+
+Why a process for large documents: parsing (rtoml) and validating (pydantic-core) run in
+compiled code that holds the interpreter lock for the whole call; in a thread of the daemon,
+a 10,000-service document (1.5 MB) kept the ring's event loop from running for 40-90 ms on
+the host and over 0.5 s inside a UML guest, long enough for the ring to exclude the node.
+A process of its own shares no lock with the ring. Small documents (up to
+INLINE_BYTES_MAX, a few services) are validated in a thread: their stall is a few
+milliseconds, and a process would add its start-up to every small push.
+
+`python -m rainctl.daemon.config_worker` is started at the first large document and ends
+after IDLE_S without work (its stdin closed), so a node that never sees a large document
+carries no second interpreter (the UML guests have 192 MB); it dies with the daemon
+(PR_SET_PDEATHSIG). Requests and answers are pickles behind an 8-byte length, on its stdin
+and stdout; the answer is unpickled in a thread. It keeps a `ConfigRereader` (unchanged
+`[[services]]` tables are not validated again) and the parsed running configuration, by
+digest.
+
+Results cross the process boundary as new objects; `intern_services` gives back the running
+version's very `ServiceSpec` objects for the services that did not change, which the IPVS
+reconciler skips by identity (rainctl.daemon.dataplane).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import sys
+from dataclasses import dataclass, replace
+
+from rainctl.children import die_with_parent
+from rainctl.config.live import NodeContext, Prepared, document_digest, prepare_document
+from rainctl.config.models import ClusterConfig
+from rainctl.config.reread import ConfigRereader
+from rainctl.core.dataplane import ServiceSpec
+from rainctl.errors import ConfigError, RainctlError
+
+INLINE_BYTES_MAX = 64 * 1024
+IDLE_S = 30.0
+SERVICES_PER_CHUNK = 200
+_LENGTH_BYTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareRequest:
+    text: str
+    source: str
+    running_text: str
+    context: NodeContext
+
+
+class _Running:
+    """The last running configuration parsed (in this process), by digest."""
+
+    known: tuple[bytes, ClusterConfig] | None = None
+
+
+def _running_config(text: str, reader: ConfigRereader) -> ClusterConfig:
+    digest = document_digest(text)
+    known = _Running.known
+    if known is not None and known[0] == digest:
+        return known[1]
+    config = reader.read_text(text, "the running version").config
+    _Running.known = (digest, config)
+    return config
+
+
+def prepare_request(request: PrepareRequest, reader: ConfigRereader) -> Prepared:
+    """Validate `request.text` for this node against the running document (the worker)."""
+    running = _running_config(request.running_text, reader)
+    return prepare_document(
+        request.text, request.source, reader=reader, running=running, context=request.context
+    )
+
+
+def _portable(prepared: Prepared) -> tuple[Prepared, list[bytes]]:
+    """What the worker sends back: the services as pickles of SERVICES_PER_CHUNK each (the
+    daemon unpickles them one by one, so its event loop gets its turn between them) and,
+    for a large document, the configuration without its `[[services]]` (the daemon does
+    not read them there; re-creating 10,000 models would hold its interpreter lock)."""
+    services = prepared.services
+    chunks = [
+        pickle.dumps(services[start : start + SERVICES_PER_CHUNK], pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(services), SERVICES_PER_CHUNK)
+    ]
+    config = prepared.config
+    if len(prepared.text) > INLINE_BYTES_MAX:
+        config = config.model_copy(update={"services": ()})
+    return replace(prepared, config=config, services=()), chunks
+
+
+def _services_from(
+    chunks: list[bytes], running: tuple[ServiceSpec, ...]
+) -> tuple[ServiceSpec, ...]:
+    services: list[ServiceSpec] = []
+    for chunk in chunks:
+        services += pickle.loads(chunk)  # noqa: S301 - from our own worker
+    return intern_services(tuple(services), running)
+
+
+def intern_services(
+    services: tuple[ServiceSpec, ...], running: tuple[ServiceSpec, ...]
+) -> tuple[ServiceSpec, ...]:
+    """`services` with every one equal to a running service replaced by that very object."""
+    known = {service: service for service in running}
+    return tuple(known.get(service, service) for service in services)
+
+
+class ConfigWorker:
+    """Validates documents: large ones in the worker process, small ones in a thread."""
+
+    def __init__(self) -> None:
+        self._reader = ConfigRereader()
+        self._process: asyncio.subprocess.Process | None = None
+        self._turn = asyncio.Lock()
+        self._idle: asyncio.TimerHandle | None = None
+        self._ending: set[asyncio.Task[None]] = set()
+
+    async def prepare(self, request: PrepareRequest, running: Prepared) -> Prepared:
+        if max(len(request.text), len(running.text)) <= INLINE_BYTES_MAX:
+            return await asyncio.to_thread(
+                prepare_document,
+                request.text,
+                request.source,
+                reader=self._reader,
+                running=running.config,
+                context=request.context,
+            )
+        async with self._turn:
+            if self._idle is not None:
+                self._idle.cancel()
+            try:
+                kind, value = await self._ask(request)
+            finally:
+                self._idle = asyncio.get_running_loop().call_later(IDLE_S, self._stop_idle)
+        if kind != "ok" or not isinstance(value, tuple):
+            raise ConfigError(str(value))
+        prepared, chunks = value
+        assert isinstance(prepared, Prepared)
+        services = await asyncio.to_thread(_services_from, chunks, running.services)
+        return replace(prepared, services=services)
+
+    async def _ask(self, request: PrepareRequest) -> tuple[str, object]:
+        process = self._process
+        if process is None or process.returncode is not None:
+            process = self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rainctl.daemon.config_worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        assert process.stdin is not None
+        assert process.stdout is not None
+        data = await asyncio.to_thread(pickle.dumps, request, pickle.HIGHEST_PROTOCOL)
+        try:
+            process.stdin.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
+            await process.stdin.drain()
+            length = int.from_bytes(await process.stdout.readexactly(_LENGTH_BYTES), "big")
+            answer = await process.stdout.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._process = None
+            raise ConfigError(f"the configuration worker ended ({exc}); try again") from exc
+        kind, value = await asyncio.to_thread(pickle.loads, answer)
+        return str(kind), value
+
+    def _stop_idle(self) -> None:
+        self._idle = None
+        process, self._process = self._process, None
+        if process is not None:
+            task = asyncio.get_running_loop().create_task(_end(process, kill=False))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        process, self._process = self._process, None
+        if process is not None:
+            await _end(process, kill=True)
+        for task in list(self._ending):
+            await task
+
+
+async def _end(process: asyncio.subprocess.Process, *, kill: bool) -> None:
+    """End the worker: its input closed (it exits), or killed; waited for."""
+    if kill and process.returncode is None:
+        process.kill()
+    elif process.stdin is not None:
+        process.stdin.close()
+    await process.wait()
+
+
+def main() -> None:
+    """The worker process: answer requests until its stdin ends."""
+    die_with_parent()
+    reader = ConfigRereader()
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = requests.read(_LENGTH_BYTES)
+        if len(header) < _LENGTH_BYTES:
+            return
+        request = pickle.loads(requests.read(int.from_bytes(header, "big")))  # noqa: S301 - from the daemon, our parent
+        try:
+            answer: tuple[str, object] = ("ok", _portable(prepare_request(request, reader)))
+        except RainctlError as exc:
+            answer = ("error", str(exc))
+        data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+        answers.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    main()

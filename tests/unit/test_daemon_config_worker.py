@@ -1,0 +1,93 @@
+"""The configuration worker (rainctl.daemon.config_worker): large documents validated in a
+process of their own, with the same result as in the daemon; small ones in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from rainctl.config.live import NodeContext, Prepared
+from rainctl.config.reread import ConfigRereader
+from rainctl.daemon.config_worker import (
+    INLINE_BYTES_MAX,
+    ConfigWorker,
+    PrepareRequest,
+    prepare_request,
+)
+from rainctl.errors import ConfigError
+from tests.unit.test_config import document
+
+CONTEXT = NodeContext(2, front_interface_fixed=False)
+
+
+def services(count: int, *, weight: int = 1) -> str:
+    return "".join(
+        f'\n[[services]]\nvip = "198.18.0.100"\nport = {20000 + index}\n'
+        f'health = {{ kind = "none" }}\n'
+        f'real_servers = [{{ address = "198.18.1.11", weight = {weight if index == 7 else 1} }}]\n'
+        for index in range(count)
+    )
+
+
+def running(text: str) -> Prepared:
+    return prepare_request(PrepareRequest(text, "running", text, CONTEXT), ConfigRereader())
+
+
+def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon() -> None:
+    base = running(document())
+    large = document() + services(600)
+    assert len(large) > INLINE_BYTES_MAX
+    changed = document() + services(600, weight=3)
+
+    async def main() -> tuple[Prepared, Prepared, int | None]:
+        worker = ConfigWorker()
+        try:
+            first = await worker.prepare(PrepareRequest(large, "a", base.text, CONTEXT), base)
+            second = await worker.prepare(PrepareRequest(changed, "b", large, CONTEXT), first)
+            process = worker._process
+            return first, second, None if process is None else process.pid
+        finally:
+            await worker.close()
+
+    first, second, pid = asyncio.run(main())
+    assert pid is not None
+    deadline = time.monotonic() + 5.0  # killed by close(), reaped by asyncio's watcher
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not Path(f"/proc/{pid}").exists()
+    reference = prepare_request(PrepareRequest(large, "a", base.text, CONTEXT), ConfigRereader())
+    assert first.services == reference.services
+    assert first.spec == reference.spec
+    assert first.changes == {"services": [f"+ tcp 198.18.0.100:{20000 + i}" for i in range(600)]}
+    assert first.config.services == ()  # left in the worker: `services` carries them
+    # Unchanged services come back as the running version's very objects.
+    assert all(
+        new is old
+        for index, (new, old) in enumerate(zip(second.services, first.services, strict=True))
+        if index != 7
+    )
+    assert second.services[7] != first.services[7]
+    assert second.changes == {"services": ["~ tcp 198.18.0.100:20007: real_servers"]}
+
+
+def test_refusals_come_back_as_one_line() -> None:
+    base = running(document())
+    broken = document(cluster='[cluster]\nname = "edge-a"\nid = 43\n') + services(600)
+
+    async def main() -> None:
+        worker = ConfigWorker()
+        try:
+            with pytest.raises(ConfigError, match=r"^pushed: cluster\.id: 42 -> 43 cannot change"):
+                await worker.prepare(PrepareRequest(broken, "pushed", base.text, CONTEXT), base)
+            small = document(extra="[timers]\nround_ms = 50\n")
+            prepared = await worker.prepare(
+                PrepareRequest(small, "small", base.text, CONTEXT), base
+            )
+            assert prepared.changes == {"timers": ["round_ms: (unset) -> 50"]}
+        finally:
+            await worker.close()
+
+    asyncio.run(main())
