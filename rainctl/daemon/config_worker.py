@@ -11,10 +11,10 @@ milliseconds, and a process would add its start-up to every small push.
 `python -m rainctl.daemon.config_worker` is started at the first large document and ends
 after IDLE_S without work (its stdin closed), so a node that never sees a large document
 carries no second interpreter (the UML guests have 192 MB); it dies with the daemon
-(PR_SET_PDEATHSIG). Requests and answers are pickles behind an 8-byte length, on its stdin
-and stdout; the answer is unpickled in a thread. It keeps a `ConfigRereader` (unchanged
-`[[services]]` tables are not validated again) and the parsed running configuration, by
-digest.
+(PR_SET_PDEATHSIG) and runs at a lower priority (rainctl.children). Requests and answers
+are pickles behind an 8-byte length, on its stdin and stdout; the answer is unpickled in a
+thread. It keeps a `ConfigRereader` (unchanged `[[services]]` tables are not validated
+again) and the parsed running configuration, by digest.
 
 Results cross the process boundary as new objects; `intern_services` gives back the running
 version's very `ServiceSpec` objects for the services that did not change, which the IPVS
@@ -28,7 +28,7 @@ import pickle
 import sys
 from dataclasses import dataclass, replace
 
-from rainctl.children import die_with_parent
+from rainctl.children import die_with_parent, step_aside
 from rainctl.config.live import NodeContext, Prepared, document_digest, prepare_document
 from rainctl.config.models import ClusterConfig
 from rainctl.config.reread import ConfigRereader
@@ -192,6 +192,7 @@ async def _end(process: asyncio.subprocess.Process, *, kill: bool) -> None:
 def main() -> None:
     """The worker process: answer requests until its stdin ends."""
     die_with_parent()
+    step_aside()
     reader = ConfigRereader()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:

@@ -3,7 +3,8 @@
 Why a process: the checks are Python work, and a thread would share the daemon's
 interpreter lock with the ring's loop; in the lab a monitor thread checking 16 back-ends
 made ring members miss their hop deadlines (false exclusions) although it added no
-measurable CPU. The worker runs at `nice` WORKER_NICE, so on a busy core the ring wins.
+measurable CPU. The worker runs at `nice` HELPER_NICE (rainctl.children), so on a busy core the
+ring wins.
 
 `python -m rainctl.health.worker --config FILE --node ID` reads the config itself (the
 targets: rainctl.health.targets) and talks JSON lines. On stdin, from the daemon:
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rainctl.children import die_with_parent
+from rainctl.children import die_with_parent, step_aside
 from rainctl.config import load_config
 from rainctl.core.events import HealthObserved
 from rainctl.core.health import CatalogueEntry, HealthState, ServerOpinion
@@ -42,7 +43,6 @@ from rainctl.errors import RainctlError
 from rainctl.health.monitor import HealthMonitor, MonitorSnapshot, ServerCheck
 from rainctl.health.targets import check_targets
 
-WORKER_NICE = 10
 SNAPSHOT_TIMEOUT_S = 1.0
 """`rainctl backends` waits this long for the worker's answer, then shows the last one."""
 RESTART_S = 1.0
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     die_with_parent()
-    os.nice(WORKER_NICE)
+    step_aside()
     try:
         asyncio.run(_serve(arguments.config, arguments.node))
     except RainctlError as exc:

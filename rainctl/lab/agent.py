@@ -33,7 +33,9 @@ from rainctl.daemon.control import ControlError, request
 
 REQUEST_TIMEOUT_S = 1.0
 CONTROL_TIMEOUT_S = 10.0
-"""For the host's requests (drain and reload may take longer than a status)."""
+"""For the host's requests (drain and reload may take longer than a status); a request may
+ask for longer (`timeout_s`, at most CONTROL_TIMEOUT_MAX_S: a large configuration push)."""
+CONTROL_TIMEOUT_MAX_S = 300.0
 REQUEST_POLL_S = 0.05
 REQUESTS = "requests"
 RESPONSES = "responses"
@@ -120,10 +122,12 @@ def answer(socket_path: Path, document: object, daemon_pid: int | None = None) -
         return {"ok": False, "error": "'arguments' must be an object"}
     if document["command"] == SIGNAL_DAEMON:
         return _signal_daemon(daemon_pid, (arguments or {}).get("signal"))
+    wanted = document.get("timeout_s")
+    timeout_s = CONTROL_TIMEOUT_S
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        timeout_s = min(max(float(wanted), CONTROL_TIMEOUT_S), CONTROL_TIMEOUT_MAX_S)
     try:
-        result = request(
-            socket_path, document["command"], timeout_s=CONTROL_TIMEOUT_S, arguments=arguments
-        )
+        result = request(socket_path, document["command"], timeout_s=timeout_s, arguments=arguments)
     except ControlError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "result": result}

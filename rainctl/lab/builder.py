@@ -1121,7 +1121,8 @@ def control(
     request_path = scratch / "requests" / f"{identity}.json"
     response_path = scratch / "responses" / f"{identity}.json"
     temporary = scratch / "requests" / f".{identity}.tmp"
-    document = {"command": command, "arguments": arguments or {}}
+    # The helper inside the node waits as long for the daemon (a large push takes long).
+    document = {"command": command, "arguments": arguments or {}, "timeout_s": timeout_s}
     try:
         temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
         temporary.replace(request_path)
