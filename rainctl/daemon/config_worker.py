@@ -36,7 +36,7 @@ from rainctl.core.dataplane import ServiceSpec
 from rainctl.errors import ConfigError, RainctlError
 
 INLINE_BYTES_MAX = 64 * 1024
-IDLE_S = 30.0
+IDLE_S = 300.0
 SERVICES_PER_CHUNK = 200
 _LENGTH_BYTES = 8
 
@@ -49,28 +49,38 @@ class PrepareRequest:
     context: NodeContext
 
 
-class _Running:
-    """The last running configuration parsed (in this process), by digest."""
+class _Parsed:
+    """The documents this process validated last, by digest: the next request's running
+    document is usually the one validated for the previous request."""
 
-    known: tuple[bytes, ClusterConfig] | None = None
+    known: dict[bytes, ClusterConfig] = {}  # noqa: RUF012 - the process's one memory
+    KEPT = 2
 
 
 def _running_config(text: str, reader: ConfigRereader) -> ClusterConfig:
     digest = document_digest(text)
-    known = _Running.known
-    if known is not None and known[0] == digest:
-        return known[1]
-    config = reader.read_text(text, "the running version").config
-    _Running.known = (digest, config)
+    config = _Parsed.known.get(digest)
+    if config is None:
+        config = reader.read_text(text, "the running version").config
+        _remember(digest, config)
     return config
+
+
+def _remember(digest: bytes, config: ClusterConfig) -> None:
+    known = _Parsed.known
+    known[digest] = config
+    while len(known) > _Parsed.KEPT:
+        del known[next(iter(known))]
 
 
 def prepare_request(request: PrepareRequest, reader: ConfigRereader) -> Prepared:
     """Validate `request.text` for this node against the running document (the worker)."""
     running = _running_config(request.running_text, reader)
-    return prepare_document(
+    prepared = prepare_document(
         request.text, request.source, reader=reader, running=running, context=request.context
     )
+    _remember(prepared.digest, prepared.config)
+    return prepared
 
 
 def _portable(prepared: Prepared) -> tuple[Prepared, list[bytes]]:
