@@ -320,7 +320,9 @@ class RingMachine:
         elif isinstance(event, ConfigPrepared):
             self.config.prepared(event.digest, event.spec, event.problem)
             if self.token is not None and self.phase in IN_RING:
-                self._follow_config(self.token, now, actions)
+                # No forgetting here: the document an operator is about to push (prepared
+                # just before its ConfigPushRequested) is not in the token yet.
+                self._follow_config(self.token, now, actions, forget=False)
         elif not isinstance(event, ClockAdvanced):
             raise TypeError(f"unknown event {event!r}")
         self._fire_deadlines(now, actions)
@@ -924,7 +926,9 @@ class RingMachine:
 
     # ---- live configuration ----------------------------------------------------------------
 
-    def _follow_config(self, token: Token, now: Instant, actions: list[Action]) -> None:
+    def _follow_config(
+        self, token: Token, now: Instant, actions: list[Action], *, forget: bool = True
+    ) -> None:
         """Take in the configuration section of an accepted token (or of the copy, once a
         document is prepared): report this node's settled pushes, run the ring's committed
         version if it is validated here, ask for the documents it lacks."""
@@ -934,7 +938,8 @@ class RingMachine:
         if change is not None:
             self._apply_config(*change, section, now, actions)
         actions.extend(self.config.wanted(section, now, token.member_ids(), self.last_token_from))
-        self.config.forget(section)
+        if forget:
+            self.config.forget(section)
 
     def _apply_config(
         self,
