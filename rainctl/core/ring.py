@@ -87,7 +87,7 @@ from rainctl.core.messages import (
     TokenAck,
     TokenPacket,
 )
-from rainctl.core.ownership import OwnershipInputs, maintain
+from rainctl.core.ownership import OwnershipInputs, commit_releases, maintain
 from rainctl.core.reliable import (
     Complete,
     Corrupt,
@@ -1138,6 +1138,13 @@ class RingMachine:
             health = self.health.update(token.health, token.ring, token.member_ids())
             if health is not token.health:
                 token = replace(token, health=health)
+        else:
+            # Still, the VIPs the ring planned away from it (it serves none of them: it was
+            # given some on admission, before its first report said UNHEALTHY) are released
+            # here, else nobody would ever serve them: the owner commits its own releases.
+            released = commit_releases(token.vips, self.node_id)
+            if released != token.vips:
+                token = replace(token, vips=released)
         return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
 
     def _hold_config(self, token: Token, now: Instant, actions: list[Action]) -> Token:
