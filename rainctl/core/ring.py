@@ -1128,6 +1128,12 @@ class RingMachine:
             self.leave_index = token.member_ids().index(self.node_id)
             remaining = tuple(m for m in token.members if m.node_id != self.node_id)
             token = self._with_members(token, remaining)
+        # This node may run a version its token copy does not know: one committed on a
+        # token branch the ring lost (a holder excluded a successor that had in fact taken
+        # the token, and passed on its older copy). It brings it in like a joiner does.
+        config = admit(token.config, {self.node_id: self.config.applied})
+        if config is not token.config:
+            token = replace(token, config=config)
         # A version renumbered at this admission is run at once (same document).
         self._follow_config(token, now, actions)
         if self.config.runs(token.config):
