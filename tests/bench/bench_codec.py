@@ -22,6 +22,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 
+from rainctl.core.cluster_config import ConfigSection, ConfigVersion
 from rainctl.core.codec import (
     CARRIAGE_CHUNK_BYTES_MAX,
     HEADER_BYTES,
@@ -76,7 +77,7 @@ def big_token(members: int = 64, vips: int = 1000) -> Token:
             for node in range(1, members + 1)
         ),
         pins=tuple((name, owner_of[name]) for name in sorted(names)[:32]),
-        config_digest=bytes(range(32)),
+        config=ConfigSection(ConfigVersion(1, bytes(range(32)))),
         rebalance_count=12,
         hops_since_change=5_000,
         multicast=(MulticastMessage(3, 1, 77, 1, b"x" * 200),),

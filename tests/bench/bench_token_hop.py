@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from random import Random
 
+from rainctl.core.cluster_config import ConfigSection, ConfigVersion
 from rainctl.core.codec import DatagramCodec, KeyRing, decode_token, encode_token
 from rainctl.core.events import Action, ClockAdvanced, LoadMeasured, MessageReceived, Send
 from rainctl.core.messages import AckStatus, Carriage, Envelope, Message, TokenAck, TokenPacket
@@ -125,7 +126,7 @@ def production_token(spec: RingSpec, seq: int) -> Token:
         vips=records,
         loads=tuple(loads),
         pins=tuple((name, owners[name]) for name in names[:32]),
-        config_digest=spec.config_digest,
+        config=ConfigSection(ConfigVersion(1, spec.config_digest)),
         rebalance_count=7,
         hops_since_change=10_000,
         multicast=(),
