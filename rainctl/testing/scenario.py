@@ -41,7 +41,10 @@ class Fault:
     upstream_down / upstream_up: `node` loses / regains its upstream (quorum = upstream);
     backend_down / backend_up: real server `backend` dies / comes back;
     backend_cut / backend_uncut: `node` can no longer / again reach real server `backend`;
-    backend_drain / backend_undrain: an operator asks `node` to drain / undrain `backend`.
+    backend_drain / backend_undrain: an operator asks `node` to drain / undrain `backend`;
+    push: an operator pushes configuration document `document` (an index into
+    `document_names`) at `node`, based on version `base` (-1: the version the node runs; a
+    number below the ring's is a stale push).
     """
 
     at_ms: int
@@ -54,6 +57,8 @@ class Fault:
     vip_index: int = 0
     bytes_per_s: int = 0
     backend: int = 0
+    document: int = 0
+    base: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,33 @@ FaultKind = Literal[
     "backend_uncut",
     "backend_drain",
     "backend_undrain",
+    "push",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+# ---- configuration documents a push can pick ----------------------------------------------
+
+BASE_FROM_NODE = -1
+"""`Fault.base` for "the version the pushing node runs" (an operator's ordinary push)."""
+SHARED_DOCUMENTS = ("bootstrap", "vip-added", "vip-removed", "timers", "rebalance")
+"""Variants every node accepts; "bootstrap" is the document every node starts with."""
+
+
+def document_names(nodes: int) -> tuple[str, ...]:
+    """The configuration documents of a cluster of `nodes` (rainctl.testing.sim_config
+    builds them), by index: the shared variants, then for each node k "refused-by-k" (adds
+    VIPs, node k cannot run it) and "without-k" (node k removed)."""
+    per_node = range(1, nodes + 1)
+    return (
+        *SHARED_DOCUMENTS,
+        *(f"refused-by-{node}" for node in per_node),
+        *(f"without-{node}" for node in per_node),
+    )
+
+
+def document_index(nodes: int, name: str) -> int:
+    return document_names(nodes).index(name)
+
 
 # ---- random schedules for seed sweeps -----------------------------------------------------
 
@@ -135,6 +165,10 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
     backend_rng = Random(f"{seed}:backends")
     backends = backend_rng.choice((0, 0, 3, 8)) if mixed else 0
     faults.extend(_random_backend_faults(backend_rng, backends, nodes, fault_end))
+    # So do configuration pushes (a share of the seeds).
+    config_rng = Random(f"{seed}:config")
+    if mixed and config_rng.random() < CONFIG_SEED_SHARE:
+        faults.extend(_random_pushes(config_rng, nodes, fault_end))
     faults.sort(key=lambda fault: fault.at_ms)
     return Scenario(
         seed=seed,
@@ -174,6 +208,38 @@ def _random_backend_faults(rng: Random, backends: int, nodes: int, fault_end: in
         kind = rng.choice(("backend_drain", "backend_undrain"))
         at = rng.randint(500, fault_end)
         faults.append(Fault(at, kind, node=rng.randint(1, nodes), backend=rng.randrange(backends)))
+    return faults
+
+
+CONFIG_SEED_SHARE = 0.3
+
+
+def _random_pushes(rng: Random, nodes: int, fault_end: int) -> list[Fault]:
+    """Operator pushes at random nodes and times (so some land in a minority, on a paused
+    node or one about to crash): mostly based on what the node runs, some stale (base 0:
+    every ring is at version 1 or more), some refused by one node (the pusher itself now and
+    then: refused before it is proposed), some in pairs at two nodes at once."""
+    faults: list[Fault] = []
+    shared = range(len(SHARED_DOCUMENTS))
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randint(1500, fault_end)
+        node = rng.randint(1, nodes)
+        if rng.random() < 0.25:
+            document = document_index(nodes, f"refused-by-{rng.randint(1, nodes)}")
+        else:
+            document = rng.choice(shared)
+        base = 0 if rng.random() < 0.15 else BASE_FROM_NODE
+        faults.append(Fault(at, "push", node=node, document=document, base=base))
+        if rng.random() < 0.3:
+            other = rng.randint(1, nodes)
+            faults.append(
+                Fault(
+                    min(at + rng.randint(0, 30), fault_end),
+                    "push",
+                    node=other,
+                    document=rng.choice(shared),
+                )
+            )
     return faults
 
 
@@ -244,6 +310,8 @@ class _FaultModel(BaseModel):
     vip_index: Annotated[int, Field(ge=0)] = 0
     bytes_per_s: Annotated[int, Field(ge=0)] = 0
     backend: Annotated[int, Field(ge=0)] = 0
+    document: Annotated[int, Field(ge=0)] = 0
+    base: Annotated[int, Field(ge=BASE_FROM_NODE)] = BASE_FROM_NODE
 
 
 class _ScenarioModel(BaseModel):
@@ -287,8 +355,14 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
             raise ConfigError(
                 f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
             )
-        if fault.kind in ("backend_cut", "backend_uncut") and not fault.node:
+        if fault.kind in ("backend_cut", "backend_uncut", "push") and not fault.node:
             raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
+        documents = len(document_names(model.nodes))
+        if fault.kind == "push" and fault.document >= documents:
+            raise ConfigError(
+                f"{where}.document: {fault.document} is not below the {documents} documents "
+                f"of {model.nodes} nodes"
+            )
         if fault.kind == "network" and fault.network is None:
             raise ConfigError(f"{where}.network: required for kind 'network'")
         try:
@@ -307,6 +381,8 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
                 fault.vip_index,
                 fault.bytes_per_s,
                 fault.backend,
+                fault.document,
+                fault.base,
             )
         )
     unknown_late = sorted(set(model.late_joiners) - node_ids)
