@@ -77,6 +77,9 @@ class Scenario:
     """Nodes that are configured but start only with a `join` fault."""
     backends: int = 0
     """Real servers of one service, checked by the members (rainctl.testing.health_model)."""
+    bootstraps: dict[int, int] = field(default_factory=dict)
+    """Node -> index of the document (`document_names`) its bootstrap file holds, for nodes
+    that do not start from document 0."""
     expect: dict[str, int] = field(default_factory=dict)
     """Golden expectations, e.g. {"max_outage_ms": 600}; checked by the golden tests."""
     replay: str = ""
@@ -326,9 +329,55 @@ class _ScenarioModel(BaseModel):
     rebalance: bool = False
     late_joiners: tuple[int, ...] = ()
     backends: Annotated[int, Field(ge=0, le=10_000)] = 0
+    bootstraps: dict[int, Annotated[int, Field(ge=0)]] = {}
     network: _NetworkModel = _NetworkModel()
     faults: tuple[_FaultModel, ...] = ()
     expect: dict[str, int] = {}
+
+
+def _fault_value(fault: _FaultModel, where: str, model: _ScenarioModel) -> Fault:
+    """One fault of a scenario file, checked against the scenario's cluster."""
+    node_ids = set(range(1, model.nodes + 1))
+    mentioned = {fault.node} if fault.node else set()
+    mentioned |= {n for group in fault.groups for n in group}
+    mentioned |= set(fault.sources) | set(fault.targets)
+    unknown = sorted(mentioned - node_ids)
+    if unknown:
+        raise ConfigError(f"{where}: node {unknown[0]} is not one of 1..{model.nodes}")
+    if fault.kind == "traffic" and fault.vip_index >= max(model.vips, 1):
+        raise ConfigError(f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})")
+    if fault.kind.startswith("backend_") and fault.backend >= model.backends:
+        raise ConfigError(
+            f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
+        )
+    if fault.kind in ("backend_cut", "backend_uncut", "push") and not fault.node:
+        raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
+    documents = len(document_names(model.nodes))
+    if fault.kind == "push" and fault.document >= documents:
+        raise ConfigError(
+            f"{where}.document: {fault.document} is not below the {documents} documents "
+            f"of {model.nodes} nodes"
+        )
+    if fault.kind == "network" and fault.network is None:
+        raise ConfigError(f"{where}.network: required for kind 'network'")
+    try:
+        network = fault.network.to_value() if fault.network is not None else None
+    except ValueError as error:
+        raise ConfigError(f"{where}.network: {error}") from None
+    return Fault(
+        fault.at_ms,
+        fault.kind,
+        fault.node,
+        fault.groups,
+        fault.sources,
+        fault.targets,
+        network,
+        fault.vip_index,
+        fault.bytes_per_s,
+        fault.backend,
+        fault.document,
+        fault.base,
+    )
 
 
 def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
@@ -338,53 +387,19 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
     except ValidationError as error:
         raise ConfigError(f"{source}: {format_validation_error(error, _ScenarioModel)}") from None
     node_ids = set(range(1, model.nodes + 1))
-    faults: list[Fault] = []
-    for index, fault in enumerate(model.faults):
-        where = f"{source}: faults[{index}]"
-        mentioned = {fault.node} if fault.node else set()
-        mentioned |= {n for group in fault.groups for n in group}
-        mentioned |= set(fault.sources) | set(fault.targets)
-        unknown = sorted(mentioned - node_ids)
-        if unknown:
-            raise ConfigError(f"{where}: node {unknown[0]} is not one of 1..{model.nodes}")
-        if fault.kind == "traffic" and fault.vip_index >= max(model.vips, 1):
+    documents = len(document_names(model.nodes))
+    faults = [
+        _fault_value(fault, f"{source}: faults[{index}]", model)
+        for index, fault in enumerate(model.faults)
+    ]
+    for node, document in sorted(model.bootstraps.items()):
+        if node not in node_ids:
+            raise ConfigError(f"{source}: bootstraps: node {node} is not one of 1..{model.nodes}")
+        if document >= documents:
             raise ConfigError(
-                f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})"
+                f"{source}: bootstraps.{node}: {document} is not below the {documents} "
+                f"documents of {model.nodes} nodes"
             )
-        if fault.kind.startswith("backend_") and fault.backend >= model.backends:
-            raise ConfigError(
-                f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
-            )
-        if fault.kind in ("backend_cut", "backend_uncut", "push") and not fault.node:
-            raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
-        documents = len(document_names(model.nodes))
-        if fault.kind == "push" and fault.document >= documents:
-            raise ConfigError(
-                f"{where}.document: {fault.document} is not below the {documents} documents "
-                f"of {model.nodes} nodes"
-            )
-        if fault.kind == "network" and fault.network is None:
-            raise ConfigError(f"{where}.network: required for kind 'network'")
-        try:
-            network = fault.network.to_value() if fault.network is not None else None
-        except ValueError as error:
-            raise ConfigError(f"{where}.network: {error}") from None
-        faults.append(
-            Fault(
-                fault.at_ms,
-                fault.kind,
-                fault.node,
-                fault.groups,
-                fault.sources,
-                fault.targets,
-                network,
-                fault.vip_index,
-                fault.bytes_per_s,
-                fault.backend,
-                fault.document,
-                fault.base,
-            )
-        )
     unknown_late = sorted(set(model.late_joiners) - node_ids)
     if unknown_late:
         raise ConfigError(
@@ -407,6 +422,7 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
         rebalance=model.rebalance,
         late_joiners=model.late_joiners,
         backends=model.backends,
+        bootstraps=dict(model.bootstraps),
         expect=dict(model.expect),
     )
 

@@ -177,8 +177,9 @@ class Simulation:
     def __init__(self, scenario: Scenario, *, check_liveness: bool = True) -> None:
         self.scenario = scenario
         self.spec = spec_for(scenario)
-        """The bootstrap document every node starts with (`config` holds the others)."""
-        self.config = SimConfig.for_spec(self.spec)
+        """The bootstrap document (nodes start from it unless `scenario.bootstraps` says
+        otherwise; `config` holds the others)."""
+        self.config = SimConfig.for_spec(self.spec, scenario.bootstraps)
         self.rng = Random(scenario.seed)
         # Fetches draw from their own generator: they leave the network's draws alone.
         self.fetch_rng = Random(f"{scenario.seed}:fetch")
@@ -203,7 +204,8 @@ class Simulation:
         # Only the documents this scenario pushes can be committed: the time bounds follow
         # the slowest of them, and stay those of the bootstrap in runs without pushes.
         pushed = {fault.document for fault in scenario.faults if fault.kind == "push"}
-        self.in_play = [self.config.documents[i] for i in sorted({0, *pushed})]
+        booted = {0, *scenario.bootstraps.values()}
+        self.in_play = [self.config.documents[i] for i in sorted(booted | pushed)]
         specs = {document.digest: document.spec for document in self.in_play}
         self.checker = InvariantChecker(self.spec, scenario, documents=specs)
         self.config_checker = ConfigChecker(specs)

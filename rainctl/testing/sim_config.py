@@ -139,14 +139,17 @@ class SimConfig:
     pushes: list[PushRecord] = field(default_factory=list)
     settled: list[SettledRecord] = field(default_factory=list)
 
-    @classmethod
-    def for_spec(cls, base: RingSpec) -> SimConfig:
-        documents = build_documents(base)
-        return cls(documents, {document.digest: document for document in documents})
+    bootstraps: dict[NodeId, int] = field(default_factory=dict)
+    """Nodes whose bootstrap file is not document 0: the index of theirs."""
 
-    @property
-    def bootstrap(self) -> ConfigDocument:
-        return self.documents[0]
+    @classmethod
+    def for_spec(cls, base: RingSpec, bootstraps: Mapping[NodeId, int]) -> SimConfig:
+        documents = build_documents(base)
+        by_digest = {document.digest: document for document in documents}
+        return cls(documents, by_digest, bootstraps=dict(bootstraps))
+
+    def bootstrap(self, node: NodeId) -> ConfigDocument:
+        return self.documents[self.bootstraps.get(node, 0)]
 
     def name(self, digest: bytes) -> str:
         document = self.by_digest.get(digest)
@@ -156,8 +159,9 @@ class SimConfig:
         """The spec and version number `node` starts with; None when the version it last
         applied no longer lists it (the daemon refuses to start)."""
         saved = self.saved.get(node)
-        spec, number = (self.bootstrap.spec, 0) if saved is None else (saved[1], saved[0].number)
-        self.held.setdefault(node, set()).add(self.bootstrap.digest)
+        bootstrap = self.bootstrap(node)
+        spec, number = (bootstrap.spec, 0) if saved is None else (saved[1], saved[0].number)
+        self.held.setdefault(node, set()).add(bootstrap.digest)
         if node not in spec.node_ids():
             return None
         return spec, number

@@ -623,9 +623,7 @@ def hostile_inputs(draw: st.DrawFn, spec: RingSpec, me: NodeId, incarnation: int
         else:
             token = tame(draw(rs.tokens()))
             if draw(st.integers(0, 4)):
-                token = replace(
-                    token, config=ConfigSection(ConfigVersion(1, spec.config_digest))
-                )
+                token = replace(token, config=ConfigSection(ConfigVersion(1, spec.config_digest)))
             if draw(st.integers(0, 4)):
                 mine = Member(me, draw(st.sampled_from([incarnation, incarnation + 1])))
                 rest = [m for m in token.members if m.node_id != me]
