@@ -493,23 +493,14 @@ def test_a_commit_on_a_lost_token_branch_never_takes_a_node_back() -> None:
         hops_since_change=0,
     )
     now = sim.now
-    actions: list[Action] = []
-    carriages, packet = split_payload(10_000, older.ring, older.seq, encode_token(older))
-    messages: list[Message] = [*carriages, packet]
-    for message in messages:
-        envelope = Envelope(2, 1, 3, message)
-        actions += machine.step(MessageReceived(envelope), now)
+    actions = _deliver_token(machine, older, 2, now)
     assert machine.ring == older.ring
     assert machine.config.applied == mine
     assert not any(isinstance(action, ApplyConfig) for action in actions)
     assert machine.owned == ()
     assert ConfigWanted(bootstrap.digest, (2, 1)) in actions
     # Its hold: the version rule renumbers the ring's document above its version.
-    while machine.phase is Phase.HOLDING:
-        deadline = machine.next_deadline()
-        assert deadline is not None
-        now = max(now, deadline)
-        machine.step(ClockAdvanced(), now)
+    now = _finish_hold(machine, now)
     token = machine.token
     assert token is not None
     renumbered = ConfigVersion(3, bootstrap.digest)
@@ -519,6 +510,84 @@ def test_a_commit_on_a_lost_token_branch_never_takes_a_node_back() -> None:
     applied = machine.step(ConfigPrepared(bootstrap.digest, bootstrap.spec, None), now)
     assert ApplyConfig(renumbered, bootstrap.spec, token.config.lost) in applied
     assert machine.config.applied == renumbered
+
+
+def _deliver_token(machine: RingMachine, token: Token, source: NodeId, now: int) -> list[Action]:
+    """Hand `token` to `machine` from `source` (incarnation 1) as datagrams."""
+    actions: list[Action] = []
+    carriages, packet = split_payload(10_000, token.ring, token.seq, encode_token(token))
+    messages: list[Message] = [*carriages, packet]
+    for message in messages:
+        actions += machine.step(MessageReceived(Envelope(source, 1, machine.node_id, message)), now)
+    return actions
+
+
+def _finish_hold(machine: RingMachine, now: int) -> int:
+    while machine.phase is Phase.HOLDING:
+        deadline = machine.next_deadline()
+        assert deadline is not None
+        now = max(now, deadline)
+        machine.step(ClockAdvanced(), now)
+    return now
+
+
+def test_a_member_behind_the_rings_version_releases_the_vips_planned_away_from_it() -> None:
+    """It serves none of them; the ring can only move them when their owner commits the
+    release at its hold, which such a member must do although it leaves the rest of the
+    table alone."""
+    sim = Simulation(Scenario(seed=33, nodes=3, vips=3, duration_ms=4000), check_liveness=False)
+    advance(sim, 3000)
+    machine: RingMachine = copy.deepcopy(sim.nodes[3].machine)
+    token = machine.token
+    assert token is not None
+    theirs = ConfigVersion(2, document(sim, "vip-added").digest)
+    vip = token.vips[0].vip
+    records = tuple(
+        replace(record, owner=3, pending_owner=1) if record.vip == vip else record
+        for record in token.vips
+    )
+    ahead = replace(
+        token,
+        ring=RingId(machine.ring.epoch + 1, 2, 1),
+        seq=token.seq + 1,
+        vips=records,
+        config=ConfigSection(theirs),
+        hops_since_change=0,
+    )
+    _deliver_token(machine, ahead, 2, sim.now)
+    assert not machine.runs_ring_config()
+    assert machine.owned == ()
+    _finish_hold(machine, sim.now)
+    passed = machine.token
+    assert passed is not None
+    record = next(record for record in passed.vips if record.vip == vip)
+    assert (record.owner, record.pending_owner) == (1, None)
+    assert passed.config.committed == theirs  # the rest it leaves alone
+
+
+def test_a_node_that_ran_the_same_document_under_a_larger_number_keeps_its_number() -> None:
+    """Both sides of a quorum=none partition commit the same document, one side as 3 (after
+    another push): the merged ring takes the larger number, nobody goes back."""
+    scenario = Scenario(
+        seed=3,
+        nodes=3,
+        vips=4,
+        quorum="none",
+        duration_ms=12_000,
+        faults=(
+            Fault(2500, "partition", groups=((1, 2), (3,))),
+            push(3500, 1, "vip-added", nodes=3),
+            push(3500, 3, "timers", nodes=3),
+            push(4500, 3, "vip-added", nodes=3),
+            Fault(6000, "heal"),
+        ),
+    )
+    sim, _ = run(scenario)
+    version = ConfigVersion(3, document(sim, "vip-added").digest)
+    assert versions(sim) == dict.fromkeys((1, 2, 3), version)
+    token = sim.nodes[1].machine.token
+    assert token is not None
+    assert token.config.lost == ()  # the same document: nothing was lost
 
 
 # ---- scenario files -------------------------------------------------------------------------
