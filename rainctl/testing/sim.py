@@ -44,6 +44,7 @@ from rainctl.core.events import (
     UpstreamChecked,
 )
 from rainctl.core.health import HealthState, Maintenance
+from rainctl.core.messages import Carriage, TokenPacket
 from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -360,7 +361,12 @@ class Simulation:
         live = self._live_nodes()
         self.checker.after_step(live, self.now)
         if node.condition is NodeCondition.UP:
-            self.config_checker.after_step(node, self.now)
+            token_from = None
+            if isinstance(event, MessageReceived) and isinstance(
+                event.envelope.message, TokenPacket | Carriage
+            ):
+                token_from = event.envelope.source
+            self.config_checker.after_step(node, self.now, token_from)
         if self.backends is not None:
             self.backends.after_step(self._live_nodes(), self.now)
         if node.condition is NodeCondition.UP:

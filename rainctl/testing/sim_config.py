@@ -12,8 +12,8 @@ validates and prepares the document first) and the answers to `ConfigWanted`.
 
 `ConfigChecker` holds the configuration invariants: after every step, a node that runs
 its token copy's committed version runs that document's spec and owns only VIPs of it, one
-that does not owns nothing, the nodes running the version of token (ring, seq) run one
-version, and no node's applied number ever decreases (across restarts too); once the ring
+that does not owns nothing, the nodes running the version of one token run one version, and
+no node's applied number ever decreases (across restarts too); once the ring
 has settled, every live node runs the committed version unless it refuses it or its fetch
 is still in flight or waiting for its retry.
 """
@@ -28,9 +28,9 @@ from typing import Protocol
 from rainctl.core.cluster_config import ConfigVersion
 from rainctl.core.config_follower import CONFIG_RETRY_MS
 from rainctl.core.events import ApplyConfig, ConfigPrepared, ConfigPushSettled
-from rainctl.core.ring import IN_RING, RingMachine
+from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import RingSpec, RingTimers, VipSpec, derive_token_loss_ms
-from rainctl.core.types import Instant, NodeId, RingId
+from rainctl.core.types import Instant, NodeId, RingId, Token
 from rainctl.testing.invariants import InvariantViolation
 from rainctl.testing.scenario import BASE_FROM_NODE, Fault, document_names
 
@@ -215,7 +215,9 @@ class ConfigChecker:
 
     def __init__(self, documents: Mapping[bytes, RingSpec]) -> None:
         """`documents`: the spec of every document that may be committed, by digest."""
-        self.version_at: dict[tuple[RingId, int], ConfigVersion] = {}
+        self.version_at: dict[tuple[RingId, int, NodeId], ConfigVersion] = {}
+        self.copies: dict[NodeId, tuple[RingId, int, NodeId]] = {}
+        """Each node's token copy: (ring, seq, the holder that released it)."""
         self.highest: dict[NodeId, ConfigVersion] = {}
         self.fetches: dict[tuple[NodeId, bytes], _Fetch] = {}
         self.first_applied: dict[ConfigVersion, Instant] = {}
@@ -235,8 +237,9 @@ class ConfigChecker:
     def on_apply(self, action: ApplyConfig, now: Instant) -> None:
         self.first_applied.setdefault(action.version, now)
 
-    def after_step(self, node: _Node, now: Instant) -> None:
-        """The invariants of `node`, just stepped (a step changes no other node)."""
+    def after_step(self, node: _Node, now: Instant, token_from: NodeId | None = None) -> None:
+        """The invariants of `node`, just stepped (a step changes no other node);
+        `token_from`: the sender of the token datagram it was stepped with, if any."""
         machine = node.machine
         applied = machine.config.applied
         highest = self.highest.get(node.node_id)
@@ -253,7 +256,7 @@ class ConfigChecker:
                 f"document {machine.spec.config_digest.hex()[:12]}",
                 now,
             )
-        self._check_owned(node, now)
+        self._check_owned(node, now, token_from)
 
     def _configured(self, spec: RingSpec) -> frozenset[str]:
         known = self.vip_sets.get(spec.config_digest)
@@ -261,7 +264,21 @@ class ConfigChecker:
             known = self.vip_sets[spec.config_digest] = frozenset(v.vip for v in spec.vips)
         return known
 
-    def _check_owned(self, node: _Node, now: Instant) -> None:
+    def _token_key(
+        self, node: _Node, token: Token, token_from: NodeId | None
+    ) -> tuple[RingId, int, NodeId]:
+        """(ring, seq, the holder that released it) of `node`'s token copy: one token. The
+        ring id and seq alone do not name one: a conservative-mode holder that skips a
+        successor it could not confirm (probe-saved) may skip one that took the token, and
+        both then release their own next seq."""
+        key = self.copies.get(node.node_id)
+        if key is None or key[:2] != (token.ring, token.seq):
+            holding = node.machine.phase is Phase.HOLDING
+            released_by = token_from if token_from is not None and holding else node.node_id
+            key = self.copies[node.node_id] = (token.ring, token.seq, released_by)
+        return key
+
+    def _check_owned(self, node: _Node, now: Instant, token_from: NodeId | None) -> None:
         machine = node.machine
         token = machine.token
         if token is None:
@@ -289,14 +306,15 @@ class ConfigChecker:
         if (
             machine.phase in IN_RING
             and member is not None
-            and member.incarnation == (node.incarnation)
+            and member.incarnation == node.incarnation
         ):
-            key = (token.ring, token.seq)
+            key = self._token_key(node, token, token_from)
             known = self.version_at.setdefault(key, applied)
             if known != applied:
                 raise InvariantViolation(
                     f"node {node.node_id} runs version {applied.label()} with token "
-                    f"{token.ring} seq {token.seq}, another node ran {known.label()} with it",
+                    f"{token.ring} seq {token.seq} (released by node {key[2]}), another node "
+                    f"ran {known.label()} with it",
                     now,
                 )
 
