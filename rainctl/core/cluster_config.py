@@ -24,7 +24,8 @@ The version rule (`admit`), for a joiner that brings a version of its own (parti
 each committed a push, a node restarted with a newer state): the ring that admits it keeps
 its own document, so a merge never swaps the configuration of the larger side under it, and
 when the joiner's number is not below the ring's, the ring's document is renumbered above
-it, so every node's version only ever grows. The joiner's version is recorded as lost (the
+it (to the joiner's number when the joiner runs the same document), so every node's version
+only ever grows. The joiner's version is recorded as lost (the
 token keeps the last `LOST_MAX`), and its node keeps the document in its history.
 """
 
@@ -267,10 +268,18 @@ def admit(section: ConfigSection, joiners: Mapping[NodeId, ConfigVersion]) -> Co
         for node, version in sorted(joiners.items())
         if version.number >= committed.number and version.digest != committed.digest
     }
-    if not conflicting:
+    # A joiner may run the ring's very document under a larger number (it was committed
+    # again elsewhere): the ring takes that number, else the joiner's version would shrink.
+    ahead = [
+        version.number
+        for version in joiners.values()
+        if version.digest == committed.digest and version.number > committed.number
+    ]
+    if not conflicting and not ahead:
         return section
     renumbered = ConfigVersion(
-        max(version.number for version in conflicting.values()) + 1, committed.digest
+        max([*ahead, *(version.number + 1 for version in conflicting.values())]),
+        committed.digest,
     )
     lost = (
         *section.lost,
@@ -289,7 +298,7 @@ def admit(section: ConfigSection, joiners: Mapping[NodeId, ConfigVersion]) -> Co
                 proposal.version,
                 False,
                 f"the ring's version was renumbered to {renumbered.number} when nodes with "
-                "another version joined; push again",
+                "another version (or number) joined; push again",
             ),
         )
     return ConfigSection(renumbered, None, outcomes, lost)

@@ -78,11 +78,18 @@ class ConfigFollower:
     def to_apply(
         self, section: ConfigSection, running: RingSpec
     ) -> tuple[ConfigVersion, RingSpec] | None:
-        """The ring's committed version and its spec, when this node does not run it yet
-        and has it validated (`running`: the spec of the version it runs; a renumbered
-        version keeps its document, so its spec)."""
+        """The ring's committed version and its spec, when this node does not run it yet,
+        has it validated and it is not older than the version it runs (`running`: the spec
+        of the version it runs; a renumbered version keeps its document, so its spec)."""
         committed = section.committed
         if committed == self.applied:
+            return None
+        applied = self.applied
+        if committed.number < applied.number or (
+            committed.number == applied.number and committed.digest != applied.digest
+        ):
+            # Never backwards: the ring lost a version this node runs (a lost token branch);
+            # this node's next hold renumbers the ring's version above it (RingMachine).
             return None
         if committed.digest == self.applied.digest:
             return committed, running

@@ -87,7 +87,7 @@ from rainctl.core.messages import (
     TokenAck,
     TokenPacket,
 )
-from rainctl.core.ownership import OwnershipInputs, maintain
+from rainctl.core.ownership import OwnershipInputs, commit_releases, maintain
 from rainctl.core.reliable import (
     Complete,
     Corrupt,
@@ -320,7 +320,9 @@ class RingMachine:
         elif isinstance(event, ConfigPrepared):
             self.config.prepared(event.digest, event.spec, event.problem)
             if self.token is not None and self.phase in IN_RING:
-                self._follow_config(self.token, now, actions)
+                # No forgetting here: the document an operator is about to push (prepared
+                # just before its ConfigPushRequested) is not in the token yet.
+                self._follow_config(self.token, now, actions, forget=False)
         elif not isinstance(event, ClockAdvanced):
             raise TypeError(f"unknown event {event!r}")
         self._fire_deadlines(now, actions)
@@ -924,7 +926,9 @@ class RingMachine:
 
     # ---- live configuration ----------------------------------------------------------------
 
-    def _follow_config(self, token: Token, now: Instant, actions: list[Action]) -> None:
+    def _follow_config(
+        self, token: Token, now: Instant, actions: list[Action], *, forget: bool = True
+    ) -> None:
         """Take in the configuration section of an accepted token (or of the copy, once a
         document is prepared): report this node's settled pushes, run the ring's committed
         version if it is validated here, ask for the documents it lacks."""
@@ -934,7 +938,8 @@ class RingMachine:
         if change is not None:
             self._apply_config(*change, section, now, actions)
         actions.extend(self.config.wanted(section, now, token.member_ids(), self.last_token_from))
-        self.config.forget(section)
+        if forget:
+            self.config.forget(section)
 
     def _apply_config(
         self,
@@ -1123,6 +1128,12 @@ class RingMachine:
             self.leave_index = token.member_ids().index(self.node_id)
             remaining = tuple(m for m in token.members if m.node_id != self.node_id)
             token = self._with_members(token, remaining)
+        # This node may run a version its token copy does not know: one committed on a
+        # token branch the ring lost (a holder excluded a successor that had in fact taken
+        # the token, and passed on its older copy). It brings it in like a joiner does.
+        config = admit(token.config, {self.node_id: self.config.applied})
+        if config is not token.config:
+            token = replace(token, config=config)
         # A version renumbered at this admission is run at once (same document).
         self._follow_config(token, now, actions)
         if self.config.runs(token.config):
@@ -1133,6 +1144,13 @@ class RingMachine:
             health = self.health.update(token.health, token.ring, token.member_ids())
             if health is not token.health:
                 token = replace(token, health=health)
+        else:
+            # Still, the VIPs the ring planned away from it (it serves none of them: it was
+            # given some on admission, before its first report said UNHEALTHY) are released
+            # here, else nobody would ever serve them: the owner commits its own releases.
+            released = commit_releases(token.vips, self.node_id)
+            if released != token.vips:
+                token = replace(token, vips=released)
         return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
 
     def _hold_config(self, token: Token, now: Instant, actions: list[Action]) -> Token:

@@ -18,7 +18,8 @@ way: after every step a member applies the drains of its token copy, and one tok
 seq) means one set of drains everywhere; once settled, the members of a ring hold one
 maintenance table, and every request asked of a node that is alive at the end is in it or
 overtaken by a later one (`merge_maintenance`), across crashes, restarts (the node's saved
-drains come back from its disk) and partitions.
+drains come back from its disk) and partitions; not for a node that does not run its ring's
+configuration version, which leaves the ring's tables alone (rainctl.core.config_follower).
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ class SimBackends:
                     )
 
     def _check_maintenance_settled(self, live: Sequence[CheckingNode], now: int) -> None:
-        alive = {node.node_id for node in live}
+        # A node that does not run its ring's configuration version (it refuses the one
+        # committed while it was away) leaves the ring's tables alone: its requests wait.
+        alive = {node.node_id for node in live if node.machine.runs_ring_config()}
         wanted = merge_maintenance((), tuple(e for n, e in self.requests if n in alive))
         tables: dict[RingId, tuple[Maintenance, ...]] = {}
         for node in live:

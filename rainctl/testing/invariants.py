@@ -16,11 +16,16 @@ Spread (GOALS.md F7, at the end of a run whose ring has been whole for `spread_b
 no node owns more than ceil(V/E) VIPs, E the eligible (active) members, whatever joins,
 restarts and exclusions came before. Checked where no VIP has a home or pin (those may
 concentrate VIPs on purpose).
+
+Live configuration changes the VIPs, nodes and timers: the checker knows every document's
+spec by digest, judges a converged ring by the spec of its committed version (`spec` follows
+it) and takes its time bounds from the slowest document. The configuration invariants
+themselves are in rainctl.testing.sim_config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from rainctl.core.events import InstallRing
@@ -98,18 +103,40 @@ def liveness_bound_ms(timers: RingTimers, nodes: int) -> int:
 
 
 class InvariantChecker:
-    def __init__(self, spec: RingSpec, scenario: Scenario) -> None:
+    def __init__(
+        self,
+        spec: RingSpec,
+        scenario: Scenario,
+        *,
+        documents: Mapping[bytes, RingSpec] | None = None,
+    ) -> None:
+        """`spec`: the bootstrap document; `documents`: every document's spec by digest."""
         self.spec = spec
         self.scenario = scenario
+        self.documents = dict(documents or {})
+        self.documents.setdefault(spec.config_digest, spec)
         self.ring_members: dict[RingId, tuple[Member, ...]] = {}
         self.last_installed: dict[tuple[NodeId, int], RingId] = {}
         self.dual_since: dict[Vip, int] = {}
         self.max_dual_owner_ms = 0
-        self.dual_owner_bound_ms = dual_owner_bound_ms(spec.timers)
-        self.liveness_bound_ms = liveness_bound_ms(spec.timers, len(spec.nodes))
+        specs = self.documents.values()
+        self.dual_owner_bound_ms = max(dual_owner_bound_ms(s.timers) for s in specs)
+        self.liveness_bound_ms = max(liveness_bound_ms(s.timers, len(spec.nodes)) for s in specs)
+        self.spread_bound_ms = max(spread_bound_ms(s) for s in specs)
         self.network_clean_since = 0
         self.network_clean = True
         self.all_vips = tuple(sorted(vip.vip for vip in spec.vips))
+
+    def follow(self, live: Sequence[_Node]) -> RingSpec:
+        """The spec of the version committed in the first live member's token copy (the
+        bootstrap's while there is none): `spec` and `all_vips` follow it."""
+        token = next((node.machine.token for node in live if node.machine.token), None)
+        if token is not None:
+            spec = self.documents.get(token.config.committed.digest, self.spec)
+            if spec is not self.spec:
+                self.spec = spec
+                self.all_vips = tuple(sorted(vip.vip for vip in spec.vips))
+        return self.spec
 
     # ---- hooks called by the simulator -----------------------------------------------------
 
@@ -176,9 +203,11 @@ class InvariantChecker:
     # ---- liveness --------------------------------------------------------------------------
 
     def is_converged(self, live: Sequence[_Node]) -> bool:
-        """One ring of exactly the live nodes, and every VIP owned exactly once."""
+        """One ring of exactly the live nodes, and every VIP of its committed version
+        owned exactly once."""
         if not self.membership_converged(live):
             return False
+        self.follow(live)
         owned = sorted(vip for node in live for vip in node.machine.owned)
         if self._quorum_possible(live):
             return owned == list(self.all_vips)
@@ -225,7 +254,8 @@ class InvariantChecker:
                 f"(bound {self.liveness_bound_ms} ms)",
                 now,
             )
-        if now - converged_at >= spread_bound_ms(self.spec):
+        if now - converged_at >= self.spread_bound_ms:
+            self.follow(live)
             self.check_spread(live, now)
 
     def check_spread(self, live: Sequence[_Node], now: int) -> None:

@@ -41,7 +41,10 @@ class Fault:
     upstream_down / upstream_up: `node` loses / regains its upstream (quorum = upstream);
     backend_down / backend_up: real server `backend` dies / comes back;
     backend_cut / backend_uncut: `node` can no longer / again reach real server `backend`;
-    backend_drain / backend_undrain: an operator asks `node` to drain / undrain `backend`.
+    backend_drain / backend_undrain: an operator asks `node` to drain / undrain `backend`;
+    push: an operator pushes configuration document `document` (an index into
+    `document_names`) at `node`, based on version `base` (-1: the version the node runs; a
+    number below the ring's is a stale push).
     """
 
     at_ms: int
@@ -54,6 +57,8 @@ class Fault:
     vip_index: int = 0
     bytes_per_s: int = 0
     backend: int = 0
+    document: int = 0
+    base: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,9 @@ class Scenario:
     """Nodes that are configured but start only with a `join` fault."""
     backends: int = 0
     """Real servers of one service, checked by the members (rainctl.testing.health_model)."""
+    bootstraps: dict[int, int] = field(default_factory=dict)
+    """Node -> index of the document (`document_names`) its bootstrap file holds, for nodes
+    that do not start from document 0."""
     expect: dict[str, int] = field(default_factory=dict)
     """Golden expectations, e.g. {"max_outage_ms": 600}; checked by the golden tests."""
     replay: str = ""
@@ -104,8 +112,33 @@ FaultKind = Literal[
     "backend_uncut",
     "backend_drain",
     "backend_undrain",
+    "push",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+# ---- configuration documents a push can pick ----------------------------------------------
+
+BASE_FROM_NODE = -1
+"""`Fault.base` for "the version the pushing node runs" (an operator's ordinary push)."""
+SHARED_DOCUMENTS = ("bootstrap", "vip-added", "vip-removed", "timers", "rebalance")
+"""Variants every node accepts; "bootstrap" is the document every node starts with."""
+
+
+def document_names(nodes: int) -> tuple[str, ...]:
+    """The configuration documents of a cluster of `nodes` (rainctl.testing.sim_config
+    builds them), by index: the shared variants, then for each node k "refused-by-k" (adds
+    VIPs, node k cannot run it) and "without-k" (node k removed)."""
+    per_node = range(1, nodes + 1)
+    return (
+        *SHARED_DOCUMENTS,
+        *(f"refused-by-{node}" for node in per_node),
+        *(f"without-{node}" for node in per_node),
+    )
+
+
+def document_index(nodes: int, name: str) -> int:
+    return document_names(nodes).index(name)
+
 
 # ---- random schedules for seed sweeps -----------------------------------------------------
 
@@ -135,6 +168,10 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
     backend_rng = Random(f"{seed}:backends")
     backends = backend_rng.choice((0, 0, 3, 8)) if mixed else 0
     faults.extend(_random_backend_faults(backend_rng, backends, nodes, fault_end))
+    # So do configuration pushes (a share of the seeds).
+    config_rng = Random(f"{seed}:config")
+    if mixed and config_rng.random() < CONFIG_SEED_SHARE:
+        faults.extend(_random_pushes(config_rng, nodes, fault_end))
     faults.sort(key=lambda fault: fault.at_ms)
     return Scenario(
         seed=seed,
@@ -174,6 +211,38 @@ def _random_backend_faults(rng: Random, backends: int, nodes: int, fault_end: in
         kind = rng.choice(("backend_drain", "backend_undrain"))
         at = rng.randint(500, fault_end)
         faults.append(Fault(at, kind, node=rng.randint(1, nodes), backend=rng.randrange(backends)))
+    return faults
+
+
+CONFIG_SEED_SHARE = 0.3
+
+
+def _random_pushes(rng: Random, nodes: int, fault_end: int) -> list[Fault]:
+    """Operator pushes at random nodes and times (so some land in a minority, on a paused
+    node or one about to crash): mostly based on what the node runs, some stale (base 0:
+    every ring is at version 1 or more), some refused by one node (the pusher itself now and
+    then: refused before it is proposed), some in pairs at two nodes at once."""
+    faults: list[Fault] = []
+    shared = range(len(SHARED_DOCUMENTS))
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randint(1500, fault_end)
+        node = rng.randint(1, nodes)
+        if rng.random() < 0.25:
+            document = document_index(nodes, f"refused-by-{rng.randint(1, nodes)}")
+        else:
+            document = rng.choice(shared)
+        base = 0 if rng.random() < 0.15 else BASE_FROM_NODE
+        faults.append(Fault(at, "push", node=node, document=document, base=base))
+        if rng.random() < 0.3:
+            other = rng.randint(1, nodes)
+            faults.append(
+                Fault(
+                    min(at + rng.randint(0, 30), fault_end),
+                    "push",
+                    node=other,
+                    document=rng.choice(shared),
+                )
+            )
     return faults
 
 
@@ -244,6 +313,8 @@ class _FaultModel(BaseModel):
     vip_index: Annotated[int, Field(ge=0)] = 0
     bytes_per_s: Annotated[int, Field(ge=0)] = 0
     backend: Annotated[int, Field(ge=0)] = 0
+    document: Annotated[int, Field(ge=0)] = 0
+    base: Annotated[int, Field(ge=BASE_FROM_NODE)] = BASE_FROM_NODE
 
 
 class _ScenarioModel(BaseModel):
@@ -258,9 +329,55 @@ class _ScenarioModel(BaseModel):
     rebalance: bool = False
     late_joiners: tuple[int, ...] = ()
     backends: Annotated[int, Field(ge=0, le=10_000)] = 0
+    bootstraps: dict[int, Annotated[int, Field(ge=0)]] = {}
     network: _NetworkModel = _NetworkModel()
     faults: tuple[_FaultModel, ...] = ()
     expect: dict[str, int] = {}
+
+
+def _fault_value(fault: _FaultModel, where: str, model: _ScenarioModel) -> Fault:
+    """One fault of a scenario file, checked against the scenario's cluster."""
+    node_ids = set(range(1, model.nodes + 1))
+    mentioned = {fault.node} if fault.node else set()
+    mentioned |= {n for group in fault.groups for n in group}
+    mentioned |= set(fault.sources) | set(fault.targets)
+    unknown = sorted(mentioned - node_ids)
+    if unknown:
+        raise ConfigError(f"{where}: node {unknown[0]} is not one of 1..{model.nodes}")
+    if fault.kind == "traffic" and fault.vip_index >= max(model.vips, 1):
+        raise ConfigError(f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})")
+    if fault.kind.startswith("backend_") and fault.backend >= model.backends:
+        raise ConfigError(
+            f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
+        )
+    if fault.kind in ("backend_cut", "backend_uncut", "push") and not fault.node:
+        raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
+    documents = len(document_names(model.nodes))
+    if fault.kind == "push" and fault.document >= documents:
+        raise ConfigError(
+            f"{where}.document: {fault.document} is not below the {documents} documents "
+            f"of {model.nodes} nodes"
+        )
+    if fault.kind == "network" and fault.network is None:
+        raise ConfigError(f"{where}.network: required for kind 'network'")
+    try:
+        network = fault.network.to_value() if fault.network is not None else None
+    except ValueError as error:
+        raise ConfigError(f"{where}.network: {error}") from None
+    return Fault(
+        fault.at_ms,
+        fault.kind,
+        fault.node,
+        fault.groups,
+        fault.sources,
+        fault.targets,
+        network,
+        fault.vip_index,
+        fault.bytes_per_s,
+        fault.backend,
+        fault.document,
+        fault.base,
+    )
 
 
 def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
@@ -270,45 +387,19 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
     except ValidationError as error:
         raise ConfigError(f"{source}: {format_validation_error(error, _ScenarioModel)}") from None
     node_ids = set(range(1, model.nodes + 1))
-    faults: list[Fault] = []
-    for index, fault in enumerate(model.faults):
-        where = f"{source}: faults[{index}]"
-        mentioned = {fault.node} if fault.node else set()
-        mentioned |= {n for group in fault.groups for n in group}
-        mentioned |= set(fault.sources) | set(fault.targets)
-        unknown = sorted(mentioned - node_ids)
-        if unknown:
-            raise ConfigError(f"{where}: node {unknown[0]} is not one of 1..{model.nodes}")
-        if fault.kind == "traffic" and fault.vip_index >= max(model.vips, 1):
+    documents = len(document_names(model.nodes))
+    faults = [
+        _fault_value(fault, f"{source}: faults[{index}]", model)
+        for index, fault in enumerate(model.faults)
+    ]
+    for node, document in sorted(model.bootstraps.items()):
+        if node not in node_ids:
+            raise ConfigError(f"{source}: bootstraps: node {node} is not one of 1..{model.nodes}")
+        if document >= documents:
             raise ConfigError(
-                f"{where}.vip_index: {fault.vip_index} is not below vips ({model.vips})"
+                f"{source}: bootstraps.{node}: {document} is not below the {documents} "
+                f"documents of {model.nodes} nodes"
             )
-        if fault.kind.startswith("backend_") and fault.backend >= model.backends:
-            raise ConfigError(
-                f"{where}.backend: {fault.backend} is not below backends ({model.backends})"
-            )
-        if fault.kind in ("backend_cut", "backend_uncut") and not fault.node:
-            raise ConfigError(f"{where}.node: required for kind '{fault.kind}'")
-        if fault.kind == "network" and fault.network is None:
-            raise ConfigError(f"{where}.network: required for kind 'network'")
-        try:
-            network = fault.network.to_value() if fault.network is not None else None
-        except ValueError as error:
-            raise ConfigError(f"{where}.network: {error}") from None
-        faults.append(
-            Fault(
-                fault.at_ms,
-                fault.kind,
-                fault.node,
-                fault.groups,
-                fault.sources,
-                fault.targets,
-                network,
-                fault.vip_index,
-                fault.bytes_per_s,
-                fault.backend,
-            )
-        )
     unknown_late = sorted(set(model.late_joiners) - node_ids)
     if unknown_late:
         raise ConfigError(
@@ -331,6 +422,7 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
         rebalance=model.rebalance,
         late_joiners=model.late_joiners,
         backends=model.backends,
+        bootstraps=dict(model.bootstraps),
         expect=dict(model.expect),
     )
 

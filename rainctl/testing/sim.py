@@ -3,8 +3,10 @@
 Every datagram goes through the real codec (HMAC, replay window) and a simulated network
 that delays, loses, duplicates and reorders, with partitions and one-way cuts. Nodes crash
 (state lost; a restart is a new incarnation), pause (a frozen process: datagrams queue and
-timers stall, then everything is handled late) and leave. After every step the safety
-invariants are checked (invariants.py); at the end, liveness. One seed replays a run.
+timers stall, then everything is handled late) and leave. Operators push configuration
+documents, which nodes fetch from each other off the token path (sim_config.py). After every
+step the safety invariants are checked (invariants.py, sim_config.py); at the end, liveness.
+One seed replays a run.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from rainctl.core.codec import CodecError, DatagramCodec, KeyRing
 from rainctl.core.events import (
     Action,
     Announce,
+    ApplyConfig,
     ApplyHealth,
     ClockAdvanced,
+    ConfigPrepared,
+    ConfigPushRequested,
+    ConfigPushSettled,
+    ConfigWanted,
     Deliver,
     Event,
     FailureDecided,
@@ -37,6 +44,7 @@ from rainctl.core.events import (
     UpstreamChecked,
 )
 from rainctl.core.health import HealthState, Maintenance
+from rainctl.core.messages import Carriage, TokenPacket
 from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -51,7 +59,15 @@ from rainctl.core.spec import (
 from rainctl.core.types import Instant, NodeId, NodeState, Vip, VipTraffic
 from rainctl.testing.health_model import CHECK_INTERVAL_MS, FALL, RISE, SimBackends
 from rainctl.testing.invariants import InvariantChecker, InvariantViolation
-from rainctl.testing.scenario import Fault, Scenario
+from rainctl.testing.scenario import BASE_FROM_NODE, Fault, Scenario
+from rainctl.testing.sim_config import (
+    FETCH_DELAY_MAX_MS,
+    FETCH_DELAY_MIN_MS,
+    ConfigChecker,
+    PushRecord,
+    SettledRecord,
+    SimConfig,
+)
 
 SIM_CLUSTER_ID = 0x5241_494E
 SIM_KEY = hashlib.sha256(b"rainctl simulated cluster key").digest()
@@ -78,6 +94,8 @@ class SimNode:
     inbox: list[bytes] = field(default_factory=list)
     wake_at: Instant | None = None
     state: NodeState = NodeState.ACTIVE
+    fetches: list[ConfigWanted] = field(default_factory=list)
+    """Document fetches that came due while the node was paused: they finish on resume."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +178,12 @@ class Simulation:
     def __init__(self, scenario: Scenario, *, check_liveness: bool = True) -> None:
         self.scenario = scenario
         self.spec = spec_for(scenario)
+        """The bootstrap document (nodes start from it unless `scenario.bootstraps` says
+        otherwise; `config` holds the others)."""
+        self.config = SimConfig.for_spec(self.spec, scenario.bootstraps)
         self.rng = Random(scenario.seed)
+        # Fetches draw from their own generator: they leave the network's draws alone.
+        self.fetch_rng = Random(f"{scenario.seed}:fetch")
         self.keys = KeyRing({1: SIM_KEY}, 1)
         self.now: Instant = 0
         self.queue: list[tuple[Instant, int, str, object]] = []
@@ -171,14 +194,22 @@ class Simulation:
         self.nodes: dict[NodeId, SimNode] = {}
         self.timeline: list[TimelineEntry] = []
         self.outages: list[Outage] = []
+        every_vip = {vip.vip: None for d in self.config.documents for vip in d.spec.vips}
         self.traffic = {
-            vip.vip: 1000 * (1 + (index * 7919) % 13) for index, vip in enumerate(self.spec.vips)
+            vip: 1000 * (1 + (index * 7919) % 13) for index, vip in enumerate(every_vip)
         }
         self.datagrams_sent = 0
         self.datagrams_rejected = 0
         self.steps = 0
         self.check_liveness = check_liveness
-        self.checker = InvariantChecker(self.spec, scenario)
+        # Only the documents this scenario pushes can be committed: the time bounds follow
+        # the slowest of them, and stay those of the bootstrap in runs without pushes.
+        pushed = {fault.document for fault in scenario.faults if fault.kind == "push"}
+        booted = {0, *scenario.bootstraps.values()}
+        self.in_play = [self.config.documents[i] for i in sorted(booted | pushed)]
+        specs = {document.digest: document.spec for document in self.in_play}
+        self.checker = InvariantChecker(self.spec, scenario, documents=specs)
+        self.config_checker = ConfigChecker(specs)
         self.converged_at: Instant | None = None
         self.backends: SimBackends | None = None
         self.disks: dict[NodeId, tuple[Maintenance, ...]] = {}
@@ -204,9 +235,16 @@ class Simulation:
         heapq.heappush(self.queue, (at, self.order, kind, payload))
 
     def _start_node(self, node_id: NodeId, incarnation: int) -> None:
+        boot = self.config.boot(node_id)  # the daemon reads its state directory
+        if boot is None:
+            self._record(node_id, "start", "refused: its configuration no longer lists it")
+            return
+        spec, number = boot
         machine_rng = Random(f"{self.scenario.seed}:{node_id}:{incarnation}")
-        machine = RingMachine(self.spec, node_id, incarnation, machine_rng, self.now)
-        codec = DatagramCodec(self.spec.cluster_id, node_id, incarnation, self.keys)
+        machine = RingMachine(
+            spec, node_id, incarnation, machine_rng, self.now, config_number=number
+        )
+        codec = DatagramCodec(spec.cluster_id, node_id, incarnation, self.keys)
         self.nodes[node_id] = SimNode(node_id, incarnation, machine, codec)
         self._record(node_id, "start", f"incarnation {incarnation}")
         self._step(self.nodes[node_id], UpstreamChecked(node_id not in self.upstream_cut))
@@ -241,6 +279,11 @@ class Simulation:
             if self.check_liveness:
                 self.checker.check_liveness(self._live_nodes(), self.now, self.converged_at)
                 converged = self.converged_at
+                if (
+                    converged is not None
+                    and self.now - converged >= self.config_checker.rotation_ms
+                ):
+                    self.config_checker.check_settled(self._live_nodes(), self.now)
                 settled = converged is not None and self.now - converged >= self._health_settle_ms()
                 if self.backends is not None and settled:
                     self.backends.check_settled(self._live_nodes(), self.now)
@@ -271,6 +314,16 @@ class Simulation:
             assert isinstance(payload, int)
             self._measure_load(payload)
             self._push(self.now + LOAD_INTERVAL_MS, "load", payload)
+        elif kind == "fetch":
+            assert isinstance(payload, tuple)
+            node_id, incarnation, wanted = payload
+            node = self.nodes[node_id]
+            if node.incarnation != incarnation:
+                return  # the daemon that asked is gone
+            if node.condition is NodeCondition.PAUSED:
+                node.fetches.append(wanted)
+            elif node.condition is NodeCondition.UP:
+                self._fetch(node, wanted)
         elif kind == "health":
             assert isinstance(payload, int)
             assert self.backends is not None
@@ -305,7 +358,15 @@ class Simulation:
         actions = node.machine.step(event, self.now)
         for action in actions:
             self._carry_out(node, action)
-        self.checker.after_step(self._live_nodes(), self.now)
+        live = self._live_nodes()
+        self.checker.after_step(live, self.now)
+        if node.condition is NodeCondition.UP:
+            token_from = None
+            if isinstance(event, MessageReceived) and isinstance(
+                event.envelope.message, TokenPacket | Carriage
+            ):
+                token_from = event.envelope.source
+            self.config_checker.after_step(node, self.now, token_from)
         if self.backends is not None:
             self.backends.after_step(self._live_nodes(), self.now)
         if node.condition is NodeCondition.UP:
@@ -341,6 +402,20 @@ class Simulation:
             self.backends.on_apply(node, action, self.now)
         elif isinstance(action, SaveMaintenance):
             self.disks[node.node_id] = action.entries
+        elif isinstance(action, ConfigWanted):
+            self.config_checker.on_wanted(node.node_id, action.digest, self.now)
+            delay = self.fetch_rng.randint(FETCH_DELAY_MIN_MS, FETCH_DELAY_MAX_MS)
+            self._push(self.now + delay, "fetch", (node.node_id, node.incarnation, action))
+        elif isinstance(action, ApplyConfig):
+            name = self.config.name(action.version.digest)
+            self._record(node.node_id, "config", f"runs {action.version.label()} {name}")
+            self.config.on_apply(node.node_id, action)
+            self.config_checker.on_apply(action, self.now)
+        elif isinstance(action, ConfigPushSettled):
+            self._record(node.node_id, "push-settled", _settled_text(action))
+            self.config.settled.append(
+                SettledRecord(self.now, node.node_id, node.incarnation, action)
+            )
 
     def _transmit(self, node: SimNode, send: Send) -> None:
         data = node.codec.encode(send.destination, send.message)
@@ -357,6 +432,44 @@ class Simulation:
             target = self.nodes.get(send.destination)
             incarnation = target.incarnation if target else 0
             self._push(self.now + delay, "deliver", (send.destination, incarnation, data))
+
+    def _reachable(self, a: NodeId, b: NodeId) -> bool:
+        """Can `a` and `b` talk both ways now (a fetch is a request and an answer)?"""
+        other = self.nodes.get(b)
+        return (
+            other is not None
+            and other.condition is NodeCondition.UP
+            and (a, b) not in self.blocked
+            and (b, a) not in self.blocked
+        )
+
+    def _fetch(self, node: SimNode, wanted: ConfigWanted) -> None:
+        """The end of a document fetch: from the first source that is up, reachable and
+        holds it; validated for this node."""
+        reached = [
+            source
+            for source in wanted.sources
+            if self._reachable(node.node_id, source) and self.config.holds(source, wanted.digest)
+        ]
+        prepared = self.config.fetched(node.node_id, wanted.digest, wanted.sources, reached[:1])
+        self.config_checker.on_fetched(node.node_id, prepared, self.now)
+        self._step(node, prepared)
+
+    def _push_config(self, node: SimNode, fault: Fault) -> None:
+        """An operator's push at `node`: validated there first (a document the node refuses
+        is refused at once, as the CLI would), then prepared and requested."""
+        request_id, document, base = self.config.request(fault, node.machine.config.applied)
+        problem = document.problem(node.node_id)
+        if problem is not None:
+            self._record(node.node_id, "push-refused", f"{document.name}: {problem}")
+            return
+        self.config.held.setdefault(node.node_id, set()).add(document.digest)
+        self.config.pushes.append(
+            PushRecord(self.now, node.node_id, node.incarnation, request_id, document.name, base)
+        )
+        self._step(node, ConfigPrepared(document.digest, document.spec, None))
+        if node.condition is NodeCondition.UP:
+            self._step(node, ConfigPushRequested(request_id, base, document.digest))
 
     def _measure_load(self, node_id: NodeId) -> None:
         node = self.nodes.get(node_id)
@@ -395,12 +508,7 @@ class Simulation:
             self._fail(node)
             node.condition = NodeCondition.PAUSED
         elif kind == "resume" and node is not None and node.condition is NodeCondition.PAUSED:
-            node.condition = NodeCondition.UP
-            inbox, node.inbox = node.inbox, []
-            self._step(node, UpstreamChecked(node.node_id not in self.upstream_cut))
-            for data in inbox:
-                if node.condition is NodeCondition.UP:
-                    self._deliver(node.node_id, data)
+            self._resume(node)
         elif kind == "leave" and node is not None and node.condition is NodeCondition.UP:
             self._step(node, LeaveRequested())
         elif kind in ("drain", "undrain") and node is not None:
@@ -434,8 +542,23 @@ class Simulation:
             self.network = fault.network
         elif kind.startswith("backend_"):
             self._apply_backend_fault(fault, node)
+        elif kind == "push" and node is not None and node.condition is NodeCondition.UP:
+            self._push_config(node, fault)
         clean = not self.blocked and self.network.loss == 0 and self.network.duplicate == 0
         self.checker.set_network_clean(clean, self.now)
+
+    def _resume(self, node: SimNode) -> None:
+        """A frozen process runs again: what queued up is handled late, in order."""
+        node.condition = NodeCondition.UP
+        inbox, node.inbox = node.inbox, []
+        self._step(node, UpstreamChecked(node.node_id not in self.upstream_cut))
+        for data in inbox:
+            if node.condition is NodeCondition.UP:
+                self._deliver(node.node_id, data)
+        fetches, node.fetches = node.fetches, []
+        for wanted in fetches:
+            if node.condition is NodeCondition.UP:
+                self._fetch(node, wanted)
 
     def _apply_backend_fault(self, fault: Fault, node: SimNode | None) -> None:
         """A real server's death or cut (the truth), or an operator drain asked of `node`."""
@@ -453,6 +576,9 @@ class Simulation:
             return "partition " + " | ".join(",".join(map(str, g)) for g in fault.groups)
         if fault.kind == "oneway":
             return f"oneway {fault.sources} -> {fault.targets}"
+        if fault.kind == "push":
+            base = "what it runs" if fault.base == BASE_FROM_NODE else str(fault.base)
+            return f"push {self.config.documents[fault.document].name} based on {base}"
         if fault.kind == "network" and fault.network is not None:
             n = fault.network
             return (
@@ -463,7 +589,8 @@ class Simulation:
     def _health_settle_ms(self) -> int:
         """After the ring converged (every fault is over by then): the checks' fall or rise
         once more, and a few rotations for the reports and the verdicts to go round."""
-        return (max(RISE, FALL) + 2) * CHECK_INTERVAL_MS + 4 * self.spec.timers.round_ms
+        round_ms = max(document.spec.timers.round_ms for document in self.in_play)
+        return (max(RISE, FALL) + 2) * CHECK_INTERVAL_MS + 4 * round_ms
 
     def _fail(self, node: SimNode) -> None:
         """Open an outage record for every VIP the failing node was serving."""
@@ -511,6 +638,12 @@ class Simulation:
             final_ring_size=final_size,
             counters=dict(sorted(counters.items())),
         )
+
+
+def _settled_text(settled: ConfigPushSettled) -> str:
+    version = "-" if settled.version is None else settled.version.label()
+    verdict = "committed" if settled.committed else "not committed"
+    return f"push {settled.request_id} {verdict} ({version}): {settled.reason}"
 
 
 def run_scenario(scenario: Scenario, *, check_liveness: bool = True) -> SimResult:
