@@ -151,9 +151,19 @@ class ConfigFollower:
                 )
         return settled
 
-    def hold(self, section: ConfigSection, members: tuple[NodeId, ...], seq: int) -> ConfigSection:
-        """The configuration section this holder passes on (the commit rule)."""
-        push, self.push = self.push, None
+    def hold(
+        self,
+        section: ConfigSection,
+        members: tuple[NodeId, ...],
+        seq: int,
+        *,
+        own_push: bool = True,
+    ) -> ConfigSection:
+        """The configuration section this holder passes on (the commit rule); without
+        `own_push` its operator's push waits for a later hold."""
+        push = None
+        if own_push:
+            push, self.push = self.push, None
         return holder_update(
             section,
             holder=self.node_id,

@@ -1145,7 +1145,10 @@ class RingMachine:
             if health is not token.health:
                 token = replace(token, health=health)
         else:
-            # Still, the VIPs the ring planned away from it (it serves none of them: it was
+            # It still votes: a member that cannot run the ring's version (an interface it
+            # lacks) must not block the push that mends it. Its own operator's push waits.
+            token = self._hold_config(token, now, actions, own_push=False)
+            # And the VIPs the ring planned away from it (it serves none of them: it was
             # given some on admission, before its first report said UNHEALTHY) are released
             # here, else nobody would ever serve them: the owner commits its own releases.
             released = commit_releases(token.vips, self.node_id)
@@ -1153,10 +1156,12 @@ class RingMachine:
                 token = replace(token, vips=released)
         return replace(token, seq=token.seq + 1, hops_since_change=token.hops_since_change + 1)
 
-    def _hold_config(self, token: Token, now: Instant, actions: list[Action]) -> Token:
+    def _hold_config(
+        self, token: Token, now: Instant, actions: list[Action], *, own_push: bool = True
+    ) -> Token:
         """The commit rule at this hold; a version committed here is run at once, before
         the VIP table is maintained, so a VIP it adds is placed in this same hop."""
-        section = self.config.hold(token.config, token.member_ids(), token.seq)
+        section = self.config.hold(token.config, token.member_ids(), token.seq, own_push=own_push)
         if section is token.config:
             return token
         token = replace(token, config=section)

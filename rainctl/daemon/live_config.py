@@ -296,6 +296,11 @@ class LiveConfig:
                 f"{verb} refused: node {self._machine.node_id} is not in a ring "
                 f"({self._machine.phase.name.lower()}); push on a member"
             )
+        if not self._machine.runs_ring_config():
+            raise ControlError(
+                f"{verb} refused: node {self._machine.node_id} does not run the ring's version "
+                f"yet ({self.problem or 'fetching it'}); push on a member that does"
+            )
         base = running.version.number if expect_version is None else expect_version
         request_id = self._next_request_id
         self._next_request_id += 1
