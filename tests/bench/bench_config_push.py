@@ -16,8 +16,9 @@ requests every VIP's HTTP service every 50 ms throughout. Then:
   pushes of a small change to that N-service configuration.
 
 A push that finds its node excluded from the ring at that moment is made at the next node
-(and said so). For each push: the time from the first request (the host's clock) to the line "running
-configuration version V" in each node's daemon log (the guest's clock: UML's is the host's);
+(and said so). For each push: the time from the first request (the host's clock) to the
+line "running configuration version V" in each node's daemon log (the guest's clock: UML's
+is the host's);
 "applied on every node" is the last node's. Printed: p50 / p99 / max of that over the pushes,
 of the push's answer to the operator, and of each node's own time; the client's failed
 requests over the whole run and during pushes; whether any ring changed or any VIP moved.
