@@ -4,7 +4,7 @@ S4, issue 9).
 Run from the repository root, as root on a lab machine (docs/lab.md):
 
     python tests/bench/bench_config_push.py [--nodes 3] [--pushes 30]
-        [--large-services 10000] [--large-pushes 10] [--keep-logs DIR]
+        [--large-services 10000] [--large-pushes 10] [--keep-logs DIR] [--quick]
 
 The lab: --nodes nodes running `rainctl daemon` (profile lan, DR), 2 back-ends. The client
 requests every VIP's HTTP service every 50 ms throughout. Then:
@@ -213,7 +213,11 @@ def main() -> None:
     parser.add_argument("--large-services", type=int, default=0)
     parser.add_argument("--large-pushes", type=int, default=10)
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
+    parser.add_argument("--quick", action="store_true", help="3 nodes, 5 small pushes")
     arguments = parser.parse_args()
+    if arguments.quick:
+        run(3, 5, 0, 0, arguments.keep_logs)
+        return
     run(
         arguments.nodes,
         arguments.pushes,
