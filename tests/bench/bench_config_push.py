@@ -4,7 +4,8 @@ S4, issue 9).
 Run from the repository root, as root on a lab machine (docs/lab.md):
 
     python tests/bench/bench_config_push.py [--nodes 3] [--pushes 30]
-        [--large-services 10000] [--large-pushes 10] [--keep-logs DIR] [--quick]
+        [--large-services 10000] [--large-pushes 10] [--peer keepalived]
+        [--keep-logs DIR] [--quick]
 
 The lab: --nodes nodes running `rainctl daemon` (profile lan, DR), 2 back-ends. The client
 requests every VIP's HTTP service every 50 ms throughout. Then:
@@ -22,8 +23,18 @@ is the host's);
 "applied on every node" is the last node's. Printed: p50 / p99 / max of that over the pushes,
 of the push's answer to the operator, and of each node's own time; the client's failed
 requests over the whole run and during pushes; whether any ring changed or any VIP moved.
-A node "runs" a version when its ring, VIP pool and services use it; the IPVS programming
-that follows (GOALS.md S1) is reported by bench_ipvs_live.py.
+A node "runs" a version when its ring, VIP pool and services use it.
+
+With --peer keepalived, the peer's way is timed in the same lab: in every guest, beside the
+daemon, keepalived's checker (`keepalived -C`) runs fwmark virtual servers mirroring the
+lab's services (and, for the large runs, as many more as --large-services), with the same
+back-ends and no checks; rainctl leaves fwmark services alone and no packet carries those
+marks, so they exist only to be programmed. A reload trial writes the changed
+keepalived.conf to every node (the same weight flipped) and sends keepalived SIGHUP on
+every node at once (rainctl.lab.ipvs_observer, in the guest); timed until each node's IPVS
+table has the new weight. The same observer times rainctl's pushes to the kernel too
+("IPVS applied"), so the two are compared on the same event. keepalived's virtual servers
+carry no client traffic here: the requests lost during its reloads are not measured.
 """
 
 from __future__ import annotations
@@ -31,14 +42,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from rainctl.bench.failover import wait_until
 from rainctl.lab import builder, traffic
-from rainctl.lab.plan import BACKEND_PORT, lab_vips
+from rainctl.lab.ipvs_observer import Views
+from rainctl.lab.plan import BACKEND_PORT, SERVICE_PORTS, LabPlan, Node, lab_vips
 from rainctl.lab.processes import LabError
 
 FIRST_PORT = 20000
@@ -47,6 +63,10 @@ PUSH_TIMEOUT_S = 150.0
 ATTEMPTS = 6
 QUIET_S = 2.0
 """Pause between pushes."""
+KEEPALIVED_CONFIG = "keepalived-reload.conf"
+KEEPALIVED_BOUND_S = 600.0
+"""keepalived's reload of 10,000 virtual servers may take minutes (GOALS.md S1's note)."""
+KEEPALIVED_PID = "/run/rainctl/kc.pid"
 _RUNNING = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: running configuration version (\d+) "
 )
@@ -112,6 +132,91 @@ def _push(state_dir: Path, node: int, text: str, logs: list[Path]) -> tuple[floa
         time.sleep(0.05)
 
 
+def _keepalived_config(plan: LabPlan, large: int, weight: int) -> str:
+    """fwmark virtual servers mirroring the lab's services (both back-ends, weight 1; the
+    second back-end of the first at `weight`), then `large` more with one back-end each."""
+    mirrored = len(lab_vips(plan)) * len(SERVICE_PORTS)
+    lines = ["global_defs {", "    router_id rainctl-bench", "}", ""]
+    for index in range(mirrored + large):
+        lines += [f"virtual_server fwmark {index + 1} {{", "    lb_algo wlc", "    lb_kind DR"]
+        lines.append("    protocol TCP")
+        backends = plan.backends if index < mirrored else plan.backends[:1]
+        for position, host in enumerate(backends):
+            server_weight = weight if (index, position) == (0, 1) else 1
+            lines += [f"    real_server {host.address.ip} {BACKEND_PORT} {{"]
+            lines += [f"        weight {server_weight}", "    }"]
+        lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def _keepalived_hook(plan: LabPlan, node: Node, scratch: Path) -> str:
+    (scratch / KEEPALIVED_CONFIG).write_text(_keepalived_config(plan, 0, 1), encoding="utf-8")
+    quoted = shlex.quote(str(scratch))
+    return (
+        f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{KEEPALIVED_CONFIG} "
+        f"-p {KEEPALIVED_PID} -c /run/rainctl/kc_checkers.pid "
+        f"< /dev/null > {quoted}/keepalived-reload.log 2>&1 &\n"
+        f"{shlex.quote(sys.executable)} -m rainctl.lab.ipvs_observer {quoted} "
+        f"--signal-on-request {KEEPALIVED_PID} < /dev/null > {quoted}/observer.log 2>&1 &\n"
+    )
+
+
+def _weight_changed(
+    views: Views, service: str, address: str, weight: int, since: float
+) -> list[float] | None:
+    """Per node, when `address` of `service` got `weight` after `since` (None: not yet)."""
+    moments = []
+    for node in views.changes(address, since):
+        found = [at for at, name, value in node if name == service and value == weight]
+        if not found:
+            return None
+        moments.append(found[0])
+    return moments
+
+
+def _wait_weight(
+    views: Views, service: str, address: str, weight: int, since: float
+) -> list[float]:
+    deadline = time.monotonic() + KEEPALIVED_BOUND_S
+    while (moments := _weight_changed(views, service, address, weight, since)) is None:
+        if time.monotonic() > deadline:
+            raise LabError(f"{service} {address} not at weight {weight} on every node")
+        time.sleep(0.05)
+    return [moment - since for moment in moments]
+
+
+def _keepalived_reloads(
+    plan: LabPlan, views: Views, large: int, weights: list[int], windows: list[tuple[float, float]]
+) -> None:
+    """keepalived's way: the changed file on every node, SIGHUP everywhere, until every
+    node's IPVS table has the change. With `large`, first the reload that adds them (timed
+    until the last one is in every table), the weight back at 1."""
+    mirrored = len(lab_vips(plan)) * len(SERVICE_PORTS)
+    label = f"keepalived -C reload, {len(views.scratches)} nodes"
+
+    def reload(config: str, service: str, address: str, weight: int) -> float:
+        for scratch in views.scratches:
+            (scratch / KEEPALIVED_CONFIG).write_text(config, encoding="utf-8")
+        asked = views.request_signal()
+        taken = _wait_weight(views, service, address, weight, asked)
+        windows.append((asked, time.time()))
+        return max(taken)
+
+    first = f"{plan.backends[0].address.ip}:{BACKEND_PORT}"
+    second = f"{plan.backends[1].address.ip}:{BACKEND_PORT}"
+    if large:
+        time.sleep(QUIET_S)
+        config = _keepalived_config(plan, large, 1)
+        taken = reload(config, f"FWM {mirrored + large}", first, 1)
+        print(f"{label}, adding {large} virtual servers: IPVS applied on every node {taken:.3f} s")
+        label += f", {large} more virtual servers"
+    everywhere: list[float] = []
+    for weight in weights:
+        time.sleep(QUIET_S)
+        everywhere.append(reload(_keepalived_config(plan, large, weight), "FWM 1", second, weight))
+    print(f"{label} x {len(weights)}: IPVS applied on every node {_figures(everywhere)}")
+
+
 def _figures(values: list[float], unit: str = "s") -> str:
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -128,60 +233,80 @@ def _rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[
     return rings, [sorted(daemon.owned) for daemon in status.daemons]
 
 
-def _series(
-    name: str,
-    state_dir: Path,
-    texts: list[str],
-    logs: list[Path],
-    windows: list[tuple[float, float]],
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """What every series needs: the lab, the daemons' logs, the observers (with a peer)."""
+
+    state_dir: Path
+    plan: LabPlan
+    logs: list[Path]
+    views: Views | None
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    """When pushes or reloads ran (their failed requests are counted apart)."""
+
+
+def _series(bench: Bench, name: str, texts: list[tuple[str, int]]) -> None:
+    """Push each (text, weight of the watched real server) at the next node in turn."""
     answered: list[float] = []
     everywhere: list[float] = []
     per_node: list[float] = []
-    for index, text in enumerate(texts):
+    kernel: list[float] = []
+    vip = str(lab_vips(bench.plan)[0])
+    address = f"{bench.plan.backends[1].address.ip}:{BACKEND_PORT}"
+    for index, (text, weight) in enumerate(texts):
         time.sleep(QUIET_S)
         began = time.time()
-        answer_s, running = _push(state_dir, index % len(logs) + 1, text, logs)
-        windows.append((began, time.time()))
+        answer_s, running = _push(bench.state_dir, index % len(bench.logs) + 1, text, bench.logs)
+        if bench.views is not None:
+            taken = _wait_weight(bench.views, f"TCP {vip}:80", address, weight, began)
+            kernel.append(max(taken))
+        bench.windows.append((began, time.time()))
         answered.append(answer_s)
         everywhere.append(max(running))
         per_node += running
-    print(
+    line = (
         f"{name} x {len(texts)}: applied on every node {_figures(everywhere)}; push answered "
         f"{_figures(answered)}; per node {_figures(per_node)}"
     )
+    if kernel:
+        line += f"; IPVS applied on every node {_figures(kernel)}"
+    print(line)
 
 
-def run(nodes: int, pushes: int, large: int, large_pushes: int, keep_logs: Path | None) -> None:
+def run(
+    nodes: int, pushes: int, large: int, large_pushes: int, peer: bool, keep_logs: Path | None
+) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-push-"))
     builder.up(state_dir, nodes=nodes, backends=2, prefix="rbp", profile="lan", mode="dr",
-               memory_mb=384 if large else 192)  # fmt: skip
+               memory_mb=384 if large else 192,
+               peer=_keepalived_hook if peer else None)  # fmt: skip
     try:
         plan = builder.status(state_dir).plan
+        scratches = [state_dir / "nodes" / node.name for node in plan.nodes]
+        views = Views(scratches) if peer else None
+        bench = Bench(state_dir, plan, [scratch / "daemon.log" for scratch in scratches], views)
+        if views is not None:
+            wait_until(lambda: all(views.tables()), 60, "every observer writing")
         vips = [str(vip) for vip in lab_vips(plan)]
         base = (state_dir / builder.CONFIG_FILE).read_text(encoding="utf-8")
-        logs = [state_dir / "nodes" / node.name / "daemon.log" for node in plan.nodes]
         time.sleep(QUIET_S)
         rings_before, owners_before = _rings_and_owners(state_dir)
         targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
         requests = builder.start_traffic(state_dir, "push", "http", targets, interval_s=0.05)
-        windows: list[tuple[float, float]] = []
-        small = [_toggled(base, vips[0], 2 if index % 2 == 0 else 1) for index in range(pushes)]
-        _series(f"small change, {nodes} nodes", state_dir, small, logs, windows)
+        flips = [2 if index % 2 == 0 else 1 for index in range(max(pushes, large_pushes))]
+        small = [(_toggled(base, vips[0], weight), weight) for weight in flips[:pushes]]
+        _series(bench, f"small change, {nodes} nodes", small)
+        if views is not None:
+            _keepalived_reloads(plan, views, 0, flips[:pushes], bench.windows)
         if large:
             grown = base + "\n" + _services(vips, large)
-            _series(f"adding {large} services, {nodes} nodes", state_dir, [grown], logs, windows)
+            _series(bench, f"adding {large} services, {nodes} nodes", [(grown, 1)])
             changes = [
-                _toggled(grown, vips[0], 2 if index % 2 == 0 else 1)
-                for index in range(large_pushes)
+                (_toggled(grown, vips[0], weight), weight) for weight in flips[:large_pushes]
             ]
-            _series(
-                f"small change of a {large}-service config, {nodes} nodes",
-                state_dir,
-                changes,
-                logs,
-                windows,
-            )
+            _series(bench, f"small change of a {large}-service config, {nodes} nodes", changes)
+            if views is not None:
+                _keepalived_reloads(plan, views, large, flips[:large_pushes], bench.windows)
         time.sleep(QUIET_S)
         builder.stop_traffic(state_dir, "push")
         rings_after, owners_after = _rings_and_owners(state_dir)
@@ -189,20 +314,20 @@ def run(nodes: int, pushes: int, large: int, large_pushes: int, keep_logs: Path 
         summary = traffic.summarize(events)
         during = sum(
             s.failed
-            for since, until in windows
+            for since, until in bench.windows
             for s in traffic.summarize(events, since=since, until=until).values()
         )
         print(
             f"client: {sum(s.ok for s in summary.values())} requests answered, "
-            f"{sum(s.failed for s in summary.values())} failed in all ({during} during pushes); "
-            f"ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
+            f"{sum(s.failed for s in summary.values())} failed in all ({during} during pushes "
+            f"and reloads); ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
             f"VIP owners moved: {owners_after != owners_before}"
         )
     finally:
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in (state_dir / "nodes").glob("*/daemon.log"):
-                shutil.copy(log, keep_logs / f"{log.parent.name}.log")
+            for log in (state_dir / "nodes").glob("*/*.log"):
+                shutil.copy(log, keep_logs / f"{log.parent.name}-{log.name}")
         builder.down(state_dir)
 
 
@@ -212,17 +337,20 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=30)
     parser.add_argument("--large-services", type=int, default=0)
     parser.add_argument("--large-pushes", type=int, default=10)
-    parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
+    parser.add_argument("--peer", choices=["keepalived"], help="time keepalived's reload too")
+    parser.add_argument("--keep-logs", type=Path, help="copy the lab's logs here")
     parser.add_argument("--quick", action="store_true", help="3 nodes, 5 small pushes")
     arguments = parser.parse_args()
+    peer = arguments.peer == "keepalived"
     if arguments.quick:
-        run(3, 5, 0, 0, arguments.keep_logs)
+        run(3, 5, 0, 0, peer, arguments.keep_logs)
         return
     run(
         arguments.nodes,
         arguments.pushes,
         arguments.large_services,
         arguments.large_pushes,
+        peer,
         arguments.keep_logs,
     )
 

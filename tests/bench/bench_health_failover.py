@@ -20,7 +20,7 @@ only to be programmed), one per keepalived setting in KEEPALIVED_CHECKERS:
 - TCP_CHECK and HTTP_GET at keepalived's defaults (delay_loop 60, connect_timeout 5), timed
   in their own --default-trials trials (each takes up to a minute).
 
-An observer in each guest reads /proc/net/ip_vs every OBSERVE_INTERVAL_S and writes every
+An observer in each guest (rainctl.lab.ipvs_observer) reads /proc/net/ip_vs and writes every
 change of a back-end's weight (or its removal) with the guest's wall clock (UML's clock is
 the host's: the script prints the offset it sees) to its scratch directory. A trial: the
 second back-end is SIGKILLed (its ports answer RST) or its link goes down (only timeouts
@@ -33,7 +33,6 @@ keepalived figure's ratio to rainctl's p50.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shlex
 import statistics
@@ -45,12 +44,10 @@ from pathlib import Path
 
 from rainctl.bench.failover import wait_until
 from rainctl.lab import builder
+from rainctl.lab.ipvs_observer import CLOCK_FILE, Views
 from rainctl.lab.plan import BACKEND_PORT, LabPlan, Node
 from rainctl.lab.processes import LabError
 
-OBSERVE_INTERVAL_S = 0.05
-EVENTS_FILE = "ipvs-events.jsonl"
-CLOCK_FILE = "observer-clock"
 CONFIG_FILE = "keepalived-check.conf"
 DETECT_BOUND_S = 30.0
 DEFAULT_DETECT_BOUND_S = 90.0
@@ -97,57 +94,6 @@ KEEPALIVED_CHECKERS = (
 )
 
 
-# ---- in the guest: the observer ------------------------------------------------------------
-
-
-def _endpoint(hex_text: str) -> str:
-    address, port = hex_text.split(":")
-    octets = [str(int(address[i : i + 2], 16)) for i in range(0, 8, 2)]
-    return f"{'.'.join(octets)}:{int(port, 16)}"
-
-
-def read_ipvs(text: str) -> dict[tuple[str, str], int]:
-    """/proc/net/ip_vs as {(service, real server): weight}; a service is "FWM 11" or
-    "TCP 198.18.0.100:80"."""
-    table: dict[tuple[str, str], int] = {}
-    service = ""
-    for line in text.splitlines()[3:]:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "->":
-            table[(service, _endpoint(words[1]))] = int(words[3])
-        elif words[0] == "FWM":
-            service = f"FWM {int(words[1], 16)}"
-        else:
-            service = f"{words[0]} {_endpoint(words[1])}"
-    return table
-
-
-def observe(directory: Path) -> None:
-    """Write every change of the table as a JSON line: [time, service, server, weight or
-    None (removed)]; the clock file says the guest's time of its last read."""
-    previous: dict[tuple[str, str], int] = {}
-    with (directory / EVENTS_FILE).open("a", encoding="utf-8") as events:
-        while True:
-            now = time.time()
-            with open("/proc/net/ip_vs", encoding="ascii") as proc:
-                table = read_ipvs(proc.read())
-            lines = [
-                json.dumps([now, service, server, table.get((service, server))])
-                for service, server in sorted(previous.keys() | table.keys())
-                if previous.get((service, server)) != table.get((service, server))
-            ]
-            if lines:
-                events.write("\n".join(lines) + "\n")
-                events.flush()
-            previous = table
-            clock = directory / f"{CLOCK_FILE}.tmp"
-            clock.write_text(repr(now), encoding="ascii")
-            clock.replace(directory / CLOCK_FILE)
-            time.sleep(OBSERVE_INTERVAL_S)
-
-
 # ---- on the host ---------------------------------------------------------------------------
 
 
@@ -180,52 +126,9 @@ def _hook(plan: LabPlan, node: Node, scratch: Path) -> str:
         f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{CONFIG_FILE} "
         "-p /run/rainctl/kc.pid -c /run/rainctl/kc_checkers.pid "
         f"< /dev/null > {quoted}/keepalived-check.log 2>&1 &\n"
-        f"{shlex.quote(sys.executable)} {shlex.quote(__file__)} --observe {quoted} "
+        f"{shlex.quote(sys.executable)} -m rainctl.lab.ipvs_observer {quoted} "
         f"< /dev/null > {quoted}/observer.log 2>&1 &\n"
     )
-
-
-@dataclass
-class Views:
-    """Every node's table as its observer last wrote it."""
-
-    scratches: list[Path]
-
-    def tables(self, until: float = float("inf")) -> list[dict[tuple[str, str], int]]:
-        tables = []
-        for scratch in self.scratches:
-            table: dict[tuple[str, str], int] = {}
-            path = scratch / EVENTS_FILE
-            text = path.read_text(encoding="utf-8") if path.exists() else ""
-            for line in text.splitlines():
-                try:
-                    at, service, server, weight = json.loads(line)
-                except ValueError:
-                    continue  # a line being written
-                if at > until:
-                    break
-                if weight is None:
-                    table.pop((service, server), None)
-                else:
-                    table[(service, server)] = weight
-            tables.append(table)
-        return tables
-
-    def changes(self, address: str, since: float) -> list[list[tuple[float, str, int | None]]]:
-        """Per node: the changes of `address`'s weights since `since` (time, service,
-        weight or None)."""
-        found = []
-        for scratch in self.scratches:
-            node: list[tuple[float, str, int | None]] = []
-            for line in (scratch / EVENTS_FILE).read_text(encoding="utf-8").splitlines():
-                try:
-                    at, service, endpoint, weight = json.loads(line)
-                except ValueError:
-                    continue
-                if endpoint.rsplit(":", 1)[0] == address and at >= since:
-                    node.append((at, service, weight))
-            found.append(node)
-        return found
 
 
 def _services(table: dict[tuple[str, str], int], checker: str) -> set[str]:
@@ -375,9 +278,6 @@ def run(trials: int, default_trials: int) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--observe"]:
-        observe(Path(sys.argv[2]))
-        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--default-trials", type=int, default=3)
