@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from rainctl.testing.ports import free_udp_ports
 from tests.integration.test_daemon_operate import rainctl, rainctl_json, refused
 from tests.integration.test_daemon_ring import (
     VIPS,
@@ -155,3 +156,26 @@ def test_push_refusal_rollback_catch_up_and_removal(cluster: Cluster, tmp_path: 
 
 def original_file(directory: Path) -> Path:
     return directory / "cluster.toml"
+
+
+def test_a_node_added_by_a_push_joins(cluster: Cluster, tmp_path: Path) -> None:
+    daemons = cluster.daemons
+    everyone = list(daemons.values())
+    logs = [daemon.log_path for daemon in everyone]
+    wait_for(lambda: converged(everyone), 15.0, "a ring of 3 owning every VIP once", logs)
+    original = (tmp_path / "cluster.toml").read_text()
+    (port,) = free_udp_ports(1)
+    grown = tmp_path / "grown.toml"
+    entry = f'[[nodes]]\nid = 4\naddress = "127.0.0.1:{port}"\nback_interface = "lo"\n\n'
+    grown.write_text(original.replace("[[vips]]", entry + "[[vips]]", 1))
+    assert push(daemons[2], grown)["changes"] == {"nodes": ["+ node 4"]}
+    # The new node starts from the pushed file (its bootstrap) and runs the ring's version.
+    daemons[4] = start_daemon(grown, tmp_path, 4)
+    everyone = list(daemons.values())
+    logs.append(daemons[4].log_path)
+    wait_for(lambda: converged(everyone), 20.0, "a ring of 4 owning every VIP once", logs)
+    assert versions(everyone) == [2, 2, 2, 2]
+    # Six VIPs over four nodes: nobody holds more than two, so none had to move to node 4
+    # (minimal movement; it gets VIPs at the next failure or load rebalance).
+    documents = [daemon.status() for daemon in everyone]
+    assert all(d is not None and len(d["owned"]) <= 2 for d in documents)
