@@ -289,7 +289,9 @@ class HopBench:
             for action in actions
             if isinstance(action, Send) and isinstance(action.message, TokenAck)
         ]
-        if [ack.status for ack in acks] != [AckStatus.ACCEPTED]:
+        # The ACK of an accepted token comes with the pass (docs/protocol.md section 4):
+        # none now, or (a token kept alone) ACCEPTED at once; anything else is a refusal.
+        if [ack.status for ack in acks] not in ([], [AckStatus.ACCEPTED]):
             raise RuntimeError(f"token not accepted: {acks}")
         if phase_of(self.machine) is not Phase.HOLDING:
             raise RuntimeError(f"receiver is {self.machine.phase}, not holding")
