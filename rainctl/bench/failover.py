@@ -160,6 +160,18 @@ def _peer_hook(advert_int: float) -> builder.PeerHook:
     return hook
 
 
+def rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[list[str]]]:
+    """The rings the lab's daemons report and each one's owned VIPs (did a benchmark move
+    anything?)."""
+    status = builder.status(state_dir)
+    rings = {
+        (ring["epoch"], ring["creator"], ring["creator_incarnation"])
+        for daemon in status.daemons
+        if (ring := (daemon.document or {}).get("ring")) is not None
+    }
+    return rings, [sorted(daemon.owned) for daemon in status.daemons]
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll `condition` every 50 ms until it holds; LabError naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -27,6 +27,12 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def figures(values: Sequence[float], unit: str = "s", digits: int = 3) -> str:
+    """`p50 X / p99 Y / max Z unit` of a non-empty sequence (the benchmarks' printed line)."""
+    p50, p99, worst = percentile(values, 0.5), percentile(values, 0.99), max(values)
+    return f"p50 {p50:.{digits}f} / p99 {p99:.{digits}f} / max {worst:.{digits}f} {unit}"
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     count: int

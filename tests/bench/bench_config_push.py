@@ -44,14 +44,14 @@ import datetime
 import re
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rainctl.bench.failover import wait_until
+from rainctl.bench.failover import rings_and_owners, wait_until
+from rainctl.bench.report import figures
 from rainctl.lab import builder, traffic
 from rainctl.lab.ipvs_observer import Views
 from rainctl.lab.plan import BACKEND_PORT, SERVICE_PORTS, LabPlan, Node, lab_vips
@@ -214,23 +214,7 @@ def _keepalived_reloads(
     for weight in weights:
         time.sleep(QUIET_S)
         everywhere.append(reload(_keepalived_config(plan, large, weight), "FWM 1", second, weight))
-    print(f"{label} x {len(weights)}: IPVS applied on every node {_figures(everywhere)}")
-
-
-def _figures(values: list[float], unit: str = "s") -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return f"p50 {statistics.median(ordered):.3f} / p99 {p99:.3f} / max {ordered[-1]:.3f} {unit}"
-
-
-def _rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[list[str]]]:
-    status = builder.status(state_dir)
-    rings = {
-        (ring["epoch"], ring["creator"], ring["creator_incarnation"])
-        for daemon in status.daemons
-        if (ring := (daemon.document or {}).get("ring")) is not None
-    }
-    return rings, [sorted(daemon.owned) for daemon in status.daemons]
+    print(f"{label} x {len(weights)}: IPVS applied on every node {figures(everywhere)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,11 +249,11 @@ def _series(bench: Bench, name: str, texts: list[tuple[str, int]]) -> None:
         everywhere.append(max(running))
         per_node += running
     line = (
-        f"{name} x {len(texts)}: applied on every node {_figures(everywhere)}; push answered "
-        f"{_figures(answered)}; per node {_figures(per_node)}"
+        f"{name} x {len(texts)}: applied on every node {figures(everywhere)}; push answered "
+        f"{figures(answered)}; per node {figures(per_node)}"
     )
     if kernel:
-        line += f"; IPVS applied on every node {_figures(kernel)}"
+        line += f"; IPVS applied on every node {figures(kernel)}"
     print(line)
 
 
@@ -290,7 +274,7 @@ def run(
         vips = [str(vip) for vip in lab_vips(plan)]
         base = (state_dir / builder.CONFIG_FILE).read_text(encoding="utf-8")
         time.sleep(QUIET_S)
-        rings_before, owners_before = _rings_and_owners(state_dir)
+        rings_before, owners_before = rings_and_owners(state_dir)
         targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
         requests = builder.start_traffic(state_dir, "push", "http", targets, interval_s=0.05)
         flips = [2 if index % 2 == 0 else 1 for index in range(max(pushes, large_pushes))]
@@ -309,7 +293,7 @@ def run(
                 _keepalived_reloads(plan, views, large, flips[:large_pushes], bench.windows)
         time.sleep(QUIET_S)
         builder.stop_traffic(state_dir, "push")
-        rings_after, owners_after = _rings_and_owners(state_dir)
+        rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
         summary = traffic.summarize(events)
         during = sum(

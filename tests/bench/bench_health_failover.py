@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rainctl.bench.failover import wait_until
+from rainctl.bench.report import figures
 from rainctl.lab import builder
 from rainctl.lab.ipvs_observer import CLOCK_FILE, Views
 from rainctl.lab.plan import BACKEND_PORT, LabPlan, Node
@@ -217,12 +218,6 @@ def trial(
     return taken
 
 
-def _figures(values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return f"p50 {statistics.median(ordered):.2f} / p99 {p99:.2f} / max {ordered[-1]:.2f} s"
-
-
 def run(trials: int, default_trials: int) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-health-"))
     builder.up(
@@ -270,7 +265,7 @@ def run(trials: int, default_trials: int) -> None:
                     continue
                 ratio = statistics.median(values) / reference
                 print(
-                    f"{kind}: {checker}: {_figures(values)} over {len(values)} trials "
+                    f"{kind}: {checker}: {figures(values, digits=2)} over {len(values)} trials "
                     f"({ratio:.1f}x rainctl's p50)"
                 )
     finally:

@@ -28,11 +28,12 @@ import argparse
 import datetime
 import re
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from rainctl.bench.failover import rings_and_owners
+from rainctl.bench.report import figures
 from rainctl.lab import builder, traffic
 from rainctl.lab.plan import BACKEND_PORT, lab_vips
 from rainctl.lab.processes import LabError
@@ -96,23 +97,6 @@ def _reload_all(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int
     return [result for result in results if result is not None]
 
 
-def _figures(values: list[float], unit: str = "s") -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    median = statistics.median(ordered)
-    return f"p50 {median:.3f} / p99 {p99:.3f} / max {ordered[-1]:.3f} {unit}"
-
-
-def _rings_and_owners(state_dir: Path) -> tuple[set[tuple[int, int, int]], list[list[str]]]:
-    status = builder.status(state_dir)
-    rings = {
-        (ring["epoch"], ring["creator"], ring["creator_incarnation"])
-        for daemon in status.daemons
-        if (ring := (daemon.document or {}).get("ring")) is not None
-    }
-    return rings, [sorted(daemon.owned) for daemon in status.daemons]
-
-
 def run(services: int, trials: int, keep_logs: Path | None) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-live-"))
     builder.up(state_dir, nodes=3, backends=2, prefix="rbl", profile="lan", mode="dr",
@@ -124,7 +108,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         base = config.read_text(encoding="utf-8")
         logs = [state_dir / "nodes" / node.name / "daemon.log" for node in plan.nodes]
         time.sleep(QUIET_S)
-        rings_before, owners_before = _rings_and_owners(state_dir)
+        rings_before, owners_before = rings_and_owners(state_dir)
         targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
         requests = builder.start_traffic(state_dir, "live", "http", targets, interval_s=0.05)
         time.sleep(QUIET_S)
@@ -147,7 +131,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             windows.append((began, time.time()))
         time.sleep(QUIET_S)
         builder.stop_traffic(state_dir, "live")
-        rings_after, owners_after = _rings_and_owners(state_dir)
+        rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
         failed = sum(s.failed for s in traffic.summarize(events).values())
         answered = sum(s.ok for s in traffic.summarize(events).values())
@@ -158,13 +142,13 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         )
         print(
             f"cold, {services} x {SERVERS_PER_SERVICE} under traffic: reload to applied "
-            f"{_figures([c[0] for c in cold])} over the 3 nodes ({cold[0][1]} operations; "
-            f"kernel {_figures([float(c[2]) for c in cold], 'ms')})"
+            f"{figures([c[0] for c in cold])} over the 3 nodes ({cold[0][1]} operations; "
+            f"kernel {figures([float(c[2]) for c in cold], 'ms')})"
         )
         print(
             f"1 % change ({changes[0][1]} operations) x {trials}: reload to applied "
-            f"{_figures([c[0] for c in changes])} over {len(changes)} node-reloads; kernel "
-            f"{_figures([float(c[2]) for c in changes], 'ms')}"
+            f"{figures([c[0] for c in changes])} over {len(changes)} node-reloads; kernel "
+            f"{figures([float(c[2]) for c in changes], 'ms')}"
         )
         print(
             f"client: {answered} requests answered, {failed} failed in all ({during} during "

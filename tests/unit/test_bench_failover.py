@@ -28,6 +28,11 @@ from rainctl.lab.plan import init_script, lab_vips, plan_lab
 # ---- statistics ------------------------------------------------------------------------------
 
 
+def test_figures_line() -> None:
+    assert report.figures([0.3, 0.1, 0.2]) == "p50 0.200 / p99 0.300 / max 0.300 s"
+    assert report.figures([5.0, 7.0], "ms", 1) == "p50 5.0 / p99 7.0 / max 7.0 ms"
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 21)]  # 1..20
     assert report.percentile(values, 0.5) == 10.0
