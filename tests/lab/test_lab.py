@@ -12,7 +12,7 @@ import time
 import urllib.parse
 
 from rainctl.lab import builder, processes
-from rainctl.lab.plan import BACKEND_PORT, IPVS_MODULES, lab_vips
+from rainctl.lab.plan import BACKEND_PORT, IPVS_MODULES, lab_vips, spare_vips
 from tests.lab.conftest import BOOT_BOUND_S, FIGURES, LAB_UP_FIGURE, NODES, Lab
 
 
@@ -65,8 +65,9 @@ def test_backends_reach_nodes_back_and_the_client_through_the_router(lab: Lab) -
         for node in plan.nodes:
             assert ping(backend.namespace, node.back, attempts=3), (backend.name, node.name)
     # DR layout: the back-ends have no leg on the client's subnet (LAB.md pitfall 5) but hold
-    # every VIP on lo, and the switch namespace routes between the two subnets.
-    vips = {f"{vip}/32" for vip in lab_vips(plan)}
+    # every VIP on lo (the spare ones too, which a live push can add), and the switch
+    # namespace routes between the two subnets.
+    vips = {f"{vip}/32" for vip in (*lab_vips(plan), *spare_vips(plan))}
     for backend in plan.backends:
         assert ping(plan.client.namespace, backend.address.ip, attempts=3), backend.name
         addresses = subprocess.run(
