@@ -164,7 +164,8 @@ def _keepalived_hook(plan: LabPlan, node: Node, scratch: Path) -> str:
 def _weight_changed(
     views: Views, service: str, address: str, weight: int, since: float
 ) -> list[float] | None:
-    """Per node, when `address` of `service` got `weight` after `since` (None: not yet)."""
+    """Per node, when real server `address` (an IP) of `service` got `weight` after `since`
+    (None: not yet)."""
     moments = []
     for node in views.changes(address, since):
         found = [at for at, name, value in node if name == service and value == weight]
@@ -202,8 +203,8 @@ def _keepalived_reloads(
         windows.append((asked, time.time()))
         return max(taken)
 
-    first = f"{plan.backends[0].address.ip}:{BACKEND_PORT}"
-    second = f"{plan.backends[1].address.ip}:{BACKEND_PORT}"
+    first = str(plan.backends[0].address.ip)
+    second = str(plan.backends[1].address.ip)
     if large:
         time.sleep(QUIET_S)
         config = _keepalived_config(plan, large, 1)
@@ -236,7 +237,7 @@ def _series(bench: Bench, name: str, texts: list[tuple[str, int]]) -> None:
     per_node: list[float] = []
     kernel: list[float] = []
     vip = str(lab_vips(bench.plan)[0])
-    address = f"{bench.plan.backends[1].address.ip}:{BACKEND_PORT}"
+    address = str(bench.plan.backends[1].address.ip)
     for index, (text, weight) in enumerate(texts):
         time.sleep(QUIET_S)
         began = time.time()
