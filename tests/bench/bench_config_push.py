@@ -230,20 +230,22 @@ class Bench:
     """When pushes or reloads ran (their failed requests are counted apart)."""
 
 
-def _series(bench: Bench, name: str, texts: list[tuple[str, int]]) -> None:
-    """Push each (text, weight of the watched real server) at the next node in turn."""
+Watch = tuple[str, str, int]
+"""(service, real server address, weight) that shows a push in the kernel's table."""
+
+
+def _series(bench: Bench, name: str, texts: list[tuple[str, Watch]]) -> None:
+    """Push each text at the next node in turn; timed until its watch is in every table."""
     answered: list[float] = []
     everywhere: list[float] = []
     per_node: list[float] = []
     kernel: list[float] = []
-    vip = str(lab_vips(bench.plan)[0])
-    address = str(bench.plan.backends[1].address.ip)
-    for index, (text, weight) in enumerate(texts):
+    for index, (text, (service, address, weight)) in enumerate(texts):
         time.sleep(QUIET_S)
         began = time.time()
         answer_s, running = _push(bench.state_dir, index % len(bench.logs) + 1, text, bench.logs)
         if bench.views is not None:
-            taken = _wait_weight(bench.views, f"TCP {vip}:80", address, weight, began)
+            taken = _wait_weight(bench.views, service, address, weight, began)
             kernel.append(max(taken))
         bench.windows.append((began, time.time()))
         answered.append(answer_s)
@@ -279,19 +281,31 @@ def run(
         targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
         requests = builder.start_traffic(state_dir, "push", "http", targets, interval_s=0.05)
         flips = [2 if index % 2 == 0 else 1 for index in range(max(pushes, large_pushes))]
-        small = [(_toggled(base, vips[0], weight), weight) for weight in flips[:pushes]]
+        second = str(plan.backends[1].address.ip)
+
+        def flipped(text: str, weight: int) -> tuple[str, Watch]:
+            return _toggled(text, vips[0], weight), (f"TCP {vips[0]}:80", second, weight)
+
+        small = [flipped(base, weight) for weight in flips[:pushes]]
         _series(bench, f"small change, {nodes} nodes", small)
         if views is not None:
             _keepalived_reloads(plan, views, 0, flips[:pushes], bench.windows)
         if large:
-            grown = base + "\n" + _services(vips, large)
-            _series(bench, f"adding {large} services, {nodes} nodes", [(grown, 1)])
-            changes = [
-                (_toggled(grown, vips[0], weight), weight) for weight in flips[:large_pushes]
-            ]
+            last = large - 1  # in every table once the whole push is applied
+            watch = (
+                f"TCP {vips[last % len(vips)]}:{FIRST_PORT + last}",
+                f"198.18.1.{100 + last % 100}",
+                1,
+            )
+            # At the weight the small pushes left: the flips that follow change it again.
+            kept = flips[pushes - 1] if pushes else 1
+            grown = _toggled(base + "\n" + _services(vips, large), vips[0], kept)
+            _series(bench, f"adding {large} services, {nodes} nodes", [(grown, watch)])
+            flips = [3 - kept if index % 2 == 0 else kept for index in range(large_pushes)]
+            changes = [flipped(grown, weight) for weight in flips]
             _series(bench, f"small change of a {large}-service config, {nodes} nodes", changes)
             if views is not None:
-                _keepalived_reloads(plan, views, large, flips[:large_pushes], bench.windows)
+                _keepalived_reloads(plan, views, large, [2, 1] * (large_pushes // 2), bench.windows)
         time.sleep(QUIET_S)
         builder.stop_traffic(state_dir, "push")
         rings_after, owners_after = rings_and_owners(state_dir)
