@@ -2,7 +2,8 @@
 (tests/bench/bench_health_failover.py, bench_config_push.py).
 
 `python -m rainctl.lab.ipvs_observer SCRATCH [--signal-on-request PIDFILE]` runs inside a
-UML guest: every OBSERVE_INTERVAL_S it reads /proc/net/ip_vs and appends every change of a
+UML guest: every OBSERVE_INTERVAL_S (longer for large tables: READ_SHARE_MAX) it reads
+/proc/net/ip_vs and appends every change of a
 real server's weight (or its removal) to SCRATCH/EVENTS_FILE with the guest's wall clock
 (UML's clock is the host's), and writes the time of its last read to SCRATCH/CLOCK_FILE.
 With `--signal-on-request`, a file SCRATCH/REQUEST_FILE written by the host makes it send
@@ -22,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OBSERVE_INTERVAL_S = 0.05
+READ_SHARE_MAX = 0.2
+"""The observer spends at most this share of the guest's CPU reading the table: with 10,000
+services a read of /proc/net/ip_vs takes tens of milliseconds in UML, and reading it every
+50 ms would load the very guest being timed (the interval grows, the resolution with it)."""
 EVENTS_FILE = "ipvs-events.jsonl"
 CLOCK_FILE = "observer-clock"
 REQUEST_FILE = "signal-request"
@@ -79,6 +84,7 @@ def observe(directory: Path, signal_pidfile: Path | None = None) -> None:
         while True:
             if signal_pidfile is not None:
                 _signal_if_requested(directory, signal_pidfile)
+            started = time.monotonic()
             now = time.time()
             with open("/proc/net/ip_vs", encoding="ascii") as proc:
                 table = read_ipvs(proc.read())
@@ -94,7 +100,8 @@ def observe(directory: Path, signal_pidfile: Path | None = None) -> None:
             clock = directory / f"{CLOCK_FILE}.tmp"
             clock.write_text(repr(now), encoding="ascii")
             clock.replace(directory / CLOCK_FILE)
-            time.sleep(OBSERVE_INTERVAL_S)
+            spent_s = time.monotonic() - started
+            time.sleep(max(OBSERVE_INTERVAL_S, spent_s / READ_SHARE_MAX - spent_s))
 
 
 # ---- on the host -----------------------------------------------------------------------------
