@@ -34,7 +34,10 @@ keepalived.conf to every node (the same weight flipped) and sends keepalived SIG
 every node at once (rainctl.lab.ipvs_observer, in the guest); timed until each node's IPVS
 table has the new weight. The same observer times rainctl's pushes to the kernel too
 ("IPVS applied"), so the two are compared on the same event. keepalived's virtual servers
-carry no client traffic here: the requests lost during its reloads are not measured.
+carry the client's requests to the first spare VIP's port 80 (a VIP of the ring without a
+rainctl service, marked 1 by an nftables rule in every guest): the requests lost through
+keepalived during its reloads are counted apart from those lost through rainctl's services
+during pushes.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from rainctl.bench.failover import rings_and_owners, wait_until
 from rainctl.bench.report import figures
 from rainctl.lab import builder, traffic
 from rainctl.lab.ipvs_observer import Views
-from rainctl.lab.plan import BACKEND_PORT, SERVICE_PORTS, LabPlan, Node, lab_vips
+from rainctl.lab.plan import BACKEND_PORT, SERVICE_PORTS, LabPlan, Node, lab_vips, spare_vips
 from rainctl.lab.processes import LabError
 
 FIRST_PORT = 20000
@@ -150,9 +153,19 @@ def _keepalived_config(plan: LabPlan, large: int, weight: int) -> str:
 
 
 def _keepalived_hook(plan: LabPlan, node: Node, scratch: Path) -> str:
+    """keepalived's checker and the observer in the guest; the client's requests to the
+    first spare VIP's port 80 marked 1, so keepalived's first virtual server carries them."""
     (scratch / KEEPALIVED_CONFIG).write_text(_keepalived_config(plan, 0, 1), encoding="utf-8")
     quoted = shlex.quote(str(scratch))
+    rule = (
+        f"add rule ip rainctl_bench marks ip daddr {spare_vips(plan)[0]} "
+        f"tcp dport {BACKEND_PORT} meta mark set 1"
+    )
     return (
+        "modprobe nf_tables 2>/dev/null\n"
+        "nft add table ip rainctl_bench\n"
+        "nft 'add chain ip rainctl_bench marks { type filter hook prerouting priority -150; }'\n"
+        f"nft {shlex.quote(rule)} > {quoted}/nft.log 2>&1\n"
         f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{KEEPALIVED_CONFIG} "
         f"-p {KEEPALIVED_PID} -c /run/rainctl/kc_checkers.pid "
         f"< /dev/null > {quoted}/keepalived-reload.log 2>&1 &\n"
@@ -187,7 +200,11 @@ def _wait_weight(
 
 
 def _keepalived_reloads(
-    plan: LabPlan, views: Views, large: int, weights: list[int], windows: list[tuple[float, float]]
+    plan: LabPlan,
+    views: Views,
+    large: int,
+    weights: list[int],
+    windows: list[tuple[float, float, str]],
 ) -> None:
     """keepalived's way: the changed file on every node, SIGHUP everywhere, until every
     node's IPVS table has the change. With `large`, first the reload that adds them (timed
@@ -200,7 +217,7 @@ def _keepalived_reloads(
             (scratch / KEEPALIVED_CONFIG).write_text(config, encoding="utf-8")
         asked = views.request_signal()
         taken = _wait_weight(views, service, address, weight, asked)
-        windows.append((asked, time.time()))
+        windows.append((asked, time.time(), "keepalived"))
         return max(taken)
 
     first = str(plan.backends[0].address.ip)
@@ -226,8 +243,9 @@ class Bench:
     plan: LabPlan
     logs: list[Path]
     views: Views | None
-    windows: list[tuple[float, float]] = field(default_factory=list)
-    """When pushes or reloads ran (their failed requests are counted apart)."""
+    windows: list[tuple[float, float, str]] = field(default_factory=list)
+    """When pushes ("rainctl") or reloads ("keepalived") ran: their failed requests are
+    counted apart."""
 
 
 Watch = tuple[str, str, int]
@@ -247,7 +265,7 @@ def _series(bench: Bench, name: str, texts: list[tuple[str, Watch]]) -> None:
         if bench.views is not None:
             taken = _wait_weight(bench.views, service, address, weight, began)
             kernel.append(max(taken))
-        bench.windows.append((began, time.time()))
+        bench.windows.append((began, time.time(), "rainctl"))
         answered.append(answer_s)
         everywhere.append(max(running))
         per_node += running
@@ -276,10 +294,20 @@ def run(
             wait_until(lambda: all(views.tables()), 60, "every observer writing")
         vips = [str(vip) for vip in lab_vips(plan)]
         base = (state_dir / builder.CONFIG_FILE).read_text(encoding="utf-8")
+        peer_targets: list[str] = []
+        if peer:
+            # The spare VIP keepalived's first virtual server serves: a VIP of the ring (its
+            # owner answers ARP), with no service of rainctl's.
+            spare = str(spare_vips(plan)[0])
+            base += f'\n[[vips]]\naddress = "{spare}"\n'
+            _push(state_dir, 1, base, bench.logs)
+            peer_targets = [f"{spare}:{BACKEND_PORT}"]
         time.sleep(QUIET_S)
         rings_before, owners_before = rings_and_owners(state_dir)
         targets = [f"{vip}:{BACKEND_PORT}" for vip in vips]
-        requests = builder.start_traffic(state_dir, "push", "http", targets, interval_s=0.05)
+        requests = builder.start_traffic(
+            state_dir, "push", "http", [*targets, *peer_targets], interval_s=0.05
+        )
         flips = [2 if index % 2 == 0 else 1 for index in range(max(pushes, large_pushes))]
         second = str(plan.backends[1].address.ip)
 
@@ -311,15 +339,27 @@ def run(
         rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
         summary = traffic.summarize(events)
-        during = sum(
-            s.failed
-            for since, until in bench.windows
-            for s in traffic.summarize(events, since=since, until=until).values()
-        )
+
+        def failed(kind: str, through: list[str]) -> str:
+            windows = [(since, until) for since, until, which in bench.windows if which == kind]
+            counts = [
+                (s.failed, s.ok + s.failed)
+                for since, until in windows
+                for target, s in traffic.summarize(events, since=since, until=until).items()
+                if target in through
+            ]
+            return f"{sum(c[0] for c in counts)} of {sum(c[1] for c in counts)}"
+
         print(
             f"client: {sum(s.ok for s in summary.values())} requests answered, "
-            f"{sum(s.failed for s in summary.values())} failed in all ({during} during pushes "
-            f"and reloads); ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
+            f"{sum(s.failed for s in summary.values())} failed in all; through rainctl's "
+            f"services during pushes {failed('rainctl', targets)} failed"
+            + (
+                f", through keepalived's during its reloads {failed('keepalived', peer_targets)}"
+                if peer
+                else ""
+            )
+            + f"; ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
             f"VIP owners moved: {owners_after != owners_before}"
         )
     finally:
