@@ -162,10 +162,10 @@ def _keepalived_hook(plan: LabPlan, node: Node, scratch: Path) -> str:
         f"tcp dport {BACKEND_PORT} meta mark set 1"
     )
     return (
-        "modprobe nf_tables 2>/dev/null\n"
-        "nft add table ip rainctl_bench\n"
-        "nft 'add chain ip rainctl_bench marks { type filter hook prerouting priority -150; }'\n"
-        f"nft {shlex.quote(rule)} > {quoted}/nft.log 2>&1\n"
+        # The guest's modprobe (rainctl.lab.plan: the UML kernel's modules).
+        f"{{ /run/rainctl/bin/modprobe nf_tables; nft add table ip rainctl_bench; "
+        "nft 'add chain ip rainctl_bench marks { type filter hook prerouting priority -150; }'; "
+        f"nft {shlex.quote(rule)}; }} > {quoted}/nft.log 2>&1\n"
         f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{KEEPALIVED_CONFIG} "
         f"-p {KEEPALIVED_PID} -c /run/rainctl/kc_checkers.pid "
         f"< /dev/null > {quoted}/keepalived-reload.log 2>&1 &\n"
