@@ -35,7 +35,7 @@ every node at once (rainctl.lab.ipvs_observer, in the guest); timed until each n
 table has the new weight. The same observer times rainctl's pushes to the kernel too
 ("IPVS applied"), so the two are compared on the same event. keepalived's virtual servers
 carry the client's requests to the first spare VIP's port 80 (a VIP of the ring without a
-rainctl service, marked 1 by an nftables rule in every guest): the requests lost through
+rainctl service, marked 1 by an iptables mangle rule in every guest): the requests lost through
 keepalived during its reloads are counted apart from those lost through rainctl's services
 during pushes.
 """
@@ -157,15 +157,16 @@ def _keepalived_hook(plan: LabPlan, node: Node, scratch: Path) -> str:
     first spare VIP's port 80 marked 1, so keepalived's first virtual server carries them."""
     (scratch / KEEPALIVED_CONFIG).write_text(_keepalived_config(plan, 0, 1), encoding="utf-8")
     quoted = shlex.quote(str(scratch))
-    rule = (
-        f"add rule ip rainctl_bench marks ip daddr {spare_vips(plan)[0]} "
-        f"tcp dport {BACKEND_PORT} meta mark set 1"
+    mark = (
+        f"iptables-legacy -t mangle -A PREROUTING -d {spare_vips(plan)[0]} -p tcp "
+        f"--dport {BACKEND_PORT} -j MARK --set-mark 1"
     )
+    # The guest's modprobe (rainctl.lab.plan: the UML kernel's modules); this UML kernel
+    # has x_tables' mangle table but not nf_tables' ip family.
+    modprobe = "/run/rainctl/bin/modprobe"
     return (
-        # The guest's modprobe (rainctl.lab.plan: the UML kernel's modules).
-        f"{{ /run/rainctl/bin/modprobe nf_tables; nft add table ip rainctl_bench; "
-        "nft 'add chain ip rainctl_bench marks { type filter hook prerouting priority -150; }'; "
-        f"nft {shlex.quote(rule)}; }} > {quoted}/nft.log 2>&1\n"
+        f"{{ {modprobe} iptable_mangle; {modprobe} xt_mark; {modprobe} xt_tcpudp; {mark}; }} "
+        f"> {quoted}/mark.log 2>&1\n"
         f"/usr/sbin/keepalived -n -C -l -D -f {quoted}/{KEEPALIVED_CONFIG} "
         f"-p {KEEPALIVED_PID} -c /run/rainctl/kc_checkers.pid "
         f"< /dev/null > {quoted}/keepalived-reload.log 2>&1 &\n"
