@@ -10,7 +10,6 @@ or refused everywhere with the one-line reason (which node, which key).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,9 +18,9 @@ from rich.console import Console
 
 from rainctl.cli.operate import JsonOption, SocketOption
 from rainctl.cli.render import config_document, config_summary
-from rainctl.config import key_file_path, load_config, load_keys, to_ring_spec
+from rainctl.config import key_file_path, load_config, load_keys
 from rainctl.config.files import read_text
-from rainctl.config.live import document_digest
+from rainctl.config.live import document_spec
 from rainctl.daemon.control import DEFAULT_SOCKET, request
 from rainctl.errors import OptionError
 
@@ -54,7 +53,7 @@ def check(
     key_path = key_file_path(config, file)
     keys = None if key_path is None else load_keys(key_path)
     # The digest a push of this file would have (the document's, as `config show` prints).
-    spec = replace(to_ring_spec(config), config_digest=document_digest(read_text(file)))
+    spec = document_spec(config, read_text(file))
     if as_json:
         typer.echo(json.dumps(config_document(config, spec, keys), indent=2))
     else:

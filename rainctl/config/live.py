@@ -42,6 +42,12 @@ def document_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+def document_spec(config: ClusterConfig, text: str) -> RingSpec:
+    """The ring part of document `text` (validated as `config`): its digest is the
+    document's, the version's digest."""
+    return replace(to_ring_spec(config), config_digest=document_digest(text))
+
+
 def interface_exists(name: str) -> bool:
     try:
         socket.if_nametoindex(name)
@@ -94,11 +100,10 @@ def prepare_document(
     if problems:
         path, message = problems[0]
         raise ConfigError(f"{source}: {format_loc(path)}: {message}")
-    digest = document_digest(text)
-    spec = replace(to_ring_spec(read.config), config_digest=digest)
+    spec = document_spec(read.config, text)
     changes = config_changes(running, read.config)
     proxies = proxy_options_of(read.config)
-    return Prepared(text, digest, read.config, read.services, spec, changes, proxies)
+    return Prepared(text, spec.config_digest, read.config, read.services, spec, changes, proxies)
 
 
 def live_change_problems(

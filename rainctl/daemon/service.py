@@ -40,12 +40,11 @@ from rainctl.config import (
     ClusterConfig,
     key_file_path,
     load_keys,
-    to_ring_spec,
 )
 from rainctl.config.convert import proxy_options_of
 from rainctl.config.files import read_text
-from rainctl.config.live import NodeContext, Prepared, document_digest
-from rainctl.config.reread import ConfigRereader
+from rainctl.config.live import NodeContext, Prepared, document_spec
+from rainctl.config.reread import ConfigRead, ConfigRereader
 from rainctl.config.services import ProxyOptions
 from rainctl.core.backends import any_checked, with_verdicts
 from rainctl.core.cluster_config import ConfigVersion
@@ -121,29 +120,31 @@ class _Setup:
     """The file of the running document (the health worker reads it)."""
 
 
-def _starting_document(options: DaemonOptions, store: ConfigStore) -> tuple[int, str, Path]:
-    """(version number, text, file) this node starts with: the newest version of its
-    history, else its local file as a bootstrap (0). A history whose newest version no
+def _starting_document(
+    options: DaemonOptions, store: ConfigStore
+) -> tuple[int, str, Path, ConfigRead]:
+    """(version number, text, file, validated) this node starts with: the newest version of
+    its history, else its local file as a bootstrap (0). A history whose newest version no
     longer lists this node (it was removed, and is now added back) gives way to the file."""
     stored = store.current()
     if stored is not None:
         text = store.document(stored.version.number)
         read = ConfigRereader().read_text(text, str(stored.path))
         if any(node.id == options.node_id for node in read.config.nodes):
-            return stored.version.number, text, stored.path
+            return stored.version.number, text, stored.path, read
         log.warning(
             "version %d of the history does not list node %d: starting from %s",
             stored.version.number,
             options.node_id,
             options.config,
         )
-    return 0, read_text(options.config), options.config
+    text = read_text(options.config)
+    return 0, text, options.config, ConfigRereader().read_text(text, str(options.config))
 
 
 def _load(options: DaemonOptions) -> _Setup:
     store = ConfigStore(options.state_dir, options.node_id)
-    number, text, path = _starting_document(options, store)
-    read = ConfigRereader().read_text(text, str(path))
+    number, text, path, read = _starting_document(options, store)
     config = read.config
     key_path = key_file_path(config, options.config)
     if key_path is None:
@@ -152,8 +153,8 @@ def _load(options: DaemonOptions) -> _Setup:
             "(ring datagrams must be authenticated)"
         )
     keys = KeyRing(*load_keys(key_path))
-    digest = document_digest(text)
-    spec = replace(to_ring_spec(config), config_digest=digest)
+    spec = document_spec(config, text)
+    digest = spec.config_digest
     addresses = {node.node_id: node.address for node in spec.nodes}
     if options.node_id not in addresses:
         configured = ", ".join(str(node_id) for node_id in sorted(addresses))
