@@ -2,8 +2,9 @@
 
 Why a process for large documents: parsing (rtoml) and validating (pydantic-core) run in
 compiled code that holds the interpreter lock for the whole call; in a thread of the daemon,
-a 10,000-service document (1.5 MB) kept the ring's event loop from running for 40-90 ms on
-the host and over 0.5 s inside a UML guest, long enough for the ring to exclude the node.
+a 10,000-service document (1.5 MB) kept the ring's event loop from running long enough, in
+a UML guest, for the ring to exclude the node (docs/benchmarks.md, "S4": "ran 522 ms past its
+deadline" in the daemons' logs of the first 10,000-service run).
 A process of its own shares no lock with the ring. Small documents (up to
 INLINE_BYTES_MAX, a few services) are validated in a thread: their stall is a few
 milliseconds, and a process would add its start-up to every small push.
