@@ -2,7 +2,9 @@
 
 Sub-command modules each expose `register(app)`; they are all registered in one place below.
 Expected errors (`RainctlError`) become one line on stderr, `rainctl: error: ...`, and exit
-status 2; `--debug` lets them propagate with their traceback instead.
+status 2; `--debug` lets them propagate with their traceback instead. Usage errors of every
+command (a missing argument, `abc` for an integer, an unknown option) become one line too,
+naming the command and pointing at its `--help`, instead of click's boxed panel.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from importlib import metadata
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from rainctl.cli import bench as bench_commands
 from rainctl.cli import config as config_commands
 from rainctl.cli import daemon as daemon_commands
+from rainctl.cli import events as events_commands
 from rainctl.cli import lab as lab_commands
 from rainctl.cli import migrate as migrate_commands
 from rainctl.cli import operate as operate_commands
@@ -38,6 +42,13 @@ class RainctlGroup(TyperGroup):
             if ctx.params.get("debug"):
                 raise
             typer.echo(f"rainctl: error: {exc}", err=True)
+            raise typer.Exit(code=ERROR_EXIT_CODE) from exc
+        except NoArgsIsHelpError:
+            raise  # a bare `rainctl node`: its help is the answer
+        except UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "rainctl"
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"rainctl: error: {path}: {message} (see '{path} --help')", err=True)
             raise typer.Exit(code=ERROR_EXIT_CODE) from exc
 
 
@@ -68,6 +79,7 @@ def version() -> None:
 bench_commands.register(app)
 config_commands.register(app)
 daemon_commands.register(app)
+events_commands.register(app)
 lab_commands.register(app)
 migrate_commands.register(app)
 operate_commands.register(app)

@@ -97,8 +97,9 @@ class Commands:
         leave: Leave,
         backends: Callable[[], Awaitable[JsonObject]],
         backend_commands: BackendCommands,
-        config_commands: dict[str, Callable[[ControlRequest], Awaitable[JsonObject]]],
+        more_commands: dict[str, Callable[[ControlRequest], Awaitable[JsonObject]]],
     ) -> None:
+        """`more_commands`: the handlers of the daemon's other parts (config, events)."""
         self._machine = machine
         self._state_dir = state_dir
         self._step = step
@@ -108,7 +109,7 @@ class Commands:
         self._leave = leave
         self._backends = backends
         self._backend_commands = backend_commands
-        self._config_commands = config_commands
+        self._more_commands = more_commands
 
     def answer(self, request: ControlRequest) -> JsonObject | Awaitable[JsonObject]:
         handlers: dict[str, Callable[[ControlRequest], JsonObject | Awaitable[JsonObject]]] = {
@@ -122,7 +123,7 @@ class Commands:
             "reload": self._reload_command,
             "leave": self._leave_command,
             **self._backend_commands.handlers(),
-            **self._config_commands,
+            **self._more_commands,
         }
         handler = handlers.get(request.command)
         if handler is None:

@@ -134,6 +134,8 @@ class RingDriver:
         """The live configuration's actions (rainctl.daemon.live_config)."""
         self.connection_count: Callable[[], int] = lambda: 0
         """Where load samples get the node's connection count (the IPVS counters)."""
+        self.on_step: Callable[[list[Action]], None] | None = None
+        """Sees every step's actions before they are carried out (the event timeline)."""
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -212,7 +214,10 @@ class RingDriver:
 
     def _step(self, event: Event) -> None:
         now = self.clock.now_ms()
-        for action in self.machine.step(event, now):
+        actions = self.machine.step(event, now)
+        if self.on_step is not None:
+            self.on_step(actions)
+        for action in actions:
             self._carry_out(action)
         self._arm_timer(now)
 

@@ -62,6 +62,7 @@ from rainctl.daemon.config_store import ConfigStore
 from rainctl.daemon.control import ControlError, ControlServer, JsonObject
 from rainctl.daemon.dataplane import DataPlaneReconciler, sync_wanted
 from rainctl.daemon.driver import RingDriver
+from rainctl.daemon.events import NodeEvents
 from rainctl.daemon.live_config import LiveConfig, Running
 from rainctl.daemon.maintenance import (
     BackendCommands,
@@ -283,6 +284,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
     dataplane = _data_plane(options, setup, kernel, driver)
     upstream = _upstream_monitor(setup, clock, driver, kernel)
     live = _Live(setup.services, setup.running.prepared.proxy_options)
+    events = _node_events(machine, driver, live)
     fleet = ProxyFleet(options.proxy_workers or os.cpu_count() or 1)
     health = _health_monitor(
         options,
@@ -324,6 +326,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
                 "lapses": reconciler.lease_lapses,
                 "unconfirmed_rounds": reconciler.lease_unconfirmed,
             },
+            events=events.journal.counts(),
         )
 
     reload, reload_on_signal = _reloaders(options, live_config)
@@ -338,15 +341,10 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         leave=driver.request_leave,
         backends=_backends_view(options, machine, live, health),
         backend_commands=BackendCommands(machine, lambda: live.services, driver.submit),
-        config_commands=live_config.handlers(),
+        more_commands={**live_config.handlers(), **events.handlers()},
     )
     driver.on_deliver = commands.on_deliver
-    try:
-        control = await ControlServer.start(options.control_socket, commands.answer)
-    except BaseException:
-        transport.close()
-        await live_config.close()
-        raise
+    control = await _start_control(options, commands, transport, live_config)
     loop = asyncio.get_running_loop()
     background = _background_tasks(reconciler, dataplane, upstream)
     _handle_signals(loop, leave=driver.request_leave, reload=reload_on_signal)
@@ -354,15 +352,16 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         # Before the driver: the first ring installed must reach it.
         await health.start(needed=any_checked(setup.services))
         live.refresh_proxies(fleet)
+        events.note(
+            "start",
+            f"node {options.node_id} incarnation {incarnation} listening on {setup.address}, "
+            f"control socket {options.control_socket}, configuration version "
+            f"{setup.running.version.number}",
+            incarnation=incarnation,
+            version=setup.running.version.number,
+        )
         driver.start(transport)
         driver.submit(MaintenanceRestored(_saved_maintenance(maintenance)))
-        log.info(
-            "node %d incarnation %d listening on %s, control socket %s",
-            options.node_id,
-            incarnation,
-            setup.address,
-            options.control_socket,
-        )
         # Everything made during start-up (config, pyroute2, codec tables) lives until exit:
         # moved out of the collector's reach, full collections stop walking it, which
         # shortens the pauses the ring's event loop would otherwise take mid-rotation.
@@ -383,6 +382,18 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         control.close()
         maintenance.close()
     log.info("stopped")
+
+
+async def _start_control(
+    options: DaemonOptions, commands: Commands, transport: UdpTransport, live_config: LiveConfig
+) -> ControlServer:
+    """The control socket, else (another daemon listens there) what is open already closed."""
+    try:
+        return await ControlServer.start(options.control_socket, commands.answer)
+    except BaseException:
+        transport.close()
+        await live_config.close()
+        raise
 
 
 def _with_front_interface(options: DaemonOptions, config: ClusterConfig) -> DaemonOptions:
@@ -527,6 +538,13 @@ class _Live:
         proxied = [service for service in self.services if service.proxied]
         applied = with_verdicts(proxied, self.verdicts, self.drained)
         fleet.want(proxy_settings(applied, self.proxy_options))
+
+
+def _node_events(machine: RingMachine, driver: RingDriver, live: _Live) -> NodeEvents:
+    """The node's timeline, fed by every step of the driver."""
+    events = NodeEvents(machine, lambda: live.services)
+    driver.on_step = events.observe
+    return events
 
 
 def _health_monitor(

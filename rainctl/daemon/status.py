@@ -28,6 +28,7 @@ def status_document(
     vip_lease: JsonObject | None = None,
     proxy: JsonObject | None = None,
     config: JsonObject | None = None,
+    events: JsonObject | None = None,
 ) -> JsonObject:
     token = status.token
     ring = status.ring
@@ -76,6 +77,7 @@ def status_document(
         "ipvs": ipvs,
         "proxy": proxy,
         "upstream": upstream,
+        "events": events,
         "counters": {
             "ring": dict(status.counters),
             "codec_rejects": dict(sorted(codec_rejects.items())),

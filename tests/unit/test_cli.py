@@ -136,7 +136,26 @@ def test_debug_lets_the_error_propagate(tmp_path: Path) -> None:
     assert result.exit_code == 1
 
 
-def test_usage_errors_exit_2() -> None:
-    result = runner.invoke(app, ["config", "check"])
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (
+            ["config", "check"],
+            "rainctl: error: rainctl config check: Missing argument 'FILE'. "
+            "(see 'rainctl config check --help')",
+        ),
+        (["node", "drain", "abc"], "rainctl: error: rainctl node drain: Invalid value for 'node'"),
+        (["status", "--bogus"], "rainctl: error: rainctl status: No such option: --bogus"),
+        (["nosuch"], "rainctl: error: rainctl: No such command 'nosuch'."),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(arguments: list[str], line: str) -> None:
+    result = runner.invoke(app, arguments)
     assert result.exit_code == 2
-    assert "Missing argument" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(line), result.stderr
+
+
+def test_a_bare_group_still_shows_its_help() -> None:
+    result = runner.invoke(app, ["node"])
+    assert "drain" in result.output

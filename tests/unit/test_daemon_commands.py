@@ -78,7 +78,7 @@ def _commands(machine: RingMachine, state_dir: Path, recorder: Recorder) -> Comm
         leave=recorder.leave,
         backends=backends_document,
         backend_commands=BackendCommands(machine, lambda: (), recorder.step),
-        config_commands={},
+        more_commands={},
     )
 
 
