@@ -117,13 +117,14 @@ class Timeline:
         if previous is None:
             self._note_plans(token)
             return events
+        # Causes before effects: states and pins, then the moves they led to.
+        if token.loads is not previous.loads:
+            events.extend(_state_changes(previous, token))
+        if token.pins != previous.pins:
+            events.extend(_pin_changes(previous.pins, token.pins))
         if token.vips is not previous.vips and token.vips != previous.vips:
             events.extend(self._vip_moves(previous, token))
             self._note_plans(token)
-        if token.pins != previous.pins:
-            events.extend(_pin_changes(previous.pins, token.pins))
-        if token.loads is not previous.loads:
-            events.extend(_state_changes(previous, token))
         return events
 
     def _vip_moves(self, previous: Token, token: Token) -> list[TimelineEvent]:

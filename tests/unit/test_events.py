@@ -155,13 +155,13 @@ def test_pins_and_node_states() -> None:
     line.token(token(START))
     events = line.token(token(START, pins=(("198.18.0.1", 2),), states={3: NodeState.DRAIN}))
     assert [(e.kind, e.message) for e in events] == [
-        ("pin", "VIP 198.18.0.1 pinned to node 2"),
         ("node-state", "node 3 reports itself drained"),
+        ("pin", "VIP 198.18.0.1 pinned to node 2"),
     ]
     events = line.token(token(START))
     assert [e.message for e in events] == [
-        "VIP 198.18.0.1 unpinned",
         "node 3 reports itself active",
+        "VIP 198.18.0.1 unpinned",
     ]
 
 
