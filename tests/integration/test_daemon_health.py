@@ -188,7 +188,22 @@ def test_a_dead_real_server_is_quiesced_on_every_node_and_comes_back(
     wait_for(lambda: everywhere(daemons, {first: 5, second: 5}), 10.0, "back up", logs)
     logged = "".join(path.read_text() for path in logs)
     assert f"back-end 127.0.0.1:{first} of tcp {RING_VIPS[0]}:80: down (refused" in logged
+    # Every node's timeline has the verdict's state changes, down then up, the same ones.
+    name = f"tcp {RING_VIPS[0]}:80 127.0.0.1:{first}"
+    for daemon in daemons:
+        changes = [
+            (event["fields"]["from"], event["fields"]["to"])
+            for event in _events(daemon)
+            if event["kind"] == "backend" and event["fields"]["server"] == name
+        ]
+        assert changes == [("up", "down"), ("down", "up")], changes
     print(f"loopback: stopped listener quiesced on all 3 nodes after {took_s:.2f} s")
+
+
+def _events(daemon: Daemon) -> list[dict[str, Any]]:
+    result = _rainctl("events", "--json", "--socket", str(daemon.socket_path))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def _rainctl(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -250,3 +265,5 @@ def test_backend_drain_from_any_node_holds_everywhere_and_across_restarts(
     logged = "".join(path.read_text() for path in logs)
     assert f"back-end tcp {service} {server}: drained by an operator" in logged
     assert f"back-end tcp {service} {server}: undrained by an operator" in logged
+    drains = [e["fields"]["drained"] for e in _events(daemons[0]) if e["kind"] == "backend-drain"]
+    assert drains[-1] is False, drains
