@@ -238,6 +238,13 @@ def test_kill_of_a_vip_owner_moves_its_vips_to_the_survivors(daemon_lab: Lab) ->
     first = next(o for o in result.vips if o.vip == vip)
     assert first.outage_ms is not None
     assert first.garp_ms is not None
+    # Every survivor's timeline (its log's structured event lines) names the failover.
+    for node in status.daemons:
+        if node.node_id in survivors:
+            log = (daemon_lab.state_dir / "nodes" / node.node.name / "daemon.log").read_text()
+            for moved in victim.owned:
+                line = rf"kind=vip-moved .* vip={re.escape(moved)} from={victim.node_id} to=\d+ "
+                assert re.search(line + "reason=failover", log), (node.node_id, moved)
     FIGURES[f"client-observed outage of {vip} (10 ms ICMP probes)"] = first.outage_ms / 1000
     FIGURES[f"first GARP for {vip} on br0 after the kill"] = first.garp_ms / 1000
     assert (
