@@ -12,7 +12,8 @@ can take. What cannot change live, and why:
 - this node's `front_interface` under a data plane that uses it (the VIPs and ARP
   announcer are opened on it at start), `cluster.vip_lease_s` (the kernel adapter's lease)
   and `cluster.quorum` to or from "upstream" or its `upstream` addresses (the upstream
-  checker starts with the daemon): restart the node(s) with the new file instead.
+  checker starts with the daemon), `metrics.listen` (the metrics endpoint's socket is
+  bound at start, rainctl.metrics): restart the node(s) with the new file instead.
 
 Everything else (VIPs, nodes added and removed, services, real servers, health checks,
 timers, quorum majority / none, rebalancing) is applied live.
@@ -121,6 +122,14 @@ def live_change_problems(
         problems.append(
             (("cluster", "vip_lease_s"), f"{before.vip_lease_s} -> {after.vip_lease_s} {restart}")
         )
+    if wanted.metrics.listen != running.metrics.listen:
+        problems.append(
+            (
+                ("metrics", "listen"),
+                f"{_shown(running.metrics.listen)} -> {_shown(wanted.metrics.listen)}: the "
+                f"metrics endpoint is bound at start, so it {restart}",
+            )
+        )
     upstream = QuorumPolicy.UPSTREAM
     if (before.quorum is upstream) != (after.quorum is upstream) or (
         after.quorum is upstream and after.upstream != before.upstream
@@ -146,6 +155,10 @@ def live_change_problems(
         if node.id == context.node_id:
             problems += _own_node_problems(running, node, index, context)
     return problems
+
+
+def _shown(listen: str | None) -> str:
+    return "(off)" if listen is None else repr(listen)
 
 
 def _own_node_problems(

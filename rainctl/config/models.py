@@ -56,7 +56,17 @@ def vip_sort_key(address: str) -> tuple[int, int]:
 
 def canonical_endpoint(text: str) -> str:
     """`text` as a canonical "host:port" ("[v6]:port" for IPv6); raises on anything else."""
-    not_endpoint = f"{text!r} is not host:port with an IP address (e.g. 198.18.0.2:7400)"
+    return _canonical_endpoint(text, example="198.18.0.2:7400", any_address=False)
+
+
+def canonical_listen(text: str) -> str:
+    """`text` as the canonical "host:port" of a TCP listener: like `canonical_endpoint`,
+    but the unspecified address (every interface: 0.0.0.0, [::]) is allowed."""
+    return _canonical_endpoint(text, example="127.0.0.1:9477", any_address=True)
+
+
+def _canonical_endpoint(text: str, *, example: str, any_address: bool) -> str:
+    not_endpoint = f"{text!r} is not host:port with an IP address (e.g. {example})"
     match = _ENDPOINT.fullmatch(text)
     if match is None:
         raise value_error(not_endpoint)
@@ -70,8 +80,9 @@ def canonical_endpoint(text: str) -> str:
         raise value_error(not_endpoint) from None
     if not 1 <= port <= _PORT_MAX:
         raise value_error(f"{text!r}: port {port} is not in 1..{_PORT_MAX}")
-    if ip.is_unspecified or ip.is_multicast:
-        raise value_error(f"{text!r}: {ip} is an unspecified or multicast address")
+    if ip.is_multicast or (ip.is_unspecified and not any_address):
+        kind = "a multicast" if any_address else "an unspecified or multicast"
+        raise value_error(f"{text!r}: {ip} is {kind} address")
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
@@ -187,6 +198,21 @@ class VipEntry(BaseModel):
         return canonical_vip(value)
 
 
+class MetricsSection(BaseModel):
+    """`[metrics]`: the node's Prometheus endpoint (docs/metrics.md); off unless `listen` is
+    set. `rainctl daemon --metrics HOST:PORT` overrides it; a pushed configuration cannot
+    change it (the listener is bound at start: rainctl.config.live)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _canonical_listen(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_listen(value)
+
+
 class ClusterConfig(BaseModel):
     """A cluster config file, validated as a whole."""
 
@@ -200,6 +226,7 @@ class ClusterConfig(BaseModel):
     vips: tuple[VipEntry, ...] = Field(default=(), strict=False)
     sync: SyncSection = Field(default_factory=SyncSection)
     services: tuple[ServiceEntry, ...] = Field(default=(), strict=False)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     def ring_timers(self) -> RingTimers:
         """The effective timers: profile defaults, the file's overrides, derived timeouts."""

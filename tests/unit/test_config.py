@@ -395,7 +395,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         pytest.param(
             "verbose = true\n" + document(),
             "verbose: unknown key (allowed: cluster, timers, rebalance, health, nodes, vips, "
-            "sync, services)",
+            "sync, services, metrics)",
             id="unknown-top-level-key",
         ),
         pytest.param(
