@@ -57,6 +57,7 @@ from rainctl.core.types import Instant, NodeId, NodeState
 from rainctl.daemon.clock import Clock
 from rainctl.daemon.load import INTERVAL_S, measure_load
 from rainctl.daemon.reconciler import Reconciler
+from rainctl.metrics.rotation import RotationHistogram
 from rainctl.net.transport import DatagramPort, SocketAddress
 
 log = logging.getLogger("rainctl.driver")
@@ -136,6 +137,8 @@ class RingDriver:
         """Where load samples get the node's connection count (the IPVS counters)."""
         self.on_step: Callable[[list[Action]], None] | None = None
         """Sees every step's actions before they are carried out (the event timeline)."""
+        self.rotations = RotationHistogram()
+        """Every token rotation this node observes (the metrics)."""
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class RingDriver:
     def on_datagram(self, data: bytes) -> None:
         if self.port is None or self.left.is_set():
             return
+        self.driver_counters["datagrams_received"] += 1
         try:
             envelope = self.codec.decode(data)
         except CodecError as exc:
@@ -215,6 +219,7 @@ class RingDriver:
     def _step(self, event: Event) -> None:
         now = self.clock.now_ms()
         actions = self.machine.step(event, now)
+        self.rotations.observe(self.machine.token_accepted_at, self.machine.rotation_ms)
         if self.on_step is not None:
             self.on_step(actions)
         for action in actions:
@@ -323,4 +328,5 @@ class RingDriver:
         if address is None or self.port is None:
             self.driver_counters["send_unknown_destination"] += 1
             return
+        self.driver_counters["datagrams_sent"] += 1
         self.port.send(self.codec.encode(send.destination, send.message), address)
