@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic_core import PydanticCustomError
 
+from rainctl.config.models import canonical_listen
 from rainctl.daemon.control import DEFAULT_SOCKET
 from rainctl.daemon.realtime import PRIORITY_MAX
 from rainctl.daemon.service import DEFAULT_STATE_DIR, DaemonOptions, run_daemon
@@ -75,6 +77,16 @@ def daemon(
             help='Proxy worker processes for mode = "http" services (0: one per CPU).',
         ),
     ] = 0,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: the "
+            "config's [metrics] listen; off when neither is set). docs/metrics.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run this node: join the ring over UDP and serve the control socket until SIGTERM."""
     if data_plane is DataPlane.NONE and front_interface:
@@ -87,6 +99,7 @@ def daemon(
         raise OptionError(
             f"--proxy-workers: {proxy_workers} is not 0..{PROXY_WORKERS_MAX} (0: one per CPU)"
         )
+    metrics_listen = None if metrics is None else _listen_option(metrics)
     # One line per event on stderr; journald adds its own timestamps, a terminal needs them.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     options = DaemonOptions(
@@ -99,8 +112,16 @@ def daemon(
         realtime_priority=realtime_priority,
         lock_memory=lock_memory,
         proxy_workers=proxy_workers,
+        metrics_listen=metrics_listen,
     )
     asyncio.run(run_daemon(options))
+
+
+def _listen_option(text: str) -> str:
+    try:
+        return canonical_listen(text)
+    except PydanticCustomError as exc:
+        raise OptionError(f"--metrics: {exc.message()}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,9 @@ config and key file (authentication is mandatory) -> kernel adapters (`--data-pl
 every VIP configured, ARP sysctls, the announcer's AF_PACKET socket) -> incarnation (+1,
 durable) -> UDP transport on the node's cluster address -> control socket -> ring driver ->
 `gc.freeze()` (start-up objects leave the garbage collector's generations) -> READY=1.
+The metrics endpoint's socket (`--metrics` / `[metrics] listen`) is bound right after the
+config is read, before the kernel is touched; its exporter process starts with the
+control socket (rainctl.metrics.exporter).
 
 The configuration it runs: the latest version in its history (the state directory), else
 the local file as a bootstrap (version 0, committed as version 1 by the ring it founds, or
@@ -30,6 +33,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -70,6 +74,7 @@ from rainctl.daemon.maintenance import (
     labels_of,
     maintenance_path,
 )
+from rainctl.daemon.metrics import NodeMetrics
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.proxies import ProxyFleet, proxy_settings
 from rainctl.daemon.realtime import apply_realtime
@@ -81,6 +86,7 @@ from rainctl.errors import ConfigError, KernelError, OptionError, RainctlError
 from rainctl.health.worker import HealthWorker
 from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, IpvsTable, VipAddresses
 from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryIpvsTable, MemoryVipAddresses
+from rainctl.metrics.exporter import MetricsExporter, open_listener
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
 
 LEAVE_MARGIN_S = 1.0
@@ -105,6 +111,8 @@ class DaemonOptions:
     front_interface_from_config: bool = False
     """The front interface came from the config (no `--front-interface`): a pushed config
     cannot move it (rainctl.config.live)."""
+    metrics_listen: str | None = None
+    """`--metrics HOST:PORT`: the metrics endpoint, over the config's `[metrics] listen`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,15 +260,34 @@ async def run_daemon(options: DaemonOptions) -> None:
     """Run the node until it has left the ring after SIGTERM / SIGINT."""
     setup = _load(options)
     options = _with_front_interface(options, setup.config)
-    kernel = await _open_kernel(options, setup)
+    metrics_listener = _metrics_listener(options, setup.config)
     try:
-        await _run(options, setup, kernel)
+        kernel = await _open_kernel(options, setup)
+        try:
+            await _run(options, setup, kernel, metrics_listener)
+        finally:
+            for close in kernel.closers:
+                close()
     finally:
-        for close in kernel.closers:
-            close()
+        if metrics_listener is not None:
+            metrics_listener.close()
 
 
-async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
+def _metrics_listener(options: DaemonOptions, config: ClusterConfig) -> socket.socket | None:
+    """The metrics endpoint's socket (`--metrics`, else the config's), None when off."""
+    if options.metrics_listen is not None:
+        return open_listener(options.metrics_listen, "--metrics")
+    if config.metrics.listen is not None:
+        return open_listener(config.metrics.listen, "metrics.listen")
+    return None
+
+
+async def _run(
+    options: DaemonOptions,
+    setup: _Setup,
+    kernel: _Kernel,
+    metrics_listener: socket.socket | None,
+) -> None:
     incarnation = next_incarnation(options.state_dir, options.node_id)
     clock = MonotonicClock()
     # Back-off jitter only needs to differ between nodes and restarts, not to be secret.
@@ -330,6 +357,15 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         )
 
     reload, reload_on_signal = _reloaders(options, live_config)
+    metrics = NodeMetrics(
+        driver=driver,
+        status=status,
+        services=lambda: live.services,
+        snapshot=health.fresh_snapshot,
+        exporter=None
+        if metrics_listener is None
+        else MetricsExporter(metrics_listener, options.control_socket, os.getpid()),
+    )
 
     commands = Commands(
         machine=machine,
@@ -341,7 +377,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         leave=driver.request_leave,
         backends=_backends_view(options, machine, live, health),
         backend_commands=BackendCommands(machine, lambda: live.services, driver.submit),
-        more_commands={**live_config.handlers(), **events.handlers()},
+        more_commands={**live_config.handlers(), **events.handlers(), **metrics.handlers()},
     )
     driver.on_deliver = commands.on_deliver
     control = await _start_control(options, commands, transport, live_config)
@@ -352,6 +388,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         # Before the driver: the first ring installed must reach it.
         await health.start(needed=any_checked(setup.services))
         live.refresh_proxies(fleet)
+        metrics.start()
         events.note(
             "start",
             f"node {options.node_id} incarnation {incarnation} listening on {setup.address}, "
@@ -376,6 +413,7 @@ async def _run(options: DaemonOptions, setup: _Setup, kernel: _Kernel) -> None:
         driver.stop()
         await health.stop()
         await fleet.stop()
+        await metrics.stop()
         await _cancel_all(background)
         transport.close()
         await live_config.close()

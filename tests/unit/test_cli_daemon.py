@@ -36,7 +36,9 @@ def _write(tmp_path: Path, *, key: bool = True, extra: str = "", address: str = 
     return path
 
 
-def _run(tmp_path: Path, config: Path, node: int = 1) -> tuple[int, str]:
+def _run(
+    tmp_path: Path, config: Path, node: int = 1, options: tuple[str, ...] = ()
+) -> tuple[int, str]:
     result = runner.invoke(
         app,
         [
@@ -49,6 +51,7 @@ def _run(tmp_path: Path, config: Path, node: int = 1) -> tuple[int, str]:
             str(tmp_path / "state"),
             "--control-socket",
             str(tmp_path / "control.sock"),
+            *options,
         ],
     )
     return result.exit_code, result.stderr
