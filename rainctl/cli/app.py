@@ -21,6 +21,7 @@ from rainctl.cli import config as config_commands
 from rainctl.cli import daemon as daemon_commands
 from rainctl.cli import events as events_commands
 from rainctl.cli import lab as lab_commands
+from rainctl.cli import metrics as metrics_commands
 from rainctl.cli import migrate as migrate_commands
 from rainctl.cli import operate as operate_commands
 from rainctl.cli import proxy as proxy_commands
@@ -81,6 +82,7 @@ config_commands.register(app)
 daemon_commands.register(app)
 events_commands.register(app)
 lab_commands.register(app)
+metrics_commands.register(app)
 migrate_commands.register(app)
 operate_commands.register(app)
 proxy_commands.register(app)
