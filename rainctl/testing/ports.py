@@ -1,5 +1,5 @@
-"""Helpers for the tests and benchmarks that start real daemons on loopback: free UDP ports
-and the daemon's command line."""
+"""Helpers for the tests and benchmarks that start real daemons on loopback: free UDP and
+TCP ports and the daemon's command line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ def free_udp_ports(count: int) -> list[int]:
     """`count` distinct UDP ports on 127.0.0.1 that were free a moment ago (bound, then
     released together, so no two are the same)."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_tcp_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago (the metrics
+    endpoints of daemons on loopback)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
