@@ -1,6 +1,7 @@
 """Real daemons on loopback for the benchmarks that watch the ring's rotation while
 something else loads the machine (tests/bench/bench_health_rotation.py: 1,000 back-ends
-checked; tests/bench/bench_proxy_rotation.py: the proxies saturated).
+checked; tests/bench/bench_proxy_rotation.py: the proxies saturated;
+tests/bench/bench_metrics_rotation.py: the metrics endpoints scraped hard).
 
 `LoopbackRing` starts `rainctl daemon` (`--data-plane none`) once per node of a config, each
 with its state, socket and log in its own directory; `rotations` samples every daemon's
@@ -16,7 +17,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class LoopbackRing:
     nodes: int
     options: Sequence[str] = ()
     """Extra `rainctl daemon` options for every node."""
+    node_options: Mapping[int, Sequence[str]] = field(default_factory=dict)
+    """Extra options of one node (its own metrics port)."""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sockets: list[Path] = field(default_factory=list)
 
@@ -47,7 +50,9 @@ class LoopbackRing:
             command = daemon_command(self.config, node_id, node_dir / "state", self.sockets[-1])
             with (node_dir / "daemon.log").open("wb") as log:
                 daemon = subprocess.Popen(  # noqa: S603 - the daemon's fixed argv
-                    [*command, *self.options], stdout=subprocess.DEVNULL, stderr=log
+                    [*command, *self.options, *self.node_options.get(node_id, ())],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
                 )
                 self.processes.append(daemon)
 
