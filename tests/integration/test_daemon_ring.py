@@ -147,6 +147,18 @@ def converged(daemons: list[Daemon]) -> bool:
     return sorted(owned) == sorted(VIPS)
 
 
+def spread(daemons: list[Daemon]) -> bool:
+    """Nobody owns, or has applied, more than ceil(V/N) VIPs."""
+    most = -(-len(VIPS) // len(daemons))
+    for daemon in daemons:
+        document = daemon.status()
+        if document is None or len(document["owned"]) > most:
+            return False
+        if document["applied_owned"] is not None and len(document["applied_owned"]) > most:
+            return False
+    return True
+
+
 def ipvs_programmed(daemons: list[Daemon]) -> bool:
     """Every daemon has the config's service in its (in-memory) IPVS table and sync daemons."""
     for daemon in daemons:
@@ -161,6 +173,8 @@ def test_three_daemons_ring_failover_and_leave(cluster: Cluster) -> None:
     logs = [daemon.log_path for daemon in daemons.values()]
     everyone = list(daemons.values())
     wait_for(lambda: converged(everyone), 15.0, "a ring of 3 owning every VIP once", logs)
+    # A node that joined late gets its share back by handovers after `settle_ms`.
+    wait_for(lambda: spread(everyone), 10.0, "at most ceil(6 / 3) VIPs per node", logs)
     # IPVS is programmed on every node, owner of the VIP or not (in memory: --data-plane none).
     wait_for(lambda: ipvs_programmed(everyone), 10.0, "IPVS programmed everywhere", logs)
     for daemon in everyone:
