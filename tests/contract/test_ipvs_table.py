@@ -32,6 +32,8 @@ from rainctl.kernel.ipvs import (
     VirtualService,
 )
 from rainctl.kernel.memory import MemoryIpvsTable
+from rainctl.metrics.collector import families
+from rainctl.metrics.ipvs import IpvsReader
 
 WEB = VirtualService("198.18.0.100", 80, IpProtocol.TCP, "wlc")
 DNS = VirtualService("198.18.0.100", 53, IpProtocol.UDP, "rr")
@@ -214,6 +216,34 @@ def test_counters_are_plain_ints(table: IpvsTable) -> None:
     for counters in stats:
         assert all(type(value) is int for value in vars_of(counters))
     assert type(entry.real_servers[0].active_connections) is int
+
+
+def test_the_metrics_exporter_reads_the_table(table: IpvsTable) -> None:
+    """The exporter's own reader thread and its families over this table (in a lab guest:
+    the kernel's counters over netlink, as `rainctl daemon --metrics` serves them)."""
+    table.add_service(WEB)
+    table.add_real_server(WEB, DR)
+
+    class Borrowed:  # the fixture closes the table, not the reader
+        list_services = table.list_services
+
+        def close(self) -> None:
+            pass
+
+    entries = IpvsReader(Borrowed, first_read_wait_s=10.0).latest()
+    assert entries is not None
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families(None, entries)
+        for sample in family.samples
+    }
+    server = (
+        ("protocol", "tcp"),
+        ("real_server", "198.18.1.12:80"),
+        ("service", "198.18.0.100:80"),
+    )
+    assert samples[("rainctl_ipvs_real_server_weight", server)] == 1
+    assert samples[("rainctl_ipvs_real_server_connections_total", server)] == 0
 
 
 def vars_of(stats: object) -> list[object]:
