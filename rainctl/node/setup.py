@@ -363,32 +363,41 @@ def _chmod(host: Path, mode: int) -> None:
 def _ensure_file(report: SetupReport, wanted: _File, request: SetupRequest) -> None:
     _ensure_parents(report, wanted.path, request)
     host = _host_path(request.root, wanted.path)
+    outcome, detail = sync_file(
+        host, wanted.text, wanted.mode, dry_run=request.dry_run, shown_as=wanted.path
+    )
+    report.paths.append(PathReport(wanted.path, "file", outcome, wanted.mode, detail))
+
+
+def sync_file(
+    host: Path, text: str, mode: int, *, dry_run: bool, shown_as: Path | None = None
+) -> tuple[Outcome, str]:
+    """Make the file `host` (whose directory exists) hold `text` with `mode`, atomically,
+    unless `dry_run`. Returns what changed and, for a changed file, its unified diff
+    (paths shown as `shown_as`) and / or its mode change."""
     try:
         status = host.lstat()
         current = host.read_bytes()
     except FileNotFoundError:
-        report.paths.append(PathReport(wanted.path, "file", Outcome.CREATED, wanted.mode))
-        if not request.dry_run:
-            _write(host, wanted)
-        return
+        if not dry_run:
+            _write(host, text, mode)
+        return Outcome.CREATED, ""
     except OSError as exc:
         raise SetupError(f"{host}: cannot read: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(status.st_mode):
         raise SetupError(f"{host}: exists and is not a regular file")
-    mode = stat.S_IMODE(status.st_mode)
+    current_mode = stat.S_IMODE(status.st_mode)
     changes = []
-    if current != wanted.text.encode("utf-8"):
-        changes.append(_diff(wanted.path, current.decode("utf-8", errors="replace"), wanted.text))
-    if mode != wanted.mode:
-        changes.append(f"mode {mode:04o} -> {wanted.mode:04o}")
+    if current != text.encode("utf-8"):
+        shown = host if shown_as is None else shown_as
+        changes.append(_diff(shown, current.decode("utf-8", errors="replace"), text))
+    if current_mode != mode:
+        changes.append(f"mode {current_mode:04o} -> {mode:04o}")
     if not changes:
-        report.paths.append(PathReport(wanted.path, "file", Outcome.UNCHANGED, mode))
-        return
-    report.paths.append(
-        PathReport(wanted.path, "file", Outcome.CHANGED, wanted.mode, "\n".join(changes))
-    )
-    if not request.dry_run:
-        _write(host, wanted)
+        return Outcome.UNCHANGED, ""
+    if not dry_run:
+        _write(host, text, mode)
+    return Outcome.CHANGED, "\n".join(changes)
 
 
 def _diff(path: Path, current: str, wanted: str) -> str:
@@ -401,9 +410,9 @@ def _diff(path: Path, current: str, wanted: str) -> str:
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n")
 
 
-def _write(host: Path, wanted: _File) -> None:
+def _write(host: Path, text: str, mode: int) -> None:
     try:
-        write_atomically(host, wanted.text.encode("utf-8"), mode=wanted.mode)
+        write_atomically(host, text.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise SetupError(f"{host}: cannot write: {exc.strerror or exc}") from exc
 
