@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from rainctl.config import load_keys, parse_config
 from rainctl.config.files import read_text
@@ -83,8 +83,7 @@ class PathReport:
 
     path: Path
     """As on the node (/etc/rainctl), whatever the root directory."""
-    kind: str
-    """"directory" or "file"."""
+    kind: Literal["directory", "file"]
     outcome: Outcome
     mode: int
     detail: str = ""
@@ -212,6 +211,8 @@ def setup_node(request: SetupRequest, system: RunningSystem | None) -> SetupRepo
         raise OptionError("--data-plane: none changes nothing on a node; use linux or ipvs")
     if not request.root.is_dir():
         raise OptionError(f"--root {request.root}: not a directory")
+    if not request.executable.is_absolute():
+        raise OptionError(f"--executable {request.executable}: must be an absolute path")
     config_text = read_text(request.config)
     config = parse_config(config_text, str(request.config))
     _check_node(config, request)

@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 
 from rainctl.cli.app import app
 from rainctl.config import parse_config
+from rainctl.errors import OptionError
 from rainctl.kernel.interfaces import DataPlane
 from rainctl.lab.plan import cluster_config, plan_lab
 from rainctl.node import setup as node_setup
 from rainctl.node.render import UnitSettings, sysctl_conf, systemd_unit
 from rainctl.node.setup import (
     CommandState,
+    HostSystem,
     Outcome,
     SetupError,
     SetupRequest,
@@ -204,6 +206,8 @@ def _replace(text: str, old: str, new: str) -> str:
          "")), (), "{config}: cluster.key_file: not set"),
         (lambda root, config: config.write_text("[cluster\n"), (), "{config}: line 1 column"),
         (lambda root, config: None, ("--data-plane", "none"), "--data-plane: none changes nothing"),
+        (lambda root, config: None, ("--executable", "rainctl"),
+         "--executable rainctl: must be an absolute path"),
         (lambda root, config: None, ("--root", "/nonexistent-rainctl-root"),
          "--root /nonexistent-rainctl-root: not a directory"),
     ],
@@ -318,8 +322,27 @@ def test_without_systemd_its_steps_are_skipped_and_said(root: Path, config: Path
     assert skipped[0].reason == "systemd is not running here (a container or a namespace?)"
 
 
+def test_on_the_running_system_the_executable_must_be_there(root: Path, config: Path) -> None:
+    missing = SetupRequest(config=config, node_id=2, executable=root / "rainctl", root=root)
+    with pytest.raises(OptionError, match=r"rainctl: not an executable file$"):
+        setup_node(missing, FakeSystem())
+
+
 def test_a_failing_command_is_an_error(root: Path, config: Path) -> None:
     system = FakeSystem()
     system.failing = ("systemctl", "enable", "rainctl@2.service")
     with pytest.raises(SetupError, match=r"^systemctl enable rainctl@2\.service: Failed"):
         setup_node(request(root, config), system)
+
+
+def test_the_host_system_reads_sysctls_and_reports_failed_commands(tmp_path: Path) -> None:
+    (tmp_path / "net/ipv4/conf/all").mkdir(parents=True)
+    (tmp_path / "net/ipv4/conf/all/arp_ignore").write_text("1\n", encoding="ascii")
+    system = HostSystem(proc_sys=tmp_path)
+    assert system.sysctl("net.ipv4.conf.all.arp_ignore") == "1"
+    assert system.sysctl("net.ipv4.vs.sloppy_tcp") is None
+    system.run(["true"])
+    with pytest.raises(SetupError, match=r"^sh -c echo oops >&2; exit 3: oops$"):
+        system.run(["sh", "-c", "echo oops >&2; exit 3"])
+    with pytest.raises(SetupError, match=r"^false: exit status 1$"):
+        system.run(["false"])
