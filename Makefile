@@ -24,8 +24,11 @@ SYSTEM_PACKAGES := python3 python3-venv python3-pip
 # the guests); nftables: the drop rule of `rainctl bench soak` in the switch namespace.
 # haproxy and wrk: the peer and the load generator of tests/bench/bench_proxy_resume.py (B3),
 # on 127.0.0.1 only; haproxy's own service is kept from starting like keepalived's.
+# vagrant: `vagrant validate` checks the Vagrant lab's generated Vagrantfile in the tests
+# (no VM, no provider, no network; docs/vagrant.md). The Vagrant lab's VMs run this target
+# with their own, shorter LAB_PACKAGES (vagrant/provision/*.sh).
 LAB_PACKAGES := user-mode-linux kmod ipvsadm iproute2 iputils-arping iputils-ping tcpdump \
-	keepalived iptables nftables haproxy wrk
+	keepalived iptables nftables haproxy wrk vagrant
 PYTEST_ARGS ?=
 
 .PHONY: setup lint test demo sim-demo bench lock clean

@@ -8,13 +8,17 @@ an error (StrictUndefined), nothing is HTML-escaped (the outputs are config file
 callers pass values that were validated before (pydantic models or plain values made from
 them).
 Filters quote values for the target syntax, so a template never builds a literal by hand:
-`toml` (a TOML value), `keepalived_word` (one keepalived word, quoted when needed) and
-`one_line` (text from an input file, safe inside a comment line of either syntax).
+`toml` (a TOML value), `keepalived_word` (one keepalived word, quoted when needed),
+`one_line` (text from an input file, safe inside a comment line of either syntax),
+`shell_word` (one POSIX shell word), `systemd_word` (one word of a systemd unit's command
+line) and `ruby_string` (a Ruby string literal, for the Vagrantfile).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from rainctl.errors import RainctlError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 _TOML_ARRAY_ITEMS_PER_LINE = 16
+_TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def render(name: str, **context: Any) -> str:
@@ -54,11 +59,15 @@ def _environment() -> jinja2.Environment:
     environment.filters["toml"] = toml_value
     environment.filters["keepalived_word"] = keepalived_word
     environment.filters["one_line"] = one_line
+    environment.filters["shell_word"] = shlex.quote
+    environment.filters["systemd_word"] = systemd_word
+    environment.filters["ruby_string"] = ruby_string
     return environment
 
 
 def toml_value(value: object) -> str:
-    """`value` (bool, int, str, or a list / tuple of them) as a TOML literal."""
+    """`value` (bool, int, str, a list / tuple of them, or a dict of them with str keys: an
+    inline table) as a TOML literal."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -74,7 +83,16 @@ def toml_value(value: object) -> str:
             for start in range(0, len(items), _TOML_ARRAY_ITEMS_PER_LINE)
         ]
         return "[\n" + "\n".join(rows) + "\n]"
+    if isinstance(value, dict):
+        pairs = [f"{_toml_key(key)} = {toml_value(item)}" for key, item in value.items()]
+        return "{ " + ", ".join(pairs) + " }" if pairs else "{}"
     raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def _toml_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"no TOML key for {type(key).__name__}")
+    return key if _TOML_BARE_KEY.fullmatch(key) else _toml_string(key)
 
 
 def _toml_string(text: str) -> str:
@@ -110,3 +128,22 @@ def one_line(value: object) -> str:
         character if ord(character) >= 0x20 and ord(character) != 0x7F else repr(character)[1:-1]
         for character in str(value)
     )
+
+
+def systemd_word(value: object) -> str:
+    """`value` as one word of a unit file's command line (ExecStart=): `%` and `$` doubled
+    (systemd expands specifiers and environment variables there), and double-quoted, with
+    backslash escapes, when it holds a space, a quote, a backslash or a semicolon (a lone `;`
+    separates commands)."""
+    text = str(value).replace("%", "%%").replace("$", "$$")
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in text):
+        raise ValueError(f"{text!r} cannot be written as one word of a systemd command line")
+    if text and not any(character.isspace() or character in "\"'\\;" for character in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ruby_string(value: object) -> str:
+    r"""`value` as a single-quoted Ruby string literal: no interpolation, and only `\\` and
+    `\'` are escapes there."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"

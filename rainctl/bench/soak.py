@@ -33,6 +33,7 @@ from rainctl.bench import report
 from rainctl.bench.failover import WIRE_LOG, LogTail, SystemSpec, peer_status, watched_lab
 from rainctl.lab import builder
 from rainctl.lab.plan import RING_PORT, lab_vips
+from rainctl.templating import render
 
 SAMPLE_S = 0.25
 GAP_PROBES = 5
@@ -93,16 +94,10 @@ class SoakResult:
 
 
 def nft_rules(loss_permille: int) -> str:
-    """The switch namespace's drop rule for `loss_permille` of ring and VRRP packets."""
-    match = f"numgen random mod 1000 < {loss_permille} counter drop"
-    return (
-        f"table bridge {NFT_TABLE} {{\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        f"    udp dport {RING_PORT} {match}\n"
-        f"    ip protocol 112 {match}\n"
-        "  }\n"
-        "}\n"
+    """The switch namespace's drop rule for `loss_permille` of ring and VRRP (IP protocol
+    112) packets (templates/bench_soak.nft.j2)."""
+    return render(
+        "bench_soak.nft.j2", table=NFT_TABLE, ring_port=RING_PORT, loss_permille=loss_permille
     )
 
 

@@ -23,6 +23,7 @@ from rainctl.cli import events as events_commands
 from rainctl.cli import lab as lab_commands
 from rainctl.cli import metrics as metrics_commands
 from rainctl.cli import migrate as migrate_commands
+from rainctl.cli import node_setup as node_setup_commands
 from rainctl.cli import operate as operate_commands
 from rainctl.cli import proxy as proxy_commands
 from rainctl.cli import sim as sim_commands
@@ -85,6 +86,7 @@ lab_commands.register(app)
 metrics_commands.register(app)
 migrate_commands.register(app)
 operate_commands.register(app)
+node_setup_commands.register(operate_commands.node_app)
 proxy_commands.register(app)
 sim_commands.register(app)
 status_commands.register(app)

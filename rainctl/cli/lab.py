@@ -3,7 +3,7 @@
 `up` builds namespaces, bridges, back-end servers and user-mode-linux nodes and waits until
 every node has IPVS loaded (with `--daemon`, every node also runs `rainctl daemon`); `status`
 shows what is recorded and alive, and each daemon's ring as its status file reports it;
-`down` removes it all.
+`down` removes it all. `vagrant` renders the same topology as a Vagrant lab (no root).
 `kill`, `freeze` and `thaw` are faults on one node, `partition` and `heal` cut the nodes into
 groups and join them again; `ctl` sends a control command to a node's daemon; `demo` kills a
 VIP's owner and measures the outage the client sees. All of them read and write the lab's
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rainctl.errors import OptionError
-from rainctl.lab import builder, demo
+from rainctl.lab import builder, demo, vagrant
 from rainctl.lab.builder import DEFAULT_STATE_DIR, DaemonStatus, LabStatus
 from rainctl.lab.plan import (
     BACKEND_PORT,
@@ -477,6 +477,24 @@ def demo_command(
     found = [problem for trial in results for problem in demo.problems(trial)]
     if found:
         raise LabError(f"demo: {len(found)} problem(s): " + "; ".join(found))
+
+
+@lab_app.command("vagrant")
+def vagrant_command(
+    nodes: Annotated[int, typer.Option("--nodes", help="Front node VMs.")] = 3,
+    output: Annotated[
+        Path, typer.Option("--output", help="Where the Vagrantfile and its files go.")
+    ] = vagrant.DEFAULT_OUTPUT,
+) -> None:
+    """Render the Vagrant lab (docs/vagrant.md): the UML lab's topology, VIPs and services as
+    VMs (front nodes, back-ends, a client), with its Vagrantfile, cluster config and
+    provisioning scripts. Needs no root; starts nothing."""
+    try:
+        plan = vagrant.lab_plan(nodes)
+    except ValueError as exc:
+        raise OptionError(f"--nodes: {exc}") from exc
+    for relative, outcome in vagrant.write_lab(vagrant.render_lab(plan, output), output):
+        typer.echo(f"{outcome.value:<9} {output / relative}")
 
 
 def register(app: typer.Typer) -> None:

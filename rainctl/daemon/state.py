@@ -55,11 +55,13 @@ def _read_incarnation(path: Path) -> int:
     return int(text)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new content."""
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new content; the
+    file gets `mode` (whatever the umask, or the mode of a temporary file left behind)."""
     temporary = path.with_name(f".{path.name}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(descriptor, mode)
         remaining = memoryview(data)
         while remaining:
             remaining = remaining[os.write(descriptor, remaining) :]

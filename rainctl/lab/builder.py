@@ -54,6 +54,7 @@ from rainctl.lab.plan import (
     uml_command,
 )
 from rainctl.lab.processes import LabError, ProcessRecord, end_group, is_alive
+from rainctl.templating import render
 
 DEFAULT_STATE_DIR = Path("/var/lib/rainctl-lab")
 """Not under /run: the guests mount a tmpfs on /run and must still see their scratch files."""
@@ -68,6 +69,7 @@ STATUS_STALE_S = 2.0
 """A node's status file older than this (by its host mtime) means its helper stopped."""
 SHM_DIR = Path("/dev/shm")  # noqa: S108 - UML's own default; it unlinks its files at once
 BOOT_TIMEOUT_S = 60.0
+BRIDGE_NETFILTER_TABLES = ("iptables", "ip6tables", "arptables")
 STOP_TIMEOUT_S = 10.0
 MCONSOLE_TIMEOUT_S = 15.0
 """UML answers an mconsole command from its own kernel: on a host whose 2 cores the guests
@@ -174,16 +176,12 @@ def _sysctls_off(namespace: str, *, ipv6: bool = False) -> None:
     # Per-namespace values: IPv6 off unless this host uses it (the client of a lab with
     # `ipv6`), and bridged frames must not pass through the host's iptables (the files exist
     # only with br_netfilter).
-    script = (
-        "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 "
-        "/proc/sys/net/ipv6/conf/default/disable_ipv6; "
-        f"do [ -e $f ] && echo {0 if ipv6 else 1} > $f; done; "
-        "for f in /proc/sys/net/bridge/bridge-nf-call-iptables "
-        "/proc/sys/net/bridge/bridge-nf-call-ip6tables "
-        "/proc/sys/net/bridge/bridge-nf-call-arptables; do [ -e $f ] && echo 0 > $f; done; "
-        "true"
-    )
-    _run(["ip", "netns", "exec", namespace, "sh", "-c", script])
+    values = {
+        f"net/ipv6/conf/{interface}/disable_ipv6": 0 if ipv6 else 1
+        for interface in ("all", "default")
+    }
+    values |= {f"net/bridge/bridge-nf-call-{table}": 0 for table in BRIDGE_NETFILTER_TABLES}
+    _sysctls(namespace, values, only_present=True)
 
 
 def _existing_namespaces() -> set[str]:
@@ -494,9 +492,10 @@ def _rp_filter_off(*interfaces: str) -> dict[str, int]:
     return {f"net/ipv4/conf/{i}/rp_filter": 0 for i in ("all", "default", *interfaces)}
 
 
-def _sysctls(namespace: str, values: dict[str, int]) -> None:
-    """Write /proc/sys values inside `namespace` (one shell, no sysctl(8) needed)."""
-    script = "".join(f"echo {value} > /proc/sys/{key}; " for key, value in values.items())
+def _sysctls(namespace: str, values: dict[str, int], *, only_present: bool = False) -> None:
+    """Write /proc/sys values inside `namespace` (one shell, no sysctl(8) needed); with
+    `only_present`, values the namespace's kernel does not have are left out."""
+    script = render("lab_sysctls.sh.j2", values=values, only_present=only_present)
     _run(["ip", "netns", "exec", namespace, "sh", "-ec", script])
 
 

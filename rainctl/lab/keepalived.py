@@ -25,8 +25,6 @@ keepalived's CPU and memory to the node's scratch directory every STATUS_INTERVA
 from __future__ import annotations
 
 import ipaddress
-import shlex
-import string
 
 from rainctl.lab.plan import STATUS_INTERVAL_S, LabPlan, Node, lab_vips
 from rainctl.templating import render
@@ -94,32 +92,20 @@ def config(plan: LabPlan, node: Node, *, advert_int: float) -> str:
     )
 
 
-_SECTION = string.Template(
-    r"""# The peer: keepalived (VRRPv3, rainctl.lab.keepalived) instead of rainctl daemon, started
-# once and resident; its status helper writes $scratch/$status (tmp + rename) every $interval s.
-$keepalived -n -P -l -D -G -f $config -p $pid_file -r $vrrp_pid_file \
-    < /dev/null > $scratch/$log 2>&1 &
-$python -m rainctl.lab.peer_agent --interface $interface \
-    --pidfile $pid_file --pidfile $vrrp_pid_file \
-    --output $scratch/$status --interval $interval \
-    < /dev/null > $scratch/peer_agent.log 2>&1 &
-"""
-)
-
-
 def init_section(node: Node, *, scratch: str, python: str) -> str:
     """The lines the node's init script runs (after its ready marker) to start keepalived
-    and its status helper; the config is `<scratch>/keepalived.conf`."""
-    quoted = shlex.quote(scratch)
-    return _SECTION.substitute(
+    and its status helper (templates/lab_keepalived_start.sh.j2); the config is
+    `<scratch>/keepalived.conf`."""
+    return render(
+        "lab_keepalived_start.sh.j2",
         keepalived=KEEPALIVED,
-        config=f"{quoted}/{CONFIG_FILE}",
+        config_file=CONFIG_FILE,
         pid_file=PID_FILE,
         vrrp_pid_file=VRRP_PID_FILE,
-        scratch=quoted,
-        log=LOG_FILE,
-        python=shlex.quote(python),
+        scratch=scratch,
+        log_file=LOG_FILE,
+        python=python,
         interface=node.nics[0].guest_name,
-        status=STATUS_FILE,
-        interval=STATUS_INTERVAL_S,
+        status_file=STATUS_FILE,
+        status_interval_s=STATUS_INTERVAL_S,
     )

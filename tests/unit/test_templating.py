@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rainctl.migrate.keepalived_parse import parse_text
-from rainctl.templating import _environment, keepalived_word, one_line, toml_value
+from rainctl.templating import (
+    _environment,
+    keepalived_word,
+    one_line,
+    ruby_string,
+    systemd_word,
+    toml_value,
+)
 
 
 @given(st.text())
@@ -44,3 +51,40 @@ def test_the_environment_is_strict() -> None:
     with pytest.raises(jinja2.UndefinedError):
         _environment().from_string("{{ missing }}").render()
     assert _environment().from_string("{{ '<a>' }}").render() == "<a>"  # no HTML escaping
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1), st.integers(min_value=0, max_value=10**6) | st.text(), max_size=8
+    )
+)
+def test_toml_inline_tables_read_back(table: dict[str, int | str]) -> None:
+    assert tomllib.loads(f"x = {toml_value(table)}\n")["x"] == table
+
+
+@pytest.mark.parametrize(
+    ("value", "word"),
+    [
+        ("/opt/rainctl/.venv/bin/rainctl", "/opt/rainctl/.venv/bin/rainctl"),
+        ("/opt/my venv/bin/rainctl", '"/opt/my venv/bin/rainctl"'),
+        ("50%", "50%%"),
+        ("$HOME", "$$HOME"),
+        ('say "hi"\\', '"say \\"hi\\"\\\\"'),
+        (";", '";"'),
+    ],
+)
+def test_systemd_words_escape_specifiers_variables_and_spaces(value: str, word: str) -> None:
+    assert systemd_word(value) == word
+
+
+def test_systemd_words_refuse_line_breaks() -> None:
+    with pytest.raises(ValueError, match="systemd command line"):
+        systemd_word("a\nb")
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [("debian/bookworm64", "'debian/bookworm64'"), ("it's #{x} \\", "'it\\'s #{x} \\\\'")],
+)
+def test_ruby_strings_are_single_quoted_without_interpolation(value: str, literal: str) -> None:
+    assert ruby_string(value) == literal
