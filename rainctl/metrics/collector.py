@@ -84,10 +84,7 @@ class _Families:
         labels: Sequence[str],
         samples: Iterable[tuple[Sequence[str], float]],
     ) -> None:
-        family = GaugeMetricFamily(name, help_text, labels=labels)
-        for values, value in samples:
-            family.add_metric(values, value)
-        self.metrics.append(family)
+        self._labelled(GaugeMetricFamily(name, help_text, labels=labels), samples)
 
     def labelled_counter(
         self,
@@ -96,7 +93,13 @@ class _Families:
         labels: Sequence[str],
         samples: Iterable[tuple[Sequence[str], float]],
     ) -> None:
-        family = CounterMetricFamily(name, help_text, labels=labels)
+        self._labelled(CounterMetricFamily(name, help_text, labels=labels), samples)
+
+    def _labelled(
+        self,
+        family: GaugeMetricFamily | CounterMetricFamily,
+        samples: Iterable[tuple[Sequence[str], float]],
+    ) -> None:
         for values, value in samples:
             family.add_metric(values, value)
         self.metrics.append(family)

@@ -12,22 +12,19 @@ RAINCTL = Path(sys.executable).parent / "rainctl"
 
 
 def free_udp_ports(count: int) -> list[int]:
-    """`count` distinct UDP ports on 127.0.0.1 that were free a moment ago (bound, then
-    released together, so no two are the same)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct UDP ports on 127.0.0.1 that were free a moment ago."""
+    return _free_ports(socket.SOCK_DGRAM, count)
 
 
 def free_tcp_ports(count: int) -> list[int]:
     """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago (the metrics
     endpoints of daemons on loopback)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    return _free_ports(socket.SOCK_STREAM, count)
+
+
+def _free_ports(kind: socket.SocketKind, count: int) -> list[int]:
+    # Bound, then released together, so no two are the same.
+    sockets = [socket.socket(socket.AF_INET, kind) for _ in range(count)]
     try:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
