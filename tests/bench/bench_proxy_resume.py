@@ -18,7 +18,8 @@ B3 (unless `--no-b3`; needs `haproxy` and `wrk`, Debian packages): in one run, a
 origin, the same client load through `rainctl proxy` (one worker per core), through HAProxy
 (mode http, one thread per core, keep-alive to the back-end) and to the origin directly:
 100 MB downloads one after another (MB/s), and 10 KB requests with keep-alive from wrk at
-1 / 16 / 64 connections (requests/s, p50 / p99 latency). Everything listens on 127.0.0.1;
+1 / 16 / 64 connections (requests/s, p50 / p99 latency, and the proxy's CPU microseconds
+per request: user + system time of its processes over the wrk run). Everything listens on 127.0.0.1;
 every process is ended by PID.
 """
 
@@ -39,6 +40,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from rainctl.bench.report import percentile
 from tests.integration.proxy_stack import Stack, free_tcp_port, write_content
@@ -162,8 +165,23 @@ WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, connections: int, seconds: float) -> tuple[float, float, float]:
-    """requests/s, p50 ms, p99 ms for 10 KB keep-alive GETs."""
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its children (the proxy's workers,
+    HAProxy's threads are in its own figure)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def wrk(
+    port: int, connections: int, seconds: float, server_pid: int | None
+) -> tuple[float, float, float, float]:
+    """requests/s, p50 ms, p99 ms for 10 KB keep-alive GETs, and the CPU microseconds the
+    process `server_pid` spent per request (nan without one)."""
+    cpu_before = None if server_pid is None else cpu_s(server_pid)
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
          f"http://127.0.0.1:{port}/small"],
@@ -172,7 +190,15 @@ def wrk(port: int, connections: int, seconds: float) -> tuple[float, float, floa
     latencies = {int(m[1]): float(m[2]) * UNIT_MS[m[3]] for m in WRK_LATENCY.finditer(output)}
     rate = WRK_RATE.search(output)
     assert rate is not None, output
-    return float(rate[1]), latencies.get(50, float("nan")), latencies.get(99, float("nan"))
+    cpu_us = float("nan")
+    if server_pid is not None and cpu_before is not None:
+        cpu_us = (cpu_s(server_pid) - cpu_before) / (float(rate[1]) * seconds) * 1e6
+    return (
+        float(rate[1]),
+        latencies.get(50, float("nan")),
+        latencies.get(99, float("nan")),
+        cpu_us,
+    )
 
 
 def throughput_mb_s(port: int, expected_sha: str, downloads: int) -> float:
@@ -199,13 +225,15 @@ def run_b3(directory: Path, content: bytes, big_mb: int, seconds: float, downloa
     try:
         origin_big = stack.origin(big)
         origin_small = stack.origin(small)
-        rows: list[tuple[str, str, float, list[tuple[float, float, float]]]] = []
+        rows: list[tuple[str, str, float, list[tuple[float, float, float, float]]]] = []
         for name in ("no proxy", "rainctl proxy", "haproxy"):
             for origin, kind in ((origin_big, "big"), (origin_small, "small")):
+                server_pid: int | None = None
                 if name == "no proxy":
                     port = origin.port
                 elif name == "rainctl proxy":
-                    port = stack.proxy([origin.address], workers=cores).port
+                    proxy = stack.proxy([origin.address], workers=cores)
+                    port, server_pid = proxy.port, proxy.process.pid
                 else:
                     port = free_tcp_port()
                     config = directory / f"haproxy-{kind}.cfg"
@@ -217,10 +245,13 @@ def run_b3(directory: Path, content: bytes, big_mb: int, seconds: float, downloa
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
                     time.sleep(0.5)
+                    server_pid = haproxy.pid
                 if kind == "big":
                     rate_mb_s = throughput_mb_s(port, big_sha, downloads)
                 else:
-                    loads = [wrk(port, connections, seconds) for connections in (1, 16, 64)]
+                    loads = [
+                        wrk(port, connections, seconds, server_pid) for connections in (1, 16, 64)
+                    ]
                 if haproxy is not None:
                     haproxy.terminate()
                     haproxy.wait(timeout=10)
@@ -233,10 +264,11 @@ def run_b3(directory: Path, content: bytes, big_mb: int, seconds: float, downloa
         stack.close()
     print(f"B3: {big_mb} MB downloads (median of {downloads}), 10 KB keep-alive requests "
           f"({seconds:g} s per point, wrk -t1); {cores} workers / threads")  # fmt: skip
-    print("  path           | MB/s   | c=1 req/s p50/p99 ms | c=16 req/s p50/p99 ms | "
-          "c=64 req/s p50/p99 ms")  # fmt: skip
+    print("  path           | MB/s   | c=1 req/s p50/p99 ms CPU us/req | c=16 ... | c=64 ...")
     for name, _, rate_mb_s, loads in rows:
-        cells = " | ".join(f"{r:7.0f} {p50:5.2f}/{p99:6.2f}" for r, p50, p99 in loads)
+        cells = " | ".join(
+            f"{r:7.0f} {p50:5.2f}/{p99:6.2f} {cpu:5.0f}" for r, p50, p99, cpu in loads
+        )
         print(f"  {name:14} | {rate_mb_s:6.0f} | {cells}")
     by_name = {name: (rate, loads) for name, _, rate, loads in rows}
     ours, theirs = by_name["rainctl proxy"], by_name["haproxy"]
@@ -244,9 +276,13 @@ def run_b3(directory: Path, content: bytes, big_mb: int, seconds: float, downloa
         f"c={connections} {o[0] / t[0]:.2f}x"
         for connections, o, t in zip((1, 16, 64), ours[1], theirs[1], strict=True)
     ]
+    cpu_ratios = [
+        f"c={connections} {o[3] / t[3]:.2f}x"
+        for connections, o, t in zip((1, 16, 64), ours[1], theirs[1], strict=True)
+    ]
     print(
         f"  rainctl / haproxy: throughput {ours[0] / theirs[0]:.2f}x, "
-        f"requests/s {', '.join(ratios)}"
+        f"requests/s {', '.join(ratios)}, CPU per request {', '.join(cpu_ratios)}"
     )
 
 
