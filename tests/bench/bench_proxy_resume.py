@@ -19,8 +19,8 @@ origin, the same client load through `rainctl proxy` (one worker per core), thro
 (mode http, one thread per core, keep-alive to the back-end) and to the origin directly:
 100 MB downloads one after another (MB/s), and 10 KB requests with keep-alive from wrk at
 1 / 16 / 64 connections (requests/s, p50 / p99 latency, and the proxy's CPU microseconds
-per request: user + system time of its processes over the wrk run). Everything listens on 127.0.0.1;
-every process is ended by PID.
+per request: user + system time of its processes over the wrk run). Everything listens on
+127.0.0.1; every process is ended by PID.
 """
 
 from __future__ import annotations
