@@ -9,11 +9,12 @@ from rainctl.config.convert import (
 )
 from rainctl.config.keys import ClusterKeys, load_keys, parse_keys
 from rainctl.config.loader import key_file_path, load_config, parse_config
-from rainctl.config.models import ClusterConfig
+from rainctl.config.models import ClusterConfig, answer_lease_ms
 
 __all__ = [
     "ClusterConfig",
     "ClusterKeys",
+    "answer_lease_ms",
     "canonical_json",
     "config_digest",
     "key_file_path",

@@ -10,10 +10,11 @@ can take. What cannot change live, and why:
 - a node's `address`: its ring socket is bound to it (remove the node, then add it again
   with the new address, in two pushes);
 - this node's `front_interface` under a data plane that uses it (the VIPs and ARP
-  announcer are opened on it at start), `cluster.vip_lease_s` (the kernel adapter's lease)
-  and `cluster.quorum` to or from "upstream" or its `upstream` addresses (the upstream
-  checker starts with the daemon), `metrics.listen` (the metrics endpoint's socket is
-  bound at start, rainctl.metrics): restart the node(s) with the new file instead.
+  announcer are opened on it at start), `cluster.vip_lease_s` and `cluster.answer_lease_ms`
+  (the kernel adapters' leases, set up at start) and `cluster.quorum` to or from "upstream"
+  or its `upstream` addresses (the upstream checker starts with the daemon),
+  `metrics.listen` (the metrics endpoint's socket is bound at start, rainctl.metrics):
+  restart the node(s) with the new file instead.
 
 Everything else (VIPs, nodes added and removed, services, real servers, health checks,
 timers, quorum majority / none, rebalancing) is applied live.
@@ -122,6 +123,14 @@ def live_change_problems(
         problems.append(
             (("cluster", "vip_lease_s"), f"{before.vip_lease_s} -> {after.vip_lease_s} {restart}")
         )
+    if after.answer_lease_ms != before.answer_lease_ms:
+        problems.append(
+            (
+                ("cluster", "answer_lease_ms"),
+                f"{_lease_shown(before.answer_lease_ms)} -> "
+                f"{_lease_shown(after.answer_lease_ms)} {restart}",
+            )
+        )
     if wanted.metrics.listen != running.metrics.listen:
         problems.append(
             (
@@ -155,6 +164,10 @@ def live_change_problems(
         if node.id == context.node_id:
             problems += _own_node_problems(running, node, index, context)
     return problems
+
+
+def _lease_shown(lease_ms: int | None) -> str:
+    return "(unset)" if lease_ms is None else f"{lease_ms} ms"
 
 
 def _shown(listen: str | None) -> str:

@@ -113,6 +113,9 @@ class ClusterSection(BaseModel):
     vip_lease_s: int = Field(default=1, ge=0, le=3600)
     """Kernel-enforced ownership lease (--data-plane linux / ipvs): an owned VIP's front
     address lives this many seconds unless the daemon renews it; 0 = permanent."""
+    answer_lease_ms: int | None = Field(default=None, ge=0, le=60_000)
+    """Kernel-enforced answer lease (nftables): an owned VIP answers ARP / NS only this long
+    after the daemon's last renewal; unset: half the ring's hop failure time; 0 = off."""
 
     @field_validator("name")
     @classmethod
@@ -327,6 +330,18 @@ def _vip_problems(config: ClusterConfig) -> list[Problem]:
     return problems
 
 
+ANSWER_LEASE_MIN_MS = 10
+"""Shortest answer lease: renewed three times per lease, a shorter one costs too much."""
+
+
+def answer_lease_ms(config: ClusterConfig, timers: RingTimers) -> int:
+    """The effective answer lease under `timers` (0: off): the file's, or half the hop
+    failure time (renewals stop when the node is lost; the survivors need at least a hop
+    failure to take its VIPs, so the lease ends before they announce them)."""
+    chosen = config.cluster.answer_lease_ms
+    return timers.hop_failure_ms // 2 if chosen is None else chosen
+
+
 def _timer_problems(config: ClusterConfig) -> list[Problem]:
     timers = config.ring_timers()
     overridden = config.timers.overrides()
@@ -342,6 +357,20 @@ def _timer_problems(config: ClusterConfig) -> list[Problem]:
                 f"ack_ms x hop_retries ({timers.ack_ms} x {timers.hop_retries} = "
                 f"{timers.hop_failure_ms} ms) must be less than 4 x round_ms "
                 f"({4 * timers.round_ms} ms)",
+            )
+        )
+    answer_lease_ms = config.cluster.answer_lease_ms
+    if (
+        answer_lease_ms is not None
+        and answer_lease_ms
+        and not (ANSWER_LEASE_MIN_MS <= answer_lease_ms < timers.hop_failure_ms)
+    ):
+        problems.append(
+            (
+                ("cluster", "answer_lease_ms"),
+                f"{answer_lease_ms} ms must be 0 (off) or from {ANSWER_LEASE_MIN_MS} ms to below "
+                f"the ring's hop failure time, ack_ms x hop_retries = {timers.hop_failure_ms} "
+                "ms (a longer lease lets a dead owner answer after the takeover)",
             )
         )
     if "token_loss_ms" in overridden and timers.token_loss_ms <= timers.round_ms:

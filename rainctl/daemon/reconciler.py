@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from rainctl.core.types import Vip
+from rainctl.daemon.answer_keeper import AnswerLeaseKeeper
 from rainctl.errors import KernelError
 from rainctl.kernel.interfaces import ArpAnnouncer, VipAddresses
 
@@ -44,8 +45,10 @@ class Reconciler:
         *,
         lease_s: int = 0,
         lease_fresh: Callable[[], bool] = lambda: True,
+        answer_lease: AnswerLeaseKeeper | None = None,
     ) -> None:
         self._addresses = addresses
+        self._answer_lease = answer_lease
         self._announcer = announcer
         self._pool = tuple(pool)
         self._lease_s = lease_s
@@ -81,16 +84,36 @@ class Reconciler:
         self._to_announce.update(vips)
         self._wake.set()
 
+    def answer_lease_status(self) -> dict[str, int]:
+        """The answer lease's counters ({} without one)."""
+        return {} if self._answer_lease is None else self._answer_lease.status()
+
     def in_sync(self) -> bool:
         return self.applied == self._desired and not self._to_announce
 
     async def run(self) -> None:
-        """Apply the desired state whenever it changes, and keep the lease, until cancelled."""
-        renewer = asyncio.get_running_loop().create_task(self._keep_lease())
+        """Apply the desired state whenever it changes, and keep the leases, until cancelled."""
+        loop = asyncio.get_running_loop()
+        renewers = [loop.create_task(self._keep_lease())]
+        if self._answer_lease is not None:
+            renewers.append(loop.create_task(self._answer_lease.run()))
         try:
             await self._reconcile()
         finally:
-            renewer.cancel()
+            for renewer in renewers:
+                renewer.cancel()
+
+    def _configure(self, pool: Sequence[Vip]) -> None:
+        self._addresses.ensure_all(pool)
+        if self._answer_lease is not None:
+            self._answer_lease.guard(pool)
+
+    def _set_owned(self, vips: Sequence[Vip]) -> None:
+        # The answer gate first: a released VIP goes silent before its address moves, and an
+        # acquired one is allowed to answer by the time its address reaches the front.
+        if self._answer_lease is not None:
+            self._answer_lease.grant(vips)
+        self._addresses.set_owned(vips)
 
     async def _keep_lease(self) -> None:
         if not self._lease_s:
@@ -130,7 +153,7 @@ class Reconciler:
     async def _reconcile(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._addresses.ensure_all, self._pool)
+                await asyncio.to_thread(self._configure, self._pool)
                 break
             except (OSError, ValueError, KernelError) as exc:
                 self.failures += 1
@@ -152,7 +175,7 @@ class Reconciler:
         if self._pool_changed:
             async with self._kernel:
                 pool = self._pool
-                await asyncio.to_thread(self._addresses.ensure_all, pool)
+                await asyncio.to_thread(self._configure, pool)
             if pool == self._pool:
                 self._pool_changed = False
             log.info("VIP pool applied: %d VIP(s)", len(pool))
@@ -161,7 +184,7 @@ class Reconciler:
         desired = tuple(vip for vip in self._desired if vip in self._pool)
         if desired != self.applied:
             async with self._kernel:
-                await asyncio.to_thread(self._addresses.set_owned, desired)
+                await asyncio.to_thread(self._set_owned, desired)
             self.applied = desired
             self.applied_changed.set()
             log.info("owned VIPs applied: %s", ",".join(desired) or "-")
@@ -176,6 +199,6 @@ class Reconciler:
     async def release_all(self) -> None:
         """Stop owning anything (on exit), directly: the task may already be cancelled."""
         async with self._kernel:
-            await asyncio.to_thread(self._addresses.set_owned, ())
+            await asyncio.to_thread(self._set_owned, ())
         self.applied = ()
         self._desired = ()

@@ -42,6 +42,7 @@ from random import Random
 
 from rainctl.config import (
     ClusterConfig,
+    answer_lease_ms,
     key_file_path,
     load_keys,
 )
@@ -59,6 +60,7 @@ from rainctl.core.health import HealthState, Maintenance, ServerKey, ServerOpini
 from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.spec import QuorumPolicy, RingSpec
 from rainctl.core.types import NodeId, NodeState
+from rainctl.daemon.answer_keeper import AnswerLeaseKeeper
 from rainctl.daemon.backends import backends_document
 from rainctl.daemon.clock import MonotonicClock
 from rainctl.daemon.commands import Commands, read_drained
@@ -84,8 +86,19 @@ from rainctl.daemon.status import status_document
 from rainctl.daemon.upstream import UpstreamMonitor
 from rainctl.errors import ConfigError, KernelError, OptionError, RainctlError
 from rainctl.health.worker import HealthWorker
-from rainctl.kernel.interfaces import ArpAnnouncer, DataPlane, IpvsTable, VipAddresses
-from rainctl.kernel.memory import MemoryArpAnnouncer, MemoryIpvsTable, MemoryVipAddresses
+from rainctl.kernel.interfaces import (
+    AnswerLease,
+    ArpAnnouncer,
+    DataPlane,
+    IpvsTable,
+    VipAddresses,
+)
+from rainctl.kernel.memory import (
+    MemoryAnswerLease,
+    MemoryArpAnnouncer,
+    MemoryIpvsTable,
+    MemoryVipAddresses,
+)
 from rainctl.metrics.exporter import MetricsExporter, open_listener
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
 
@@ -193,16 +206,22 @@ class _Kernel:
     """None: this data plane does not drive IPVS (`linux`)."""
     ipvs_worker: Executor | None = None
     """The thread the kernel's IPVS table must be used from (None: any, in memory)."""
+    answer_lease: AnswerLease | None = None
+    """The answer gate (None: off, or this kernel cannot; `answer_lease_state` says which)."""
+    answer_lease_state: str = "off"
 
 
 async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
     """The adapters of the chosen data plane, checked before anything is sent."""
     if options.data_plane is DataPlane.NONE:
         # The IPVS path runs too, in memory, so that tests and `rainctl status` exercise it.
+        wanted = setup.config.cluster.answer_lease_ms != 0
         return _Kernel(
             MemoryVipAddresses(lease_s=setup.config.cluster.vip_lease_s),
             MemoryArpAnnouncer(),
             ipvs=MemoryIpvsTable(),
+            answer_lease=MemoryAnswerLease() if wanted else None,
+            answer_lease_state="memory" if wanted else "off",
         )
     # Imported here: pyroute2 is only loaded when the kernel is really driven.
     from rainctl.kernel.addresses import LinuxVipAddresses  # noqa: PLC0415
@@ -246,7 +265,31 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
         announcer.close,
         functools.partial(_close_on, ipvs_worker, None if ipvs is None else ipvs.close),
     ]
-    return _Kernel(addresses, announcer, closers, ipvs, ipvs_worker)
+    kernel = _Kernel(addresses, announcer, closers, ipvs, ipvs_worker)
+    if setup.config.cluster.answer_lease_ms != 0:
+        await _open_answer_lease(kernel)
+    return kernel
+
+
+async def _open_answer_lease(kernel: _Kernel) -> None:
+    """The nftables answer gate, if this kernel has it (the reconciler guards the pool and
+    grants with it); without it the address lease alone covers a dead owner, in seconds."""
+    from rainctl.kernel.answer_lease import NftAnswerLease  # noqa: PLC0415
+
+    lease = NftAnswerLease()
+    try:
+        await asyncio.to_thread(lease.guard, ())
+    except KernelError as exc:
+        kernel.answer_lease_state = f"unavailable: {exc}"
+        log.warning(
+            "answer lease unavailable (%s): a dead or hung owner's VIPs go silent only when "
+            "their address lease (cluster.vip_lease_s) ends",
+            exc,
+        )
+        return
+    kernel.answer_lease = lease
+    kernel.answer_lease_state = "nftables"
+    kernel.closers.append(lease.close)
 
 
 def _close_on(worker: ThreadPoolExecutor, close: Callable[[], None] | None) -> None:
@@ -352,6 +395,7 @@ async def _run(
                 "lease_s": setup.config.cluster.vip_lease_s,
                 "lapses": reconciler.lease_lapses,
                 "unconfirmed_rounds": reconciler.lease_unconfirmed,
+                "answer": {"state": kernel.answer_lease_state, **reconciler.answer_lease_status()},
             },
             events=events.journal.counts(),
         )
@@ -552,12 +596,28 @@ def _reconciler(
         # freeze holding an old ring's token, lets it lapse; the ring has moved on by then.
         return machine.confirmed_age_ms(clock.now_ms()) <= 2 * machine.timers.token_loss_ms
 
+    def answer_fresh() -> bool:
+        # Tighter: within a round and an ACK of the last confirmation. The survivors need a
+        # round and a hop failure to take the VIPs of a node cut off from them, so its answer
+        # lease (shorter than a hop failure) has ended by then.
+        timers = machine.timers
+        return machine.confirmed_age_ms(clock.now_ms()) <= timers.round_ms + timers.ack_ms
+
+    answer = None
+    if kernel.answer_lease is not None:
+        config = setup.config
+        answer = AnswerLeaseKeeper(
+            kernel.answer_lease,
+            lease_ms=lambda: answer_lease_ms(config, machine.timers),
+            fresh=answer_fresh,
+        )
     return Reconciler(
         kernel.addresses,
         kernel.announcer,
         [vip.vip for vip in setup.spec.vips],
         lease_s=setup.config.cluster.vip_lease_s,
         lease_fresh=lease_fresh,
+        answer_lease=answer,
     )
 
 

@@ -60,6 +60,25 @@ class VipAddresses(Protocol):
         (they answer ARP no more and are no longer owned). Without a lease: nothing to do."""
 
 
+class AnswerLease(Protocol):
+    """A gate in front of the owned VIPs' ARP / NS answers that closes by itself: a guarded
+    VIP answers only while a grant of it is running (docs/protocol.md section 8). Linux:
+    `rainctl.kernel.answer_lease` (nftables sets with timeouts); `MemoryAnswerLease`."""
+
+    def guard(self, pool: Sequence[Vip]) -> None:
+        """Guard exactly these VIPs; nothing is held until the next grant."""
+
+    def grant(self, vips: Collection[Vip], lease_ms: int) -> None:
+        """Exactly these VIPs may answer for the next `lease_ms`, replacing every earlier
+        grant; returns once the kernel enforces it."""
+
+    def renew(self, vips: Collection[Vip], lease_ms: int) -> None:
+        """`grant` without waiting for the kernel; never blocks (the ring's loop calls it)."""
+
+    def close(self) -> None:
+        """Remove the guard: every VIP answers as its address says."""
+
+
 class ArpAnnouncer(Protocol):
     def announce(self, vips: Sequence[Vip]) -> None:
         """Send gratuitous ARP / unsolicited NA for these owned VIPs."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from rainctl.core.types import Vip
+from rainctl.errors import KernelError
 from rainctl.kernel.ipvs import (
     KERNEL_DEFAULT_TIMEOUTS,
     IpvsChange,
@@ -82,6 +83,52 @@ class MemoryVipAddresses:
                 self._lease_until[vip] = now + self.lease_s
             self.renewals += 1
             return lapsed
+
+
+class MemoryAnswerLease:
+    """The answer lease's guard and grants, as the kernel's timed sets would hold them.
+    Thread-safe. `answering()` is what would answer ARP / NS now (by `clock`, seconds)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.guarded: frozenset[Vip] | None = None
+        """The guarded VIPs (None: no guard, every VIP answers as its address says)."""
+        self._held_until: dict[Vip, float] = {}
+        self.grants = 0
+
+    def guard(self, pool: Sequence[Vip]) -> None:
+        with self._lock:
+            self.guarded = frozenset(pool)
+            self._held_until = {}
+
+    def grant(self, vips: Collection[Vip], lease_ms: int) -> None:
+        with self._lock:
+            if self.guarded is None:
+                raise KernelError("no answer lease guard: guard() first")
+            until = self._clock() + lease_ms / 1000
+            self._held_until = {vip: until for vip in vips}
+            self.grants += 1
+
+    def renew(self, vips: Collection[Vip], lease_ms: int) -> None:
+        self.grant(vips, lease_ms)
+
+    def close(self) -> None:
+        with self._lock:
+            self.guarded = None
+            self._held_until = {}
+
+    def answering(self, candidates: Collection[Vip]) -> frozenset[Vip]:
+        """Which of `candidates` (VIPs whose address would answer) may answer now."""
+        with self._lock:
+            if self.guarded is None:
+                return frozenset(candidates)
+            now = self._clock()
+            return frozenset(
+                vip
+                for vip in candidates
+                if vip not in self.guarded or self._held_until.get(vip, now) > now
+            )
 
 
 class MemoryArpAnnouncer:

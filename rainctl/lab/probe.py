@@ -183,6 +183,78 @@ def parse_arp_reply(frame: bytes, asker: ipaddress.IPv4Address) -> tuple[str, st
     return frame[22:28].hex(":"), str(ipaddress.IPv4Address(frame[28:32]))
 
 
+class NeighbourAsker:
+    """Asks for VIPs' MACs from `interface` by raw frames (AF_PACKET: the kernel's neighbour
+    cache is not involved): IPv4 VIPs by ARP from `source`, IPv6 ones by neighbour
+    solicitation from `source6` (required when there are any). Answers are ARP replies to
+    `source` and solicited NAs; gratuitous ARP and unsolicited NA are announcements."""
+
+    def __init__(
+        self, interface: str, source: str, vips: Sequence[str], source6: str | None = None
+    ) -> None:
+        addresses = [ipaddress.ip_address(vip) for vip in vips]
+        arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        arp.bind((interface, ETH_P_ARP))
+        arp.setblocking(False)
+        mac: bytes = arp.getsockname()[4]  # (ifname, proto, pkttype, hatype, address)
+        self._own = ipaddress.IPv4Address(source)
+        self._sends = [
+            (arp, arp_request(mac, self._own, vip))
+            for vip in addresses
+            if isinstance(vip, ipaddress.IPv4Address)
+        ]
+        self.sockets = [arp]
+        self._own6: ipaddress.IPv6Address | None = None
+        targets6 = [vip for vip in addresses if isinstance(vip, ipaddress.IPv6Address)]
+        if targets6:
+            if source6 is None:
+                arp.close()
+                raise ValueError("IPv6 VIPs need --source6")
+            self._own6 = ipaddress.IPv6Address(source6)
+            ipv6 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+            ipv6.bind((interface, ETH_P_IPV6))
+            ipv6.setblocking(False)
+            self.sockets.append(ipv6)
+            self._sends += [
+                (ipv6, neighbour_solicitation(mac, self._own6, vip)) for vip in targets6
+            ]
+        self._wanted = {str(vip) for vip in addresses}
+
+    def ask(self) -> None:
+        """Send one request for every VIP."""
+        for sock, frame in self._sends:
+            with contextlib.suppress(OSError):
+                sock.send(frame)
+
+    def answers(self, sock: socket.socket) -> list[tuple[str, str]]:
+        """(MAC, VIP) of every answer waiting on `sock` (one of `sockets`, readable)."""
+        found: list[tuple[str, str]] = []
+        while True:
+            try:
+                frame = sock.recv(2048)
+            except BlockingIOError:
+                return found
+            reply = _answer(frame, self._own, self._own6)
+            if reply is not None and reply[1] in self._wanted:
+                found.append(reply)
+
+    def ask_once(self, wait_s: float) -> dict[str, frozenset[str]]:
+        """VIP -> the MACs that answered one request each within `wait_s`."""
+        answered: dict[str, set[str]] = {}
+        self.ask()
+        deadline = time.monotonic() + wait_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(self.sockets, [], [], remaining)
+            for sock in readable:
+                for mac, vip in self.answers(sock):
+                    answered.setdefault(vip, set()).add(mac)
+        return {vip: frozenset(macs) for vip, macs in answered.items()}
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
 def run_arp_prober(
     interface: str,
     source: str,
@@ -192,40 +264,14 @@ def run_arp_prober(
     interval_s: float = ARP_INTERVAL_S,
     source6: str | None = None,
 ) -> None:
-    """Ask for every VIP's MAC each `interval_s` from `interface` (AF_PACKET: the kernel's
-    neighbour cache is not involved) and log each round and every reply, for ever:
+    """Ask for every VIP's MAC each `interval_s` (`NeighbourAsker`) and log each round and
+    every reply, for ever:
 
         Q <time> <round>            requests for every VIP sent
         A <time> <mac> <vip>        an answer for a VIP (every answerer is logged;
                                     gratuitous ARP and unsolicited NA are not answers)
-
-    IPv4 VIPs are asked by ARP from `source`, IPv6 ones by neighbour solicitation from
-    `source6` (required when there are any).
     """
-    addresses = [ipaddress.ip_address(vip) for vip in vips]
-    arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    arp.bind((interface, ETH_P_ARP))
-    arp.setblocking(False)
-    mac: bytes = arp.getsockname()[4]  # (ifname, proto, pkttype, hatype, hardware address)
-    own = ipaddress.IPv4Address(source)
-    sends = [
-        (arp, arp_request(mac, own, vip))
-        for vip in addresses
-        if isinstance(vip, ipaddress.IPv4Address)
-    ]
-    sockets = [arp]
-    own6: ipaddress.IPv6Address | None = None
-    targets6 = [vip for vip in addresses if isinstance(vip, ipaddress.IPv6Address)]
-    if targets6:
-        if source6 is None:
-            raise ValueError("IPv6 VIPs need --source6")
-        own6 = ipaddress.IPv6Address(source6)
-        ipv6 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
-        ipv6.bind((interface, ETH_P_IPV6))
-        ipv6.setblocking(False)
-        sockets.append(ipv6)
-        sends += [(ipv6, neighbour_solicitation(mac, own6, vip)) for vip in targets6]
-    wanted = {str(vip) for vip in addresses}
+    asker = NeighbourAsker(interface, source, vips, source6)
     with output.open("a", encoding="ascii", buffering=1) as log:
         round_number = 0
         next_tick = time.monotonic()
@@ -234,22 +280,15 @@ def run_arp_prober(
             if now >= next_tick:
                 round_number += 1
                 log.write(f"Q {time.time():.6f} {round_number}\n")
-                for sock, frame in sends:
-                    with contextlib.suppress(OSError):
-                        sock.send(frame)
+                asker.ask()
                 next_tick += interval_s
                 if next_tick < now:
                     next_tick = now + interval_s
-            readable, _, _ = select.select(sockets, [], [], max(0.0, next_tick - time.monotonic()))
+            timeout_s = max(0.0, next_tick - time.monotonic())
+            readable, _, _ = select.select(asker.sockets, [], [], timeout_s)
             for sock in readable:
-                while True:
-                    try:
-                        frame = sock.recv(2048)
-                    except BlockingIOError:
-                        break
-                    reply = _answer(frame, own, own6)
-                    if reply is not None and reply[1] in wanted:
-                        log.write(f"A {time.time():.6f} {reply[0]} {reply[1]}\n")
+                for mac, vip in asker.answers(sock):
+                    log.write(f"A {time.time():.6f} {mac} {vip}\n")
 
 
 def _answer(

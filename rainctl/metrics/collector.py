@@ -288,6 +288,13 @@ def _vips(out: _Families, answer: Answer) -> None:
             "Lease renewal rounds skipped because the ring had not confirmed this node lately",
             lease["unconfirmed_rounds"],
         )
+        answer_lease = lease.get("answer", {})
+        if "lapses" in answer_lease:
+            out.counter(
+                "rainctl_answer_lease_lapses",
+                "Times the owned VIPs' answer lease ran out while this node still owned them",
+                answer_lease["lapses"],
+            )
 
 
 def _events(out: _Families, events: Answer | None) -> None:

@@ -389,7 +389,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         pytest.param(
             document(cluster=CLUSTER + "colour = 1\n"),
             "cluster.colour: unknown key (allowed: name, id, key_file, profile, quorum, "
-            "upstream, exclusion, vip_lease_s)",
+            "upstream, exclusion, vip_lease_s, answer_lease_ms)",
             id="unknown-cluster-key",
         ),
         pytest.param(
@@ -516,7 +516,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         pytest.param(
             document(nodes="nodes = [1]\n", vips=""),
             "cluster.nodes: unknown key (allowed: name, id, key_file, profile, quorum, "
-            "upstream, exclusion, vip_lease_s)",
+            "upstream, exclusion, vip_lease_s, answer_lease_ms)",
             id="array-under-cluster-table",
         ),
         pytest.param(

@@ -40,7 +40,19 @@ def full_answer() -> dict[str, Any]:
         "owned": ["198.18.0.101"],
         "data_plane": "ipvs",
         "applied_owned": ["198.18.0.101"],
-        "vip_lease": {"lease_s": 1, "lapses": 2, "unconfirmed_rounds": 5},
+        "vip_lease": {
+            "lease_s": 1,
+            "lapses": 2,
+            "unconfirmed_rounds": 5,
+            "answer": {
+                "state": "nftables",
+                "lease_ms": 45,
+                "renewals": 300,
+                "unconfirmed_rounds": 0,
+                "lapses": 3,
+                "failures": 0,
+            },
+        },
         "vips": [
             {"vip": "198.18.0.100", "owner": 1, "pending_owner": None},
             {"vip": "198.18.0.101", "owner": 2, "pending_owner": None},
@@ -248,6 +260,7 @@ def test_vip_ownership_and_moves() -> None:
     moves = samples(metrics["rainctl_vip_moves_total"])
     assert moves[(("reason", "failover"), ("vip", "198.18.0.100"))] == 3
     assert samples(metrics["rainctl_vip_lease_lapses_total"]) == {(): 2}
+    assert samples(metrics["rainctl_answer_lease_lapses_total"]) == {(): 3}
 
 
 def test_backend_health_per_real_server() -> None:
