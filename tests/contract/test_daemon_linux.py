@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.contract.netlab import FRONT, PEER_IF, Lan, lan
+from tests.contract.netlab import FRONT, PEER_IF, Lan, lan, run
 
 RAINCTL = Path(sys.executable).parent / "rainctl"
 VIP4 = "198.18.0.20"
@@ -93,8 +93,15 @@ def test_the_daemon_owns_announces_and_releases(tmp_path: Path) -> None:
                 log,
             )
             assert net.arping_reply_mac(VIP4) == mac
+            # The answer lease's gate is up (this kernel has nftables' arp and ip6 families).
+            tables = run("ip", "netns", "exec", net.node, "nft", "list", "tables").stdout
+            assert "table arp rainctl_lease" in tables, tables
+            assert "table ip6 rainctl_lease" in tables, tables
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=15) == 0, log.read_text()
+            # A clean stop removes the gate with everything else.
+            tables = run("ip", "netns", "exec", net.node, "nft", "list", "tables").stdout
+            assert "rainctl_lease" not in tables, tables
             for address in (VIP4, VIP6):
                 assert _front_has(net, address, "rainctl0"), log.read_text()
                 assert not _front_has(net, address, FRONT), log.read_text()

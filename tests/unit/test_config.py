@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rainctl.config import (
     ClusterConfig,
+    answer_lease_ms,
     canonical_json,
     config_digest,
     key_file_path,
@@ -342,6 +343,20 @@ def test_digest_does_not_depend_on_entry_order(node_ids: list[int], data: st.Dat
             id="token-loss-not-above-round",
         ),
         pytest.param(
+            document(cluster=CLUSTER + 'profile = "fast"\nanswer_lease_ms = 60\n'),
+            "cluster.answer_lease_ms: 60 ms must be 0 (off) or from 10 ms to below the ring's "
+            "hop failure time, ack_ms x hop_retries = 60 ms (a longer lease lets a dead owner "
+            "answer after the takeover)",
+            id="answer-lease-not-below-hop-failure",
+        ),
+        pytest.param(
+            document(cluster=CLUSTER + "answer_lease_ms = 5\n"),
+            "cluster.answer_lease_ms: 5 ms must be 0 (off) or from 10 ms to below the ring's "
+            "hop failure time, ack_ms x hop_retries = 90 ms (a longer lease lets a dead owner "
+            "answer after the takeover)",
+            id="answer-lease-too-short",
+        ),
+        pytest.param(
             document(nodes=nodes_toml((1, "198.18.0.2:7400"), (1, "198.18.0.2:7400")), vips=""),
             "nodes[1].id: node 1 is already configured at nodes[0] (and 1 more error)",
             id="two-conflicts",
@@ -649,3 +664,20 @@ def test_model_accepts_python_values_too() -> None:
         }
     )
     assert config.cluster.profile is TimerProfile.FAST
+
+
+@pytest.mark.parametrize(
+    ("cluster", "timers", "expected_ms"),
+    [
+        ('profile = "fast"\n', "", 30),
+        ('profile = "lan"\n', "", 45),
+        ('profile = "lan"\n', "[timers]\nack_ms = 40\n", 60),
+        ('profile = "lan"\nanswer_lease_ms = 20\n', "", 20),
+        ('profile = "lan"\nanswer_lease_ms = 0\n', "", 0),
+    ],
+)
+def test_the_answer_lease_is_half_a_hop_failure_unless_set(
+    cluster: str, timers: str, expected_ms: int
+) -> None:
+    config = parse_config(document(cluster=CLUSTER + cluster, extra=timers), "cluster.toml")
+    assert answer_lease_ms(config, config.ring_timers()) == expected_ms

@@ -74,6 +74,10 @@ def test_vips_nodes_services_and_timers_change_live() -> None:
             "cluster.vip_lease_s: 1 -> 5 cannot change",
         ),
         (
+            document(cluster=CLUSTER + "answer_lease_ms = 20\n"),
+            "cluster.answer_lease_ms: (unset) -> 20 ms cannot change",
+        ),
+        (
             document(cluster=CLUSTER + 'quorum = "upstream"\nupstream = ["198.18.0.1"]\n'),
             'cluster.quorum: quorum "upstream" and its addresses are set at start',
         ),
