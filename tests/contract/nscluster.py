@@ -164,7 +164,9 @@ class NsCluster:
             run("ip", "netns", "delete", namespace, check=False)
 
 
-def _config(directory: Path, node_ids: Sequence[int], vips: Sequence[str]) -> None:
+def _config(
+    directory: Path, node_ids: Sequence[int], vips: Sequence[str], cluster_extra: str
+) -> None:
     (directory / "cluster.key").write_text(KEY + "\n", encoding="utf-8")
     lines = [
         "[cluster]",
@@ -173,6 +175,7 @@ def _config(directory: Path, node_ids: Sequence[int], vips: Sequence[str]) -> No
         'key_file = "cluster.key"',
         'profile = "fast"',
         "vip_lease_s = 1",
+        *cluster_extra.splitlines(),
     ]
     for node_id in node_ids:
         lines += ["[[nodes]]", f"id = {node_id}", f'address = "{SUBNET}.{node_id}:7400"']
@@ -195,9 +198,13 @@ def _port(switch: str, namespace: str, inside_name: str, outside_name: str) -> s
 
 @contextmanager
 def ns_cluster(
-    directory: Path, node_ids: Sequence[int] = (1, 2, 3), vips_per_node: int = 2
+    directory: Path,
+    node_ids: Sequence[int] = (1, 2, 3),
+    vips_per_node: int = 2,
+    cluster_extra: str = "",
 ) -> Iterator[NsCluster]:
-    """The namespaces and the config (daemons not started: `start_daemon`)."""
+    """The namespaces and the config (daemons not started: `start_daemon`); `cluster_extra`:
+    more lines of the config's [cluster] table."""
     require_root()
     tag = f"{RUN_TAG}-{next(_counter)}"
     vips = tuple(
@@ -239,7 +246,7 @@ def ns_cluster(
                 directory / f"daemon{node_id}.log",
                 directory / f"control{node_id}.sock",
             )
-        _config(directory, node_ids, vips)
+        _config(directory, node_ids, vips, cluster_extra)
         yield cluster
     finally:
         cluster.close()
