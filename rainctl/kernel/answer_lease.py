@@ -15,12 +15,12 @@ that ends in milliseconds, shorter than the ring's own failure detection:
   frozen or cut off renews nothing: its VIPs stop answering `lease_ms` later, in the kernel,
   before the survivors' takeover completes.
 
-Transactions go through one resident `nft -e -i` process (no fork per renewal: about 0.2 ms
-of its CPU each). Each grant also adds a sentinel element `0.x.y.z` carrying the grant's
-sequence number to the held set (the rule only looks at guarded VIPs, so it matters to no
-packet); nft echoes every added element, and the echo of the sentinel tells that the grant is
-in the kernel. `grant` waits for that echo (the reconciler announces a VIP only once it
-answers); `renew` does not wait and never blocks (it runs on the ring's event loop).
+Transactions go through one resident `nft -i` process (no fork per renewal: about 0.2 ms
+of its CPU each; a renewal prints nothing). A grant also replaces the one element of the
+set `ack` with `0.x.y.z`, the grant's sequence number, in the same transaction, and asks
+nft to list that set: the listing tells that the grant is in the kernel. `grant` waits for
+it (the reconciler announces a VIP only once it answers); `renew` does not wait and never
+blocks (it runs on the ring's event loop).
 
 The table survives the daemon on purpose: after a SIGKILL the guard stays and the held
 elements run out. `open` replaces any earlier copy; `close` removes it. Kernels without the
@@ -51,7 +51,7 @@ DEFAULT_TABLE = "rainctl_lease"
 APPLY_TIMEOUT_S = 2.0
 """Longest a grant, or the table's set-up, waits for nft."""
 _SEQUENCE_SPACE = 1 << 24
-_SENTINEL = re.compile(r"\{ 0\.(\d+)\.(\d+)\.(\d+) ")
+_ACK = re.compile(r"elements = \{ 0\.(\d+)\.(\d+)\.(\d+) \}")
 
 log = logging.getLogger("rainctl.kernel.answer_lease")
 
@@ -61,7 +61,7 @@ def _ip6_element(ip: ipaddress.IPv6Address) -> str:
     return f"0x{int(ip):032x}"
 
 
-def _sentinel(sequence: int) -> str:
+def _ack_element(sequence: int) -> str:
     value = sequence % _SEQUENCE_SPACE
     return f"0.{value >> 16}.{(value >> 8) & 0xFF}.{value & 0xFF}"
 
@@ -98,7 +98,7 @@ class NftAnswerLease:
 
     def grant(self, vips: Collection[Vip], lease_ms: int) -> None:
         """Exactly these VIPs answer for the next `lease_ms`; returns once the kernel has it."""
-        sequence = self._send(vips, lease_ms)
+        sequence = self._send(vips, lease_ms, acknowledged=True)
         deadline = time.monotonic() + APPLY_TIMEOUT_S
         with self._applied:
             while not self._is_applied(sequence):
@@ -136,14 +136,13 @@ class NftAnswerLease:
         v4 = frozenset(vip for vip in vips if ":" not in vip)
         return v4, frozenset(vips) - v4
 
-    def _line(self, vips: Collection[Vip], lease_ms: int, sequence: int) -> str:
+    def _lines(self, vips: Collection[Vip], lease_ms: int, acknowledged: int | None) -> str:
         held4, held6 = self._split(vips)
         timeout = f" timeout {lease_ms}ms"
-        elements4 = [*(vip + timeout for vip in sorted(held4)), _sentinel(sequence) + timeout]
-        commands = [
-            f"flush set arp {self.table} held",
-            f"add element arp {self.table} held {{ {', '.join(elements4)} }}",
-        ]
+        commands = [f"flush set arp {self.table} held"]
+        if held4:
+            elements4 = (vip + timeout for vip in sorted(held4))
+            commands.append(f"add element arp {self.table} held {{ {', '.join(elements4)} }}")
         if self._pool6:
             commands.append(f"flush set ip6 {self.table} held")
             if held6:
@@ -151,12 +150,19 @@ class NftAnswerLease:
                     _ip6_element(ipaddress.IPv6Address(vip)) + timeout for vip in sorted(held6)
                 )
                 commands.append(f"add element ip6 {self.table} held {{ {', '.join(elements6)} }}")
-        return "; ".join(commands) + "\n"
+        if acknowledged is None:
+            return "; ".join(commands) + "\n"
+        commands += [
+            f"flush set arp {self.table} ack",
+            f"add element arp {self.table} ack {{ {_ack_element(acknowledged)} }}",
+        ]
+        return "; ".join(commands) + f"\nlist set arp {self.table} ack\n"
 
-    def _send(self, vips: Collection[Vip], lease_ms: int) -> int:
+    def _send(self, vips: Collection[Vip], lease_ms: int, *, acknowledged: bool = False) -> int:
         process = self._ensure_process()
         self._sequence += 1
-        line = self._line(vips, lease_ms, self._sequence).encode()
+        sequence = self._sequence if acknowledged else None
+        line = self._lines(vips, lease_ms, sequence).encode()
         assert process.stdin is not None
         try:
             written = os.write(process.stdin.fileno(), line)
@@ -182,7 +188,7 @@ class NftAnswerLease:
         if binary is None:
             raise KernelError(f"{self._nft}: not found (the answer lease needs nftables)")
         process = subprocess.Popen(  # noqa: S603 (nft's own path, fixed arguments)
-            [binary, "-e", "-i"],
+            [binary, "-i"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -193,7 +199,7 @@ class NftAnswerLease:
         assert process.stderr is not None
         os.set_blocking(process.stdin.fileno(), False)
         threading.Thread(
-            target=self._read_echoes, args=(process.stdout,), name="nft-echo", daemon=True
+            target=self._read_acks, args=(process.stdout,), name="nft-acks", daemon=True
         ).start()
         threading.Thread(
             target=self._read_errors, args=(process.stderr,), name="nft-errors", daemon=True
@@ -207,9 +213,9 @@ class NftAnswerLease:
         if self._process is process:
             self._process = None
 
-    def _read_echoes(self, stream: IO[bytes]) -> None:
+    def _read_acks(self, stream: IO[bytes]) -> None:
         for raw in stream:
-            match = _SENTINEL.search(raw.decode(errors="replace"))
+            match = _ACK.search(raw.decode(errors="replace"))
             if match is None:
                 continue
             a, b, c = (int(part) for part in match.groups())
