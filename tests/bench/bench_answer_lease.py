@@ -4,6 +4,7 @@ VIP (GOALS.md F8), with the answer lease and without it (address lease only), in
 Run from the repository root, as root:
 
     python tests/bench/bench_answer_lease.py [--trials 30] [--modes lease,off] [--seed 1]
+        [--rest-s 60]
 
 Per mode, one cluster of three `rainctl daemon --data-plane linux` in namespaces of the host
 kernel (tests/contract/nscluster.py: fast profile, 6 VIPs of which one IPv6, `vip_lease_s =
@@ -14,7 +15,10 @@ survivors own every VIP and the old owner has had 2.5 s to go silent; then resum
 restarts it and waits for the even spread again. Per VIP the old owner held, from the
 client's logs: when the old owner last answered, when the new owner first announced, and how
 long two MACs answered at once (after that announcement, and after the fault). Printed:
-p50 / p99 / max per mode and fault, and how many VIPs ever had two answerers.
+p50 / p99 / max per mode and fault, and how many VIPs ever had two answerers. Before the
+faults, `--rest-s` at rest: the token rotation (every daemon's `status` `rotation_ms`, ten
+times a second) and the CPU of the daemons and of their children (the resident nft), so the
+renewals' cost on the ring's loop shows against the mode without them.
 """
 
 from __future__ import annotations
@@ -67,7 +71,21 @@ def _trial(cluster: NsCluster, rng: random.Random, signum: signal.Signals) -> li
     return seen
 
 
-def _run_mode(mode: str, trials: int, seed: int) -> dict[str, list[Silencing]]:
+def _rest(cluster: NsCluster, mode: str, rest_s: float) -> str:
+    before = cluster.cpu_seconds()
+    rotations = cluster.rotations(rest_s)
+    after = cluster.cpu_seconds()
+    cpu = {role: (after[role] - before[role]) / rest_s * 100 / len(cluster.nodes) for role in after}
+    return (
+        f"{mode:6} at rest {rest_s:.0f} s: rotation ms p50 / p99 / max "
+        f"{_percentiles(rotations)} over {len(rotations)} samples; CPU % of a core per node: "
+        f"daemon {cpu['daemons']:.1f}, nft {cpu['children']:.1f}"
+    )
+
+
+def _run_mode(
+    mode: str, trials: int, seed: int, rest_s: float
+) -> tuple[str, dict[str, list[Silencing]]]:
     extra = "answer_lease_ms = 0\n" if mode == "off" else ""
     results: dict[str, list[Silencing]] = {"SIGSTOP": [], "SIGKILL": []}
     rng = random.Random(seed)
@@ -78,6 +96,8 @@ def _run_mode(mode: str, trials: int, seed: int) -> dict[str, list[Silencing]]:
         for node_id in cluster.nodes:
             cluster.start_daemon(node_id)
         cluster.wait_spread(FORMATION_BOUND_S)
+        rest = _rest(cluster, mode, rest_s)
+        print(rest, flush=True)
         cluster.start_watchers()
         for index in range(trials):
             signum = signal.SIGSTOP if index % 2 == 0 else signal.SIGKILL
@@ -86,7 +106,7 @@ def _run_mode(mode: str, trials: int, seed: int) -> dict[str, list[Silencing]]:
             worst = max(s.dual_after_fault_s for s in seen) * 1000
             print(f"  {mode} trial {index + 1:3d} {signum.name}: {len(seen)} VIPs, "
                   f"two answerers up to {worst:.0f} ms", flush=True)  # fmt: skip
-    return results
+    return rest, results
 
 
 def main() -> None:
@@ -94,12 +114,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="faults per mode")
     parser.add_argument("--modes", default="lease,off", help="lease, off, or both")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rest-s", type=float, default=60.0, help="seconds at rest per mode")
     arguments = parser.parse_args()
     table = []
+    rests = []
     for mode in arguments.modes.split(","):
         print(f"mode {mode}: {arguments.trials} faults", flush=True)
-        for fault, seen in _run_mode(mode, arguments.trials, arguments.seed).items():
-            table.append((mode, fault, seen))
+        rest, results = _run_mode(mode, arguments.trials, arguments.seed, arguments.rest_s)
+        rests.append(rest)
+        table += [(mode, fault, seen) for fault, seen in results.items()]
+    print()
+    print("\n".join(rests))
     print("\nms, p50 / p99 / max over the VIPs the faulted daemon owned")
     print(f"{'mode':6} {'fault':8} {'VIPs':>5} | {'old owner silent after':>25} | "
           f"{'new owner first GARP after':>25} | {'two answerers after GARP':>25} | "

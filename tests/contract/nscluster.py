@@ -11,6 +11,7 @@ PID and every namespace deleted at `close()`; names carry the run tag (tests/tag
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import signal
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from rainctl.daemon.control import ControlError, request
 from rainctl.lab import probe
@@ -120,6 +123,32 @@ class NsCluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no even spread within {timeout_s} s: {owners}")
             time.sleep(0.1)
+
+    def rotations(self, duration_s: float, sample_hz: float = 10) -> list[float]:
+        """Every daemon's `rotation_ms`, `sample_hz` times a second for `duration_s`."""
+        samples: list[float] = []
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            for node in self.nodes.values():
+                rotation = (node.status() or {}).get("rotation_ms")
+                if rotation is not None:
+                    samples.append(float(rotation))
+            time.sleep(1 / sample_hz)
+        return samples
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds so far of the daemons and of their children (nft)."""
+        totals = {"daemons": 0.0, "children": 0.0}
+        for node in self.nodes.values():
+            if node.process is None:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                daemon = psutil.Process(node.process.pid)
+                totals["daemons"] += sum(daemon.cpu_times()[:2])
+                for child in daemon.children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        totals["children"] += sum(child.cpu_times()[:2])
+        return totals
 
     def start_watchers(self) -> None:
         """The client's ARP prober and GARP reader (logs: arp.log, garp.log)."""
