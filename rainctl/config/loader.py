@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from rainctl.config.diagnostics import format_validation_error
 from rainctl.config.files import read_text
-from rainctl.config.models import ClusterConfig
+from rainctl.config.models import ENTRY_PROBLEMS_CONTEXT, ClusterConfig
+from rainctl.config.services import EntryProblemMemo
 from rainctl.errors import ConfigError
 
 _TOML_POSITION = re.compile(r"(?P<message>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)")
@@ -51,10 +52,14 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     return document
 
 
-def validate_document(document: dict[str, Any], source: str) -> ClusterConfig:
-    """Validate a parsed config document; `source` names the file in error messages."""
+def validate_document(
+    document: dict[str, Any], source: str, entry_problems: EntryProblemMemo | None = None
+) -> ClusterConfig:
+    """Validate a parsed config document; `source` names the file in error messages;
+    `entry_problems`: a memo of services' own problems (rainctl.config.services)."""
+    context = None if entry_problems is None else {ENTRY_PROBLEMS_CONTEXT: entry_problems}
     try:
-        return ClusterConfig.model_validate(document)
+        return ClusterConfig.model_validate(document, context=context)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {format_validation_error(exc, ClusterConfig)}") from exc
 

@@ -17,7 +17,14 @@ import ipaddress
 import re
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rainctl.config.diagnostics import Problem, conflict_error, value_error
 from rainctl.config.health import HealthSection
@@ -216,6 +223,10 @@ class MetricsSection(BaseModel):
         return None if value is None else canonical_listen(value)
 
 
+ENTRY_PROBLEMS_CONTEXT = "entry_problems"
+"""Validation context key of a memo of `[[services]]` entries' own problems."""
+
+
 class ClusterConfig(BaseModel):
     """A cluster config file, validated as a whole."""
 
@@ -236,13 +247,15 @@ class ClusterConfig(BaseModel):
         return derive_timers(self.cluster.profile, **self.timers.overrides())
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> Self:
+    def _check_consistency(self, info: ValidationInfo) -> Self:
+        # A reload passes its memo of the entries it validated before (rainctl.config.reread).
+        memo = info.context.get(ENTRY_PROBLEMS_CONTEXT) if isinstance(info.context, dict) else None
         problems = [
             *_node_problems(self.nodes),
             *_vip_problems(self),
             *_timer_problems(self),
             *_upstream_problems(self.cluster),
-            *service_problems(self.services, [vip.address for vip in self.vips]),
+            *service_problems(self.services, [vip.address for vip in self.vips], memo),
         ]
         if problems:
             raise conflict_error(problems)

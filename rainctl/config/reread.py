@@ -9,8 +9,10 @@ it last validated and the core value it made of it:
 - a table equal to the last one read for the same (vip, port, protocol) is replaced by the
   model validated then: pydantic takes a validated model as it is, and the whole file's
   cross-field checks (unique services, VIPs configured, ...) still run on every entry;
-- an entry model seen before keeps its `ServiceSpec`, the very object, which lets the IPVS
-  reconciler skip unchanged services by identity (rainctl.daemon.dataplane).
+- an entry model seen before keeps its own cross-field problems (none, in a valid file: the
+  checks that need only the entry are not run again) and its `ServiceSpec`, the very object,
+  which lets the IPVS reconciler skip unchanged services by identity
+  (rainctl.daemon.dataplane).
 
 Whatever the memo holds, the result equals a fresh `load_config` + `to_services` of the
 same file (tests/unit/test_config_reread.py); only the work differs.
@@ -27,7 +29,7 @@ from rainctl.config.convert import service_spec
 from rainctl.config.files import read_text
 from rainctl.config.loader import parse_toml, validate_document
 from rainctl.config.models import ClusterConfig
-from rainctl.config.services import ServiceEntry
+from rainctl.config.services import EntryProblemMemo, ServiceEntry
 from rainctl.core.dataplane import ServiceSpec
 
 _TableKey = tuple[object, object, object]
@@ -51,6 +53,7 @@ class ConfigRereader:
         self._tables: dict[_TableKey, tuple[dict[str, Any], ServiceEntry]] = {}
         self._specs: dict[int, tuple[ServiceEntry, ServiceSpec]] = {}
         """id(entry) -> (entry, its spec); the entry is kept so its id cannot be reused."""
+        self._entry_problems: EntryProblemMemo = {}
 
     def read(self, path: Path) -> ConfigRead:
         """Read and validate `path` whole; ConfigError (one line) when it is not valid, and
@@ -67,8 +70,9 @@ class ConfigRereader:
         tables = document.get("services")
         if isinstance(tables, list):
             document["services"] = [self._validated(table) for table in tables]
-        config = validate_document(document, source)
-        self._remember(tables if isinstance(tables, list) else [], config)
+        memo = dict(self._entry_problems)  # a file that fails leaves the memo as it was
+        config = validate_document(document, source, memo)
+        self._remember(tables if isinstance(tables, list) else [], config, memo)
         return ConfigRead(config, tuple(self._spec(entry) for entry in config.services))
 
     def _validated(self, table: object) -> object:
@@ -79,7 +83,7 @@ class ConfigRereader:
             return known[1]
         return table
 
-    def _remember(self, tables: list[Any], config: ClusterConfig) -> None:
+    def _remember(self, tables: list[Any], config: ClusterConfig, memo: EntryProblemMemo) -> None:
         # Only a valid file is remembered: its tables and entries correspond one to one.
         remembered: dict[_TableKey, tuple[dict[str, Any], ServiceEntry]] = {}
         for table, entry in zip(tables, config.services, strict=True):
@@ -89,6 +93,7 @@ class ConfigRereader:
         self._tables = remembered
         kept = {id(entry) for entry in config.services}
         self._specs = {ident: known for ident, known in self._specs.items() if ident in kept}
+        self._entry_problems = {ident: known for ident, known in memo.items() if ident in kept}
 
     def _spec(self, entry: ServiceEntry) -> ServiceSpec:
         known = self._specs.get(id(entry))

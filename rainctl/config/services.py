@@ -4,7 +4,9 @@ These sections program IPVS on every node (rainctl/core/dataplane.py). They are 
 the ring's config digest (rainctl/config/convert.py): during a rolling reload nodes may
 briefly disagree on them without splitting the ring. Cross-field checks (VIP configured,
 families, unique keys, ports of dr/tunnel real servers, `mh_port`) run in `ClusterConfig`'s
-model validator through `service_problems`, so each problem names its full key path.
+model validator through `service_problems`, so each problem names its full key path. Those
+that need only the entry itself (`entry_problems`) may come from a memo of entries checked
+before (a reload's, rainctl.config.reread): an unchanged entry is not checked again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -158,8 +160,15 @@ def _family(address: str) -> str:
     return "IPv6" if ":" in address else "IPv4"
 
 
-def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> list[Problem]:
-    """Every cross-field problem of `[[services]]`, given the configured VIP addresses."""
+EntryProblemMemo = MutableMapping[int, tuple["ServiceEntry", list[Problem]]]
+"""id(entry) -> (the entry, its own problems); the entry is kept so its id is not reused."""
+
+
+def service_problems(
+    services: Sequence[ServiceEntry], vips: Sequence[str], memo: EntryProblemMemo | None = None
+) -> list[Problem]:
+    """Every cross-field problem of `[[services]]`, given the configured VIP addresses;
+    with `memo`, an entry's own problems are looked up there first and remembered."""
     problems: list[Problem] = []
     if len(services) > SERVICES_MAX:
         problems.append(
@@ -183,35 +192,43 @@ def service_problems(services: Sequence[ServiceEntry], vips: Sequence[str]) -> l
             )
         else:
             first_by_key[key] = index
-        if service.mh_port and service.scheduler is not Scheduler.MH:
-            problems.append(
-                (
-                    (*loc, "mh_port"),
-                    f'only used with scheduler = "mh" (scheduler is "{service.scheduler.value}")',
-                )
-            )
-        problems.extend(_mode_problems(service, loc))
-        problems.extend(_real_server_problems(service, loc))
-        problems.extend(
-            check_problems(service.health, [rs.health for rs in service.real_servers], loc)
-        )
-        if service.sorry_server is not None:
-            if _family(service.sorry_server) != _family(service.vip):
-                problems.append(
-                    (
-                        (*loc, "sorry_server"),
-                        f"{service.sorry_server!r} is {_family(service.sorry_server)}, the "
-                        f"service's vip {service.vip} is {_family(service.vip)}",
-                    )
-                )
-            if any(rs.address == service.sorry_server for rs in service.real_servers):
-                problems.append(
-                    ((*loc, "sorry_server"), f"{service.sorry_server} is also a real server")
-                )
+        known = None if memo is None else memo.get(id(service))
+        if known is None or known[0] is not service:
+            known = (service, entry_problems(service))
+            if memo is not None:
+                memo[id(service)] = known
+        problems.extend(((*loc, *where), message) for where, message in known[1])
     return problems
 
 
-def _mode_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[Problem]:
+def entry_problems(service: ServiceEntry) -> list[Problem]:
+    """The problems of one `[[services]]` entry on its own, key paths relative to it."""
+    problems: list[Problem] = []
+    if service.mh_port and service.scheduler is not Scheduler.MH:
+        problems.append(
+            (
+                ("mh_port",),
+                f'only used with scheduler = "mh" (scheduler is "{service.scheduler.value}")',
+            )
+        )
+    problems.extend(_mode_problems(service, ()))
+    problems.extend(_real_server_problems(service, ()))
+    problems.extend(check_problems(service.health, [rs.health for rs in service.real_servers], ()))
+    if service.sorry_server is not None:
+        if _family(service.sorry_server) != _family(service.vip):
+            problems.append(
+                (
+                    ("sorry_server",),
+                    f"{service.sorry_server!r} is {_family(service.sorry_server)}, the "
+                    f"service's vip {service.vip} is {_family(service.vip)}",
+                )
+            )
+        if any(rs.address == service.sorry_server for rs in service.real_servers):
+            problems.append((("sorry_server",), f"{service.sorry_server} is also a real server"))
+    return problems
+
+
+def _mode_problems(service: ServiceEntry, loc: tuple[str | int, ...]) -> list[Problem]:
     if service.mode is ServiceMode.IPVS:
         if service.proxy is not None:
             return [((*loc, "proxy"), 'only used with mode = "http"')]
@@ -239,7 +256,7 @@ def _mode_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[Problem]
     return problems
 
 
-def _real_server_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[Problem]:
+def _real_server_problems(service: ServiceEntry, loc: tuple[str | int, ...]) -> list[Problem]:
     problems: list[Problem] = []
     servers = service.real_servers
     if len(servers) > REAL_SERVERS_MAX:
@@ -267,8 +284,8 @@ def _real_server_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[P
             problems.append(
                 (
                     server_loc,
-                    f"{host}:{port} is already configured at "
-                    f"{_format(loc)}.real_servers[{first_by_key[key]}]",
+                    f"{host}:{port} is already configured at real_servers[{first_by_key[key]}] "
+                    "of this service",
                 )
             )
         else:
@@ -284,7 +301,3 @@ def _real_server_problems(service: ServiceEntry, loc: tuple[str, int]) -> list[P
                 )
             )
     return problems
-
-
-def _format(loc: tuple[str, int]) -> str:
-    return f"{loc[0]}[{loc[1]}]"

@@ -92,3 +92,33 @@ def test_a_file_broken_by_a_known_table_is_refused_and_forgotten(tmp_path: Path)
 def path_with(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_an_unchanged_entry_is_not_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rainctl.config import services as service_models  # noqa: PLC0415
+
+    checked: list[int] = []
+    original = service_models.entry_problems
+
+    def counting(entry: service_models.ServiceEntry) -> list[tuple[tuple[str | int, ...], str]]:
+        checked.append(entry.port)
+        return original(entry)
+
+    monkeypatch.setattr(service_models, "entry_problems", counting)
+    path = tmp_path / "cluster.toml"
+    reader = ConfigRereader()
+    rows = [(0, 8000, 1, "wlc", "tcp"), (1, 8001, 1, "wlc", "tcp"), (2, 8002, 1, "rr", "none")]
+    path.write_text(config_text(rows), encoding="utf-8")
+    reader.read(path)
+    assert sorted(checked) == [8000, 8001, 8002]
+    checked.clear()
+    rows[1] = (1, 8001, 2, "wlc", "tcp")
+    path.write_text(config_text(rows), encoding="utf-8")
+    reader.read(path)
+    assert checked == [8001]
+    # A fresh load checks every entry.
+    checked.clear()
+    load_config(path)
+    assert len(checked) == 3

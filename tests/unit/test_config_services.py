@@ -168,7 +168,7 @@ def test_digest_still_covers_the_nodes() -> None:
                 service(servers=server(body="port = 80\n") + server()),
             ),
             "services[0].real_servers[1]: 198.18.1.11:80 is already configured at "
-            "services[0].real_servers[0]",
+            "real_servers[0] of this service",
             id="duplicate-real-server",
         ),
         pytest.param(
