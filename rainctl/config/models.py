@@ -344,7 +344,7 @@ def _vip_problems(config: ClusterConfig) -> list[Problem]:
 
 
 ANSWER_LEASE_MIN_MS = 10
-"""Shortest answer lease: renewed three times per lease, a shorter one costs too much."""
+"""Shortest answer lease: renewed twice per lease, a shorter one costs nft too much CPU."""
 
 
 def answer_lease_ms(config: ClusterConfig, timers: RingTimers) -> int:

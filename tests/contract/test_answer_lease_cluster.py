@@ -20,7 +20,7 @@ from tests.contract.nscluster import NsCluster, ns_cluster, silencing
 FORMATION_BOUND_S = 20.0
 TAKEOVER_BOUND_S = 5.0
 SILENT_BOUND_S = 0.15
-"""Answer lease 30 ms (fast profile: half of 3 x 20 ms), renewed every 10 ms; the prober
+"""Answer lease 30 ms (fast profile: half of 3 x 20 ms), renewed every 15 ms; the prober
 asks every 20 ms and a round's answers come back in a few ms: the last answer of the old
 owner is at most a lease, a renewal and a round after the fault, plus scheduling noise."""
 LOGS_SETTLE_S = 1.0
