@@ -50,6 +50,7 @@ __all__ = ["DEFAULT_TABLE", "NftAnswerLease"]
 DEFAULT_TABLE = "rainctl_lease"
 APPLY_TIMEOUT_S = 2.0
 """Longest a grant, or the table's set-up, waits for nft."""
+ERROR_LOG_INTERVAL_S = 10.0
 _SEQUENCE_SPACE = 1 << 24
 _ACK = re.compile(r"elements = \{ 0\.(\d+)\.(\d+)\.(\d+) \}")
 
@@ -97,18 +98,23 @@ class NftAnswerLease:
         self._ensure_process()
 
     def grant(self, vips: Collection[Vip], lease_ms: int) -> None:
-        """Exactly these VIPs answer for the next `lease_ms`; returns once the kernel has it."""
+        """Exactly these VIPs answer for the next `lease_ms`; returns once the kernel has it.
+        KernelError when nft complains meanwhile (e.g. the table is gone) or stays silent."""
+        errors_before = self.errors
         sequence = self._send(vips, lease_ms, acknowledged=True)
         deadline = time.monotonic() + APPLY_TIMEOUT_S
         with self._applied:
             while not self._is_applied(sequence):
+                if self.errors != errors_before:
+                    raise KernelError(f"nft refused the answer lease: {self.last_error}")
+                process = self._process
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._process is None:
+                if remaining <= 0 or process is None or process.poll() is not None:
                     raise KernelError(
                         f"nftables did not apply the answer lease within {APPLY_TIMEOUT_S} s"
                         + (f": {self.last_error}" if self.last_error else "")
                     )
-                self._applied.wait(remaining)
+                self._applied.wait(min(remaining, 0.1))
 
     def renew(self, vips: Collection[Vip], lease_ms: int) -> None:
         """`grant` without waiting; never blocks (a full pipe to nft is an error)."""
@@ -226,12 +232,20 @@ class NftAnswerLease:
             self._applied.notify_all()
 
     def _read_errors(self, stream: IO[bytes]) -> None:
+        logged_at = -ERROR_LOG_INTERVAL_S
         for raw in stream:
             text = raw.decode(errors="replace").strip()
-            if text.startswith("Error"):
+            if not text.startswith("Error"):
+                continue
+            # A broken table fails every renewal: say so when it changes or now and then.
+            now = time.monotonic()
+            if text != self.last_error or now - logged_at >= ERROR_LOG_INTERVAL_S:
+                log.warning("nft: %s (%d errors so far)", text, self.errors + 1)
+                logged_at = now
+            with self._applied:
                 self.errors += 1
                 self.last_error = text
-                log.warning("nft: %s", text)
+                self._applied.notify_all()
 
     def _run_file(self, ruleset: str) -> None:
         binary = shutil.which(self._nft)

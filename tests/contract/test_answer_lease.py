@@ -17,6 +17,7 @@ from typing import Protocol
 import pytest
 
 from rainctl.core.types import Vip
+from rainctl.errors import KernelError
 from rainctl.kernel.answer_lease import NftAnswerLease
 from rainctl.kernel.interfaces import AnswerLease
 from rainctl.kernel.memory import MemoryAnswerLease
@@ -177,3 +178,31 @@ def test_a_daemon_that_died_leaves_the_gate_closed_and_a_new_one_replaces_it() -
                                               "tables").stdout  # fmt: skip
         finally:
             linux.asker.close()
+
+
+def test_a_grant_without_the_guard_fails(harness: Harness) -> None:
+    harness.lease.guard(GUARDED)
+    harness.lease.close()
+    with pytest.raises(KernelError):
+        harness.lease.grant([V4[0]], 5_000)
+
+
+def test_a_flushed_ruleset_fails_the_next_grant_at_once_and_guarding_again_heals() -> None:
+    with lan() as net:
+        net.node_ip("address", "add", f"{V4[0]}/32", "dev", FRONT)
+        linux = LinuxHarness(net)
+        try:
+            linux.lease.guard([V4[0]])
+            linux.lease.grant([V4[0]], 5_000)
+            # What a firewall reload does (nftables.service: flush ruleset).
+            run("ip", "netns", "exec", net.node, "nft", "flush", "ruleset")
+            started = time.monotonic()
+            with pytest.raises(KernelError, match="nft refused"):
+                linux.lease.grant([V4[0]], 5_000)
+            assert time.monotonic() - started < 1.0
+            linux.lease.guard([V4[0]])
+            linux.lease.grant([V4[0]], 5_000)
+            assert linux.answering() == {V4[0]}
+        finally:
+            linux.asker.close()
+            linux.in_node.close()

@@ -86,3 +86,15 @@ def test_a_grant_replaces_and_a_new_pool_keeps_only_its_owned_vips() -> None:
     keeper.guard(POOL[:2])
     assert lease.guarded == set(POOL[:2])
     assert lease.answering(POOL) == {POOL[1], POOL[2]}  # POOL[2] unguarded now
+
+
+def test_a_removed_table_is_set_up_again_by_the_next_check() -> None:
+    lease = MemoryAnswerLease()
+    keeper = keeper_on(lease, Confirmation())
+    keeper.grant(POOL[:1])
+    lease.close()  # someone flushed the ruleset
+    assert lease.answering(POOL) == set(POOL)  # no gate at all
+    keeper.check()
+    assert keeper.restores == 1
+    assert lease.guarded == set(POOL)
+    assert lease.answering(POOL) == set(POOL[:1])
