@@ -51,8 +51,9 @@ def _fault(cluster: NsCluster, signum: signal.Signals) -> None:
     if signum is signal.SIGSTOP:
         cluster.signal(victim, signal.SIGCONT)
     else:
-        assert cluster.nodes[victim].process is not None
-        cluster.nodes[victim].process.wait(timeout=5)
+        process = cluster.nodes[victim].process
+        assert process is not None
+        process.wait(timeout=5)
         cluster.start_daemon(victim)
     cluster.wait_spread(FORMATION_BOUND_S)
 

@@ -84,7 +84,7 @@ def test_a_grant_replaces_and_a_new_pool_keeps_only_its_owned_vips() -> None:
     keeper.grant(POOL[1:])
     assert lease.answering(POOL) == set(POOL[1:])
     keeper.guard(POOL[:2])
-    assert lease.guarded == set(POOL[:2])
+    assert lease.guarded == frozenset(POOL[:2])
     assert lease.answering(POOL) == {POOL[1], POOL[2]}  # POOL[2] unguarded now
 
 
@@ -96,5 +96,5 @@ def test_a_removed_table_is_set_up_again_by_the_next_check() -> None:
     assert lease.answering(POOL) == set(POOL)  # no gate at all
     keeper.check()
     assert keeper.restores == 1
-    assert lease.guarded == set(POOL)
+    assert lease.guarded == frozenset(POOL)
     assert lease.answering(POOL) == set(POOL[:1])
