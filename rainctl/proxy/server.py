@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Literal
 
 import httptools
 
-from rainctl.proxy import resume
+from rainctl.proxy import resume, splice
 from rainctl.proxy.backends import BackendPool, Upstream
 from rainctl.proxy.http import (
     IDEMPOTENT_METHODS,
@@ -55,6 +56,10 @@ from rainctl.proxy.settings import Endpoint, ProxyCounters, ProxySettings
 log = logging.getLogger("rainctl.proxy")
 
 _IP_FREEBIND = 15
+SPLICE_MIN_BYTES = 65_536
+"""A body rest shorter than this is copied: splicing it costs more system calls than it saves."""
+PIPES_KEPT_MAX = 16
+"""Empty pipes a worker keeps for the next spliced body (one per transfer in progress)."""
 FailureKind = Literal["connect", "reset", "eof", "stall", "timeout", "protocol"]
 
 
@@ -219,10 +224,17 @@ class _ResponseParser:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.body: list[bytes] = []
+        self.body_bytes = 0
+        """Body bytes parsed so far (whether or not they were taken from `body`)."""
+        self.content_length: int | None = None
+        """The announced length of a body that is not chunked, else None."""
         self.complete = False
         self.reusable = True
         self._keep_alive = False
         """llhttp's keep-alive verdict, read when the message completes (it is reset after)."""
+        self._head_keep_alive = False
+        """The same verdict read at the end of the head (headers and version decide it for a
+        Content-Length body), for a body that does not pass through the parser."""
         self._informational = False
 
     def feed(self, data: bytes) -> None:
@@ -263,6 +275,11 @@ class _ResponseParser:
             return
         self.status = status
         self.head_done = True
+        self._head_keep_alive = self._parser.should_keep_alive()
+        if not list_tokens(self.headers, b"transfer-encoding"):
+            length = header_value(self.headers, b"content-length")
+            if length is not None and length.isdigit():
+                self.content_length = int(length)
         if self._head_only:
             self.complete = True
             self.reusable = False
@@ -270,11 +287,32 @@ class _ResponseParser:
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.body_bytes += len(body)
+
+    def completed_elsewhere(self, *, connection_clean: bool) -> None:
+        """The rest of the body was moved past the parser (spliced): the message is complete;
+        the connection is reusable only if nothing followed it (as `on_message_begin` rules
+        for parsed bytes) and the back-end did not close it."""
+        self.complete = True
+        self._keep_alive = self._head_keep_alive
+        if not connection_clean:
+            self.reusable = False
 
     def on_message_complete(self) -> None:
         if not self._informational:
             self.complete = True
             self._keep_alive = self._parser.should_keep_alive()
+
+
+def _nothing_follows(sock: socket.socket) -> bool:
+    """Whether `sock` has neither unread bytes nor an end of stream waiting."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # ---- the per-response state ----------------------------------------------------------------
@@ -328,6 +366,9 @@ class ProxyServer:
         """Each client connection's task -> whether a request is in progress."""
         self._stopping = False
         self._loop = asyncio.get_running_loop()
+        self._splice_available = splice.available()
+        self._pipes: list[splice.Pipe] = []
+        """Empty pipes for spliced bodies, reused (two descriptors each)."""
         s = settings
         self._stall_s = s.stall_timeout_ms / 1000
         self._connect_s = s.connect_timeout_ms / 1000
@@ -382,6 +423,9 @@ class ProxyServer:
         if pending:
             await asyncio.wait(pending)
         self.pool.close_idle()
+        for pipe in self._pipes:
+            pipe.close()
+        self._pipes.clear()
 
     # ---- one client connection -----------------------------------------------------------
 
@@ -607,10 +651,12 @@ class ProxyServer:
             transfer.limit = transfer.plan.complete_length
         transfer.tried.append(upstream.backend)
         keep_alive = request.keep_alive and framing is not Framing.CLOSE and not self._stopping
-        writer.write(self._client_head(response, framing, keep_alive))
+        # Written with the body bytes that came with the response head: one send for a small
+        # response instead of two.
+        head = self._client_head(response, framing, keep_alive)
         while True:
             try:
-                await self._pump(upstream, response, transfer, writer)
+                await self._pump(upstream, response, transfer, writer, head)
             except UpstreamError as failure:
                 upstream.close()
                 self.counters.backend_failures += 1
@@ -620,6 +666,7 @@ class ProxyServer:
                     self._abort(writer, transfer)
                     return False
                 upstream, response = resumed
+                head = b""
                 continue
             except BaseException:
                 upstream.close()
@@ -654,28 +701,22 @@ class ProxyServer:
         response: _ResponseParser,
         transfer: _Transfer,
         writer: asyncio.StreamWriter,
+        head: bytes,
     ) -> None:
-        """Forward the body until the response is complete; UpstreamError on a failure."""
+        """Write `head` (if any) and forward the body until the response is complete;
+        UpstreamError on a failure. The rest of a long Content-Length body is spliced
+        (`_splice_rest_bytes`), anything else is parsed and copied."""
         read_bytes = self.settings.read_chunk_bytes
-        chunked = transfer.framing is Framing.CHUNKED
         while True:
-            if response.body:
-                pieces, response.body = response.body, []
-                for piece in pieces:
-                    if transfer.limit is not None and transfer.forwarded + len(piece) > (
-                        transfer.limit
-                    ):
-                        raise UpstreamError("protocol", "more bytes than the complete length")
-                    if writer.transport.is_closing():
-                        raise ClientGoneError
-                    if chunked:
-                        writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
-                    else:
-                        writer.write(piece)
-                    transfer.forwarded += len(piece)
-                    self.counters.body_bytes += len(piece)
+            if response.body or head:
+                self._write_parsed(response, transfer, writer, head)
+                head = b""
                 await self._drain(writer)
             if response.complete:
+                return
+            rest_bytes = self._splice_rest_bytes(upstream, response, transfer, writer)
+            if rest_bytes:
+                await self._splice(upstream, response, transfer, writer, rest_bytes)
                 return
             try:
                 async with asyncio.timeout(self._stall_s):
@@ -693,7 +734,140 @@ class ProxyServer:
                 raise UpstreamError("eof", f"closed after {transfer.forwarded} body bytes")
             response.feed(data)
 
+    def _write_parsed(
+        self,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """Queue `head` and the body bytes parsed so far as one write (re-chunked for a
+        chunked client framing). Bytes beyond the complete length are a failure and are not
+        written; what precedes them is."""
+        if writer.transport.is_closing():
+            raise ClientGoneError
+        pieces, response.body = response.body, []
+        out = [head] if head else []
+        chunked = transfer.framing is Framing.CHUNKED
+        try:
+            for piece in pieces:
+                if transfer.limit is not None and transfer.forwarded + len(piece) > (
+                    transfer.limit
+                ):
+                    raise UpstreamError("protocol", "more bytes than the complete length")
+                if chunked:
+                    out += (b"%x\r\n" % len(piece), piece, b"\r\n")
+                else:
+                    out.append(piece)
+                transfer.forwarded += len(piece)
+                self.counters.body_bytes += len(piece)
+        finally:
+            if out:
+                writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _splice_rest_bytes(
+        self,
+        upstream: Upstream,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+    ) -> int:
+        """How many body bytes to splice from here (0: copy them).
+
+        Only the rest of a Content-Length body sent on as it came (client framing by
+        length too), at least SPLICE_MIN_BYTES (a short rest costs less to copy than to set
+        up), within the complete length (the copy path reports an excess as the failure it
+        is), between plain sockets, and only when the back-end's stream holds no unread
+        bytes (they would precede the spliced ones).
+        """
+        length = response.content_length
+        if not self._splice_available or transfer.framing is not Framing.LENGTH or length is None:
+            return 0
+        rest_bytes = length - response.body_bytes
+        within_limit = transfer.limit is None or transfer.forwarded + rest_bytes <= transfer.limit
+        if rest_bytes < SPLICE_MIN_BYTES or not within_limit:
+            return 0
+        upstream_transport = upstream.writer.transport
+        # CPython's StreamReader keeps unread bytes in `_buffer`; without that attribute the
+        # stream cannot be shown empty, so the bytes are copied.
+        buffered = getattr(upstream.reader, "_buffer", None)
+        ready = (
+            isinstance(upstream_transport, asyncio.Transport)
+            and upstream_transport.is_reading()
+            and not upstream_transport.is_closing()
+            and isinstance(buffered, bytearray)
+            and not buffered
+        )
+        plain_sockets = all(
+            extra.get_extra_info("socket") is not None and not extra.get_extra_info("sslcontext")
+            for extra in (upstream.writer, writer)
+        )
+        return rest_bytes if ready and plain_sockets else 0
+
+    async def _splice(
+        self,
+        upstream: Upstream,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+        rest_bytes: int,
+    ) -> None:
+        """Move the last `rest_bytes` of the body with os.splice (rainctl.proxy.splice),
+        counting every byte that reaches the client's socket."""
+        client_transport = writer.transport
+        if client_transport.get_write_buffer_size():
+            # Spliced bytes must follow those queued in the transport: with a high-water mark
+            # of 0, drain() returns only once the queue is empty.
+            client_transport.set_write_buffer_limits(high=0)
+            try:
+                await self._drain(writer)
+            finally:
+                client_transport.set_write_buffer_limits(high=self.settings.client_buffer_bytes)
+        upstream_transport = upstream.writer.transport
+        assert isinstance(upstream_transport, asyncio.Transport)  # _splice_rest_bytes checked
+        upstream_transport.pause_reading()
+        source = socket.socket(fileno=os.dup(upstream.writer.get_extra_info("socket").fileno()))
+        sink_fd = os.dup(writer.get_extra_info("socket").fileno())
+        pipe = self._pipes.pop() if self._pipes else splice.Pipe(self.settings.read_chunk_bytes)
+
+        def sent(count_bytes: int) -> None:
+            transfer.forwarded += count_bytes
+            self.counters.body_bytes += count_bytes
+            self.counters.spliced_bytes += count_bytes
+
+        try:
+            await splice.forward(
+                source.fileno(),
+                sink_fd,
+                rest_bytes,
+                pipe,
+                stall_s=self._stall_s,
+                send_s=self._send_s,
+                on_sent=sent,
+            )
+            response.completed_elsewhere(connection_clean=_nothing_follows(source))
+        except splice.SourceError as failure:
+            detail = failure.detail
+            if failure.kind == "eof":
+                detail = f"closed after {transfer.forwarded} body bytes"
+            raise UpstreamError(failure.kind, detail) from failure
+        except splice.SinkError as error:
+            raise ClientGoneError from error
+        finally:
+            source.close()
+            os.close(sink_fd)
+            if pipe.held_bytes == 0 and len(self._pipes) < PIPES_KEPT_MAX:
+                self._pipes.append(pipe)
+            else:
+                pipe.close()
+            if not upstream_transport.is_closing():
+                upstream_transport.resume_reading()
+
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        if not transport.get_write_buffer_size() and not transport.is_closing():
+            # Nothing queued: drain() would return at once; skip its timer.
+            return
         try:
             async with asyncio.timeout(self._send_s):
                 await writer.drain()
