@@ -36,12 +36,11 @@ import socket
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
 
 import httptools
 
 from rainctl.proxy import resume, splice
-from rainctl.proxy.backends import BackendPool, Upstream
+from rainctl.proxy.backends import BackendPool, Upstream, UpstreamError, UpstreamProtocol
 from rainctl.proxy.http import (
     IDEMPOTENT_METHODS,
     Headers,
@@ -60,15 +59,6 @@ SPLICE_MIN_BYTES = 65_536
 """A body rest shorter than this is copied: splicing it costs more system calls than it saves."""
 PIPES_KEPT_MAX = 16
 """Empty pipes a worker keeps for the next spliced body (one per transfer in progress)."""
-FailureKind = Literal["connect", "reset", "eof", "stall", "timeout", "protocol"]
-
-
-class UpstreamError(Exception):
-    """A back-end failed this exchange (the kind names how)."""
-
-    def __init__(self, kind: FailureKind, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind: FailureKind = kind
 
 
 class ClientGoneError(Exception):
@@ -224,6 +214,8 @@ class _ResponseParser:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.body: list[bytes] = []
+        self.backlog_bytes = 0
+        """Bytes in `body`, not yet taken by the socket loop (back-pressure)."""
         self.body_bytes = 0
         """Body bytes parsed so far (whether or not they were taken from `body`)."""
         self.content_length: int | None = None
@@ -237,7 +229,8 @@ class _ResponseParser:
         Content-Length body), for a body that does not pass through the parser."""
         self._informational = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Parse `data`; the body bytes waiting in `body` (UpstreamError if malformed)."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -245,6 +238,11 @@ class _ResponseParser:
                 raise UpstreamError("protocol", str(error)) from error
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
             raise UpstreamError("protocol", str(error)) from error
+        return self.backlog_bytes
+
+    def take_body(self) -> list[bytes]:
+        pieces, self.body, self.backlog_bytes = self.body, [], 0
+        return pieces
 
     @property
     def keep_alive(self) -> bool:
@@ -287,6 +285,7 @@ class _ResponseParser:
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.backlog_bytes += len(body)
         self.body_bytes += len(body)
 
     def completed_elsewhere(self, *, connection_clean: bool) -> None:
@@ -313,6 +312,16 @@ def _nothing_follows(sock: socket.socket) -> bool:
     except OSError:
         return False
     return False
+
+
+def _raise_link_failure(link: UpstreamProtocol, when: str) -> None:
+    """The failure the back-end's connection has shown, as an UpstreamError, if any."""
+    if link.failure is not None:
+        raise link.failure
+    if link.lost is not None:
+        raise UpstreamError("reset", str(link.lost))
+    if link.eof:
+        raise UpstreamError("eof", f"closed {when}")
 
 
 # ---- the per-response state ----------------------------------------------------------------
@@ -601,35 +610,35 @@ class ProxyServer:
     async def _connect(self, backend: Endpoint) -> Upstream:
         try:
             async with asyncio.timeout(self._connect_s):
-                reader, writer = await asyncio.open_connection(
-                    backend.host, backend.port, limit=self.settings.read_chunk_bytes
+                transport, link = await self._loop.create_connection(
+                    UpstreamProtocol, backend.host, backend.port
                 )
         except TimeoutError as error:
             raise UpstreamError("connect", "timed out") from error
         except OSError as error:
             raise UpstreamError("connect", error.strerror or str(error)) from error
-        sock = writer.get_extra_info("socket")
+        assert isinstance(transport, asyncio.Transport)
+        link.backlog_max_bytes = self.settings.read_chunk_bytes
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Upstream(backend, reader, writer)
+        return Upstream(backend, transport, link)
 
     async def _send_and_read_head(
         self, upstream: Upstream, message: bytes, head_only: bool, timeout_s: float
     ) -> tuple[Upstream, _ResponseParser]:
+        """The transport queues `message` whole (a request body is at most
+        `request_body_max_bytes`) and sends it as the back-end accepts it."""
         response = _ResponseParser(head_only=head_only)
-        try:
-            upstream.writer.write(message)
-            async with asyncio.timeout(timeout_s):
-                await upstream.writer.drain()
-                while not response.head_done:
-                    data = await upstream.reader.read(self.settings.read_chunk_bytes)
-                    if not data:
-                        raise UpstreamError("eof", "closed before a response head")
-                    response.feed(data)
-        except TimeoutError as error:
-            raise UpstreamError("timeout", "no response head in time") from error
-        except OSError as error:
-            raise UpstreamError("reset", error.strerror or str(error)) from error
+        link = upstream.protocol
+        link.feed = response.feed
+        upstream.transport.write(message)
+        deadline_s = self._loop.time() + timeout_s
+        while not response.head_done:
+            _raise_link_failure(link, "before a response head")
+            remaining_s = deadline_s - self._loop.time()
+            if remaining_s <= 0 or not await link.wait(remaining_s):
+                raise UpstreamError("timeout", "no response head in time")
         return upstream, response
 
     # ---- the response --------------------------------------------------------------------
@@ -675,7 +684,10 @@ class ProxyServer:
         if framing is Framing.CHUNKED:
             writer.write(b"0\r\n\r\n")
         self.counters.responses_completed += 1
+        upstream.protocol.feed = None
         if response.keep_alive and response.complete:
+            if not upstream.transport.is_reading():
+                upstream.transport.resume_reading()  # an idle connection's close is noticed
             self.pool.keep_idle(upstream, self._loop.time())
         else:
             upstream.close()
@@ -706,7 +718,6 @@ class ProxyServer:
         """Write `head` (if any) and forward the body until the response is complete;
         UpstreamError on a failure. The rest of a long Content-Length body is spliced
         (`_splice_rest_bytes`), anything else is parsed and copied."""
-        read_bytes = self.settings.read_chunk_bytes
         while True:
             if response.body or head:
                 self._write_parsed(response, transfer, writer, head)
@@ -718,21 +729,19 @@ class ProxyServer:
             if rest_bytes:
                 await self._splice(upstream, response, transfer, writer, rest_bytes)
                 return
-            try:
-                async with asyncio.timeout(self._stall_s):
-                    data = await upstream.reader.read(read_bytes)
-            except TimeoutError as error:
-                raise UpstreamError("stall", f"no byte for {self._stall_s:g} s") from error
-            except OSError as error:
-                raise UpstreamError("reset", error.strerror or str(error)) from error
-            if not data:
-                if transfer.framing is Framing.CLOSE and not response.keep_alive:
-                    # A close-delimited body ends with the connection (RFC 9112 6.3 rule 8).
-                    response.complete = True
-                    response.reusable = False
-                    continue
-                raise UpstreamError("eof", f"closed after {transfer.forwarded} body bytes")
-            response.feed(data)
+            link = upstream.protocol
+            clean_end = link.eof and link.lost is None and link.failure is None
+            if clean_end and transfer.framing is Framing.CLOSE and not response.keep_alive:
+                # A close-delimited body ends with the connection (RFC 9112 6.3 rule 8).
+                response.complete = True
+                response.reusable = False
+                continue
+            _raise_link_failure(link, f"after {transfer.forwarded} body bytes")
+            # The client has taken what was parsed: the back-end may be read again.
+            if not upstream.transport.is_reading():
+                upstream.transport.resume_reading()
+            if not await link.wait(self._stall_s):
+                raise UpstreamError("stall", f"no byte for {self._stall_s:g} s")
 
     def _write_parsed(
         self,
@@ -746,7 +755,7 @@ class ProxyServer:
         written; what precedes them is."""
         if writer.transport.is_closing():
             raise ClientGoneError
-        pieces, response.body = response.body, []
+        pieces = response.take_body()
         out = [head] if head else []
         chunked = transfer.framing is Framing.CHUNKED
         try:
@@ -787,22 +796,14 @@ class ProxyServer:
         within_limit = transfer.limit is None or transfer.forwarded + rest_bytes <= transfer.limit
         if rest_bytes < SPLICE_MIN_BYTES or not within_limit:
             return 0
-        upstream_transport = upstream.writer.transport
-        # CPython's StreamReader keeps unread bytes in `_buffer`; without that attribute the
-        # stream cannot be shown empty, so the bytes are copied.
-        buffered = getattr(upstream.reader, "_buffer", None)
-        ready = (
-            isinstance(upstream_transport, asyncio.Transport)
-            and upstream_transport.is_reading()
-            and not upstream_transport.is_closing()
-            and isinstance(buffered, bytearray)
-            and not buffered
-        )
+        link = upstream.protocol
+        # The protocol has no buffer: everything read so far has been parsed.
+        healthy = link.failure is None and not link.eof and not upstream.transport.is_closing()
         plain_sockets = all(
             extra.get_extra_info("socket") is not None and not extra.get_extra_info("sslcontext")
-            for extra in (upstream.writer, writer)
+            for extra in (upstream.transport, writer.transport)
         )
-        return rest_bytes if ready and plain_sockets else 0
+        return rest_bytes if healthy and plain_sockets else 0
 
     async def _splice(
         self,
@@ -823,10 +824,9 @@ class ProxyServer:
                 await self._drain(writer)
             finally:
                 client_transport.set_write_buffer_limits(high=self.settings.client_buffer_bytes)
-        upstream_transport = upstream.writer.transport
-        assert isinstance(upstream_transport, asyncio.Transport)  # _splice_rest_bytes checked
+        upstream_transport = upstream.transport
         upstream_transport.pause_reading()
-        source = socket.socket(fileno=os.dup(upstream.writer.get_extra_info("socket").fileno()))
+        source = socket.socket(fileno=os.dup(upstream_transport.get_extra_info("socket").fileno()))
         sink_fd = os.dup(writer.get_extra_info("socket").fileno())
         pipe = self._pipes.pop() if self._pipes else splice.Pipe(self.settings.read_chunk_bytes)
 
