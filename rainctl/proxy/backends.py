@@ -211,6 +211,10 @@ class BackendPool:
             upstream.close()
             return
         upstream.idle_since_s = now_s
+        # Read while idle (reading may have been paused for back-pressure or a splice), so
+        # that a close or stray bytes from the back-end are noticed before reuse.
+        if not upstream.transport.is_reading():
+            upstream.transport.resume_reading()
         state.idle.append(upstream)
 
     def close_idle(self) -> None:

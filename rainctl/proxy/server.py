@@ -686,8 +686,6 @@ class ProxyServer:
         self.counters.responses_completed += 1
         upstream.protocol.feed = None
         if response.keep_alive and response.complete:
-            if not upstream.transport.is_reading():
-                upstream.transport.resume_reading()  # an idle connection's close is noticed
             self.pool.keep_idle(upstream, self._loop.time())
         else:
             upstream.close()

@@ -25,6 +25,9 @@ from tests.integration.proxy_stack import Stack, fetch, free_tcp_port, write_con
 
 SIZE = 3_000_000
 SEED = 8
+COPIED_MAX_BYTES = 262_144 + 65_536
+"""Body bytes of one response that may be copied rather than spliced: those that came with
+its head (one read) and a rest shorter than SPLICE_MIN_BYTES."""
 
 
 @pytest.fixture
@@ -59,6 +62,12 @@ def test_downloads_survive_a_back_end_killed_mid_body(
         counters = proxy.counters()
         assert (counters["resumes"], counters["aborts"]) == (1, 0)
         assert counters["body_bytes"] == SIZE
+        if framing == "length":
+            # Both parts (the dead back-end's and the resumed one) went through os.splice,
+            # and the resume started at the count of spliced bytes: the body is identical.
+            assert counters["spliced_bytes"] >= SIZE - 2 * COPIED_MAX_BYTES, offset
+        else:
+            assert counters["spliced_bytes"] == 0  # chunked bodies are parsed
 
 
 def test_a_silent_back_end_is_left_after_the_stall_timeout(
@@ -75,6 +84,40 @@ def test_a_silent_back_end_is_left_after_the_stall_timeout(
     assert silent.process.poll() is None  # still there, saying nothing
     assert proxy.stop() == 0
     assert proxy.counters()["resumes"] == 1
+    assert proxy.counters()["spliced_bytes"] >= SIZE - 2 * COPIED_MAX_BYTES
+
+
+def test_spliced_bodies_are_identical_and_the_upstream_connection_is_kept(
+    stack: Stack, content: tuple[Path, bytes]
+) -> None:
+    path, data = content
+    small = path.parent / "small"
+    small_data = write_content(small, 10_000, b"small")
+    origin = stack.origin(path)
+    proxy = stack.proxy([origin.address])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        for _ in range(3):
+            fetched = fetch(proxy.port, connection=connection)
+            assert (fetched.complete, sha(fetched.body)) == (True, sha(data))
+    finally:
+        connection.close()
+    origin_connections = [
+        c for c in psutil.Process(origin.process.pid).net_connections() if c.status == "ESTABLISHED"
+    ]
+    assert proxy.stop() == 0
+    counters = proxy.counters()
+    assert counters["body_bytes"] == 3 * SIZE
+    assert counters["spliced_bytes"] >= 3 * (SIZE - COPIED_MAX_BYTES)
+    # After a spliced body the upstream connection is clean and reused.
+    assert len(origin_connections) == 1
+    # A short body is copied, never spliced.
+    small_origin = stack.origin(small)
+    small_proxy = stack.proxy([small_origin.address])
+    fetched = fetch(small_proxy.port)
+    assert fetched.body == small_data
+    assert small_proxy.stop() == 0
+    assert small_proxy.counters()["spliced_bytes"] == 0
 
 
 def test_successive_failures_resume_again_and_the_limit_ends_it(
