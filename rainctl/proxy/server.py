@@ -12,18 +12,21 @@ for each:
 2. The first response's head is forwarded at once, re-framed: Content-Length bodies keep
    their length, chunked ones are re-chunked (HTTP/1.0 clients get a close-delimited body).
    The resume rule (rainctl.proxy.resume) is asked then whether the body could be resumed.
-3. The body is pumped: the back-end is read only when the client's send buffer is below
-   `client_buffer_bytes` (back-pressure), each read bounded by `stall_timeout_ms`. Bytes
-   forwarded are counted. A reset, an end of stream before the announced length or the last
-   chunk, a stall, or a framing error is a failure: with a plan, the next back-ends are
-   asked for `Range: bytes=N-` + `If-Range`, and the first answer the rule accepts is
-   pumped on from byte N (at most `resumes_max` times); without one, or when no candidate
-   is accepted, the client's connection is closed before the end of the body (no
-   terminating chunk): a broken transfer, never wrong bytes.
+3. The body is pumped: bytes from the back-end go straight to the response parser
+   (rainctl.proxy.backends.UpstreamProtocol, which pauses reading while parsed bytes wait);
+   they are forwarded while the client's send buffer is below `client_buffer_bytes`
+   (back-pressure), each wait for the back-end bounded by `stall_timeout_ms`. The rest of a
+   long Content-Length body is spliced instead (rainctl.proxy.splice: socket -> pipe ->
+   socket in the kernel). Bytes forwarded are counted either way. A reset, an end of stream
+   before the announced length or the last chunk, a stall, or a framing error is a
+   failure: with a plan, the next back-ends are asked for `Range: bytes=N-` + `If-Range`,
+   and the first answer the rule accepts is pumped on from byte N (at most `resumes_max`
+   times); without one, or when no candidate is accepted, the client's connection is
+   closed before the end of the body (no terminating chunk): a broken transfer, never
+   wrong bytes.
 
-The body is moved as bytes objects through asyncio streams; `os.splice` is not used (the
-resume needs the parser to see every byte for chunked framing, and the measured cost is in
-docs/benchmarks.md).
+Client connections use asyncio streams; chunked, close-delimited and short bodies are
+copied through Python (the parser must see chunked framing).
 """
 
 from __future__ import annotations
