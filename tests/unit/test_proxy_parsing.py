@@ -14,11 +14,10 @@ import socket
 import pytest
 
 from rainctl.errors import OptionError
-from rainctl.proxy.backends import BackendPool, Upstream, UpstreamProtocol
+from rainctl.proxy.backends import BackendPool, Upstream, UpstreamError, UpstreamProtocol
 from rainctl.proxy.server import (
     ClientRequest,
     Framing,
-    UpstreamError,
     _RequestParser,
     _RequestRefusedError,
     _response_framing,

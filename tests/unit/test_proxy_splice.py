@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ async def receive_all(sock: socket.socket) -> bytes:
 
 
 async def run(
-    backend_sends: Callable[[socket.socket], Awaitable[None]],
+    backend_sends: Callable[[socket.socket], Coroutine[Any, Any, None]],
     count_bytes: int,
     *,
     stall_s: float = 5.0,
@@ -76,7 +77,9 @@ async def run(
     return received, counted[0], failure
 
 
-def sends(data: bytes, then_close: bool = True) -> Callable[[socket.socket], Awaitable[None]]:
+def sends(
+    data: bytes, then_close: bool = True
+) -> Callable[[socket.socket], Coroutine[Any, Any, None]]:
     async def send(sock: socket.socket) -> None:
         await asyncio.get_running_loop().sock_sendall(sock, data)
         if then_close:
