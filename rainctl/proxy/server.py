@@ -724,6 +724,9 @@ class ProxyServer:
                 self._write_parsed(response, transfer, writer, head)
                 head = b""
                 await self._drain(writer)
+                # The back-end's bytes are parsed as they arrive, during the drain too: look
+                # again before deciding that the body is complete or splicing the rest.
+                continue
             if response.complete:
                 return
             rest_bytes = self._splice_rest_bytes(upstream, response, transfer, writer)
@@ -795,7 +798,7 @@ class ProxyServer:
             return 0
         rest_bytes = length - response.body_bytes
         within_limit = transfer.limit is None or transfer.forwarded + rest_bytes <= transfer.limit
-        if rest_bytes < SPLICE_MIN_BYTES or not within_limit:
+        if rest_bytes < SPLICE_MIN_BYTES or not within_limit or response.body:
             return 0
         link = upstream.protocol
         # The protocol has no buffer: everything read so far has been parsed.
@@ -816,6 +819,9 @@ class ProxyServer:
     ) -> None:
         """Move the last `rest_bytes` of the body with os.splice (rainctl.proxy.splice),
         counting every byte that reaches the client's socket."""
+        upstream_transport = upstream.transport
+        # First stop parsing: from here every byte of the rest goes through the pipe.
+        upstream_transport.pause_reading()
         client_transport = writer.transport
         if client_transport.get_write_buffer_size():
             # Spliced bytes must follow those queued in the transport: with a high-water mark
@@ -825,8 +831,6 @@ class ProxyServer:
                 await self._drain(writer)
             finally:
                 client_transport.set_write_buffer_limits(high=self.settings.client_buffer_bytes)
-        upstream_transport = upstream.transport
-        upstream_transport.pause_reading()
         source = socket.socket(fileno=os.dup(upstream_transport.get_extra_info("socket").fileno()))
         sink_fd = os.dup(writer.get_extra_info("socket").fileno())
         pipe = self._pipes.pop() if self._pipes else splice.Pipe(self.settings.read_chunk_bytes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import random
 import signal
 import socket
@@ -303,3 +304,37 @@ def test_workers_share_the_port_and_stop_together(
     assert not any(worker.is_running() and worker.status() != "zombie" for worker in workers)
     log = proxy.log_path.read_text() if proxy.log_path else ""
     assert log.count("exit counters") == 2
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_slow_client_gets_every_byte(
+    stack: Stack, content: tuple[Path, bytes], framing: str
+) -> None:
+    """While the proxy waits for a slow client, the back-end's bytes keep being parsed (up
+    to the back-pressure mark): none may be lost when the response completes meanwhile."""
+    # Larger than the loopback socket buffers, so that the proxy's own buffer fills.
+    path = content[0].parent / "large"
+    data = write_content(path, 10 * SIZE, b"large")
+    origin = stack.origin(path, *framing_options(framing))
+    proxy = stack.proxy([origin.address])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+        client.sendall(b"GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        while chunk := client.recv(65_536):
+            received += chunk
+            time.sleep(0.002)
+    connection_free = http.client.HTTPResponse(FakeSocket(bytes(received)))  # type: ignore[arg-type]
+    connection_free.begin()
+    assert sha(connection_free.read()) == sha(data)
+    assert proxy.stop() == 0
+
+
+class FakeSocket:
+    """A received response, for http.client to parse (framing included)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)
