@@ -46,6 +46,10 @@ PROXY_COUNTERS = {
         "Responses delivered to clients in full",
     ),
     "body_bytes": ("rainctl_proxy_response_body_bytes", "Response body bytes sent to clients"),
+    "spliced_bytes": (
+        "rainctl_proxy_spliced_body_bytes",
+        "Response body bytes moved with os.splice, never copied into the proxy",
+    ),
     "retries": (
         "rainctl_proxy_retries",
         "Requests redispatched to another back-end before their response started",

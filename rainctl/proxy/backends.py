@@ -10,10 +10,88 @@ one failed attempt while the health checks catch up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rainctl.proxy.settings import Balance, Endpoint
+
+FailureKind = Literal["connect", "reset", "eof", "stall", "timeout", "protocol"]
+
+
+class UpstreamError(Exception):
+    """A back-end failed this exchange (the kind names how)."""
+
+    def __init__(self, kind: FailureKind, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind: FailureKind = kind
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """The receiving side of a connection to a back-end, without a stream buffer: each read
+    goes straight to `feed` (the current response's parser), and the coroutine waiting in
+    `wait` is woken. Bytes that arrive with no response expected (an idle kept connection)
+    make the connection unusable. `feed` may raise: the error is kept in `failure`, reading
+    stops, and the waiter sees it.
+
+    Back-pressure: the owner pauses and resumes reading (`transport`) when the parsed body
+    waits for a slow client.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.feed: Callable[[bytes], int] | None = None
+        """Parses bytes; returns the parsed body bytes not yet taken (back-pressure)."""
+        self.backlog_max_bytes = 262_144
+        """Reading pauses while the parsed body not yet taken reaches this."""
+        self.failure: UpstreamError | None = None
+        self.eof = False
+        """The back-end closed its side (or the connection was lost)."""
+        self.lost: Exception | None = None
+        self.unusable = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.feed is None:
+            self.unusable = True
+        elif self.failure is None:
+            assert self.transport is not None
+            try:
+                if self.feed(data) >= self.backlog_max_bytes:
+                    self.transport.pause_reading()
+            except UpstreamError as error:  # the parser's verdict, handed to the waiter
+                self.failure = error
+                self.transport.pause_reading()
+        self._wake(True)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake(True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.lost = exc
+        self._wake(True)
+
+    def _wake(self, arrived: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(arrived)
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until bytes arrive or the connection ends: True; False after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, self._wake, False)
+        try:
+            return await self._waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 @dataclass(slots=True, eq=False)
@@ -21,13 +99,13 @@ class Upstream:
     """One open connection to a back-end."""
 
     backend: Endpoint
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
+    protocol: UpstreamProtocol
     reused: bool = False
     idle_since_s: float = 0.0
 
     def close(self) -> None:
-        self.writer.transport.abort()
+        self.transport.abort()
 
 
 @dataclass(slots=True)
@@ -118,7 +196,9 @@ class BackendPool:
         state = self._states.get(backend)
         while state is not None and state.idle:
             upstream = state.idle.pop()
-            if upstream.reader.at_eof() or now_s - upstream.idle_since_s > self._idle_timeout_s:
+            link = upstream.protocol
+            expired = now_s - upstream.idle_since_s > self._idle_timeout_s
+            if expired or link.eof or link.unusable or upstream.transport.is_closing():
                 upstream.close()
                 continue
             upstream.reused = True
@@ -131,6 +211,10 @@ class BackendPool:
             upstream.close()
             return
         upstream.idle_since_s = now_s
+        # Read while idle (reading may have been paused for back-pressure or a splice), so
+        # that a close or stray bytes from the back-end are noticed before reuse.
+        if not upstream.transport.is_reading():
+            upstream.transport.resume_reading()
         state.idle.append(upstream)
 
     def close_idle(self) -> None:

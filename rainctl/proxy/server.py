@@ -12,18 +12,21 @@ for each:
 2. The first response's head is forwarded at once, re-framed: Content-Length bodies keep
    their length, chunked ones are re-chunked (HTTP/1.0 clients get a close-delimited body).
    The resume rule (rainctl.proxy.resume) is asked then whether the body could be resumed.
-3. The body is pumped: the back-end is read only when the client's send buffer is below
-   `client_buffer_bytes` (back-pressure), each read bounded by `stall_timeout_ms`. Bytes
-   forwarded are counted. A reset, an end of stream before the announced length or the last
-   chunk, a stall, or a framing error is a failure: with a plan, the next back-ends are
-   asked for `Range: bytes=N-` + `If-Range`, and the first answer the rule accepts is
-   pumped on from byte N (at most `resumes_max` times); without one, or when no candidate
-   is accepted, the client's connection is closed before the end of the body (no
-   terminating chunk): a broken transfer, never wrong bytes.
+3. The body is pumped: bytes from the back-end go straight to the response parser
+   (rainctl.proxy.backends.UpstreamProtocol, which pauses reading while parsed bytes wait);
+   they are forwarded while the client's send buffer is below `client_buffer_bytes`
+   (back-pressure), each wait for the back-end bounded by `stall_timeout_ms`. The rest of a
+   long Content-Length body is spliced instead (rainctl.proxy.splice: socket -> pipe ->
+   socket in the kernel). Bytes forwarded are counted either way. A reset, an end of stream
+   before the announced length or the last chunk, a stall, or a framing error is a
+   failure: with a plan, the next back-ends are asked for `Range: bytes=N-` + `If-Range`,
+   and the first answer the rule accepts is pumped on from byte N (at most `resumes_max`
+   times); without one, or when no candidate is accepted, the client's connection is
+   closed before the end of the body (no terminating chunk): a broken transfer, never
+   wrong bytes.
 
-The body is moved as bytes objects through asyncio streams; `os.splice` is not used (the
-resume needs the parser to see every byte for chunked framing, and the measured cost is in
-docs/benchmarks.md).
+Client connections use asyncio streams; chunked, close-delimited and short bodies are
+copied through Python (the parser must see chunked framing).
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
 
 import httptools
 
-from rainctl.proxy import resume
-from rainctl.proxy.backends import BackendPool, Upstream
+from rainctl.proxy import resume, splice
+from rainctl.proxy.backends import BackendPool, Upstream, UpstreamError, UpstreamProtocol
 from rainctl.proxy.http import (
     IDEMPOTENT_METHODS,
     Headers,
@@ -55,15 +58,10 @@ from rainctl.proxy.settings import Endpoint, ProxyCounters, ProxySettings
 log = logging.getLogger("rainctl.proxy")
 
 _IP_FREEBIND = 15
-FailureKind = Literal["connect", "reset", "eof", "stall", "timeout", "protocol"]
-
-
-class UpstreamError(Exception):
-    """A back-end failed this exchange (the kind names how)."""
-
-    def __init__(self, kind: FailureKind, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind: FailureKind = kind
+SPLICE_MIN_BYTES = 65_536
+"""A body rest shorter than this is copied: splicing it costs more system calls than it saves."""
+PIPES_KEPT_MAX = 16
+"""Empty pipes a worker keeps for the next spliced body (one per transfer in progress)."""
 
 
 class ClientGoneError(Exception):
@@ -219,13 +217,23 @@ class _ResponseParser:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.body: list[bytes] = []
+        self.backlog_bytes = 0
+        """Bytes in `body`, not yet taken by the socket loop (back-pressure)."""
+        self.body_bytes = 0
+        """Body bytes parsed so far (whether or not they were taken from `body`)."""
+        self.content_length: int | None = None
+        """The announced length of a body that is not chunked, else None."""
         self.complete = False
         self.reusable = True
         self._keep_alive = False
         """llhttp's keep-alive verdict, read when the message completes (it is reset after)."""
+        self._head_keep_alive = False
+        """The same verdict read at the end of the head (headers and version decide it for a
+        Content-Length body), for a body that does not pass through the parser."""
         self._informational = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Parse `data`; the body bytes waiting in `body` (UpstreamError if malformed)."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -233,6 +241,11 @@ class _ResponseParser:
                 raise UpstreamError("protocol", str(error)) from error
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
             raise UpstreamError("protocol", str(error)) from error
+        return self.backlog_bytes
+
+    def take_body(self) -> list[bytes]:
+        pieces, self.body, self.backlog_bytes = self.body, [], 0
+        return pieces
 
     @property
     def keep_alive(self) -> bool:
@@ -263,6 +276,11 @@ class _ResponseParser:
             return
         self.status = status
         self.head_done = True
+        self._head_keep_alive = self._parser.should_keep_alive()
+        if not list_tokens(self.headers, b"transfer-encoding"):
+            length = header_value(self.headers, b"content-length")
+            if length is not None and length.isdigit():
+                self.content_length = int(length)
         if self._head_only:
             self.complete = True
             self.reusable = False
@@ -270,11 +288,43 @@ class _ResponseParser:
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.backlog_bytes += len(body)
+        self.body_bytes += len(body)
+
+    def completed_elsewhere(self, *, connection_clean: bool) -> None:
+        """The rest of the body was moved past the parser (spliced): the message is complete;
+        the connection is reusable only if nothing followed it (as `on_message_begin` rules
+        for parsed bytes) and the back-end did not close it."""
+        self.complete = True
+        self._keep_alive = self._head_keep_alive
+        if not connection_clean:
+            self.reusable = False
 
     def on_message_complete(self) -> None:
         if not self._informational:
             self.complete = True
             self._keep_alive = self._parser.should_keep_alive()
+
+
+def _nothing_follows(sock: socket.socket) -> bool:
+    """Whether `sock` has neither unread bytes nor an end of stream waiting."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _raise_link_failure(link: UpstreamProtocol, when: str) -> None:
+    """The failure the back-end's connection has shown, as an UpstreamError, if any."""
+    if link.failure is not None:
+        raise link.failure
+    if link.lost is not None:
+        raise UpstreamError("reset", str(link.lost))
+    if link.eof:
+        raise UpstreamError("eof", f"closed {when}")
 
 
 # ---- the per-response state ----------------------------------------------------------------
@@ -328,6 +378,9 @@ class ProxyServer:
         """Each client connection's task -> whether a request is in progress."""
         self._stopping = False
         self._loop = asyncio.get_running_loop()
+        self._splice_available = splice.available()
+        self._pipes: list[splice.Pipe] = []
+        """Empty pipes for spliced bodies, reused (two descriptors each)."""
         s = settings
         self._stall_s = s.stall_timeout_ms / 1000
         self._connect_s = s.connect_timeout_ms / 1000
@@ -382,6 +435,9 @@ class ProxyServer:
         if pending:
             await asyncio.wait(pending)
         self.pool.close_idle()
+        for pipe in self._pipes:
+            pipe.close()
+        self._pipes.clear()
 
     # ---- one client connection -----------------------------------------------------------
 
@@ -557,35 +613,35 @@ class ProxyServer:
     async def _connect(self, backend: Endpoint) -> Upstream:
         try:
             async with asyncio.timeout(self._connect_s):
-                reader, writer = await asyncio.open_connection(
-                    backend.host, backend.port, limit=self.settings.read_chunk_bytes
+                transport, link = await self._loop.create_connection(
+                    UpstreamProtocol, backend.host, backend.port
                 )
         except TimeoutError as error:
             raise UpstreamError("connect", "timed out") from error
         except OSError as error:
             raise UpstreamError("connect", error.strerror or str(error)) from error
-        sock = writer.get_extra_info("socket")
+        assert isinstance(transport, asyncio.Transport)
+        link.backlog_max_bytes = self.settings.read_chunk_bytes
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Upstream(backend, reader, writer)
+        return Upstream(backend, transport, link)
 
     async def _send_and_read_head(
         self, upstream: Upstream, message: bytes, head_only: bool, timeout_s: float
     ) -> tuple[Upstream, _ResponseParser]:
+        """The transport queues `message` whole (a request body is at most
+        `request_body_max_bytes`) and sends it as the back-end accepts it."""
         response = _ResponseParser(head_only=head_only)
-        try:
-            upstream.writer.write(message)
-            async with asyncio.timeout(timeout_s):
-                await upstream.writer.drain()
-                while not response.head_done:
-                    data = await upstream.reader.read(self.settings.read_chunk_bytes)
-                    if not data:
-                        raise UpstreamError("eof", "closed before a response head")
-                    response.feed(data)
-        except TimeoutError as error:
-            raise UpstreamError("timeout", "no response head in time") from error
-        except OSError as error:
-            raise UpstreamError("reset", error.strerror or str(error)) from error
+        link = upstream.protocol
+        link.feed = response.feed
+        upstream.transport.write(message)
+        deadline_s = self._loop.time() + timeout_s
+        while not response.head_done:
+            _raise_link_failure(link, "before a response head")
+            remaining_s = deadline_s - self._loop.time()
+            if remaining_s <= 0 or not await link.wait(remaining_s):
+                raise UpstreamError("timeout", "no response head in time")
         return upstream, response
 
     # ---- the response --------------------------------------------------------------------
@@ -607,10 +663,12 @@ class ProxyServer:
             transfer.limit = transfer.plan.complete_length
         transfer.tried.append(upstream.backend)
         keep_alive = request.keep_alive and framing is not Framing.CLOSE and not self._stopping
-        writer.write(self._client_head(response, framing, keep_alive))
+        # Written with the body bytes that came with the response head: one send for a small
+        # response instead of two.
+        head = self._client_head(response, framing, keep_alive)
         while True:
             try:
-                await self._pump(upstream, response, transfer, writer)
+                await self._pump(upstream, response, transfer, writer, head)
             except UpstreamError as failure:
                 upstream.close()
                 self.counters.backend_failures += 1
@@ -620,6 +678,7 @@ class ProxyServer:
                     self._abort(writer, transfer)
                     return False
                 upstream, response = resumed
+                head = b""
                 continue
             except BaseException:
                 upstream.close()
@@ -628,6 +687,7 @@ class ProxyServer:
         if framing is Framing.CHUNKED:
             writer.write(b"0\r\n\r\n")
         self.counters.responses_completed += 1
+        upstream.protocol.feed = None
         if response.keep_alive and response.complete:
             self.pool.keep_idle(upstream, self._loop.time())
         else:
@@ -654,46 +714,165 @@ class ProxyServer:
         response: _ResponseParser,
         transfer: _Transfer,
         writer: asyncio.StreamWriter,
+        head: bytes,
     ) -> None:
-        """Forward the body until the response is complete; UpstreamError on a failure."""
-        read_bytes = self.settings.read_chunk_bytes
-        chunked = transfer.framing is Framing.CHUNKED
+        """Write `head` (if any) and forward the body until the response is complete;
+        UpstreamError on a failure. The rest of a long Content-Length body is spliced
+        (`_splice_rest_bytes`), anything else is parsed and copied."""
         while True:
-            if response.body:
-                pieces, response.body = response.body, []
-                for piece in pieces:
-                    if transfer.limit is not None and transfer.forwarded + len(piece) > (
-                        transfer.limit
-                    ):
-                        raise UpstreamError("protocol", "more bytes than the complete length")
-                    if writer.transport.is_closing():
-                        raise ClientGoneError
-                    if chunked:
-                        writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
-                    else:
-                        writer.write(piece)
-                    transfer.forwarded += len(piece)
-                    self.counters.body_bytes += len(piece)
+            if response.body or head:
+                self._write_parsed(response, transfer, writer, head)
+                head = b""
                 await self._drain(writer)
+                # The back-end's bytes are parsed as they arrive, during the drain too: look
+                # again before deciding that the body is complete or splicing the rest.
+                continue
             if response.complete:
                 return
+            rest_bytes = self._splice_rest_bytes(upstream, response, transfer, writer)
+            if rest_bytes:
+                await self._splice(upstream, response, transfer, writer, rest_bytes)
+                return
+            link = upstream.protocol
+            clean_end = link.eof and link.lost is None and link.failure is None
+            if clean_end and transfer.framing is Framing.CLOSE and not response.keep_alive:
+                # A close-delimited body ends with the connection (RFC 9112 6.3 rule 8).
+                response.complete = True
+                response.reusable = False
+                continue
+            _raise_link_failure(link, f"after {transfer.forwarded} body bytes")
+            # The client has taken what was parsed: the back-end may be read again.
+            if not upstream.transport.is_reading():
+                upstream.transport.resume_reading()
+            if not await link.wait(self._stall_s):
+                raise UpstreamError("stall", f"no byte for {self._stall_s:g} s")
+
+    def _write_parsed(
+        self,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """Queue `head` and the body bytes parsed so far as one write (re-chunked for a
+        chunked client framing). Bytes beyond the complete length are a failure and are not
+        written; what precedes them is."""
+        if writer.transport.is_closing():
+            raise ClientGoneError
+        pieces = response.take_body()
+        out = [head] if head else []
+        chunked = transfer.framing is Framing.CHUNKED
+        try:
+            for piece in pieces:
+                if transfer.limit is not None and transfer.forwarded + len(piece) > (
+                    transfer.limit
+                ):
+                    raise UpstreamError("protocol", "more bytes than the complete length")
+                if chunked:
+                    out += (b"%x\r\n" % len(piece), piece, b"\r\n")
+                else:
+                    out.append(piece)
+                transfer.forwarded += len(piece)
+                self.counters.body_bytes += len(piece)
+        finally:
+            if out:
+                writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _splice_rest_bytes(
+        self,
+        upstream: Upstream,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+    ) -> int:
+        """How many body bytes to splice from here (0: copy them).
+
+        Only the rest of a Content-Length body sent on as it came (client framing by
+        length too), at least SPLICE_MIN_BYTES (a short rest costs less to copy than to set
+        up), within the complete length (the copy path reports an excess as the failure it
+        is), between plain sockets, and only when the back-end's stream holds no unread
+        bytes (they would precede the spliced ones).
+        """
+        length = response.content_length
+        if not self._splice_available or transfer.framing is not Framing.LENGTH or length is None:
+            return 0
+        rest_bytes = length - response.body_bytes
+        within_limit = transfer.limit is None or transfer.forwarded + rest_bytes <= transfer.limit
+        if rest_bytes < SPLICE_MIN_BYTES or not within_limit or response.body:
+            return 0
+        link = upstream.protocol
+        # The protocol has no buffer: everything read so far has been parsed.
+        healthy = link.failure is None and not link.eof and not upstream.transport.is_closing()
+        plain_sockets = all(
+            extra.get_extra_info("socket") is not None and not extra.get_extra_info("sslcontext")
+            for extra in (upstream.transport, writer.transport)
+        )
+        return rest_bytes if healthy and plain_sockets else 0
+
+    async def _splice(
+        self,
+        upstream: Upstream,
+        response: _ResponseParser,
+        transfer: _Transfer,
+        writer: asyncio.StreamWriter,
+        rest_bytes: int,
+    ) -> None:
+        """Move the last `rest_bytes` of the body with os.splice (rainctl.proxy.splice),
+        counting every byte that reaches the client's socket."""
+        upstream_transport = upstream.transport
+        # First stop parsing: from here every byte of the rest goes through the pipe.
+        upstream_transport.pause_reading()
+        client_transport = writer.transport
+        if client_transport.get_write_buffer_size():
+            # Spliced bytes must follow those queued in the transport: with a high-water mark
+            # of 0, drain() returns only once the queue is empty.
+            client_transport.set_write_buffer_limits(high=0)
             try:
-                async with asyncio.timeout(self._stall_s):
-                    data = await upstream.reader.read(read_bytes)
-            except TimeoutError as error:
-                raise UpstreamError("stall", f"no byte for {self._stall_s:g} s") from error
-            except OSError as error:
-                raise UpstreamError("reset", error.strerror or str(error)) from error
-            if not data:
-                if transfer.framing is Framing.CLOSE and not response.keep_alive:
-                    # A close-delimited body ends with the connection (RFC 9112 6.3 rule 8).
-                    response.complete = True
-                    response.reusable = False
-                    continue
-                raise UpstreamError("eof", f"closed after {transfer.forwarded} body bytes")
-            response.feed(data)
+                await self._drain(writer)
+            finally:
+                client_transport.set_write_buffer_limits(high=self.settings.client_buffer_bytes)
+        source = socket.socket(fileno=os.dup(upstream_transport.get_extra_info("socket").fileno()))
+        sink_fd = os.dup(writer.get_extra_info("socket").fileno())
+        pipe = self._pipes.pop() if self._pipes else splice.Pipe(self.settings.read_chunk_bytes)
+
+        def sent(count_bytes: int) -> None:
+            transfer.forwarded += count_bytes
+            self.counters.body_bytes += count_bytes
+            self.counters.spliced_bytes += count_bytes
+
+        try:
+            await splice.forward(
+                source.fileno(),
+                sink_fd,
+                rest_bytes,
+                pipe,
+                stall_s=self._stall_s,
+                send_s=self._send_s,
+                on_sent=sent,
+            )
+            response.completed_elsewhere(connection_clean=_nothing_follows(source))
+        except splice.SourceError as failure:
+            detail = failure.detail
+            if failure.kind == "eof":
+                detail = f"closed after {transfer.forwarded} body bytes"
+            raise UpstreamError(failure.kind, detail) from failure
+        except splice.SinkError as error:
+            raise ClientGoneError from error
+        finally:
+            source.close()
+            os.close(sink_fd)
+            if pipe.held_bytes == 0 and len(self._pipes) < PIPES_KEPT_MAX:
+                self._pipes.append(pipe)
+            else:
+                pipe.close()
+            if not upstream_transport.is_closing():
+                upstream_transport.resume_reading()
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        if not transport.get_write_buffer_size() and not transport.is_closing():
+            # Nothing queued: drain() would return at once; skip its timer.
+            return
         try:
             async with asyncio.timeout(self._send_s):
                 await writer.drain()

@@ -135,6 +135,8 @@ class ProxyCounters:
     responses_completed: int = 0
     body_bytes: int = 0
     """Response body bytes forwarded to clients."""
+    spliced_bytes: int = 0
+    """The part of `body_bytes` moved with os.splice (never copied into the process)."""
     retries: int = 0
     """Requests redispatched to another back-end before their response started."""
     resumes: int = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import random
 import signal
 import socket
@@ -25,6 +26,9 @@ from tests.integration.proxy_stack import Stack, fetch, free_tcp_port, write_con
 
 SIZE = 3_000_000
 SEED = 8
+COPIED_MAX_BYTES = 262_144 + 65_536
+"""Body bytes of one response that may be copied rather than spliced: those that came with
+its head (one read) and a rest shorter than SPLICE_MIN_BYTES."""
 
 
 @pytest.fixture
@@ -59,6 +63,12 @@ def test_downloads_survive_a_back_end_killed_mid_body(
         counters = proxy.counters()
         assert (counters["resumes"], counters["aborts"]) == (1, 0)
         assert counters["body_bytes"] == SIZE
+        if framing == "length":
+            # Both parts (the dead back-end's and the resumed one) went through os.splice,
+            # and the resume started at the count of spliced bytes: the body is identical.
+            assert counters["spliced_bytes"] >= SIZE - 2 * COPIED_MAX_BYTES, offset
+        else:
+            assert counters["spliced_bytes"] == 0  # chunked bodies are parsed
 
 
 def test_a_silent_back_end_is_left_after_the_stall_timeout(
@@ -75,6 +85,40 @@ def test_a_silent_back_end_is_left_after_the_stall_timeout(
     assert silent.process.poll() is None  # still there, saying nothing
     assert proxy.stop() == 0
     assert proxy.counters()["resumes"] == 1
+    assert proxy.counters()["spliced_bytes"] >= SIZE - 2 * COPIED_MAX_BYTES
+
+
+def test_spliced_bodies_are_identical_and_the_upstream_connection_is_kept(
+    stack: Stack, content: tuple[Path, bytes]
+) -> None:
+    path, data = content
+    small = path.parent / "small"
+    small_data = write_content(small, 10_000, b"small")
+    origin = stack.origin(path)
+    proxy = stack.proxy([origin.address])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        for _ in range(3):
+            fetched = fetch(proxy.port, connection=connection)
+            assert (fetched.complete, sha(fetched.body)) == (True, sha(data))
+    finally:
+        connection.close()
+    origin_connections = [
+        c for c in psutil.Process(origin.process.pid).net_connections() if c.status == "ESTABLISHED"
+    ]
+    assert proxy.stop() == 0
+    counters = proxy.counters()
+    assert counters["body_bytes"] == 3 * SIZE
+    assert counters["spliced_bytes"] >= 3 * (SIZE - COPIED_MAX_BYTES)
+    # After a spliced body the upstream connection is clean and reused.
+    assert len(origin_connections) == 1
+    # A short body is copied, never spliced.
+    small_origin = stack.origin(small)
+    small_proxy = stack.proxy([small_origin.address])
+    fetched = fetch(small_proxy.port)
+    assert fetched.body == small_data
+    assert small_proxy.stop() == 0
+    assert small_proxy.counters()["spliced_bytes"] == 0
 
 
 def test_successive_failures_resume_again_and_the_limit_ends_it(
@@ -260,3 +304,37 @@ def test_workers_share_the_port_and_stop_together(
     assert not any(worker.is_running() and worker.status() != "zombie" for worker in workers)
     log = proxy.log_path.read_text() if proxy.log_path else ""
     assert log.count("exit counters") == 2
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_slow_client_gets_every_byte(
+    stack: Stack, content: tuple[Path, bytes], framing: str
+) -> None:
+    """While the proxy waits for a slow client, the back-end's bytes keep being parsed (up
+    to the back-pressure mark): none may be lost when the response completes meanwhile."""
+    # Larger than the loopback socket buffers, so that the proxy's own buffer fills.
+    path = content[0].parent / "large"
+    data = write_content(path, 10 * SIZE, b"large")
+    origin = stack.origin(path, *framing_options(framing))
+    proxy = stack.proxy([origin.address])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+        client.sendall(b"GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        while chunk := client.recv(65_536):
+            received += chunk
+            time.sleep(0.002)
+    connection_free = http.client.HTTPResponse(FakeSocket(bytes(received)))  # type: ignore[arg-type]
+    connection_free.begin()
+    assert sha(connection_free.read()) == sha(data)
+    assert proxy.stop() == 0
+
+
+class FakeSocket:
+    """A received response, for http.client to parse (framing included)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)

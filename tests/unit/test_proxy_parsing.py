@@ -8,14 +8,16 @@ that sent bytes after its response as not reusable.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from rainctl.errors import OptionError
-from rainctl.proxy.backends import BackendPool
+from rainctl.proxy.backends import BackendPool, Upstream, UpstreamError, UpstreamProtocol
 from rainctl.proxy.server import (
     ClientRequest,
     Framing,
-    UpstreamError,
     _RequestParser,
     _RequestRefusedError,
     _response_framing,
@@ -272,3 +274,40 @@ def test_least_connections_prefers_the_idlest() -> None:
     pool.finished(a)
     pool.finished(a)
     assert pool.candidates(0.0)[0] == a
+
+
+def test_the_upstream_protocol_parses_as_bytes_arrive_and_pauses_on_a_backlog() -> None:
+    """Bytes from a back-end go straight to the parser; reading stops while the parsed body
+    waits for the client (back-pressure), and bytes on an idle connection spoil it."""
+
+    async def scenario() -> None:
+        ours, theirs = socket.socketpair()
+        transport, link = await asyncio.get_running_loop().create_connection(
+            UpstreamProtocol, sock=ours
+        )
+        link.backlog_max_bytes = 1000
+        response = _ResponseParser(head_only=False)
+        link.feed = response.feed
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + b"x" * 2000)
+        while response.body_bytes < 2000:
+            assert await link.wait(1.0)
+        assert (response.head_done, response.backlog_bytes) == (True, 2000)
+        assert not transport.is_reading()
+        assert b"".join(response.take_body()) == b"x" * 2000
+        transport.resume_reading()
+        theirs.sendall(b"y" * 1000)
+        while not response.complete:
+            assert await link.wait(1.0)
+        assert response.keep_alive
+        link.feed = None
+        pool = BackendPool([BACKEND], Balance.ROUND_ROBIN, idle_max=4, idle_timeout_ms=10_000,
+                           failure_hold_ms=1000)  # fmt: skip
+        pool.keep_idle(Upstream(BACKEND, transport, link), 0.0)
+        theirs.sendall(b"stray")
+        assert await link.wait(1.0)
+        assert link.unusable
+        assert pool.take_idle(BACKEND, 0.0) is None  # closed, not handed out
+        assert await link.wait(1.0) or link.eof
+        theirs.close()
+
+    asyncio.run(scenario())
