@@ -1,11 +1,14 @@
-"""Helpers for the tests and benchmarks that start real daemons on loopback: free UDP and
-TCP ports and the daemon's command line."""
+"""Helpers for the tests and benchmarks that start real daemons: free UDP and TCP ports on
+loopback, the daemon's command line, its status."""
 
 from __future__ import annotations
 
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+from rainctl.daemon.control import ControlError, request
 
 RAINCTL = Path(sys.executable).parent / "rainctl"
 """The venv's `rainctl` entry point (beside the interpreter running the tests)."""
@@ -40,3 +43,12 @@ def daemon_command(config: Path, node_id: int, state_dir: Path, socket_path: Pat
         str(RAINCTL), "daemon", "--config", str(config), "--node", str(node_id),
         "--state-dir", str(state_dir), "--control-socket", str(socket_path),
     ]  # fmt: skip
+
+
+def status_or_none(socket_path: Path) -> dict[str, Any] | None:
+    """The daemon's `status` document, or None while it does not answer (starting,
+    stopped, gone)."""
+    try:
+        return request(socket_path, "status", timeout_s=1.0)
+    except ControlError:
+        return None

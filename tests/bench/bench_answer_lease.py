@@ -61,13 +61,7 @@ def _trial(cluster: NsCluster, rng: random.Random, signum: signal.Signals) -> li
     cluster.wait_owned(set(cluster.nodes) - {victim}, TAKEOVER_BOUND_S, "takeover")
     time.sleep(SILENCE_WAIT_S)
     seen = silencing(cluster, victim, owned, fault_at)
-    if signum is signal.SIGSTOP:
-        cluster.signal(victim, signal.SIGCONT)
-    else:
-        process = cluster.nodes[victim].process
-        assert process is not None
-        process.wait(timeout=5)
-        cluster.start_daemon(victim)
+    cluster.recover(victim, signum)
     return seen
 
 

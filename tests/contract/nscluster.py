@@ -26,9 +26,8 @@ from typing import Any
 
 import psutil
 
-from rainctl.daemon.control import ControlError, request
 from rainctl.lab import probe
-from rainctl.testing.ports import RAINCTL
+from rainctl.testing.ports import RAINCTL, status_or_none
 from tests.contract.netlab import require_root, run
 from tests.tags import RUN_TAG
 
@@ -50,10 +49,7 @@ class NsNode:
     process: subprocess.Popen[bytes] | None = None
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            return request(self.socket_path, "status", timeout_s=1.0)
-        except ControlError:
-            return None
+        return status_or_none(self.socket_path)
 
 
 @dataclass
@@ -81,6 +77,16 @@ class NsCluster:
                 stdout=subprocess.DEVNULL,
                 stderr=output,
             )  # fmt: skip
+
+    def recover(self, node_id: int, fault: signal.Signals) -> None:
+        """Undo `fault` (SIGSTOP: resume; SIGKILL: start the daemon again)."""
+        if fault is signal.SIGSTOP:
+            self.signal(node_id, signal.SIGCONT)
+            return
+        process = self.nodes[node_id].process
+        assert process is not None
+        process.wait(timeout=5)
+        self.start_daemon(node_id)
 
     def signal(self, node_id: int, signum: signal.Signals) -> float:
         """Send `signum` to the node's daemon; the wall-clock time just before."""

@@ -48,13 +48,7 @@ def _fault(cluster: NsCluster, signum: signal.Signals) -> None:
         assert seen.silent_after_s < seen.first_garp_after_s, context
         assert seen.dual_after_garp_s == 0.0, context
         assert seen.dual_after_fault_s == 0.0, context
-    if signum is signal.SIGSTOP:
-        cluster.signal(victim, signal.SIGCONT)
-    else:
-        process = cluster.nodes[victim].process
-        assert process is not None
-        process.wait(timeout=5)
-        cluster.start_daemon(victim)
+    cluster.recover(victim, signum)
     cluster.wait_spread(FORMATION_BOUND_S)
 
 

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from rainctl.daemon.control import ControlError, request
-from rainctl.testing.ports import RAINCTL, daemon_command, free_udp_ports
+from rainctl.testing.ports import RAINCTL, daemon_command, free_udp_ports, status_or_none
 
 NODES = (1, 2, 3)
 VIPS = tuple(f"198.18.2.{index}" for index in range(1, 7))
@@ -35,10 +34,7 @@ class Daemon:
     log_path: Path
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            return request(self.socket_path, "status", timeout_s=1.0)
-        except ControlError:
-            return None
+        return status_or_none(self.socket_path)
 
 
 @dataclass
