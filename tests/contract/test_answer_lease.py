@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import pytest
@@ -153,31 +154,40 @@ def test_close_removes_the_gate(harness: Harness) -> None:
     assert harness.answering() == set(ON_FRONT)
 
 
-def test_a_daemon_that_died_leaves_the_gate_closed_and_a_new_one_replaces_it() -> None:
+@contextmanager
+def one_vip_on_linux() -> Iterator[LinuxHarness]:
+    """The Linux harness with only V4[0] on the node's front interface."""
     with lan() as net:
         net.node_ip("address", "add", f"{V4[0]}/32", "dev", FRONT)
         linux = LinuxHarness(net)
         try:
-            linux.lease.guard([V4[0]])
-            linux.lease.grant([V4[0]], 200)
-            # The daemon is SIGKILLed: its nft gets EOF and ends; the table stays.
-            process = linux.in_node.nft._process
-            assert process is not None
-            process.kill()
-            process.wait()
-            time.sleep(0.3)
-            assert linux.answering() == set()
-            assert "rainctl_lease" in run("ip", "netns", "exec", net.node, "nft", "list",
-                                          "tables").stdout  # fmt: skip
-            successor = _InNode(net)
-            successor.guard([V4[0]])
-            successor.grant([V4[0]], 5_000)
-            assert linux.answering() == {V4[0]}
-            successor.close()
-            assert "rainctl_lease" not in run("ip", "netns", "exec", net.node, "nft", "list",
-                                              "tables").stdout  # fmt: skip
+            yield linux
         finally:
             linux.asker.close()
+            linux.in_node.close()
+
+
+def test_a_daemon_that_died_leaves_the_gate_closed_and_a_new_one_replaces_it() -> None:
+    with one_vip_on_linux() as linux:
+        net = linux.net
+        linux.lease.guard([V4[0]])
+        linux.lease.grant([V4[0]], 200)
+        # The daemon is SIGKILLed: its nft gets EOF and ends; the table stays.
+        process = linux.in_node.nft._process
+        assert process is not None
+        process.kill()
+        process.wait()
+        time.sleep(0.3)
+        assert linux.answering() == set()
+        assert "rainctl_lease" in run("ip", "netns", "exec", net.node, "nft", "list",
+                                      "tables").stdout  # fmt: skip
+        successor = _InNode(net)
+        successor.guard([V4[0]])
+        successor.grant([V4[0]], 5_000)
+        assert linux.answering() == {V4[0]}
+        successor.close()
+        assert "rainctl_lease" not in run("ip", "netns", "exec", net.node, "nft", "list",
+                                          "tables").stdout  # fmt: skip
 
 
 def test_a_grant_without_the_guard_fails(harness: Harness) -> None:
@@ -188,21 +198,16 @@ def test_a_grant_without_the_guard_fails(harness: Harness) -> None:
 
 
 def test_a_flushed_ruleset_fails_the_next_grant_at_once_and_guarding_again_heals() -> None:
-    with lan() as net:
-        net.node_ip("address", "add", f"{V4[0]}/32", "dev", FRONT)
-        linux = LinuxHarness(net)
-        try:
-            linux.lease.guard([V4[0]])
+    with one_vip_on_linux() as linux:
+        net = linux.net
+        linux.lease.guard([V4[0]])
+        linux.lease.grant([V4[0]], 5_000)
+        # What a firewall reload does (nftables.service: flush ruleset).
+        run("ip", "netns", "exec", net.node, "nft", "flush", "ruleset")
+        started = time.monotonic()
+        with pytest.raises(KernelError, match="nft refused"):
             linux.lease.grant([V4[0]], 5_000)
-            # What a firewall reload does (nftables.service: flush ruleset).
-            run("ip", "netns", "exec", net.node, "nft", "flush", "ruleset")
-            started = time.monotonic()
-            with pytest.raises(KernelError, match="nft refused"):
-                linux.lease.grant([V4[0]], 5_000)
-            assert time.monotonic() - started < 1.0
-            linux.lease.guard([V4[0]])
-            linux.lease.grant([V4[0]], 5_000)
-            assert linux.answering() == {V4[0]}
-        finally:
-            linux.asker.close()
-            linux.in_node.close()
+        assert time.monotonic() - started < 1.0
+        linux.lease.guard([V4[0]])
+        linux.lease.grant([V4[0]], 5_000)
+        assert linux.answering() == {V4[0]}
