@@ -21,7 +21,8 @@ SYSTEM_PACKAGES := python3 python3-venv python3-pip
 # convention; Debian's Docker images ship one already, which is then left as it is). The
 # same holds in CI: the package's service must not run on a CI host either. iptables: the
 # NAT-mode guests' masquerade rule (iptables-legacy, run from the host's filesystem inside
-# the guests); nftables: the drop rule of `rainctl bench soak` in the switch namespace.
+# the guests); nftables: the daemon's answer lease (rainctl/kernel/answer_lease.py, its contract
+# tests on the host kernel) and the drop rule of `rainctl bench soak` in the switch namespace.
 # haproxy and wrk: the peer and the load generator of tests/bench/bench_proxy_resume.py (B3),
 # on 127.0.0.1 only; haproxy's own service is kept from starting like keepalived's.
 # vagrant: `vagrant validate` checks the Vagrant lab's generated Vagrantfile in the tests

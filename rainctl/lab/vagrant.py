@@ -78,11 +78,12 @@ REPOSITORY_EXCLUDES = (
 )  # fmt: skip
 """Not synced to the VMs: the host's venv and caches (the VMs make their own), the key."""
 PACKAGES = {
-    "front": ("iproute2", "ipvsadm", "iputils-arping", "tcpdump"),
+    "front": ("iproute2", "ipvsadm", "iputils-arping", "tcpdump", "nftables"),
     "backend": ("iproute2",),
     "client": ("iproute2", "iputils-ping", "iputils-arping", "curl", "tcpdump", "wrk"),
 }
-"""`make setup LAB_PACKAGES=...` per role: the tools each kind of VM needs to look around."""
+"""`make setup LAB_PACKAGES=...` per role: the tools each kind of VM needs to look around
+(and, on the front nodes, nftables for the daemon's answer lease)."""
 SCRIPT_MODE = 0o755
 FILE_MODE = 0o644
 

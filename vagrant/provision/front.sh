@@ -15,7 +15,7 @@ if ! command -v make > /dev/null; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends make
 fi
-make -C /rainctl setup LAB_PACKAGES='iproute2 ipvsadm iputils-arping tcpdump'
+make -C /rainctl setup LAB_PACKAGES='iproute2 ipvsadm iputils-arping tcpdump nftables'
 
 # Vagrant gives the private networks the interfaces after its own NAT interface, eth0;
 # the generated files name them, so stop here if this box named them otherwise.
