@@ -267,16 +267,16 @@ async def _open_kernel(options: DaemonOptions, setup: _Setup) -> _Kernel:
     ]
     kernel = _Kernel(addresses, announcer, closers, ipvs, ipvs_worker)
     if setup.config.cluster.answer_lease_ms != 0:
-        await _open_answer_lease(kernel)
+        await _open_answer_lease(kernel, options.realtime_priority)
     return kernel
 
 
-async def _open_answer_lease(kernel: _Kernel) -> None:
+async def _open_answer_lease(kernel: _Kernel, realtime_priority: int) -> None:
     """The nftables answer gate, if this kernel has it (the reconciler guards the pool and
     grants with it); without it the address lease alone covers a dead owner, in seconds."""
     from rainctl.kernel.answer_lease import NftAnswerLease  # noqa: PLC0415
 
-    lease = NftAnswerLease()
+    lease = NftAnswerLease(realtime_priority=realtime_priority)
     try:
         await asyncio.to_thread(lease.guard, ())
     except KernelError as exc:

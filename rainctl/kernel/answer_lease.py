@@ -70,9 +70,14 @@ def _ack_element(sequence: int) -> str:
 class NftAnswerLease:
     """`AnswerLease` through nftables, in the network namespace of the calling process."""
 
-    def __init__(self, *, table: str = DEFAULT_TABLE, nft: str = "nft") -> None:
+    def __init__(
+        self, *, table: str = DEFAULT_TABLE, nft: str = "nft", realtime_priority: int = 0
+    ) -> None:
         self.table = table
         self._nft = nft
+        self._realtime_priority = realtime_priority
+        """SCHED_RR priority of the nft process (0: normal), the daemon's own: a renewal nft
+        applies late makes the lease last longer than the daemon that wrote it."""
         self._process: subprocess.Popen[bytes] | None = None
         self._pool6: frozenset[Vip] = frozenset()
         self._sequence = 0
@@ -203,6 +208,13 @@ class NftAnswerLease:
         assert process.stdin is not None
         assert process.stdout is not None
         assert process.stderr is not None
+        if self._realtime_priority:
+            try:
+                os.sched_setscheduler(
+                    process.pid, os.SCHED_RR, os.sched_param(self._realtime_priority)
+                )
+            except OSError as exc:
+                log.warning("nft keeps a normal priority: %s", exc)
         os.set_blocking(process.stdin.fileno(), False)
         threading.Thread(
             target=self._read_acks, args=(process.stdout,), name="nft-acks", daemon=True

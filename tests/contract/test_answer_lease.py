@@ -9,6 +9,7 @@ memory harness asks the fake, on a clock the test moves.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -211,3 +212,13 @@ def test_a_flushed_ruleset_fails_the_next_grant_at_once_and_guarding_again_heals
         linux.lease.guard([V4[0]])
         linux.lease.grant([V4[0]], 5_000)
         assert linux.answering() == {V4[0]}
+
+
+def test_nft_runs_at_the_daemons_real_time_priority() -> None:
+    with one_vip_on_linux() as linux:
+        linux.in_node.nft = NftAnswerLease(realtime_priority=7)
+        linux.lease.guard([V4[0]])
+        process = linux.in_node.nft._process
+        assert process is not None
+        assert os.sched_getscheduler(process.pid) == os.SCHED_RR
+        assert os.sched_getparam(process.pid).sched_priority == 7
