@@ -18,6 +18,11 @@ themselves. A VIP whose lease lapsed while
 the ring still gives it to this node (timers ran very late) is taken again at once and
 announced; one that lapsed while the ring was silent is left alone: the ring decides. Kernel
 calls are serialised, so a renewal never races a move.
+
+The answer lease (milliseconds, nftables; `AnswerLeaseKeeper`), when there is one, is
+granted with every owned set before the addresses move (a released VIP goes silent first,
+an acquired one may answer once its address is there, and is announced only after both),
+the pool is guarded with every pool change, and its keeper renews it in a task of its own.
 """
 
 from __future__ import annotations
