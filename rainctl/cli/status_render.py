@@ -28,6 +28,9 @@ def status_view(document: dict[str, Any]) -> RenderableType:
     owned = ", ".join(document["owned"]) or "none"
     owned_line = Text(f"owns: {owned} (data plane {document['data_plane']})")
     parts: list[RenderableType] = [header, owned_line]
+    lease = document.get("vip_lease")
+    if lease is not None:
+        parts.append(Text(_leases_line(lease)))
     config = document.get("config")
     if config is not None:
         parts += _config_lines(config)
@@ -145,6 +148,18 @@ def _ipvs_table(ipvs: dict[str, Any]) -> RenderableType:
             "all): `rainctl backends` lists every one"
         )
     return table
+
+
+def _leases_line(lease: dict[str, Any]) -> str:
+    """How this node's VIPs go silent if its daemon dies (docs/operations.md section 4)."""
+    address = f"{lease['lease_s']} s" if lease["lease_s"] else "off"
+    answer = lease.get("answer", {})
+    state = answer.get("state", "off")
+    if state in {"nftables", "memory"}:
+        shown = f"{answer['lease_ms']} ms ({state}), {answer['lapses']} lapses"
+    else:
+        shown = state
+    return f"leases: address {address}, {lease['lapses']} lapses; answer {shown}"
 
 
 def _rotation(document: dict[str, Any]) -> str:

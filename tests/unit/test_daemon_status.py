@@ -124,3 +124,14 @@ def test_rendering_of_the_proxy_section() -> None:
     assert cells[2:] == ["7", "1234", "2", "1", "1", "weak_etag 1"]
     backends = " ".join(cell.split("│")[2].strip() for cell in lines[index : index + 2])
     assert backends == "198.18.1.11:80 198.18.1.12:80"
+
+
+def test_rendering_of_the_leases() -> None:
+    machines = _converged_machines()
+    document = _document(machines[1])
+    answer = {"state": "nftables", "lease_ms": 30, "renewals": 9, "unconfirmed_rounds": 0,
+              "lapses": 1, "failures": 0, "restores": 0}  # fmt: skip
+    document["vip_lease"] = {"lease_s": 1, "lapses": 0, "unconfirmed_rounds": 0, "answer": answer}
+    assert "leases: address 1 s, 0 lapses; answer 30 ms (nftables), 1 lapses" in _render(document)
+    document["vip_lease"]["answer"] = {"state": "unavailable: nft: not found"}
+    assert "answer unavailable: nft: not found" in _render(document)
