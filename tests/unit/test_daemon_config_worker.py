@@ -4,17 +4,20 @@ process of their own, with the same result as in the daemon; small ones in a thr
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 from pathlib import Path
 
 import pytest
 
 from rainctl.config.live import NodeContext, Prepared
-from rainctl.config.reread import ConfigRereader
 from rainctl.daemon.config_worker import (
     INLINE_BYTES_MAX,
     ConfigWorker,
     PrepareRequest,
+    WorkerMemory,
+    _portable,
+    _services_from,
     prepare_request,
 )
 from rainctl.errors import ConfigError
@@ -33,7 +36,7 @@ def services(count: int, *, weight: int = 1) -> str:
 
 
 def running(text: str) -> Prepared:
-    return prepare_request(PrepareRequest(text, "running", text, CONTEXT), ConfigRereader())
+    return prepare_request(PrepareRequest(text, "running", text, CONTEXT), WorkerMemory())[0]
 
 
 def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon() -> None:
@@ -58,7 +61,7 @@ def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon() -> Non
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not Path(f"/proc/{pid}").exists()
-    reference = prepare_request(PrepareRequest(large, "a", base.text, CONTEXT), ConfigRereader())
+    reference, _ = prepare_request(PrepareRequest(large, "a", base.text, CONTEXT), WorkerMemory())
     assert first.services == reference.services
     assert first.spec == reference.spec
     assert first.changes == {"services": [f"+ tcp 198.18.0.100:{20000 + i}" for i in range(600)]}
@@ -91,3 +94,22 @@ def test_refusals_come_back_as_one_line() -> None:
             await worker.close()
 
     asyncio.run(main())
+
+
+def test_unchanged_services_cross_as_their_running_positions() -> None:
+    memory = WorkerMemory()
+    large = document() + services(600)
+    changed = document() + services(600, weight=3)
+    second, worker_running = prepare_request(PrepareRequest(changed, "b", large, CONTEXT), memory)
+    _, chunks = _portable(second, worker_running)
+    items = [item for chunk in chunks for item in pickle.loads(chunk)]
+    # Only the changed service is sent whole; the others are positions in the running read.
+    assert [index for index, item in enumerate(items) if not isinstance(item, int)] == [7]
+    # The daemon's own running objects come back in their places (the daemon read the same
+    # running text itself: equal services, different objects than the worker's).
+    daemon_running = running(large).services
+    rebuilt = _services_from(chunks, daemon_running)
+    assert rebuilt == second.services
+    assert all(rebuilt[i] is daemon_running[i] for i in range(len(rebuilt)) if i != 7)
+    with pytest.raises(ConfigError, match="another running version"):
+        _services_from(chunks, daemon_running[:5])
