@@ -25,6 +25,7 @@ from pathlib import Path
 from rainctl.errors import RainctlError
 
 MARKER_ENV = "RAINCTL_LAB"
+ENVIRONMENT_WAIT_S = 1.0
 """Environment variable naming the lab (its absolute state directory) a process belongs to."""
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.02
@@ -168,7 +169,24 @@ def spawn(
         )
     _children[child.pid] = child
     started = start_time(child.pid)
-    if started is None:
+    if started is None or not _environment_shows(child, f"{MARKER_ENV}={marker}".encode()):
         child.wait()
         raise LabError(f"{command[0]} exited at once; see {log}")
     return ProcessRecord(pid=child.pid, start_time=started)
+
+
+def _environment_shows(child: subprocess.Popen[bytes], needle: bytes) -> bool:
+    """Wait until the child's /proc environ holds `needle`: Popen returns once the child's
+    execve released the parent, but the kernel sets the new environment's bounds a moment
+    later, and `marked` must find the child from the start. False if it exited first."""
+    deadline = time.monotonic() + ENVIRONMENT_WAIT_S
+    while child.poll() is None:
+        try:
+            if needle in Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return True  # still running: go on, it is recorded by PID and start time anyway
+        time.sleep(0.001)
+    return False
