@@ -66,6 +66,9 @@ def test_events_tell_drain_crash_and_restart(cluster: Cluster, tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C's default: a suite started in the background of a script hands its
+        # children SIGINT ignored, and the follower would never see the SIGINT below.
+        preexec_fn=_default_sigint,  # noqa: PLW1509
     )
     try:
         time.sleep(0.5)  # its first ask answered: what follows is news
@@ -152,3 +155,7 @@ def test_events_bad_input_is_one_line(cluster: Cluster) -> None:
     assert missing.returncode == 2
     assert missing.stderr.startswith("rainctl: error: cannot reach the daemon")
     assert missing.stderr.count("\n") == 1
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

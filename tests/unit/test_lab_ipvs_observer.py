@@ -38,7 +38,8 @@ def test_the_kernel_table_is_read_by_service_and_real_server() -> None:
 
 
 def test_a_request_signals_the_process_once(tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["sleep", "30"])
+    # SIGHUP's default: a suite started under nohup hands its children SIGHUP ignored.
+    sleeper = subprocess.Popen(["sleep", "30"], preexec_fn=_default_sighup)  # noqa: PLW1509
     try:
         pidfile = tmp_path / "pid"
         pidfile.write_text(f"{sleeper.pid}\n", encoding="ascii")
@@ -75,3 +76,7 @@ def test_views_replay_the_events(tmp_path: Path) -> None:
         {("FWM 1", "198.18.11.12:8080"): 2, ("FWM 2", "198.18.11.11:8080"): 1}
     ]
     assert views.changes("198.18.11.12", since=1.5) == [[(2.0, "FWM 1", 2)]]
+
+
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
