@@ -103,9 +103,7 @@ def test_spliced_bodies_are_identical_and_the_upstream_connection_is_kept(
             assert (fetched.complete, sha(fetched.body)) == (True, sha(data))
     finally:
         connection.close()
-    origin_connections = [
-        c for c in psutil.Process(origin.process.pid).net_connections() if c.status == "ESTABLISHED"
-    ]
+    origin_connections = established_connections(origin.process.pid)
     assert proxy.stop() == 0
     counters = proxy.counters()
     assert counters["body_bytes"] == 3 * SIZE
@@ -240,9 +238,7 @@ def test_keep_alive_head_and_kept_upstream_connections(
             assert fetched.body == (data if method == "GET" else b"")
     finally:
         connection.close()
-    origin_connections = [
-        c for c in psutil.Process(origin.process.pid).net_connections() if c.status == "ESTABLISHED"
-    ]
+    origin_connections = established_connections(origin.process.pid)
     assert proxy.stop() == 0
     counters = proxy.counters()
     assert (counters["connections"], counters["requests"]) == (1, 4)
@@ -338,3 +334,8 @@ class FakeSocket:
 
     def makefile(self, mode: str) -> io.BytesIO:
         return io.BytesIO(self._data)
+
+
+def established_connections(pid: int) -> list[object]:
+    """The process's established TCP connections (an origin: how many the proxy kept)."""
+    return [c for c in psutil.Process(pid).net_connections() if c.status == "ESTABLISHED"]
