@@ -372,16 +372,12 @@ def _timer_problems(config: ClusterConfig) -> list[Problem]:
                 f"({4 * timers.round_ms} ms)",
             )
         )
-    answer_lease_ms = config.cluster.answer_lease_ms
-    if (
-        answer_lease_ms is not None
-        and answer_lease_ms
-        and not (ANSWER_LEASE_MIN_MS <= answer_lease_ms < timers.hop_failure_ms)
-    ):
+    chosen_lease_ms = config.cluster.answer_lease_ms
+    if chosen_lease_ms and not ANSWER_LEASE_MIN_MS <= chosen_lease_ms < timers.hop_failure_ms:
         problems.append(
             (
                 ("cluster", "answer_lease_ms"),
-                f"{answer_lease_ms} ms must be 0 (off) or from {ANSWER_LEASE_MIN_MS} ms to below "
+                f"{chosen_lease_ms} ms must be 0 (off) or from {ANSWER_LEASE_MIN_MS} ms to below "
                 f"the ring's hop failure time, ack_ms x hop_retries = {timers.hop_failure_ms} "
                 "ms (a longer lease lets a dead owner answer after the takeover)",
             )

@@ -64,27 +64,11 @@ class LoopbackRing:
 
     def rotations(self, duration_s: float) -> list[float]:
         """Every daemon's `rotation_ms`, SAMPLE_HZ times a second for `duration_s`."""
-        started = time.monotonic()
-        samples: list[float] = []
-        while time.monotonic() - started < duration_s:
-            for path in self.sockets:
-                with contextlib.suppress(ControlError):
-                    rotation = request(path, "status", timeout_s=1.0).get("rotation_ms")
-                    if rotation is not None:
-                        samples.append(float(rotation))
-            time.sleep(1 / SAMPLE_HZ)
-        return samples
+        return rotation_samples(self.sockets, duration_s)
 
     def cpu_times(self) -> dict[int, tuple[str, float]]:
         """PID -> (role, user + system seconds) of the daemons and their children."""
-        times: dict[int, tuple[str, float]] = {}
-        for daemon in self.processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                parent = psutil.Process(daemon.pid)
-                for process in [parent, *parent.children()]:
-                    role = "daemon" if process.pid == parent.pid else "worker"
-                    times[process.pid] = (role, sum(process.cpu_times()[:2]))
-        return times
+        return cpu_times([daemon.pid for daemon in self.processes])
 
     def stop(self) -> None:
         for daemon in self.processes:
@@ -107,3 +91,34 @@ def cpu_shares(
         for pid, (role, used) in after.items()
         if pid in before
     ]
+
+
+def rotation_samples(
+    sockets: Sequence[Path], duration_s: float, sample_hz: float = SAMPLE_HZ
+) -> list[float]:
+    """Every daemon's `status` `rotation_ms` (on its control socket), `sample_hz` times a
+    second for `duration_s`; a daemon that does not answer adds no sample."""
+    started = time.monotonic()
+    samples: list[float] = []
+    while time.monotonic() - started < duration_s:
+        for path in sockets:
+            with contextlib.suppress(ControlError):
+                rotation = request(path, "status", timeout_s=1.0).get("rotation_ms")
+                if rotation is not None:
+                    samples.append(float(rotation))
+        time.sleep(1 / sample_hz)
+    return samples
+
+
+def cpu_times(daemon_pids: Sequence[int]) -> dict[int, tuple[str, float]]:
+    """PID -> (role "daemon" or "worker", user + system seconds) of these daemons and of
+    their children (workers, the answer lease's nft)."""
+    times: dict[int, tuple[str, float]] = {}
+    for pid in daemon_pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(pid)
+            for process in [parent, *parent.children()]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    role = "daemon" if process.pid == parent.pid else "worker"
+                    times[process.pid] = (role, sum(process.cpu_times()[:2]))
+    return times

@@ -24,10 +24,8 @@ renewals' cost on the ring's loop shows against the mode without them.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from rainctl.bench.report import percentile
 from tests.contract.nscluster import NsCluster, Silencing, ns_cluster, silencing
 
 FORMATION_BOUND_S = 30.0
@@ -46,9 +45,8 @@ SILENCE_WAIT_S = 2.5
 def _percentiles(values: list[float]) -> str:
     if not values:
         return "-"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-    return f"{statistics.median(ordered):7.0f} / {p99:7.0f} / {ordered[-1]:7.0f}"
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+    return f"{p50:7.0f} / {p99:7.0f} / {max(values):7.0f}"
 
 
 def _trial(cluster: NsCluster, rng: random.Random, signum: signal.Signals) -> list[Silencing]:

@@ -11,7 +11,6 @@ PID and every namespace deleted at `close()`; names carry the run tag (tests/tag
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
 import signal
@@ -24,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from rainctl.lab import probe
+from rainctl.testing.loopback import cpu_times, rotation_samples
 from rainctl.testing.ports import RAINCTL, status_or_none
 from tests.contract.netlab import require_root, run
 from tests.tags import RUN_TAG
@@ -132,28 +130,15 @@ class NsCluster:
 
     def rotations(self, duration_s: float, sample_hz: float = 10) -> list[float]:
         """Every daemon's `rotation_ms`, `sample_hz` times a second for `duration_s`."""
-        samples: list[float] = []
-        deadline = time.monotonic() + duration_s
-        while time.monotonic() < deadline:
-            for node in self.nodes.values():
-                rotation = (node.status() or {}).get("rotation_ms")
-                if rotation is not None:
-                    samples.append(float(rotation))
-            time.sleep(1 / sample_hz)
-        return samples
+        sockets = [node.socket_path for node in self.nodes.values()]
+        return rotation_samples(sockets, duration_s, sample_hz)
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds so far of the daemons and of their children (nft)."""
+        pids = [node.process.pid for node in self.nodes.values() if node.process is not None]
         totals = {"daemons": 0.0, "children": 0.0}
-        for node in self.nodes.values():
-            if node.process is None:
-                continue
-            with contextlib.suppress(psutil.NoSuchProcess):
-                daemon = psutil.Process(node.process.pid)
-                totals["daemons"] += sum(daemon.cpu_times()[:2])
-                for child in daemon.children(recursive=True):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        totals["children"] += sum(child.cpu_times()[:2])
+        for role, seconds in cpu_times(pids).values():
+            totals["daemons" if role == "daemon" else "children"] += seconds
         return totals
 
     def start_watchers(self) -> None:
