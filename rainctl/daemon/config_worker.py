@@ -30,8 +30,12 @@ replaced by it (`intern_services`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import pickle
+import resource
 import sys
+import time
 from dataclasses import dataclass, replace
 
 from rainctl.children import die_with_parent, step_aside
@@ -45,6 +49,20 @@ IDLE_S = 300.0
 SERVICES_PER_CHUNK = 200
 _LENGTH_BYTES = 8
 
+log = logging.getLogger("rainctl.config")
+
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+ALLOCATOR_SETTINGS = (
+    (_M_TRIM_THRESHOLD, 1 << 30),
+    (_M_MMAP_THRESHOLD, 32 << 20),
+    (_M_TOP_PAD, 16 << 20),
+)
+"""glibc malloc parameters of the worker: never give the heap back (1 GiB trim threshold),
+serve blocks up to 32 MiB (glibc's largest mmap threshold) from the heap rather than from
+mmaps of their own, grow the heap 16 MiB at a time."""
+
 
 @dataclass(frozen=True, slots=True)
 class PrepareRequest:
@@ -52,6 +70,14 @@ class PrepareRequest:
     source: str
     running_text: str
     context: NodeContext
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCost:
+    """What one request cost the worker process."""
+
+    worker_ms: float
+    page_faults: int
 
 
 class WorkerMemory:
@@ -164,21 +190,40 @@ class ConfigWorker:
                 running=running.config,
                 context=request.context,
             )
+        started = time.monotonic()
         async with self._turn:
+            queued_s = time.monotonic() - started
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                kind, value = await self._ask(request)
+                kind, value, cost = await self._ask(request)
             finally:
                 self._idle = asyncio.get_running_loop().call_later(IDLE_S, self._stop_idle)
+        answered_s = time.monotonic() - started
         if kind != "ok" or not isinstance(value, tuple):
             raise ConfigError(str(value))
         prepared, chunks = value
         assert isinstance(prepared, Prepared)
         services = await asyncio.to_thread(_services_from, chunks, running.services)
+        # Where a large document's time goes (docs/benchmarks.md, S1 live): the worker's own
+        # validation, and around it the queue, the pipes and the pickles.
+        log.info(
+            "configuration worker: %s (%d bytes) validated in %d ms: %d ms queued, %d ms in "
+            "the worker (%d page faults), %d ms in transfers, %d ms taking the services back",
+            request.source,
+            len(request.text),
+            (time.monotonic() - started) * 1000,
+            queued_s * 1000,
+            cost.worker_ms,
+            cost.page_faults,
+            max(answered_s - queued_s - cost.worker_ms / 1000, 0.0) * 1000,
+            (time.monotonic() - started - answered_s) * 1000,
+        )
         return replace(prepared, services=services)
 
-    async def _ask(self, request: PrepareRequest) -> tuple[str, object]:
+    async def _ask(self, request: PrepareRequest) -> tuple[str, object, WorkerCost]:
+        """The worker's answer: ("ok", (prepared, chunks)) or ("error", message), and what
+        it cost the worker."""
         process = self._process
         if process is None or process.returncode is not None:
             process = self._process = await asyncio.create_subprocess_exec(
@@ -196,8 +241,8 @@ class ConfigWorker:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._process = None
             raise ConfigError(f"the configuration worker ended ({exc}); try again") from exc
-        kind, value = await asyncio.to_thread(pickle.loads, answer)
-        return str(kind), value
+        kind, value, (worker_ms, page_faults) = await asyncio.to_thread(pickle.loads, answer)
+        return str(kind), value, WorkerCost(float(worker_ms), int(page_faults))
 
     def _stop_idle(self) -> None:
         self._idle = None
@@ -227,10 +272,33 @@ async def _end(process: asyncio.subprocess.Process, *, kill: bool) -> None:
     await process.wait()
 
 
+def keep_freed_memory() -> bool:
+    """Make the worker keep the memory it frees (ALLOCATOR_SETTINGS); False when the C
+    library is not glibc or refused a setting.
+
+    Why: validating a document allocates and frees tens of megabytes; with glibc's default
+    thresholds the freed memory goes back to the kernel and the next request faults every
+    page in again. Inside a UML guest a page fault is a trip through the host (ptrace), so a
+    1 % change of a 1,000 x 10 document took 250-270 ms there, with about 5,000 page faults
+    per request, against 40-100 ms with these settings (1-500 faults; docs/benchmarks.md,
+    S1 live). The worker ends after IDLE_S without work, which bounds what it keeps.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in ALLOCATOR_SETTINGS)
+
+
+def _page_faults() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
 def main() -> None:
     """The worker process: answer requests until its stdin ends."""
     die_with_parent()
     step_aside()
+    keep_freed_memory()
     memory = WorkerMemory()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
@@ -238,11 +306,13 @@ def main() -> None:
         if len(header) < _LENGTH_BYTES:
             return
         request = pickle.loads(requests.read(int.from_bytes(header, "big")))  # noqa: S301 - from the daemon, our parent
+        started, faults = time.monotonic(), _page_faults()
         try:
             answer: tuple[str, object] = ("ok", _portable(*prepare_request(request, memory)))
         except RainctlError as exc:
             answer = ("error", str(exc))
-        data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+        cost = ((time.monotonic() - started) * 1000, _page_faults() - faults)
+        data = pickle.dumps((*answer, cost), pickle.HIGHEST_PROTOCOL)
         answers.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
         answers.flush()
 

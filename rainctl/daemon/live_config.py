@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,9 +151,18 @@ class LiveConfig:
 
     async def _prepare_wanted(self, wanted: ConfigWanted) -> None:
         label = f"version {wanted.digest.hex()[:12]}"
+        started = time.monotonic()
         try:
             text = await self._fetch(wanted)
+            fetched = time.monotonic()
             prepared = await self._prepare(text, label)
+            log.info(
+                "%s: document in %d ms (%d bytes), validated for this node in %d ms",
+                label,
+                (fetched - started) * 1000,
+                len(text),
+                (time.monotonic() - fetched) * 1000,
+            )
         except RainctlError as exc:
             log.warning("cannot take %s: %s", label, exc)
             token = self._machine.token
@@ -279,10 +289,12 @@ class LiveConfig:
         """Validate `text` here, then (unless a dry run) commit it through the ring; errors
         start with "`verb` refused:"."""
         running = self.running
+        started = time.monotonic()
         try:
             prepared = await self._prepare(text, source)
         except RainctlError as exc:
             raise ControlError(f"{verb} refused: {exc}") from exc
+        validated_s = time.monotonic() - started
         answer: JsonObject = {
             "base_version": running.version.number,
             "digest": prepared.digest.hex(),
@@ -316,6 +328,14 @@ class LiveConfig:
             ) from None
         finally:
             self._pushes.pop(request_id, None)
+        log.info(
+            "%s of %s: %s %d ms after the request (validated here in %d ms)",
+            verb,
+            prepared.digest.hex()[:12],
+            "committed" if settled.committed else "refused",
+            (time.monotonic() - started) * 1000,
+            validated_s * 1000,
+        )
         if not settled.committed:
             raise ControlError(f"{verb} refused: {settled.reason}")
         version = settled.version or running.version

@@ -4,7 +4,10 @@ process of their own, with the same result as in the daemon; small ones in a thr
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +42,10 @@ def running(text: str) -> Prepared:
     return prepare_request(PrepareRequest(text, "running", text, CONTEXT), WorkerMemory())[0]
 
 
-def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon() -> None:
+def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rainctl.config")
     base = running(document())
     large = document() + services(600)
     assert len(large) > INLINE_BYTES_MAX
@@ -74,6 +80,22 @@ def test_a_large_document_is_validated_in_the_worker_like_in_the_daemon() -> Non
     )
     assert second.services[7] != first.services[7]
     assert second.changes == {"services": ["~ tcp 198.18.0.100:20007: real_servers"]}
+    # Each request says where its time went.
+    timings = [r.getMessage() for r in caplog.records if "configuration worker" in r.getMessage()]
+    assert [message.split(" (")[0] for message in timings] == [
+        "configuration worker: a",
+        "configuration worker: b",
+    ]
+    assert all("page faults" in message and "in transfers" in message for message in timings)
+
+
+def test_the_worker_keeps_the_memory_it_frees() -> None:
+    # In a process of its own: the settings are the C library's, for the whole process.
+    code = "from rainctl.daemon.config_worker import keep_freed_memory as k; print(k())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "True"  # glibc (Debian) accepted every setting
 
 
 def test_refusals_come_back_as_one_line() -> None:
