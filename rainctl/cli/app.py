@@ -5,11 +5,14 @@ Expected errors (`RainctlError`) become one line on stderr, `rainctl: error: ...
 status 2; `--debug` lets them propagate with their traceback instead. Usage errors of every
 command (a missing argument, `abc` for an integer, an unknown option) become one line too,
 naming the command and pointing at its `--help`, instead of click's boxed panel.
+SIGTERM ends a command as Ctrl-C does, by unwinding it (`terminate_by_unwinding`).
 """
 
 from __future__ import annotations
 
+import signal
 from importlib import metadata
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -92,5 +95,27 @@ sim_commands.register(app)
 status_commands.register(app)
 
 
+def terminate_by_unwinding() -> None:
+    """Make SIGTERM raise SystemExit(143) in the main thread, once.
+
+    Why: with the default action a SIGTERM (`kill`, `timeout`, a CI job cancelled, a
+    command started in a script's background, where SIGINT is ignored) ended the process on
+    the spot, and what it had started outlived it: `rainctl bench soak` left its lab (three
+    UML guests, the prober, the namespaces) running. Unwinding runs every `finally`, so a
+    benchmark takes its labs down as after Ctrl-C. Further SIGTERMs are ignored so that the
+    cleanup runs to its end (SIGKILL still ends it). A SIGTERM its parent had ignored stays
+    ignored; the daemon and the proxy install handlers of their own (a graceful leave).
+    """
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 def main() -> None:
+    terminate_by_unwinding()
     app(prog_name="rainctl")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -289,7 +290,8 @@ def soak_command(
     }
     title = (
         f"rainctl bench soak: {nodes} nodes, {duration_s:g} s per system, "
-        f"{loss_permille / 10:g} % control loss, CPU hogs; {meta['started']}"
+        f"{loss_permille / 10:g} % control loss, "
+        f"{hogs if hogs is not None else os.cpu_count() or 1} CPU hogs; {meta['started']}"
     )
     _output(
         {"meta": meta, "systems": [result.as_json() for result in results]},

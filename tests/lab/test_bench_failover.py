@@ -10,6 +10,10 @@ every 0.1 s), CPU and memory were read in every guest, and no lab is left behind
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -60,3 +64,61 @@ def test_bench_failover_small_run(tmp_path: Path) -> None:
                 f"{row['max_ms']:.0f} ms; {row['control_packets_per_s']:.0f} control packets/s"
             )
     assert not (state_dir / builder.STATE_FILE).exists()
+
+
+SOAK_STOP_BOUND_S = 60.0
+"""A bound, not a benchmark: the lab's `down` takes about a second (docs/lab.md)."""
+
+
+def _recorded_pids(state_dir: Path, *, until_started: str) -> list[int]:
+    """The PIDs of the processes the lab's state file records, once it records
+    `until_started` (the soak starts its hogs just after it says "soaking")."""
+    deadline = time.monotonic() + SOAK_STOP_BOUND_S
+    while True:
+        recorded = json.loads((state_dir / builder.STATE_FILE).read_text())["processes"]
+        if until_started in recorded or time.monotonic() > deadline:
+            assert until_started in recorded, recorded
+            return [entry["pid"] for entry in recorded.values()]
+        time.sleep(0.2)
+
+
+def test_sigterm_takes_a_running_benchmarks_lab_down(tmp_path: Path) -> None:
+    """`rainctl bench soak` ended by SIGTERM mid-run (as `kill`, `timeout` or a cancelled CI
+    job do) takes its lab down: guests, hog, prober, watchers, namespaces, drop rule. It
+    once died on the spot and left all of it running."""
+    _require_lab_machine()
+    state_dir = tmp_path / "soak"
+    prefix = f"rts{RUN_TAG}"
+    arguments = [
+        "bench", "soak", "--duration", "600", "--nodes", "2", "--peer", "none",
+        "--hogs", "1", "--loss-permille", "10", "--prefix", prefix,
+        "--state-dir", str(state_dir),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rainctl", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        output = []
+        for line in process.stdout:  # the lab is up and the stress runs when it says so
+            output.append(line)
+            if "soaking" in line:
+                break
+        assert "soaking" in output[-1], "".join(output)
+        started = _recorded_pids(state_dir, until_started="cpu-hog-0")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=SOAK_STOP_BOUND_S) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        builder.down(state_dir)
+    assert not (state_dir / builder.STATE_FILE).exists()
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    namespaces = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    assert prefix not in namespaces

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -159,3 +162,42 @@ def test_usage_errors_are_one_line_and_exit_2(arguments: list[str], line: str) -
 def test_a_bare_group_still_shows_its_help() -> None:
     result = runner.invoke(app, ["node"])
     assert "drain" in result.output
+
+
+_SLEEPER = """
+import sys, time
+from rainctl.cli.app import terminate_by_unwinding
+terminate_by_unwinding()
+try:
+    print("ready", flush=True)
+    time.sleep(30)
+finally:
+    print("cleaned up", flush=True)
+"""
+
+
+@pytest.mark.parametrize("parent_ignored", [False, True])
+def test_sigterm_unwinds_a_command_so_its_cleanup_runs(parent_ignored: bool) -> None:
+    """What `rainctl` does first (rainctl.cli.app.main): a SIGTERM runs every `finally`
+    (a benchmark takes its labs down) and exits 143; ignored by the parent, it stays so."""
+
+    def ignore_sigterm() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _SLEEPER],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore_sigterm if parent_ignored else None,  # noqa: PLW1509 - no threads here
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        if parent_ignored:
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=1.0)
+            process.kill()
+            assert process.wait(timeout=10) == -signal.SIGKILL
+        else:
+            assert process.wait(timeout=10) == 128 + signal.SIGTERM
+            assert process.stdout.read() == "cleaned up\n"
