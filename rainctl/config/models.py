@@ -350,9 +350,13 @@ ANSWER_LEASE_MIN_MS = 10
 def answer_lease_ms(config: ClusterConfig, timers: RingTimers) -> int:
     """The effective answer lease under `timers` (0: off): the file's, or half the hop
     failure time (renewals stop when the node is lost; the survivors need at least a hop
-    failure to take its VIPs, so the lease ends before they announce them)."""
+    failure to take its VIPs, so the lease ends before they announce them), at least
+    ANSWER_LEASE_MIN_MS (a configuration whose hop failure time leaves no room for that is
+    refused, `_timer_problems`)."""
     chosen = config.cluster.answer_lease_ms
-    return timers.hop_failure_ms // 2 if chosen is None else chosen
+    if chosen is not None:
+        return chosen
+    return max(timers.hop_failure_ms // 2, ANSWER_LEASE_MIN_MS)
 
 
 def _timer_problems(config: ClusterConfig) -> list[Problem]:
@@ -373,6 +377,17 @@ def _timer_problems(config: ClusterConfig) -> list[Problem]:
             )
         )
     chosen_lease_ms = config.cluster.answer_lease_ms
+    if chosen_lease_ms is None and timers.hop_failure_ms <= ANSWER_LEASE_MIN_MS:
+        blamed = next((key for key in ("ack_ms", "hop_retries") if key in overridden), "ack_ms")
+        problems.append(
+            (
+                ("timers", blamed),
+                f"ack_ms x hop_retries ({timers.ack_ms} x {timers.hop_retries} = "
+                f"{timers.hop_failure_ms} ms) leaves no room for the answer lease (from "
+                f"{ANSWER_LEASE_MIN_MS} ms to below the hop failure time): lengthen the "
+                "timers or set cluster.answer_lease_ms = 0",
+            )
+        )
     if chosen_lease_ms and not ANSWER_LEASE_MIN_MS <= chosen_lease_ms < timers.hop_failure_ms:
         problems.append(
             (

@@ -674,6 +674,8 @@ def test_model_accepts_python_values_too() -> None:
         ('profile = "lan"\n', "[timers]\nack_ms = 40\n", 60),
         ('profile = "lan"\nanswer_lease_ms = 20\n', "", 20),
         ('profile = "lan"\nanswer_lease_ms = 0\n', "", 0),
+        # Very short hops: never below 10 ms (renewed twice per lease).
+        ('profile = "fast"\n', "[timers]\nack_ms = 6\n", 10),
     ],
 )
 def test_the_answer_lease_is_half_a_hop_failure_unless_set(
@@ -681,3 +683,19 @@ def test_the_answer_lease_is_half_a_hop_failure_unless_set(
 ) -> None:
     config = parse_config(document(cluster=CLUSTER + cluster, extra=timers), "cluster.toml")
     assert answer_lease_ms(config, config.ring_timers()) == expected_ms
+
+
+def test_hops_too_short_for_the_derived_answer_lease_are_refused_with_the_way_out() -> None:
+    text = document(cluster=CLUSTER + 'profile = "fast"\n', extra="[timers]\nack_ms = 3\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "cluster.toml")
+    assert str(caught.value) == (
+        "cluster.toml: timers.ack_ms: ack_ms x hop_retries (3 x 3 = 9 ms) leaves no room for "
+        "the answer lease (from 10 ms to below the hop failure time): lengthen the timers or "
+        "set cluster.answer_lease_ms = 0"
+    )
+    off = parse_config(
+        text.replace('profile = "fast"\n', 'profile = "fast"\nanswer_lease_ms = 0\n'),
+        "cluster.toml",
+    )
+    assert answer_lease_ms(off, off.ring_timers()) == 0
