@@ -22,8 +22,9 @@ For each reload: the time from the request (the host's clock) to the line in eac
 daemon log that says the reconciler's batch was applied (the guest's clock: UML's is the
 host's), and the kernel's part of it (the "applied in" of that line). Printed: p50 / p99 /
 max over the reloads of the time until the last node applied it, the same over every
-node x reload, the client's failed requests over the whole run (and during the reloads),
-and whether any ring changed or any VIP moved.
+node x reload, where the time of the 1 % reloads went by the daemons' own logs (PHASES),
+the client's failed requests over the whole run (and during the reloads), and whether any
+ring changed or any VIP moved.
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ _APPLIED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: ipvs: (\d+) operations \(.*\) "
     r"applied in (\d+) ms$"
 )
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+PHASES = {
+    "push: validated on node 1 (ms)": re.compile(
+        r"reload of \w+: committed .* validated here in (\d+) ms"
+    ),
+    "push: request to commit on node 1 (ms)": re.compile(
+        r"reload of \w+: committed (\d+) ms after"
+    ),
+    "members: document fetched (ms)": re.compile(r"version \w+: document in (\d+) ms"),
+    "members: validated (ms)": re.compile(
+        r"version \w+: document .* validated for this node in (\d+) ms"
+    ),
+    "worker: its own time (ms)": re.compile(r"configuration worker: .* (\d+) ms in the worker"),
+    "worker: page faults": re.compile(r"configuration worker: .* \((\d+) page faults\)"),
+    "worker: pipes and pickles (ms)": re.compile(r"configuration worker: .* (\d+) ms in transfers"),
+}
+"""What the daemons log of each push (rainctl.daemon.live_config, config_worker): one
+figure per matching line of the 1 % reloads."""
 
 
 def _services(vips: list[str], count: int, weights: dict[int, int]) -> str:
@@ -77,6 +96,24 @@ def _applied_lines(log: Path) -> list[tuple[float, int, int]]:
         if match is not None:
             moment = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
             found.append((moment.timestamp(), int(match[2]), int(match[3])))
+    return found
+
+
+def _phases(logs: list[Path], windows: list[tuple[float, float]]) -> dict[str, list[float]]:
+    """Every PHASES figure the daemons logged within `windows` (host clock = guest clock)."""
+    found: dict[str, list[float]] = {name: [] for name in PHASES}
+    for log in logs:
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            stamp = _STAMP.match(line)
+            if stamp is None:
+                continue
+            moment = datetime.datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if not any(since <= moment <= until for since, until in windows):
+                continue
+            for name, pattern in PHASES.items():
+                match = pattern.search(line)
+                if match is not None:
+                    found[name].append(float(match[1]))
     return found
 
 
@@ -156,6 +193,9 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             f"node {figures(last_nodes)}; per node {figures([c[0] for c in changes])} over "
             f"{len(changes)} node-reloads; kernel {figures([float(c[2]) for c in changes], 'ms')}"
         )
+        for name, values in _phases(logs, windows[1:]).items():
+            shown = f"{figures(values, '', 0)} ({len(values)} lines)" if values else "none logged"
+            print(f"  {name}: {shown}")
         print(
             f"client: {answered} requests answered, {failed} failed in all ({during} during "
             f"reloads); ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
