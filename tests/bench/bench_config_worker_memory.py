@@ -24,7 +24,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +36,9 @@ from rainctl.daemon.config_worker import (
     keep_freed_memory,
     prepare_request,
 )
-from rainctl.lab import builder
-from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
+from rainctl.lab.jobs import run_job
+from rainctl.lab.plan import GuestJob
+from rainctl.lab.processes import LabError
 from tests.bench.bench_ipvs_live import CHANGED_PERMILLE, _services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,26 +107,13 @@ def host(services: int, requests: int, runs: int, host_only: bool) -> int:
         "--requests", str(requests), "--runs", str(runs),
     )  # fmt: skip
     job = GuestJob(argv=argv, cwd=str(ROOT), output=OUTPUT)
-    missing = builder.missing_prerequisites()
-    if missing:
-        print("the lab cannot run here: " + "; ".join(missing), file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="bench-worker-memory-") as scratch:
-        state_dir = Path(scratch) / "lab"
-        try:
-            builder.up(state_dir, nodes=1, backends=0, prefix="rbw", memory_mb=384, job=job)
-            result = builder.job_output(state_dir, job)
-            deadline = time.monotonic() + RESULT_BOUND_S
-            while not result.exists():
-                if time.monotonic() > deadline:
-                    print(f"no result within {RESULT_BOUND_S:.0f} s", file=sys.stderr)
-                    return 1
-                time.sleep(1.0)
-            output = result.read_text(encoding="utf-8")
-        finally:
-            builder.down(state_dir)
+    try:
+        output = run_job(job, prefix="rbw", memory_mb=384, timeout_s=RESULT_BOUND_S)
+    except LabError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(output, end="")
-    return 0 if output.strip().endswith(f"{JOB_EXIT_PREFIX}0") else 1
+    return 0
 
 
 def main() -> int:
