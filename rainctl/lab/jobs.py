@@ -3,11 +3,12 @@ inside a UML guest (IPVS at scale, the configuration worker's memory, the checke
 
 `wait_for_job` waits for the output the node writes whole when the command has ended;
 `run_job` boots a 1-node lab (no daemon) that runs the job, waits for it and takes the lab
-down, whatever happens.
+down, whatever happens; `print_job` is that for a benchmark's command line.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,3 +48,15 @@ def run_job(job: GuestJob, *, prefix: str, memory_mb: int, timeout_s: float) -> 
             return wait_for_job(state_dir, job, timeout_s=timeout_s)
         finally:
             builder.down(state_dir)
+
+
+def print_job(job: GuestJob, *, prefix: str, memory_mb: int, timeout_s: float) -> int:
+    """`run_job` for a benchmark's command line: the output on stdout and 0, or the reason on
+    stderr and 1."""
+    try:
+        output = run_job(job, prefix=prefix, memory_mb=memory_mb, timeout_s=timeout_s)
+    except LabError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(output, end="")
+    return 0

@@ -36,9 +36,8 @@ from rainctl.daemon.config_worker import (
     keep_freed_memory,
     prepare_request,
 )
-from rainctl.lab.jobs import run_job
+from rainctl.lab.jobs import print_job
 from rainctl.lab.plan import GuestJob
-from rainctl.lab.processes import LabError
 from tests.bench.bench_ipvs_live import CHANGED_PERMILLE, _services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,13 +106,7 @@ def host(services: int, requests: int, runs: int, host_only: bool) -> int:
         "--requests", str(requests), "--runs", str(runs),
     )  # fmt: skip
     job = GuestJob(argv=argv, cwd=str(ROOT), output=OUTPUT)
-    try:
-        output = run_job(job, prefix="rbw", memory_mb=384, timeout_s=RESULT_BOUND_S)
-    except LabError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(output, end="")
-    return 0
+    return print_job(job, prefix="rbw", memory_mb=384, timeout_s=RESULT_BOUND_S)
 
 
 def main() -> int:

@@ -42,9 +42,8 @@ from rainctl.kernel.ipvs import (
     ServiceEntry,
     VirtualService,
 )
-from rainctl.lab.jobs import run_job
+from rainctl.lab.jobs import print_job
 from rainctl.lab.plan import GuestJob
-from rainctl.lab.processes import LabError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,13 +182,7 @@ def host(sizes: list[int], trials: int, memory_mb: int) -> int:
         "--sizes", ",".join(map(str, sizes)), "--trials", str(trials),
     )  # fmt: skip
     job = GuestJob(argv=argv, cwd=str(ROOT), output=OUTPUT)
-    try:
-        output = run_job(job, prefix="rbi", memory_mb=memory_mb, timeout_s=RESULT_BOUND_S)
-    except LabError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(output, end="")
-    return 0
+    return print_job(job, prefix="rbi", memory_mb=memory_mb, timeout_s=RESULT_BOUND_S)
 
 
 def main() -> int:
