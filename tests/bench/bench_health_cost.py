@@ -43,7 +43,8 @@ import psutil
 
 from rainctl.lab import builder
 from rainctl.lab.farm import read_counts
-from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
+from rainctl.lab.jobs import wait_for_job
+from rainctl.lab.plan import GuestJob
 from rainctl.lab.processes import LabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,15 +196,7 @@ def run(servers: int, duration_s: float) -> None:
         scratch = directory / "ports.tmp"
         scratch.write_text(f"{address} {ports_file.read_text()}", encoding="ascii")
         scratch.replace(directory / "ports")
-        output = builder.job_output(state_dir, job)
-        deadline = time.monotonic() + RESULT_BOUND_S
-        while not output.exists():
-            if time.monotonic() > deadline:
-                raise LabError(f"no result in {RESULT_BOUND_S:g} s")
-            time.sleep(1)
-        text = output.read_text(encoding="utf-8")
-        if not text.rstrip().endswith(f"{JOB_EXIT_PREFIX}0"):
-            raise LabError(f"the guest's run failed:\n{text}")
+        text = wait_for_job(state_dir, job, timeout_s=RESULT_BOUND_S)
         lines = [line for line in text.splitlines() if line.startswith("[")]
         results = json.loads(lines[-1])
         for result in results:

@@ -42,8 +42,8 @@ from rainctl.kernel.ipvs import (
     ServiceEntry,
     VirtualService,
 )
-from rainctl.lab import builder
-from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
+from rainctl.lab.jobs import print_job
+from rainctl.lab.plan import GuestJob
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,26 +182,7 @@ def host(sizes: list[int], trials: int, memory_mb: int) -> int:
         "--sizes", ",".join(map(str, sizes)), "--trials", str(trials),
     )  # fmt: skip
     job = GuestJob(argv=argv, cwd=str(ROOT), output=OUTPUT)
-    missing = builder.missing_prerequisites()
-    if missing:
-        print("the lab cannot run here: " + "; ".join(missing), file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="bench-ipvs-") as scratch:
-        state_dir = Path(scratch) / "lab"
-        try:
-            builder.up(state_dir, nodes=1, backends=0, prefix="rbi", memory_mb=memory_mb, job=job)
-            result = builder.job_output(state_dir, job)
-            deadline = time.monotonic() + RESULT_BOUND_S
-            while not result.exists():
-                if time.monotonic() > deadline:
-                    print(f"no result within {RESULT_BOUND_S:.0f} s", file=sys.stderr)
-                    return 1
-                time.sleep(1.0)
-            output = result.read_text(encoding="utf-8")
-        finally:
-            builder.down(state_dir)
-    print(output, end="")
-    return 0 if output.strip().endswith(f"{JOB_EXIT_PREFIX}0") else 1
+    return print_job(job, prefix="rbi", memory_mb=memory_mb, timeout_s=RESULT_BOUND_S)
 
 
 def main() -> int:

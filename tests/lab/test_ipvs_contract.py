@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rainctl.lab import builder
-from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob
+from rainctl.lab.jobs import run_job
+from rainctl.lab.plan import GuestJob
+from rainctl.lab.processes import LabError
 from tests.lab.conftest import FIGURES, NOTES, _require_lab_machine
 from tests.tags import RUN_TAG
 
@@ -32,27 +33,17 @@ JOB = GuestJob(
 )  # fmt: skip
 
 
-def test_ipvs_contract_inside_a_lab_node(tmp_path: Path) -> None:
+def test_ipvs_contract_inside_a_lab_node() -> None:
     _require_lab_machine()
-    state_dir = tmp_path / "ipvs-lab"
-    prefix = f"rli{RUN_TAG}"
     started = time.monotonic()
     try:
-        builder.up(state_dir, nodes=1, backends=0, prefix=prefix, memory_mb=256, job=JOB)
-        result = builder.job_output(state_dir, JOB)
-        deadline = time.monotonic() + RESULT_BOUND_S
-        while not result.exists():
-            if time.monotonic() > deadline:
-                pytest.fail(f"no result from the node within {RESULT_BOUND_S:.0f} s")
-            time.sleep(0.5)
-        FIGURES["ipvs contract in a lab node (up + in-guest pytest)"] = time.monotonic() - started
-        output = result.read_text(encoding="utf-8")
-    finally:
-        builder.down(state_dir)
+        output = run_job(JOB, prefix=f"rli{RUN_TAG}", memory_mb=256, timeout_s=RESULT_BOUND_S)
+    except LabError as exc:
+        pytest.fail(str(exc))
+    FIGURES["ipvs contract in a lab node (up + in-guest pytest)"] = time.monotonic() - started
     print(output)
     lines = output.strip().splitlines()
     NOTES.extend(line.strip() for line in lines if line.strip().startswith("IPVS-FIGURES"))
-    assert lines[-1] == f"{JOB_EXIT_PREFIX}0", output
     summary = [line for line in lines if " passed" in line]
     assert summary, output
     assert "deselected" not in summary[-1], summary[-1]

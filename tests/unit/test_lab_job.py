@@ -1,9 +1,15 @@
 """The lab's one-shot guest job (`GuestJob`): off by default, quoted, in the background,
-its result written whole after the ready marker."""
+its result written whole after the ready marker; waiting for it (rainctl.lab.jobs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from rainctl.lab import builder, jobs
 from rainctl.lab.plan import JOB_EXIT_PREFIX, GuestJob, init_script, plan_lab
+from rainctl.lab.processes import LabError
 
 
 def test_no_job_by_default() -> None:
@@ -24,3 +30,19 @@ def test_job_runs_after_the_ready_marker_in_the_background() -> None:
         "exec /venv/bin/python"
     )
     assert script.index(") &\n") < script.index("mkfifo /run/rainctl/idle")
+
+
+def test_waiting_for_a_job_gives_its_output_or_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "job.txt"
+    monkeypatch.setattr(builder, "job_output", lambda state_dir, job: output)
+    monkeypatch.setattr(jobs, "POLL_S", 0.01)
+    job = GuestJob(argv=("true",), cwd="/")
+    with pytest.raises(LabError, match=r"^the guest's job wrote no result within 0.05 s$"):
+        jobs.wait_for_job(tmp_path, job, timeout_s=0.05)
+    output.write_text(f"boom\n{JOB_EXIT_PREFIX}1\n")
+    with pytest.raises(LabError, match="the guest's job failed:\nboom\n"):
+        jobs.wait_for_job(tmp_path, job, timeout_s=0.05)
+    output.write_text(f"fine\n{JOB_EXIT_PREFIX}0\n")
+    assert jobs.wait_for_job(tmp_path, job, timeout_s=0.05) == f"fine\n{JOB_EXIT_PREFIX}0\n"
