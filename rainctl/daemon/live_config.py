@@ -26,7 +26,6 @@ written by a single background writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -163,11 +162,6 @@ class LiveConfig:
 
     async def _prepare_wanted(self, wanted: ConfigWanted) -> None:
         label = f"version {wanted.digest.hex()[:12]}"
-        in_flight = self._validating.get(wanted.digest)
-        if in_flight is not None:  # this node's own push of it: that validation votes
-            with contextlib.suppress(RainctlError):
-                await asyncio.shield(in_flight)
-            return
         started = time.monotonic()
         try:
             text = await self._fetch(wanted)
