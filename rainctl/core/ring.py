@@ -1136,18 +1136,21 @@ class RingMachine:
             token = replace(token, config=config)
         # A version renumbered at this admission is run at once (same document).
         self._follow_config(token, now, actions)
+        # A member that does not run the ring's version still votes: one that cannot run it
+        # (an interface it lacks) must not block the push that mends it. Its own
+        # operator's push waits.
+        own_push = self.config.runs(token.config)
+        token = self._hold_config(token, now, actions, own_push=own_push)
         if self.config.runs(token.config):
-            # A node that does not run the ring's configuration leaves the shared tables
-            # alone: its VIP pool, nodes and services may not be the ring's.
-            token = self._hold_config(token, now, actions)
+            # Maintained also when this node's vote just committed the version it runs now:
+            # the next member must not get a table with VIPs that version removed.
             token = self._maintain_vips(token, now)
             health = self.health.update(token.health, token.ring, token.member_ids())
             if health is not token.health:
                 token = replace(token, health=health)
         else:
-            # It still votes: a member that cannot run the ring's version (an interface it
-            # lacks) must not block the push that mends it. Its own operator's push waits.
-            token = self._hold_config(token, now, actions, own_push=False)
+            # A node that does not run the ring's configuration leaves the shared tables
+            # alone: its VIP pool, nodes and services may not be the ring's.
             # And the VIPs the ring planned away from it (it serves none of them: it was
             # given some on admission, before its first report said UNHEALTHY) are released
             # here, else nobody would ever serve them: the owner commits its own releases.
