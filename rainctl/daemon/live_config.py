@@ -26,6 +26,7 @@ written by a single background writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -59,6 +60,9 @@ FETCH_TIMEOUT_S = 5.0
 PUSH_TIMEOUT_S = 120.0
 """An operator waits at most this long for the ring's decision (the ring itself aborts a
 proposal nobody could validate after PROPOSAL_ROTATIONS_MAX rotations)."""
+
+REFUSED_SETTLE_S = 5.0
+"""How long a push this node refused waits for the ring to drop its proposal."""
 
 log = logging.getLogger("rainctl.config")
 
@@ -358,6 +362,10 @@ class LiveConfig:
             try:
                 prepared = await asyncio.shield(validation)
             except RainctlError as exc:
+                # Answered once the ring dropped the proposal (this node's "no" ends it at
+                # its next hold), so a push made right after is not told one is in flight.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, REFUSED_SETTLE_S)
                 raise ControlError(f"{verb} refused: {exc}") from exc
             validated_s = time.monotonic() - started
             settled = await asyncio.wait_for(future, PUSH_TIMEOUT_S)
