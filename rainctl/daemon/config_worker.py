@@ -241,8 +241,8 @@ class ConfigWorker:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._process = None
             raise ConfigError(f"the configuration worker ended ({exc}); try again") from exc
-        kind, value, (worker_ms, page_faults) = await asyncio.to_thread(pickle.loads, answer)
-        return str(kind), value, WorkerCost(float(worker_ms), int(page_faults))
+        kind, value, (worker_ms, faults) = await asyncio.to_thread(pickle.loads, answer)
+        return str(kind), value, WorkerCost(float(worker_ms), int(faults))
 
     def _stop_idle(self) -> None:
         self._idle = None
