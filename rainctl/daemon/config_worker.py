@@ -241,8 +241,8 @@ class ConfigWorker:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._process = None
             raise ConfigError(f"the configuration worker ended ({exc}); try again") from exc
-        kind, value, (worker_ms, page_faults) = await asyncio.to_thread(pickle.loads, answer)
-        return str(kind), value, WorkerCost(float(worker_ms), int(page_faults))
+        kind, value, (worker_ms, faults) = await asyncio.to_thread(pickle.loads, answer)
+        return str(kind), value, WorkerCost(float(worker_ms), int(faults))
 
     def _stop_idle(self) -> None:
         self._idle = None
@@ -289,7 +289,8 @@ def keep_freed_memory() -> bool:
     return all(mallopt(parameter, value) == 1 for parameter, value in ALLOCATOR_SETTINGS)
 
 
-def _page_faults() -> int:
+def page_faults() -> int:
+    """This process's page faults so far (minor and major)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_minflt + usage.ru_majflt
 
@@ -306,12 +307,12 @@ def main() -> None:
         if len(header) < _LENGTH_BYTES:
             return
         request = pickle.loads(requests.read(int.from_bytes(header, "big")))  # noqa: S301 - from the daemon, our parent
-        started, faults = time.monotonic(), _page_faults()
+        started, faults = time.monotonic(), page_faults()
         try:
             answer: tuple[str, object] = ("ok", _portable(*prepare_request(request, memory)))
         except RainctlError as exc:
             answer = ("error", str(exc))
-        cost = ((time.monotonic() - started) * 1000, _page_faults() - faults)
+        cost = ((time.monotonic() - started) * 1000, page_faults() - faults)
         data = pickle.dumps((*answer, cost), pickle.HIGHEST_PROTOCOL)
         answers.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
         answers.flush()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from rainctl.daemon.config_worker import (
     WorkerMemory,
     _portable,
     keep_freed_memory,
+    page_faults,
     prepare_request,
 )
 from rainctl.lab.jobs import print_job
@@ -46,11 +46,6 @@ VIP = "198.18.0.100"
 OUTPUT = "worker-memory.txt"
 RESULT_BOUND_S = 1800.0
 MODES = ("kept (rainctl)", "glibc defaults")
-
-
-def _page_faults() -> int:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_minflt + usage.ru_majflt
 
 
 def one_run(services: int, requests: int, keep: bool) -> list[tuple[float, int]]:
@@ -68,9 +63,9 @@ def one_run(services: int, requests: int, keep: bool) -> list[tuple[float, int]]
     costs = []
     for index in range(1, requests + 1):
         request = PrepareRequest(texts[index], "bench", texts[index - 1], context)
-        started, faults = time.perf_counter(), _page_faults()
+        started, faults = time.perf_counter(), page_faults()
         _portable(*prepare_request(request, memory))
-        costs.append(((time.perf_counter() - started) * 1000, _page_faults() - faults))
+        costs.append(((time.perf_counter() - started) * 1000, page_faults() - faults))
     return costs[1:]
 
 
