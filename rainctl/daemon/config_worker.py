@@ -17,6 +17,14 @@ are pickles behind an 8-byte length, on its stdin and stdout; the answer is unpi
 thread. It keeps a `WorkerMemory`: a `ConfigRereader` (unchanged `[[services]]` tables are
 not validated again) and the documents it read last, by digest.
 
+What crosses the pipes is kept small, because inside a UML guest moving a document through
+a pipe cost more than validating it (docs/benchmarks.md, S1 live: 135-233 ms of "transfers"
+for a 1 % change of a 727 KB document, against 59-181 ms of validation): the pipes are made
+large enough for a whole document (F_SETPIPE_SZ), so it crosses in one write; the running
+document goes by digest when the worker still keeps it (each answer says which documents it
+keeps; one it forgot is asked for again with the text); the answer leaves the document's
+text out (the daemon has it).
+
 Services the document did not change do not cross the process boundary: the worker sends
 their position in the running version instead (its re-reader gives an unchanged entry the
 very `ServiceSpec` of the running read), and the daemon puts the running version's own
@@ -30,13 +38,16 @@ replaced by it (`intern_services`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import fcntl
 import logging
 import pickle
 import resource
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from rainctl.children import die_with_parent, step_aside
 from rainctl.config.live import NodeContext, Prepared, document_digest, prepare_document
@@ -47,6 +58,10 @@ from rainctl.errors import ConfigError, RainctlError
 INLINE_BYTES_MAX = 64 * 1024
 IDLE_S = 300.0
 SERVICES_PER_CHUNK = 200
+PIPE_BYTES = 4 << 20
+"""Each pipe's capacity (the kernel's default is 64 KiB); capped by fs.pipe-max-size unless
+the daemon runs as root."""
+_F_SETPIPE_SZ = 1031
 _LENGTH_BYTES = 8
 
 log = logging.getLogger("rainctl.config")
@@ -73,6 +88,18 @@ class PrepareRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class _Wire:
+    """A request as it crosses the pipe: the running document by digest, its text only when
+    the worker may not keep it."""
+
+    text: str
+    source: str
+    running_digest: bytes
+    running_text: str | None
+    context: NodeContext
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerCost:
     """What one request cost the worker process."""
 
@@ -91,13 +118,20 @@ class WorkerMemory:
         self.reader = ConfigRereader()
         self._known: dict[bytes, ConfigRead] = {}
 
-    def running_read(self, text: str) -> ConfigRead:
-        digest = document_digest(text)
+    def running_read(self, text: str, digest: bytes | None = None) -> ConfigRead:
+        digest = document_digest(text) if digest is None else digest
         read = self._known.get(digest)
         if read is None:
             read = self.reader.read_text(text, "the running version")
             self.remember(digest, read)
         return read
+
+    def known(self, digest: bytes) -> ConfigRead | None:
+        return self._known.get(digest)
+
+    def kept(self) -> tuple[bytes, ...]:
+        """The digests of the documents it keeps."""
+        return tuple(self._known)
 
     def remember(self, digest: bytes, read: ConfigRead) -> None:
         self._known[digest] = read
@@ -110,7 +144,12 @@ def prepare_request(
 ) -> tuple[Prepared, tuple[ServiceSpec, ...]]:
     """Validate `request.text` for this node against the running document (the worker);
     also the running document's services as this process read them."""
-    running = memory.running_read(request.running_text)
+    return _prepare_against(request, memory.running_read(request.running_text), memory)
+
+
+def _prepare_against(
+    request: PrepareRequest | _Wire, running: ConfigRead, memory: WorkerMemory
+) -> tuple[Prepared, tuple[ServiceSpec, ...]]:
     prepared = prepare_document(
         request.text,
         request.source,
@@ -142,7 +181,7 @@ def _portable(prepared: Prepared, running: tuple[ServiceSpec, ...]) -> tuple[Pre
     config = prepared.config
     if len(prepared.text) > INLINE_BYTES_MAX:
         config = config.model_copy(update={"services": ()})
-    return replace(prepared, config=config, services=()), chunks
+    return replace(prepared, text="", config=config, services=()), chunks
 
 
 def _services_from(
@@ -179,6 +218,8 @@ class ConfigWorker:
         self._turn = asyncio.Lock()
         self._idle: asyncio.TimerHandle | None = None
         self._ending: set[asyncio.Task[None]] = set()
+        self._kept: tuple[bytes, ...] = ()
+        """The documents the running worker process keeps (its last answer said so)."""
 
     async def prepare(self, request: PrepareRequest, running: Prepared) -> Prepared:
         if max(len(request.text), len(running.text)) <= INLINE_BYTES_MAX:
@@ -219,20 +260,40 @@ class ConfigWorker:
             max(answered_s - queued_s - cost.worker_ms / 1000, 0.0) * 1000,
             (time.monotonic() - started - answered_s) * 1000,
         )
-        return replace(prepared, services=services)
+        return replace(prepared, text=request.text, services=services)
 
     async def _ask(self, request: PrepareRequest) -> tuple[str, object, WorkerCost]:
         """The worker's answer: ("ok", (prepared, chunks)) or ("error", message), and what
-        it cost the worker."""
+        it cost the worker. The running document goes by digest when the worker keeps it;
+        asked for it (it forgot), the request is sent again with the text."""
         process = self._process
         if process is None or process.returncode is not None:
+            self._kept = ()
             process = self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "rainctl.daemon.config_worker",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
+        running_digest = document_digest(request.running_text)
+        by_digest = running_digest in self._kept
+        while True:
+            wire = _Wire(
+                request.text,
+                request.source,
+                running_digest,
+                None if by_digest else request.running_text,
+                request.context,
+            )
+            kind, value, cost, self._kept = await self._exchange(process, wire)
+            if kind != "unknown":
+                return kind, value, cost
+            by_digest = False
+
+    async def _exchange(
+        self, process: asyncio.subprocess.Process, wire: _Wire
+    ) -> tuple[str, object, WorkerCost, tuple[bytes, ...]]:
         assert process.stdin is not None
         assert process.stdout is not None
-        data = await asyncio.to_thread(pickle.dumps, request, pickle.HIGHEST_PROTOCOL)
+        data = await asyncio.to_thread(pickle.dumps, wire, pickle.HIGHEST_PROTOCOL)
         try:
             process.stdin.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
             await process.stdin.drain()
@@ -241,8 +302,8 @@ class ConfigWorker:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._process = None
             raise ConfigError(f"the configuration worker ended ({exc}); try again") from exc
-        kind, value, (worker_ms, faults) = await asyncio.to_thread(pickle.loads, answer)
-        return str(kind), value, WorkerCost(float(worker_ms), int(faults))
+        kind, value, (worker_ms, faults), kept = await asyncio.to_thread(pickle.loads, answer)
+        return str(kind), value, WorkerCost(float(worker_ms), int(faults)), tuple(kept)
 
     def _stop_idle(self) -> None:
         self._idle = None
@@ -295,25 +356,50 @@ def page_faults() -> int:
     return usage.ru_minflt + usage.ru_majflt
 
 
+def widen_pipes(*descriptors: int) -> None:
+    """Give these pipes PIPE_BYTES of capacity, or as much as fs.pipe-max-size allows."""
+    for descriptor in descriptors:
+        try:
+            fcntl.fcntl(descriptor, _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            with contextlib.suppress(OSError, ValueError):
+                allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text(encoding="ascii"))
+                fcntl.fcntl(descriptor, _F_SETPIPE_SZ, min(allowed, PIPE_BYTES))
+
+
+def answer(wire: _Wire, memory: WorkerMemory) -> tuple[str, object]:
+    """One request's answer: ("ok", what `_portable` makes), ("error", the one-line
+    reason), or ("unknown", None) when the running document came by a digest this worker
+    no longer keeps."""
+    if wire.running_text is None:
+        running = memory.known(wire.running_digest)
+        if running is None:
+            return "unknown", None
+    else:
+        running = memory.running_read(wire.running_text, wire.running_digest)
+    try:
+        return "ok", _portable(*_prepare_against(wire, running, memory))
+    except RainctlError as exc:
+        return "error", str(exc)
+
+
 def main() -> None:
     """The worker process: answer requests until its stdin ends."""
     die_with_parent()
     step_aside()
     keep_freed_memory()
+    widen_pipes(0, 1)
     memory = WorkerMemory()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
         header = requests.read(_LENGTH_BYTES)
         if len(header) < _LENGTH_BYTES:
             return
-        request = pickle.loads(requests.read(int.from_bytes(header, "big")))  # noqa: S301 - from the daemon, our parent
+        wire = pickle.loads(requests.read(int.from_bytes(header, "big")))  # noqa: S301 - from the daemon, our parent
         started, faults = time.monotonic(), page_faults()
-        try:
-            answer: tuple[str, object] = ("ok", _portable(*prepare_request(request, memory)))
-        except RainctlError as exc:
-            answer = ("error", str(exc))
+        kind, value = answer(wire, memory)
         cost = ((time.monotonic() - started) * 1000, page_faults() - faults)
-        data = pickle.dumps((*answer, cost), pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((kind, value, cost, memory.kept()), pickle.HIGHEST_PROTOCOL)
         answers.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
         answers.flush()
 

@@ -4,7 +4,9 @@ process of their own, with the same result as in the daemon; small ones in a thr
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -13,20 +15,26 @@ from pathlib import Path
 
 import pytest
 
-from rainctl.config.live import NodeContext, Prepared
+from rainctl.config.live import NodeContext, Prepared, document_digest
 from rainctl.daemon.config_worker import (
     INLINE_BYTES_MAX,
+    PIPE_BYTES,
     ConfigWorker,
     PrepareRequest,
+    WorkerCost,
     WorkerMemory,
     _portable,
     _services_from,
+    _Wire,
+    answer,
     prepare_request,
+    widen_pipes,
 )
 from rainctl.errors import ConfigError
 from tests.unit.test_config import document
 
 CONTEXT = NodeContext(2, front_interface_fixed=False)
+F_GETPIPE_SZ = 1032
 
 
 def services(count: int, *, weight: int = 1) -> str:
@@ -135,3 +143,61 @@ def test_unchanged_services_cross_as_their_running_positions() -> None:
     assert all(rebuilt[i] is daemon_running[i] for i in range(len(rebuilt)) if i != 7)
     with pytest.raises(ConfigError, match="another running version"):
         _services_from(chunks, daemon_running[:5])
+
+
+def test_the_running_document_crosses_by_digest_once_the_worker_keeps_it() -> None:
+    """Inside UML moving a document through a pipe cost more than validating it: the running
+    document goes as its digest when the worker keeps it, the answer leaves the text out."""
+    base = running(document())
+    large = document() + services(600)
+    changed = document() + services(600, weight=3)
+    sent: list[_Wire] = []
+
+    async def main() -> tuple[Prepared, Prepared, Prepared]:
+        worker = ConfigWorker()
+        exchange = worker._exchange
+
+        async def recorded(
+            process: asyncio.subprocess.Process, wire: _Wire
+        ) -> tuple[str, object, WorkerCost, tuple[bytes, ...]]:
+            sent.append(wire)
+            return await exchange(process, wire)
+
+        worker._exchange = recorded  # type: ignore[method-assign]
+        try:
+            first = await worker.prepare(PrepareRequest(large, "a", base.text, CONTEXT), base)
+            second = await worker.prepare(PrepareRequest(changed, "b", large, CONTEXT), first)
+            # A document the worker no longer keeps (it keeps the last two): the daemon,
+            # told otherwise here, sends the digest and is asked for the text.
+            worker._kept = (document_digest(base.text),)
+            third = await worker.prepare(PrepareRequest(large, "c", base.text, CONTEXT), base)
+            return first, second, third
+        finally:
+            await worker.close()
+
+    first, second, third = asyncio.run(main())
+    assert [wire.running_text is None for wire in sent] == [False, True, True, False]
+    assert [wire.source for wire in sent] == ["a", "b", "c", "c"]
+    assert (first.text, second.text, third.text) == (large, changed, large)
+    assert second.changes == {"services": ["~ tcp 198.18.0.100:20007: real_servers"]}
+    assert third.services == first.services
+
+
+def test_a_digest_the_worker_does_not_keep_is_asked_for() -> None:
+    memory = WorkerMemory()
+    wire = _Wire(document(), "x", document_digest("another"), None, CONTEXT)
+    assert answer(wire, memory) == ("unknown", None)
+
+
+def test_the_worker_widens_its_pipes() -> None:
+    reading, writing = os.pipe()
+    try:
+        widen_pipes(reading)
+        assert fcntl.fcntl(reading, F_GETPIPE_SZ) >= min(PIPE_BYTES, _pipe_max_bytes())
+    finally:
+        os.close(reading)
+        os.close(writing)
+
+
+def _pipe_max_bytes() -> int:
+    return int(Path("/proc/sys/fs/pipe-max-size").read_text(encoding="ascii"))
