@@ -104,7 +104,9 @@ class ConfigFollower:
         sender: NodeId | None,
     ) -> list[ConfigWanted]:
         """Documents to fetch: the committed one (from the sender, then the others) and the
-        proposal's (from its origin, then the members that accepted it)."""
+        proposal's (from its origin, then the members that accepted it), except this node's
+        own proposal of this incarnation: its driver validates that as part of the push,
+        and that verdict is its vote."""
         wants: list[ConfigWanted] = []
         others = tuple(node for node in members if node != self.node_id)
         committed = section.committed.digest
@@ -112,7 +114,15 @@ class ConfigFollower:
             first = () if sender is None or sender == self.node_id else (sender,)
             wants.append(ConfigWanted(committed, (*first, *(n for n in others if n not in first))))
         proposal = section.proposal
-        if proposal is not None and self._ask(proposal.version.digest, now, retry=False):
+        own = proposal is not None and (proposal.origin, proposal.origin_incarnation) == (
+            self.node_id,
+            self.incarnation,
+        )
+        if (
+            proposal is not None
+            and not own
+            and self._ask(proposal.version.digest, now, retry=False)
+        ):
             accepted = [vote.node_id for vote in proposal.votes if vote.accepted]
             sources = [proposal.origin, *(n for n in accepted if n != proposal.origin)]
             wants.append(

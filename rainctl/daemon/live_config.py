@@ -14,8 +14,11 @@ cluster"; the commit protocol is docs/protocol.md, "Live configuration").
 - `ConfigPushSettled`: the answer to the operator waiting in `push`.
 
 `push` is `rainctl config push` (and `rollback`, SIGHUP and `rainctl reload`, which push
-the local file): the document is validated here first, exactly as every member will, then
-proposed with the version it was based on; the answer comes when the ring decided.
+the local file): the document is proposed with the version it was based on at once, and
+validated here meanwhile, exactly as every member validates it; this node's result is its
+vote (a document it refuses is refused by its own "no", and the operator gets this node's
+whole reason). So the members fetch and validate while the pusher does, and a large
+document costs one validation of time, not two. The answer comes when the ring decided.
 Nothing here runs on the token path: validation and fetches run in threads, the history is
 written by a single background writer.
 """
@@ -23,6 +26,7 @@ written by a single background writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rainctl.config.changes import change_count
-from rainctl.config.live import NodeContext, Prepared
+from rainctl.config.live import NodeContext, Prepared, document_digest
 from rainctl.core.cluster_config import ConfigVersion
 from rainctl.core.codec import KeyRing
 from rainctl.core.events import (
@@ -56,6 +60,9 @@ FETCH_TIMEOUT_S = 5.0
 PUSH_TIMEOUT_S = 120.0
 """An operator waits at most this long for the ring's decision (the ring itself aborts a
 proposal nobody could validate after PROPOSAL_ROTATIONS_MAX rotations)."""
+
+REFUSED_SETTLE_S = 5.0
+"""How long a push this node refused waits for the ring to drop its proposal."""
 
 log = logging.getLogger("rainctl.config")
 
@@ -94,6 +101,11 @@ class LiveConfig:
         self._worker = ConfigWorker()
         self._prepared: dict[bytes, Prepared] = {}
         """Documents validated here that the ring has not committed (yet)."""
+        self._validating: dict[bytes, asyncio.Task[Prepared]] = {}
+        """Validations in flight by digest: a push's own and the machine's `ConfigWanted`
+        of the same document share one."""
+        self._texts: dict[bytes, str] = {}
+        """The documents being validated here, served to members that fetch them meanwhile."""
         self._pushes: dict[int, asyncio.Future[ConfigPushSettled]] = {}
         self._next_request_id = 1
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainctl-history")
@@ -118,6 +130,9 @@ class LiveConfig:
             prepared = self.running.prepared
         if prepared is not None:
             return prepared.text.encode()
+        validating = self._texts.get(digest)
+        if validating is not None:
+            return validating.encode()
         try:
             text = self._store.find(digest)
         except StateError:
@@ -127,7 +142,7 @@ class LiveConfig:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._validating.values()]:
             task.cancel()
         await self._worker.close()
         self._writer.shutdown(wait=True)
@@ -154,24 +169,59 @@ class LiveConfig:
         started = time.monotonic()
         try:
             text = await self._fetch(wanted)
-            fetched = time.monotonic()
-            prepared = await self._prepare(text, label)
-            log.info(
-                "%s: document in %d ms (%d bytes), validated for this node in %d ms",
-                label,
-                (fetched - started) * 1000,
-                len(text),
-                (time.monotonic() - fetched) * 1000,
-            )
         except RainctlError as exc:
-            log.warning("cannot take %s: %s", label, exc)
-            token = self._machine.token
-            if token is not None and token.config.committed.digest == wanted.digest:
-                self.problem = f"cannot run the ring's version: {exc}"
+            self._cannot_take(wanted.digest, label, exc)
             self._submit(ConfigPrepared(wanted.digest, None, str(exc)))
             return
-        self._prepared[wanted.digest] = prepared
-        self._submit(ConfigPrepared(wanted.digest, prepared.spec))
+        fetched = time.monotonic()
+        try:
+            await asyncio.shield(self._validation(wanted.digest, text, label))
+        except RainctlError as exc:
+            self._cannot_take(wanted.digest, label, exc)
+            return
+        log.info(
+            "%s: document in %d ms (%d bytes), validated for this node in %d ms",
+            label,
+            (fetched - started) * 1000,
+            len(text),
+            (time.monotonic() - fetched) * 1000,
+        )
+
+    def _cannot_take(self, digest: bytes, label: str, exc: RainctlError) -> None:
+        log.warning("cannot take %s: %s", label, exc)
+        token = self._machine.token
+        if token is not None and token.config.committed.digest == digest:
+            self.problem = f"cannot run the ring's version: {exc}"
+
+    def _validation(self, digest: bytes, text: str, source: str) -> asyncio.Task[Prepared]:
+        """The validation of document `text` (sha256 `digest`) here, started unless one is
+        in flight; its result is stepped into the machine (this node's vote) when it ends,
+        and the document is served to fetching members meanwhile."""
+        task = self._validating.get(digest)
+        if task is not None:
+            return task
+        task = asyncio.get_running_loop().create_task(self._validate(digest, text, source))
+        self._validating[digest] = task
+        self._texts[digest] = text
+
+        def done(finished: asyncio.Task[Prepared]) -> None:
+            self._validating.pop(digest, None)
+            self._texts.pop(digest, None)
+            if not finished.cancelled():
+                finished.exception()  # retrieved: every awaiter reports it its own way
+
+        task.add_done_callback(done)
+        return task
+
+    async def _validate(self, digest: bytes, text: str, source: str) -> Prepared:
+        try:
+            prepared = await self._prepare(text, source)
+        except RainctlError as exc:
+            self._submit(ConfigPrepared(digest, None, str(exc)))
+            raise
+        self._prepared[digest] = prepared
+        self._submit(ConfigPrepared(digest, prepared.spec))
+        return prepared
 
     async def _fetch(self, wanted: ConfigWanted) -> str:
         local = self._document_bytes(wanted.digest)
@@ -286,41 +336,38 @@ class LiveConfig:
         dry_run: bool,
         verb: str = "push",
     ) -> JsonObject:
-        """Validate `text` here, then (unless a dry run) commit it through the ring; errors
-        start with "`verb` refused:"."""
+        """Commit `text` through the ring (module docstring), or only validate it here
+        (`dry_run`); errors start with "`verb` refused:", and this node's own refusal of
+        the document comes before any other."""
         running = self.running
         started = time.monotonic()
-        try:
-            prepared = await self._prepare(text, source)
-        except RainctlError as exc:
-            raise ControlError(f"{verb} refused: {exc}") from exc
-        validated_s = time.monotonic() - started
-        answer: JsonObject = {
-            "base_version": running.version.number,
-            "digest": prepared.digest.hex(),
-            "changes": prepared.changes,
-        }
-        if dry_run:
-            return {**answer, "dry_run": True}
-        if self._machine.phase not in IN_RING:
-            raise ControlError(
-                f"{verb} refused: node {self._machine.node_id} is not in a ring "
-                f"({self._machine.phase.name.lower()}); push on a member"
-            )
-        if not self._machine.runs_ring_config():
-            raise ControlError(
-                f"{verb} refused: node {self._machine.node_id} does not run the ring's version "
-                f"yet ({self.problem or 'fetching it'}); push on a member that does"
-            )
+        refusal = None if dry_run else self._push_refusal(verb)
+        if dry_run or refusal is not None:
+            try:
+                prepared = await self._prepare(text, source)
+            except RainctlError as exc:
+                raise ControlError(f"{verb} refused: {exc}") from exc
+            if refusal is not None:
+                raise ControlError(refusal)
+            return {**_answer(running, prepared), "dry_run": True}
+        digest = document_digest(text)
         base = running.version.number if expect_version is None else expect_version
         request_id = self._next_request_id
         self._next_request_id += 1
         future: asyncio.Future[ConfigPushSettled] = asyncio.get_running_loop().create_future()
         self._pushes[request_id] = future
-        self._prepared[prepared.digest] = prepared
-        self._submit(ConfigPrepared(prepared.digest, prepared.spec))
-        self._submit(ConfigPushRequested(request_id, base, prepared.digest))
+        validation = self._validation(digest, text, source)
+        self._submit(ConfigPushRequested(request_id, base, digest))
         try:
+            try:
+                prepared = await asyncio.shield(validation)
+            except RainctlError as exc:
+                # Answered once the ring dropped the proposal (this node's "no" ends it at
+                # its next hold), so a push made right after is not told one is in flight.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, REFUSED_SETTLE_S)
+                raise ControlError(f"{verb} refused: {exc}") from exc
+            validated_s = time.monotonic() - started
             settled = await asyncio.wait_for(future, PUSH_TIMEOUT_S)
         except TimeoutError:
             raise ControlError(
@@ -339,7 +386,26 @@ class LiveConfig:
         if not settled.committed:
             raise ControlError(f"{verb} refused: {settled.reason}")
         version = settled.version or running.version
-        return {**answer, "version": version.number, "committed": True, "reason": settled.reason}
+        return {
+            **_answer(running, prepared),
+            "version": version.number,
+            "committed": True,
+            "reason": settled.reason,
+        }
+
+    def _push_refusal(self, verb: str) -> str | None:
+        """Why this node cannot propose now (None: it can)."""
+        if self._machine.phase not in IN_RING:
+            return (
+                f"{verb} refused: node {self._machine.node_id} is not in a ring "
+                f"({self._machine.phase.name.lower()}); push on a member"
+            )
+        if not self._machine.runs_ring_config():
+            return (
+                f"{verb} refused: node {self._machine.node_id} does not run the ring's version "
+                f"yet ({self.problem or 'fetching it'}); push on a member that does"
+            )
+        return None
 
     def show(self, number: int | None) -> JsonObject:
         running = self.running
@@ -408,6 +474,14 @@ class LiveConfig:
             ],
             "problem": self.problem,
         }
+
+
+def _answer(running: Running, prepared: Prepared) -> JsonObject:
+    return {
+        "base_version": running.version.number,
+        "digest": prepared.digest.hex(),
+        "changes": prepared.changes,
+    }
 
 
 def _history_json(entry: HistoryEntry) -> JsonObject:

@@ -64,6 +64,7 @@ from rainctl.testing.sim_config import (
     FETCH_DELAY_MAX_MS,
     FETCH_DELAY_MIN_MS,
     ConfigChecker,
+    ConfigDocument,
     PushRecord,
     SettledRecord,
     SimConfig,
@@ -324,6 +325,16 @@ class Simulation:
                 node.fetches.append(wanted)
             elif node.condition is NodeCondition.UP:
                 self._fetch(node, wanted)
+        elif kind == "validate":
+            assert isinstance(payload, tuple)
+            node_id, incarnation, document = payload
+            node = self.nodes[node_id]
+            if node.incarnation != incarnation:
+                return  # the daemon that validated is gone
+            if node.condition is NodeCondition.PAUSED:
+                node.fetches.append(ConfigWanted(document.digest, (node_id,)))
+            elif node.condition is NodeCondition.UP:
+                self._validated_push(node, document)
         elif kind == "health":
             assert isinstance(payload, int)
             assert self.backends is not None
@@ -456,20 +467,28 @@ class Simulation:
         self._step(node, prepared)
 
     def _push_config(self, node: SimNode, fault: Fault) -> None:
-        """An operator's push at `node`: validated there first (a document the node refuses
-        is refused at once, as the CLI would), then prepared and requested."""
+        """An operator's push at `node`, as the daemon makes it (rainctl.daemon.live_config):
+        requested at once and validated there meanwhile, for as long as a fetch takes; the
+        node serves the document from the start, and its own verdict is its vote (a
+        document it refuses is refused by that vote)."""
         request_id, document, base = self.config.request(fault, node.machine.config.applied)
-        problem = document.problem(node.node_id)
-        if problem is not None:
-            self._record(node.node_id, "push-refused", f"{document.name}: {problem}")
-            return
         self.config.held.setdefault(node.node_id, set()).add(document.digest)
         self.config.pushes.append(
             PushRecord(self.now, node.node_id, node.incarnation, request_id, document.name, base)
         )
-        self._step(node, ConfigPrepared(document.digest, document.spec, None))
         if node.condition is NodeCondition.UP:
             self._step(node, ConfigPushRequested(request_id, base, document.digest))
+        delay = self.fetch_rng.randint(FETCH_DELAY_MIN_MS, FETCH_DELAY_MAX_MS)
+        self._push(self.now + delay, "validate", (node.node_id, node.incarnation, document))
+
+    def _validated_push(self, node: SimNode, document: ConfigDocument) -> None:
+        """The end of the pusher's own validation: its vote."""
+        problem = document.problem(node.node_id)
+        if problem is not None:
+            self._record(node.node_id, "push-refused", f"{document.name}: {problem}")
+        self._step(
+            node, ConfigPrepared(document.digest, None if problem else document.spec, problem)
+        )
 
     def _measure_load(self, node_id: NodeId) -> None:
         node = self.nodes.get(node_id)

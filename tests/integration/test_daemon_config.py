@@ -3,7 +3,8 @@ a running cluster"): `rainctl config push|diff|show|history|rollback` through th
 effects read from every daemon's status.
 
 One push from node 2 adds a VIP and a service: every node runs it; a push only node 3 can
-refuse (an interface it lacks) is applied nowhere and says so; a stale push is refused; a
+refuse (an interface it lacks) is applied nowhere and says so, pushed at node 1 or at node 3
+itself; a stale push is refused right after; a
 rollback commits an old document as a new version; a node that was down during a push
 fetches the ring's version when it comes back, by digest from the others; a push without
 node 3 makes it leave the ring and exit.
@@ -110,6 +111,11 @@ def test_push_refusal_rollback_catch_up_and_removal(cluster: Cluster, tmp_path: 
     refusal = rainctl(first, "config", "push", str(broken))
     refused(refusal, "refused by node 3: ")
     assert "interface 'rctnosuch0' does not exist on node 3" in refusal.stderr
+    assert versions(everyone) == [2, 2, 2]
+    # Pushed at node 3 itself: proposed while node 3 validates it, refused by its own vote,
+    # and the answer is node 3's whole reason, given once the ring dropped the proposal.
+    own = rainctl(third, "config", "push", str(broken))
+    refused(own, f"push refused: {broken}: nodes[2].front_interface: interface 'rctnosuch0'")
     assert versions(everyone) == [2, 2, 2]
     # Based on a version the ring has left: refused (compare-and-set).
     refused(

@@ -140,7 +140,9 @@ def test_a_push_one_node_refuses_is_run_nowhere_and_the_pusher_learns_who_and_wh
     assert not set(EXTRA_VIPS) & set(live_owners(sim))
 
 
-def test_a_document_the_pusher_itself_refuses_is_refused_at_once() -> None:
+def test_a_document_the_pusher_itself_refuses_is_refused_by_its_own_vote() -> None:
+    """The pusher proposes while it validates (rainctl.daemon.live_config): its refusal is
+    its vote, so the ring aborts the proposal, nobody runs it, and the operator is told."""
     scenario = Scenario(
         seed=22, nodes=3, vips=4, duration_ms=6000, faults=(push(3000, 3, "refused-by-3", nodes=3),)
     )
@@ -148,7 +150,13 @@ def test_a_document_the_pusher_itself_refuses_is_refused_at_once() -> None:
     assert [e.detail for e in sim.timeline if e.kind == "push-refused"] == [
         "refused-by-3: interface rain9 (VIP 198.18.200.3) missing on node 3"
     ]
-    assert sim.config.pushes == []
+    bootstrap = ConfigVersion(1, sim.spec.config_digest)
+    assert versions(sim) == {1: bootstrap, 2: bootstrap, 3: bootstrap}
+    (outcome,) = settled(sim, 3)
+    assert not outcome.committed
+    assert outcome.reason == (
+        "refused by node 3: interface rain9 (VIP 198.18.200.3) missing on node 3"
+    )
 
 
 @pytest.mark.parametrize("second_node", [3, 1])

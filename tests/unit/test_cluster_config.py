@@ -435,8 +435,8 @@ def test_reason_text_cuts_whole_characters() -> None:
 V1 = ConfigVersion(1, D0)
 
 
-def follower(node: NodeId = 2, applied: ConfigVersion = V1) -> ConfigFollower:
-    return ConfigFollower(node, 1, applied)
+def follower(node: NodeId = 2, applied: ConfigVersion = V1, incarnation: int = 1) -> ConfigFollower:
+    return ConfigFollower(node, incarnation, applied)
 
 
 def test_the_committed_document_is_asked_for_every_retry_period_until_valid() -> None:
@@ -471,6 +471,16 @@ def test_a_proposal_is_asked_from_its_origin_then_its_supporters_and_not_after_a
     assert node.wanted(section, 10, (1, 3, 4, 5), sender=3) == []
     node.prepared(D2, None, "interface rain9 missing")  # a refusal is a vote: never again
     assert node.wanted(section, 10 * CONFIG_RETRY_MS, (1, 3, 4, 5), sender=3) == []
+
+
+def test_a_node_does_not_ask_for_its_own_proposal_but_does_after_a_restart() -> None:
+    """Its driver validates its own push meanwhile (rainctl.daemon.live_config); a new
+    incarnation of the node has no such validation running and fetches it like the others."""
+    proposal = ConfigProposal(4, 1, 7, ConfigVersion(2, D2), 0, (ConfigVote(3, True, ""),))
+    section = ConfigSection(ConfigVersion(1, D0), proposal)
+    assert follower(node=4).wanted(section, 0, (3, 4), sender=3) == []
+    restarted = follower(node=4, incarnation=2)
+    assert restarted.wanted(section, 0, (3, 4), sender=3) == [ConfigWanted(D2, (3,))]
 
 
 def test_a_node_never_goes_back_to_an_older_or_rival_version() -> None:
