@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -233,6 +233,10 @@ class DataPlaneReconciler:
         self._verdicts: tuple[ServerOpinion, ...] = ()
         self._drained: tuple[ServerKey, ...] = ()
         self._wanted: _Wanted = ((), (), ())
+        self._wanted_at = time.monotonic()
+        """When the desired state last changed (what a pass waited since is in its log line)."""
+        self._pass_ms: dict[str, float] = {}
+        """Where the running pass's time went, by phase (worker thread)."""
         self.want(services, sync)
         self._applied: tuple[_Wanted, SyncWanted | None] | None = None
         self._last: _Pass | None = None
@@ -286,6 +290,7 @@ class DataPlaneReconciler:
         # thousand real servers that is tens of milliseconds, not to be spent on the loop
         # that carries the token.
         self._wanted = (self._services, self._verdicts, self._drained)
+        self._wanted_at = time.monotonic()
         self._wake.set()
 
     # ---- outputs (event loop) --------------------------------------------------------
@@ -379,9 +384,12 @@ class DataPlaneReconciler:
         read whole when that read is older than `full_read_interval_s` (or a pass
         failed), else the previous pass's; after a change only the services it touched
         are read back."""
+        started = time.monotonic()
+        self._pass_ms = {"waited": (started - self._wanted_at) * 1000}
         made = self._desired_made
         if made is None or made[0] is not wanted:
             made = self._desired_made = (wanted, self._desire(wanted))
+        self._pass_ms["desired table"] = (time.monotonic() - started) * 1000
         try:
             return self._read_diff_apply(made[1], sync)
         except BaseException:
@@ -432,9 +440,10 @@ class DataPlaneReconciler:
             ops = diff_changed(matched, desired)
         if ops:
             applying = time.monotonic()
+            self._pass_ms["read and diff"] = (applying - now) * 1000
             self.operations += len(ops)
             self._table.apply([kernel_change(op) for op in ops])
-            _log_operations(ops, time.monotonic() - applying)
+            _log_operations(ops, time.monotonic() - applying, self._pass_ms)
             touched = {kernel_service(op.service) for op in ops}
             keys = {service.key for service in touched}
             entries = sorted(
@@ -511,20 +520,21 @@ def _diff_where(
     return diff_ipvs(current, [entry for entry in desired if entry.service.key in keys])
 
 
-def _log_operations(ops: Sequence[IpvsOp], took_s: float) -> None:
+def _log_operations(ops: Sequence[IpvsOp], took_s: float, pass_ms: Mapping[str, float]) -> None:
     """Once applied: one line per operation, or for a large batch one line per kind of
-    operation and the time the kernel took (a cold start of thousands of services should
-    not write thousands of lines)."""
+    operation, the time the kernel took and where the pass's time went before it (a cold
+    start of thousands of services should not write thousands of lines)."""
     if len(ops) <= LOGGED_OPERATIONS:
         for op in ops:
             log.info("ipvs: %s", op)
         return
     kinds = Counter(op.kind.value for op in ops)
     log.info(
-        "ipvs: %d operations (%s) applied in %.0f ms",
+        "ipvs: %d operations (%s) applied in %.0f ms (before it: %s)",
         len(ops),
         ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())),
         took_s * 1000,
+        ", ".join(f"{name} {ms:.0f} ms" for name, ms in pass_ms.items()),
     )
 
 

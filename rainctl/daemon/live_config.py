@@ -224,7 +224,9 @@ class LiveConfig:
         return prepared
 
     async def _fetch(self, wanted: ConfigWanted) -> str:
-        local = self._document_bytes(wanted.digest)
+        # In a thread: the history lookup reads a file, under the store's lock, which its
+        # writer holds while it writes a version (hostfs in the lab: milliseconds to more).
+        local = await asyncio.to_thread(self._document_bytes, wanted.digest)
         if local is not None:
             return local.decode()
         sources = [

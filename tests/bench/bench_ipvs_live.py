@@ -52,12 +52,12 @@ QUIET_S = 5.0
 RELOAD_TIMEOUT_S = 60.0
 _APPLIED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: ipvs: (\d+) operations \(.*\) "
-    r"applied in (\d+) ms$"
+    r"applied in (\d+) ms \(before it: (.*)\)$"
 )
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 PHASES = {
     "push: validated on node 1 (ms)": re.compile(
-        r"reload of \w+: committed .* validated here in (\d+) ms"
+        r"reload of \w+: committed .*validated here in (\d+) ms"
     ),
     "push: request to commit on node 1 (ms)": re.compile(
         r"reload of \w+: committed (\d+) ms after"
@@ -69,6 +69,9 @@ PHASES = {
     "worker: its own time (ms)": re.compile(r"configuration worker: .* (\d+) ms in the worker"),
     "worker: page faults": re.compile(r"configuration worker: .* \((\d+) page faults\)"),
     "worker: pipes and pickles (ms)": re.compile(r"configuration worker: .* (\d+) ms in transfers"),
+    "reconciler: waited for its pass (ms)": re.compile(r"applied in .*before it: waited (\d+) ms"),
+    "reconciler: desired table (ms)": re.compile(r"applied in .*desired table (\d+) ms"),
+    "reconciler: read and diff (ms)": re.compile(r"applied in .*read and diff (\d+) ms"),
 }
 """What the daemons log of each push (rainctl.daemon.live_config, config_worker): one
 figure per matching line of the 1 % reloads."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
@@ -225,6 +227,25 @@ def test_status_lists_a_bounded_number_of_services_and_the_totals() -> None:
         assert status["real_servers_total"] == 2 * (STATUS_SERVICES_MAX + 5)
 
     run(MemoryIpvsTable(), many, None, scenario)
+
+
+def test_a_large_batch_is_one_line_saying_where_the_pass_spent_its_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    many = [replace(WEB, port=1000 + index) for index in range(STATUS_SERVICES_MAX + 5)]
+
+    async def scenario(reconciler: DataPlaneReconciler) -> None:
+        await settled(reconciler)
+
+    with caplog.at_level(logging.INFO, logger="rainctl.dataplane"):
+        run(MemoryIpvsTable(), many, None, scenario)
+    (line,) = [r.getMessage() for r in caplog.records if "operations" in r.getMessage()]
+    assert re.fullmatch(
+        rf"ipvs: {3 * len(many)} operations \({2 * len(many)} add real server, {len(many)} add "
+        r"service\) applied in \d+ ms \(before it: waited \d+ ms, desired table \d+ ms, "
+        r"read and diff \d+ ms\)",
+        line,
+    ), line
 
 
 def test_unchanged_services_are_never_touched() -> None:
