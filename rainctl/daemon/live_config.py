@@ -168,7 +168,7 @@ class LiveConfig:
         label = f"version {wanted.digest.hex()[:12]}"
         started = time.monotonic()
         try:
-            text = await self._fetch(wanted)
+            text, where = await self._fetch(wanted)
         except RainctlError as exc:
             self._cannot_take(wanted.digest, label, exc)
             self._submit(ConfigPrepared(wanted.digest, None, str(exc)))
@@ -180,10 +180,11 @@ class LiveConfig:
             self._cannot_take(wanted.digest, label, exc)
             return
         log.info(
-            "%s: document in %d ms (%d bytes), validated for this node in %d ms",
+            "%s: document in %d ms (%d bytes; %s), validated for this node in %d ms",
             label,
             (fetched - started) * 1000,
             len(text),
+            where,
             (time.monotonic() - fetched) * 1000,
         )
 
@@ -223,12 +224,13 @@ class LiveConfig:
         self._submit(ConfigPrepared(digest, prepared.spec))
         return prepared
 
-    async def _fetch(self, wanted: ConfigWanted) -> str:
+    async def _fetch(self, wanted: ConfigWanted) -> tuple[str, str]:
+        """The wanted document, and where it came from (for the log)."""
         # In a thread: the history lookup reads a file, under the store's lock, which its
         # writer holds while it writes a version (hostfs in the lab: milliseconds to more).
         local = await asyncio.to_thread(self._document_bytes, wanted.digest)
         if local is not None:
-            return local.decode()
+            return local.decode(), "kept here"
         sources = [
             address
             for address in (self._fetch_address(node) for node in wanted.sources)
@@ -236,11 +238,12 @@ class LiveConfig:
         ]
         if not sources:
             raise FetchError(f"no node to fetch document {wanted.digest.hex()[:12]} from")
+        started = time.monotonic()
         data = await asyncio.to_thread(
             fetch_document, wanted.digest, sources, self._keys, FETCH_TIMEOUT_S
         )
         try:
-            return data.decode()
+            return data.decode(), f"fetched in {(time.monotonic() - started) * 1000:.0f} ms"
         except UnicodeDecodeError:
             raise FetchError(f"document {wanted.digest.hex()[:12]} is not UTF-8") from None
 

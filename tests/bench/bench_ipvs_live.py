@@ -63,6 +63,9 @@ PHASES = {
         r"reload of \w+: committed (\d+) ms after"
     ),
     "members: document fetched (ms)": re.compile(r"version \w+: document in (\d+) ms"),
+    "members: of which the fetch itself (ms)": re.compile(
+        r"version \w+: document .*fetched in (\d+) ms"
+    ),
     "members: validated (ms)": re.compile(
         r"version \w+: document .* validated for this node in (\d+) ms"
     ),
