@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rainctl.daemon import config_fetch
 from rainctl.daemon.config_fetch import (
     DOCUMENT_BYTES_MAX,
     MAGIC,
+    MAGIC_PLAIN,
     REQUEST_BYTES,
     ConfigServer,
     FetchError,
@@ -372,4 +374,99 @@ def test_a_damaged_history_answers_not_here() -> None:
 def test_a_document_over_the_limit_is_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_fetch, "DOCUMENT_BYTES_MAX", 8)
     with serving(holding(DOCUMENT)) as address, pytest.raises(FetchError, match="not there"):
+        fetch_document(DIGEST, [address], KEYS, TIMEOUT_S)
+
+
+# ---- compression and earlier revisions ----------------------------------------------------
+
+
+def test_a_document_travels_compressed() -> None:
+    large = b"".join(
+        b'[[services]]\nvip = "198.18.0.100"\nport = %d\n' % port for port in range(20000, 21000)
+    )
+    digest = hashlib.sha256(large).digest()
+    nonce = bytes(range(16))
+    head = MAGIC + bytes([2]) + digest + nonce
+    with (
+        serving(holding(large)) as address,
+        socket.create_connection(address, timeout=TIMEOUT_S) as client,
+    ):
+        client.sendall(head + hmac.digest(KEYS.keys[2], head, "sha256")[:16])
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert fetch_document(digest, [address], KEYS, TIMEOUT_S) == large
+    status, length = struct.unpack(">BI", answer[:5])
+    assert status == 0
+    assert length == len(answer) - 5 - 16 < len(large) / 10
+    assert zlib.decompress(answer[5 : 5 + length]) == large
+
+
+def test_a_node_of_an_earlier_revision_is_asked_again_in_clear() -> None:
+    """It knows only RCF1: it closes an RCF2 request without a word, then answers RCF1."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+    listener.settimeout(TIMEOUT_S)
+    magics = []
+
+    def serve_two() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                request = _receive_all(connection, REQUEST_BYTES)
+                magics.append(request[:4])
+                if request[:4] == MAGIC_PLAIN:
+                    connection.sendall(signed_answer(0, DOCUMENT)(request))
+
+    thread = threading.Thread(target=serve_two)
+    thread.start()
+    try:
+        assert fetch_document(DIGEST, [listener.getsockname()[:2]], KEYS, TIMEOUT_S) == DOCUMENT
+    finally:
+        thread.join()
+        listener.close()
+    assert magics == [MAGIC, MAGIC_PLAIN]
+
+
+def _receive_all(connection: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = connection.recv(count - len(data))
+        assert chunk
+        data += chunk
+    return data
+
+
+def test_the_server_still_answers_in_clear_to_an_earlier_revision() -> None:
+    nonce = bytes(16)
+    head = MAGIC_PLAIN + bytes([2]) + DIGEST + nonce
+    with (
+        serving(holding(DOCUMENT)) as address,
+        socket.create_connection(address, timeout=TIMEOUT_S) as client,
+    ):
+        client.sendall(head + hmac.digest(KEYS.keys[2], head, "sha256")[:16])
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer == signed_answer(0, DOCUMENT)(head)
+
+
+@pytest.mark.parametrize(
+    ("packed", "problem"),
+    [
+        (b"not zlib at all", "not a zlib stream"),
+        (zlib.compress(DOCUMENT)[:-3], "cut short or followed by more"),
+        (zlib.compress(DOCUMENT) + b"more", "cut short or followed by more"),
+        (zlib.compress(bytes(4096)), "more than the 1024 bytes allowed"),
+    ],
+    ids=["garbage", "cut short", "trailing", "too large inflated"],
+)
+def test_a_malformed_compressed_answer_is_refused(
+    packed: bytes, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_fetch, "DOCUMENT_BYTES_MAX", 1024)
+    with raw_server(signed_answer(0, packed)) as address, pytest.raises(FetchError, match=problem):
         fetch_document(DIGEST, [address], KEYS, TIMEOUT_S)
