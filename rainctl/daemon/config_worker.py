@@ -339,10 +339,11 @@ def keep_freed_memory() -> bool:
 
     Why: validating a document allocates and frees tens of megabytes; with glibc's default
     thresholds the freed memory goes back to the kernel and the next request faults every
-    page in again. Inside a UML guest a page fault is a trip through the host (ptrace), so a
-    1 % change of a 1,000 x 10 document took 250-270 ms there, with about 5,000 page faults
-    per request, against 40-100 ms with these settings (1-500 faults; docs/benchmarks.md,
-    S1 live). The worker ends after IDLE_S without work, which bounds what it keeps.
+    page in again, until glibc's dynamic threshold has grown. Inside a UML guest a page
+    fault is a trip through the host (ptrace): a 1 % change of a 1,000 x 10 document then
+    took up to 1.1 s, with about 5,000 page faults, against at most 240 ms with these
+    settings (docs/benchmarks.md, "The configuration worker's memory"). A fresh worker (one
+    starts after IDLE_S without work, which also bounds what it keeps) is the case.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
