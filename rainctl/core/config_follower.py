@@ -46,6 +46,10 @@ class ConfigFollower:
     push: PushRequest | None = None
     owed: set[int] = field(default_factory=set)
     """Request ids of this node's pushes whose outcome its operator waits for."""
+    proposed: PushRequest | None = None
+    """This node's push that became the token's proposal at one of its holds, until a token
+    shows its outcome. A token without either lost it with a token copy (a ring change
+    just after the hold): it is proposed again at the next hold (`settled`)."""
 
     def _valid(self, digest: bytes) -> bool:
         return digest == self.applied.digest or digest in self.specs
@@ -145,21 +149,48 @@ class ConfigFollower:
         return True
 
     def settled(self, section: ConfigSection) -> list[ConfigPushSettled]:
-        """Outcomes of this node's pushes that its operator has not been told yet."""
+        """Outcomes of this node's pushes that its operator has not been told yet; and a
+        proposal of this node that `section` no longer carries, without an outcome, queued
+        to be proposed again (or, when another push waits, answered: push again)."""
         settled: list[ConfigPushSettled] = []
+        decided = set()
         for outcome in section.outcomes:
-            if (
-                outcome.origin == self.node_id
-                and outcome.origin_incarnation == self.incarnation
-                and outcome.request_id in self.owed
-            ):
-                self.owed.discard(outcome.request_id)
-                settled.append(
-                    ConfigPushSettled(
-                        outcome.request_id, outcome.committed, outcome.version, outcome.reason
+            if outcome.origin == self.node_id and outcome.origin_incarnation == self.incarnation:
+                decided.add(outcome.request_id)
+                if outcome.request_id in self.owed:
+                    self.owed.discard(outcome.request_id)
+                    settled.append(
+                        ConfigPushSettled(
+                            outcome.request_id, outcome.committed, outcome.version, outcome.reason
+                        )
                     )
+        proposed = self.proposed
+        if proposed is None or self._carries(section, proposed):
+            return settled
+        self.proposed = None
+        if proposed.request_id in decided or proposed.request_id not in self.owed:
+            return settled
+        if self.push is None:
+            self.push = proposed
+        else:
+            self.owed.discard(proposed.request_id)
+            settled.append(
+                ConfigPushSettled(
+                    proposed.request_id,
+                    committed=False,
+                    version=None,
+                    reason="the proposal was lost with a token when the ring changed; push again",
                 )
+            )
         return settled
+
+    def _carries(self, section: ConfigSection, push: PushRequest) -> bool:
+        proposal = section.proposal
+        return proposal is not None and (
+            proposal.origin,
+            proposal.origin_incarnation,
+            proposal.request_id,
+        ) == (self.node_id, self.incarnation, push.request_id)
 
     def hold(
         self,
@@ -174,7 +205,7 @@ class ConfigFollower:
         push = None
         if own_push:
             push, self.push = self.push, None
-        return holder_update(
+        section = holder_update(
             section,
             holder=self.node_id,
             holder_incarnation=self.incarnation,
@@ -183,14 +214,18 @@ class ConfigFollower:
             push=push,
             validations=self.validations,
         )
+        if push is not None and self._carries(section, push):
+            self.proposed = push
+        return section
 
     def forget(self, section: ConfigSection) -> None:
         """Drop what concerns documents neither run, committed nor proposed any more."""
         keep = {self.applied.digest, section.committed.digest}
         if section.proposal is not None:
             keep.add(section.proposal.version.digest)
-        if self.push is not None:
-            keep.add(self.push.digest)
+        for push in (self.push, self.proposed):
+            if push is not None:
+                keep.add(push.digest)
         for table in (self.validations, self.specs, self.asked):
             for digest in [d for d in table if d not in keep]:
                 del table[digest]

@@ -159,6 +159,32 @@ def test_a_document_the_pusher_itself_refuses_is_refused_by_its_own_vote() -> No
     )
 
 
+@pytest.mark.parametrize(("seed", "pause_after_ms"), [(21, 0), (21, 35), (22, 14)])
+def test_a_proposal_lost_with_its_pushers_token_copy_is_proposed_again(
+    seed: int, pause_after_ms: int
+) -> None:
+    """The pusher freezes right after its push (its proposal rides a token copy the ring
+    loses when it excludes the pusher): once back, it sees a token with neither the
+    proposal nor its outcome and proposes it again, so the operator gets an answer (these
+    seeds and pauses left it unanswered before)."""
+    scenario = Scenario(
+        seed=seed,
+        nodes=3,
+        vips=4,
+        duration_ms=9000,
+        faults=(
+            push(3000, 2, "vip-added", nodes=3),
+            Fault(3000 + pause_after_ms, "pause", node=2),
+            Fault(3400 + pause_after_ms, "resume", node=2),
+        ),
+    )
+    sim, _ = run(scenario)
+    (outcome,) = settled(sim, 2)
+    committed = ConfigVersion(2, document(sim, "vip-added").digest)
+    assert (outcome.committed, outcome.version) == (True, committed)
+    assert versions(sim) == dict.fromkeys((1, 2, 3), committed)
+
+
 @pytest.mark.parametrize("second_node", [3, 1])
 def test_of_two_concurrent_pushes_one_commits_and_the_other_is_told_why(
     second_node: NodeId,

@@ -536,6 +536,41 @@ def test_a_hold_takes_the_queued_push_once() -> None:
     assert node.hold(section, (1,), 11) is section
 
 
+def test_a_proposal_lost_with_a_token_is_proposed_again_at_the_next_hold() -> None:
+    """The pusher's hold made the proposal, then the ring changed and the token copy that
+    carried it was lost: the next token has neither it nor its outcome."""
+    node = follower(node=2)
+    node.request_push(PushRequest(7, 1, D1))
+    before = ConfigSection(ConfigVersion(1, D0))
+    proposed = node.hold(before, (1, 2), 10)  # no vote yet: it is still validating
+    assert proposed.proposal is not None
+    assert node.proposed == PushRequest(7, 1, D1)
+    assert node.settled(proposed) == []  # its own copy carries it
+    assert node.settled(before) == []  # a token of the new ring does not
+    assert (node.push, node.proposed) == (PushRequest(7, 1, D1), None)
+    again = node.hold(before, (1, 2), 20)
+    assert again.proposal is not None
+    assert again.proposal.request_id == 7
+    outcome = ConfigOutcome(2, 1, 7, ConfigVersion(2, D1), True, "committed by nodes 1,2")
+    assert node.settled(ConfigSection(ConfigVersion(2, D1), None, (outcome,))) == [
+        ConfigPushSettled(7, True, ConfigVersion(2, D1), "committed by nodes 1,2")
+    ]
+    assert node.proposed is None
+
+
+def test_a_lost_proposal_with_another_push_queued_is_answered_push_again() -> None:
+    node = follower(node=2)
+    node.request_push(PushRequest(7, 1, D1))
+    node.hold(ConfigSection(ConfigVersion(1, D0)), (1, 2), 10)
+    node.request_push(PushRequest(8, 1, D2))
+    assert node.settled(ConfigSection(ConfigVersion(1, D0))) == [
+        ConfigPushSettled(
+            7, False, None, "the proposal was lost with a token when the ring changed; push again"
+        )
+    ]
+    assert node.push == PushRequest(8, 1, D2)
+
+
 def test_forget_keeps_what_is_run_committed_proposed_or_pushed() -> None:
     node = follower(applied=ConfigVersion(1, D0))
     for digest, spec in ((D1, SPEC_D1), (D2, SPEC_D2), (D3, None)):
