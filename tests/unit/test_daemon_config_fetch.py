@@ -387,15 +387,8 @@ def test_a_document_travels_compressed() -> None:
     digest = hashlib.sha256(large).digest()
     nonce = bytes(range(16))
     head = MAGIC + bytes([2]) + digest + nonce
-    with (
-        serving(holding(large)) as address,
-        socket.create_connection(address, timeout=TIMEOUT_S) as client,
-    ):
-        client.sendall(head + hmac.digest(KEYS.keys[2], head, "sha256")[:16])
-        client.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
+    with serving(holding(large)) as address:
+        answer = _asked(address, head)
         assert fetch_document(digest, [address], KEYS, TIMEOUT_S) == large
     status, length = struct.unpack(">BI", answer[:5])
     assert status == 0
@@ -442,16 +435,20 @@ def _receive_all(connection: socket.socket, count: int) -> bytes:
 def test_the_server_still_answers_in_clear_to_an_earlier_revision() -> None:
     nonce = bytes(16)
     head = MAGIC_PLAIN + bytes([2]) + DIGEST + nonce
-    with (
-        serving(holding(DOCUMENT)) as address,
-        socket.create_connection(address, timeout=TIMEOUT_S) as client,
-    ):
+    with serving(holding(DOCUMENT)) as address:
+        answer = _asked(address, head)
+    assert answer == signed_answer(0, DOCUMENT)(head)
+
+
+def _asked(address: tuple[str, int], head: bytes) -> bytes:
+    """The server's whole answer to the request `head` (signed with key 2), read raw."""
+    with socket.create_connection(address, timeout=TIMEOUT_S) as client:
         client.sendall(head + hmac.digest(KEYS.keys[2], head, "sha256")[:16])
         client.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := client.recv(65536):
             answer += chunk
-    assert answer == signed_answer(0, DOCUMENT)(head)
+    return answer
 
 
 @pytest.mark.parametrize(
