@@ -536,6 +536,11 @@ def test_a_hold_takes_the_queued_push_once() -> None:
     assert node.hold(section, (1,), 11) is section
 
 
+def queued(node: ConfigFollower) -> tuple[PushRequest | None, PushRequest | None]:
+    """The push waiting for a hold and the one proposed, read anew (not narrowed)."""
+    return node.push, node.proposed
+
+
 def test_a_proposal_lost_with_a_token_is_proposed_again_at_the_next_hold() -> None:
     """The pusher's hold made the proposal, then the ring changed and the token copy that
     carried it was lost: the next token has neither it nor its outcome."""
@@ -544,10 +549,10 @@ def test_a_proposal_lost_with_a_token_is_proposed_again_at_the_next_hold() -> No
     before = ConfigSection(ConfigVersion(1, D0))
     proposed = node.hold(before, (1, 2), 10)  # no vote yet: it is still validating
     assert proposed.proposal is not None
-    assert node.proposed == PushRequest(7, 1, D1)
+    assert queued(node) == (None, PushRequest(7, 1, D1))
     assert node.settled(proposed) == []  # its own copy carries it
     assert node.settled(before) == []  # a token of the new ring does not
-    assert (node.push, node.proposed) == (PushRequest(7, 1, D1), None)
+    assert queued(node) == (PushRequest(7, 1, D1), None)
     again = node.hold(before, (1, 2), 20)
     assert again.proposal is not None
     assert again.proposal.request_id == 7
