@@ -15,8 +15,9 @@ read takes longer than SWEEP_SLICE_S (50 ms; inside UML one real-server dump cos
 1,000 services take 2 s) is instead swept: every REFRESH_S one slice of its services (about
 SWEEP_SLICE_S of reading) is read again, together with one cheap list of the kernel's
 services that shows what was added or deleted by hand, and only those services and the
-changed ones are diffed; so a reload or a verdict never waits behind seconds of reading,
-and the counters of a swept table are up to one sweep old. After a failure the next pass
+changed ones are diffed; so a reload or a verdict never waits behind seconds of reading
+(a change goes before a slice that is due, which then follows at once), and the counters of
+a swept table are up to one sweep old. After a failure the next pass
 comes `RETRY_S` later and starts again from a whole read.
 
 Every service is configured on every node whatever the ring decides (only the VIP's owner
@@ -52,7 +53,6 @@ from rainctl.core.dataplane import (
     ServiceKey,
     ServiceProtocol,
     ServiceSpec,
-    changed_keys,
     desired_entry,
     desired_ipvs,
     diff_changed,
@@ -206,6 +206,8 @@ class _Pass:
 
     entries: tuple[ServiceEntry, ...]
     sync_daemons: tuple[SyncDaemon, ...]
+    slice_due: bool = False
+    """A slice of the sweep was due and left for the next pass (the change went first)."""
 
 
 class DataPlaneReconciler:
@@ -359,6 +361,8 @@ class DataPlaneReconciler:
             self.passes += 1
             self._applied = (wanted, sync)
             self.last_error = None
+            if done.slice_due:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._refresh_s)
 
@@ -415,6 +419,7 @@ class DataPlaneReconciler:
 
     def _read_diff_apply(self, desired: IpvsState, sync: SyncWanted | None) -> _Pass:
         now = time.monotonic()
+        slice_due = False
         last = self._last
         matched = self._matched
         if (
@@ -425,19 +430,23 @@ class DataPlaneReconciler:
         ):
             entries = self._read_whole(now)
             ops = diff_ipvs([core_entry(entry) for entry in entries], desired)
+        elif desired is not matched:
+            # The kernel's table is the desired one the last pass made it, and was not read
+            # since: only the services whose desired entry changed need a look. A slice of
+            # the sweep that is due waits for the next pass, which comes at once: a change
+            # must not wait behind reading (in UML a slice and the list of 1,000 services
+            # cost about 150 ms).
+            entries = list(last.entries)
+            ops = diff_changed(matched, desired)
+            slice_due = self.sweeping() and now - self._read_at >= self._refresh_s
         elif now - self._read_at >= self._refresh_s and self.sweeping():
             self._read_at = now
             entries, examined = self._read_slice(last.entries)
-            ops = _diff_where(entries, examined | changed_keys(matched, desired), desired)
-        elif desired is matched:
+            ops = _diff_where(entries, examined, desired)
+        else:
             # Nothing was read and nothing is wanted anew since the last pass left the
             # table as desired: no diff (of 11,000 objects, in UML a tenth of a second).
             return _Pass(last.entries, self._ensure_sync(sync))
-        else:
-            # The kernel's table is the desired one the last pass made it, and was not read
-            # since: only the services whose desired entry changed need a look.
-            entries = list(last.entries)
-            ops = diff_changed(matched, desired)
         if ops:
             applying = time.monotonic()
             self._pass_ms["read and diff"] = (applying - now) * 1000
@@ -455,7 +464,7 @@ class DataPlaneReconciler:
             )
         daemons = self._ensure_sync(sync)
         self._matched = desired
-        return _Pass(tuple(entries), daemons)
+        return _Pass(tuple(entries), daemons, slice_due)
 
     def _read_whole(self, now: float) -> list[ServiceEntry]:
         entries = self._table.list_services()

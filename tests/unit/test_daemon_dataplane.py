@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
@@ -82,9 +83,14 @@ class RecordingTable(MemoryIpvsTable):
         self.fail: Counter[str] = Counter()
         self.reads: list[list[VirtualService] | None] = []
         """What each list_services call asked for (None: the whole table)."""
+        self.order: list[str] = []
+        """Every call's name, in order."""
+        self.listing_s = 0.0
+        """How long list_virtual_services takes (a slow kernel)."""
 
     def _record(self, name: str) -> None:
         self.calls[name] += 1
+        self.order.append(name)
         if self.fail[name]:
             self.fail[name] -= 1
             raise IpvsError(name, errno.EBUSY)
@@ -99,6 +105,7 @@ class RecordingTable(MemoryIpvsTable):
 
     def list_virtual_services(self) -> list[VirtualService]:
         self._record("list_virtual_services")
+        time.sleep(self.listing_s)
         return super().list_virtual_services()
 
     def add_service(self, service: VirtualService) -> None:
@@ -513,6 +520,47 @@ def test_a_swept_table_puts_back_what_was_changed_by_hand_without_whole_reads() 
             )
             assert whole_reads() == reads  # slices and lists only
             assert all(len(only) <= 16 + 1 for only in table.reads[-3:] if only is not None)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def test_a_change_goes_before_a_slice_of_the_sweep_that_is_due() -> None:
+    table = RecordingTable()
+    services = [
+        ServiceSpec("198.18.0.100", 3000 + index, real_servers=WEB.real_servers)
+        for index in range(40)
+    ]
+    heavier = RealServerSpec("198.18.1.11", 80, 3)
+
+    async def main() -> None:
+        # Every table is swept (sweep_slice_s 0); listing the kernel's services takes 0.5 s,
+        # longer than refresh_s, so when a slice's pass ends the next slice is already due
+        # and the loop waits its refresh_s for it: a change wanted then finds it due.
+        reconciler = DataPlaneReconciler(
+            table, services, None, refresh_s=0.3, retry_s=0.01, sweep_slice_s=0.0
+        )
+        task = asyncio.create_task(reconciler.run())
+        try:
+            await settled(reconciler)
+            table.listing_s = 0.5
+            listed = table.calls["list_virtual_services"]
+            await wait_until(
+                lambda: table.calls["list_virtual_services"] > listed, "a slice started"
+            )
+            passes = reconciler.passes
+            await wait_until(lambda: reconciler.passes > passes, "the slice's pass ended")
+            mark = len(table.order)
+            changed = [replace(services[5], real_servers=(heavier, WEB.real_servers[1]))]
+            reconciler.want([*services[:5], *changed, *services[6:]], None)
+            await wait_until(lambda: "list_virtual_services" in table.order[mark:], "the due slice")
+            after = table.order[mark:]
+            # The weight went to the kernel first, the slice came after it.
+            assert after.index("update_real_server") < after.index("list_virtual_services")
+            assert table_state(table) == desired_ipvs([*services[:5], *changed, *services[6:]])
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
