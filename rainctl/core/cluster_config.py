@@ -42,6 +42,14 @@ DIGEST_BYTES = 32
 PROPOSAL_ROTATIONS_MAX = 600
 """A proposal not decided within this many rotations (60 s at the lan profile's 100 ms
 rounds) is aborted: a member that cannot fetch or validate it must not block pushes."""
+VOTE_HURRY_ROTATIONS = 10
+"""For this many rotations after a push is proposed, holders hold the token a
+VOTE_HURRY_DIVISOR-th of their paced hold (`vote_hurried`): a member's vote waits for the
+token's next visit, up to a whole round (100 ms at lan), and a validation takes about a
+round, so a slower pace would add up to a round to every push. The hurry is bounded: a
+proposal still undecided after these rotations goes on at the normal pace (its
+PROPOSAL_ROTATIONS_MAX age counts hurried rotations too: at most a second less)."""
+VOTE_HURRY_DIVISOR = 4
 OUTCOMES_MAX = 8
 LOST_MAX = 8
 REASON_BYTES_MAX = 240
@@ -191,6 +199,16 @@ def holder_update(
     ):
         return section
     return replace(section, committed=committed, proposal=proposal, outcomes=outcomes)
+
+
+def vote_hurried(section: ConfigSection, seq: int, members: int) -> bool:
+    """Whether the token that carries `section` at `seq` goes round at the hurried pace
+    (VOTE_HURRY_ROTATIONS): a function of the token alone, so its sender's hold allowance
+    and its receiver's hold agree."""
+    proposal = section.proposal
+    return proposal is not None and seq - proposal.started_seq < VOTE_HURRY_ROTATIONS * max(
+        members, 1
+    )
 
 
 def _refusal(section: ConfigSection, push: PushRequest) -> str | None:

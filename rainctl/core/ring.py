@@ -10,7 +10,8 @@ Phases of a node:
   joiners it heard from), unless a lower node id is also booting (that one forms the ring).
 * MEMBER: in a ring, waiting for the token. After `token_loss_ms` without it: 911-REGEN.
 * HOLDING: has the token. Delivers multicast at once, holds about `round_ms / n` (no pacing
-  for one rotation after a ring change), then runs the holder hooks (own load report, joins,
+  for one rotation after a ring change, a quarter of it while a new push collects its votes:
+  cluster_config.vote_hurried), then runs the holder hooks (own load report, joins,
   leave, VIP table) and passes it.
 * PASSING: the token is in flight to the successor (Reliable Message layer). An ACK ends
   the hop; `hop_retries` silent tries exclude the successor (aggressive mode) or ask two
@@ -34,11 +35,13 @@ from enum import Enum
 from random import Random
 
 from rainctl.core.cluster_config import (
+    VOTE_HURRY_DIVISOR,
     ConfigSection,
     ConfigVersion,
     PushRequest,
     admit,
     first_commit,
+    vote_hurried,
 )
 from rainctl.core.codec import CodecError, TokenCodec
 from rainctl.core.config_follower import ConfigFollower
@@ -973,7 +976,10 @@ class RingMachine:
             return 0
         if members > 1 and token.hops_since_change < members:
             return 0
-        return self.timers.round_ms // max(members, 1)
+        paced = self.timers.round_ms // max(members, 1)
+        if vote_hurried(token.config, token.seq, members):
+            return paced // VOTE_HURRY_DIVISOR
+        return paced
 
     # ---- holding and passing -------------------------------------------------------------
 

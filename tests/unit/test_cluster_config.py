@@ -16,6 +16,7 @@ from rainctl.core.cluster_config import (
     OUTCOMES_MAX,
     PROPOSAL_ROTATIONS_MAX,
     REASON_BYTES_MAX,
+    VOTE_HURRY_ROTATIONS,
     ConfigOutcome,
     ConfigProposal,
     ConfigSection,
@@ -28,6 +29,7 @@ from rainctl.core.cluster_config import (
     first_commit,
     holder_update,
     reason_text,
+    vote_hurried,
     wanted_digests,
 )
 from rainctl.core.config_follower import CONFIG_RETRY_MS, ConfigFollower
@@ -419,6 +421,17 @@ def test_first_commit_and_wanted_digests() -> None:
     assert wanted_digests(section) == (D0,)
     proposal = ConfigProposal(1, 1, 1, ConfigVersion(3, D2), 0)
     assert wanted_digests(replace(section, proposal=proposal)) == (D0, D2)
+
+
+def test_votes_are_hurried_for_the_first_rotations_of_a_proposal_only() -> None:
+    section = ConfigSection(ConfigVersion(2, D0))
+    assert not vote_hurried(section, 50, 3)
+    proposing = replace(section, proposal=ConfigProposal(1, 1, 1, ConfigVersion(3, D2), 50))
+    assert vote_hurried(proposing, 50, 3)
+    assert vote_hurried(proposing, 50 + 3 * VOTE_HURRY_ROTATIONS - 1, 3)
+    assert not vote_hurried(proposing, 50 + 3 * VOTE_HURRY_ROTATIONS, 3)
+    assert vote_hurried(proposing, 50 + VOTE_HURRY_ROTATIONS - 1, 1)
+    assert not vote_hurried(proposing, 50 + VOTE_HURRY_ROTATIONS, 1)
 
 
 def test_reason_text_cuts_whole_characters() -> None:
