@@ -10,9 +10,9 @@ Phases of a node:
   joiners it heard from), unless a lower node id is also booting (that one forms the ring).
 * MEMBER: in a ring, waiting for the token. After `token_loss_ms` without it: 911-REGEN.
 * HOLDING: has the token. Delivers multicast at once, holds about `round_ms / n` (no pacing
-  for one rotation after a ring change, a quarter of it while a new push collects its votes:
-  cluster_config.vote_hurried), then runs the holder hooks (own load report, joins,
-  leave, VIP table) and passes it.
+  for one rotation after a ring change; a quarter of it while a new push collects its votes,
+  cluster_config.vote_hurried, or when the token brings configuration news), then runs
+  the holder hooks (own load report, joins, leave, VIP table) and passes it.
 * PASSING: the token is in flight to the successor (Reliable Message layer). An ACK ends
   the hop; `hop_retries` silent tries exclude the successor (aggressive mode) or ask two
   other members to probe it first (conservative mode).
@@ -896,6 +896,7 @@ class RingMachine:
             set(self.token.member_ids()) if self.token and self.phase in IN_RING else set()
         )
         ring_changed = token.ring != self.ring or self.phase not in IN_RING
+        config_news = self.token is not None and token.config != self.token.config
         hop = self.hop
         if (
             not ring_changed
@@ -923,7 +924,7 @@ class RingMachine:
         self._observe_moves(token, now)
         if ring_changed:
             self._install(token, previous_members, actions)
-        self.hold_until = now + self._hold_ms(token)
+        self.hold_until = now + self._hold_ms(token, config_news)
         if self.pending_joins or self.leave_requested or self.config.push is not None:
             self.hold_until = now
 
@@ -966,18 +967,25 @@ class RingMachine:
         if self.node_id not in self.configured:
             self._on_leave_requested(now, actions)
 
-    def _hold_ms(self, token: Token) -> int:
-        return 0 if self.outbox else self._paced_hold_ms(token)
+    def _hold_ms(self, token: Token, config_news: bool) -> int:
+        """This hold: none with multicast to send; hurried when the token brings this node
+        configuration news (a vote or a decision it has not seen: the commit then reaches
+        every member within a hurried round, not a paced one); else the paced hold. A
+        receiver may always hold less than its sender allows."""
+        if self.outbox:
+            return 0
+        return self._paced_hold_ms(token, hurried=config_news)
 
-    def _paced_hold_ms(self, token: Token) -> int:
-        """How long a receiver of `token` holds it at most: the sender allows for it."""
+    def _paced_hold_ms(self, token: Token, *, hurried: bool = False) -> int:
+        """How long a receiver of `token` holds it at most: the sender allows for it. The
+        hurried pace while a new proposal collects votes (`vote_hurried`) or when asked."""
         members = len(token.members)
         if token.hops_since_change == 0:
             return 0
         if members > 1 and token.hops_since_change < members:
             return 0
         paced = self.timers.round_ms // max(members, 1)
-        if vote_hurried(token.config, token.seq, members):
+        if hurried or vote_hurried(token.config, token.seq, members):
             return paced // VOTE_HURRY_DIVISOR
         return paced
 
