@@ -12,7 +12,11 @@ it last validated and the core value it made of it:
 - an entry model seen before keeps its own cross-field problems (none, in a valid file: the
   checks that need only the entry are not run again) and its `ServiceSpec`, the very object,
   which lets the IPVS reconciler skip unchanged services by identity
-  (rainctl.daemon.dataplane).
+  (rainctl.daemon.dataplane);
+- the text is parsed by `[[services]]` blocks (rainctl.config.blocks): a block whose text
+  equals one of the last read is not parsed again, its table is the one parsed then. A
+  document the blocks cannot be trusted for is parsed whole, and so is one that does not
+  validate (its error then names what a whole read names).
 
 Whatever the memo holds, the result equals a fresh `load_config` + `to_services` of the
 same file (tests/unit/test_config_reread.py); only the work differs.
@@ -25,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rainctl.config.blocks import split_services
 from rainctl.config.convert import service_spec
 from rainctl.config.files import read_text
 from rainctl.config.loader import parse_toml, validate_document
 from rainctl.config.models import ClusterConfig
 from rainctl.config.services import EntryProblemMemo, ServiceEntry
 from rainctl.core.dataplane import ServiceSpec
+from rainctl.errors import ConfigError
 
 _TableKey = tuple[object, object, object]
 """(vip, port, protocol) as written in the table (protocol None: the default)."""
@@ -54,6 +60,8 @@ class ConfigRereader:
         self._specs: dict[int, tuple[ServiceEntry, ServiceSpec]] = {}
         """id(entry) -> (entry, its spec); the entry is kept so its id cannot be reused."""
         self._entry_problems: EntryProblemMemo = {}
+        self._blocks: dict[str, object] = {}
+        """The `[[services]]` blocks' texts of the last valid read -> their tables."""
 
     def read(self, path: Path) -> ConfigRead:
         """Read and validate `path` whole; ConfigError (one line) when it is not valid, and
@@ -66,13 +74,53 @@ class ConfigRereader:
             return self._read(text, source)
 
     def _read(self, text: str, source: str) -> ConfigRead:
-        document = parse_toml(text, source)
+        document, blocks = self._parse(text, source)
+        try:
+            return self._validate(document, blocks, source)
+        except ConfigError:
+            if blocks is None:
+                raise
+        # The error as a read of the whole text reports it (its first problem, its order).
+        return self._validate(parse_toml(text, source), None, source)
+
+    def _parse(self, text: str, source: str) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+        """The document, and its `[[services]]` blocks' texts when it was parsed by blocks
+        (a known block's table is then the very table parsed last time)."""
+        split = split_services(text)
+        if split is not None and split.blocks:
+            try:
+                document = parse_toml(split.rest, source)
+                tables = [self._block_table(block, source) for block in split.blocks]
+            except ConfigError:
+                pass  # a part that does not parse alone: the whole text says why, or parses
+            else:
+                if "services" not in document and all(table is not None for table in tables):
+                    document["services"] = tables
+                    return document, split.blocks
+        return parse_toml(text, source), None
+
+    def _block_table(self, block: str, source: str) -> object | None:
+        """The table of one `[[services]]` block; None when the block is not exactly one."""
+        known = self._blocks.get(block)
+        if known is not None:
+            return known
+        part = parse_toml(block, source)
+        services = part.get("services")
+        if part.keys() != {"services"} or not isinstance(services, list) or len(services) != 1:
+            return None
+        table: object = services[0]
+        return table
+
+    def _validate(
+        self, document: dict[str, Any], blocks: tuple[str, ...] | None, source: str
+    ) -> ConfigRead:
         tables = document.get("services")
         if isinstance(tables, list):
             document["services"] = [self._validated(table) for table in tables]
         memo = dict(self._entry_problems)  # a file that fails leaves the memo as it was
         config = validate_document(document, source, memo)
         self._remember(tables if isinstance(tables, list) else [], config, memo)
+        self._blocks = {} if blocks is None else dict(zip(blocks, tables or (), strict=True))
         return ConfigRead(config, tuple(self._spec(entry) for entry in config.services))
 
     def _validated(self, table: object) -> object:

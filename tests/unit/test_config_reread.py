@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rainctl.config import load_config, to_services
+from rainctl.config import load_config, parse_config, to_services
 from rainctl.config.reread import ConfigRereader
 from rainctl.errors import ConfigError
 
@@ -122,3 +122,54 @@ def test_an_unchanged_entry_is_not_checked_again(
     checked.clear()
     load_config(path)
     assert len(checked) == 3
+
+
+@pytest.mark.parametrize(
+    ("broken", "why"),
+    [
+        ("weight = 1\n", "weight = = 1\n"),
+        ('address = "198.18.1.12"\n', 'address = "198.18.1.12"\nlist = [\n[1],\n]\n'),
+        ('address = "198.18.1.12"\n', 'address = "198.18.1.12"\nbogus = 1\n'),
+    ],
+    ids=["syntax", "header-like line in an array", "unknown key"],
+)
+def test_a_broken_block_is_reported_as_a_whole_read_reports_it(
+    tmp_path: Path, broken: str, why: str
+) -> None:
+    """Blocks are parsed one by one (rainctl.config.blocks); an error still names the line
+    and key path of the whole file."""
+    rows: list[ServiceRow] = [(0, 8000, 1, "wlc", "tcp"), (1, 8001, 1, "rr", "none")]
+    text = config_text(rows)
+    reader = ConfigRereader()
+    reader.read_text(text, "cluster.toml")
+    position = text.rindex(broken)
+    bad = text[:position] + why + text[position + len(broken) :]
+    with pytest.raises(ConfigError) as fresh:
+        parse_config(bad, "cluster.toml")
+    with pytest.raises(ConfigError) as reread:
+        reader.read_text(bad, "cluster.toml")
+    assert str(reread.value) == str(fresh.value)
+    assert reader.read_text(text, "cluster.toml").config == parse_config(text, "cluster.toml")
+
+
+def test_only_the_changed_blocks_are_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rainctl.config import loader, reread  # noqa: PLC0415
+
+    parsed: list[str] = []
+    original = loader.parse_toml
+
+    def counting(text: str, source: str) -> dict[str, object]:
+        parsed.append(text)
+        return original(text, source)
+
+    monkeypatch.setattr(reread, "parse_toml", counting)
+    rows: list[ServiceRow] = [(0, 8000 + index, 1, "wlc", "tcp") for index in range(6)]
+    reader = ConfigRereader()
+    reader.read_text(config_text(rows), "cluster.toml")
+    assert len(parsed) == 1 + 6  # the rest, then each block
+    parsed.clear()
+    rows[4] = (0, 8004, 2, "wlc", "tcp")
+    read = reader.read_text(config_text(rows), "cluster.toml")
+    assert len(parsed) == 2  # the rest and the changed block
+    assert "port = 8004" in parsed[1]
+    assert read.config == parse_config(config_text(rows), "cluster.toml")
