@@ -23,8 +23,9 @@ daemon log that says the reconciler's batch was applied (the guest's clock: UML'
 host's), and the kernel's part of it (the "applied in" of that line). Printed: p50 / p99 /
 max over the reloads of the time until the last node applied it, the same over every
 node x reload, where the time of the 1 % reloads went by the daemons' own logs (PHASES),
-the client's failed requests over the whole run (and during the reloads), and whether any
-ring changed or any VIP moved.
+and for the cold load and the 1 % changes apart (from the start of the first of them to
+the end of the last; S1's "zero lost probes, zero VIP moves" is about the 1 % changes): the
+client's failed requests, whether the ring changed and whether any VIP moved.
 """
 
 from __future__ import annotations
@@ -162,12 +163,16 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         started = time.time()
         cold = _reload(state_dir, logs)
         cold_end = time.time()
+        time.sleep(QUIET_S)
+        rings_cold, owners_cold = rings_and_owners(state_dir)
         changes: list[tuple[float, int, int]] = []
         last_nodes: list[float] = []
         windows = [(started, cold_end)]
         step = max(1, services * CHANGED_PERMILLE // 1000)
+        changes_start = time.time()
         for index in range(trials):
-            time.sleep(QUIET_S)
+            if index:
+                time.sleep(QUIET_S)
             for changed in ((index * step + k) % services for k in range(step)):
                 weights[changed] = 3 - weights.get(changed, 1)  # 1 <-> 2
             text = base + "\n" + _services(vips, services, weights)
@@ -178,6 +183,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             last_nodes.append(max(result[0] for result in applied))
             windows.append((began, time.time()))
         time.sleep(QUIET_S)
+        changes_end = time.time()
         builder.stop_traffic(state_dir, "live")
         rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
@@ -188,6 +194,12 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             for since, until in windows
             for s in traffic.summarize(events, since=since, until=until).values()
         )
+
+        def failed_between(since: float, until: float) -> int:
+            return sum(
+                s.failed for s in traffic.summarize(events, since=since, until=until).values()
+            )
+
         print(
             f"cold, {services} x {SERVERS_PER_SERVICE} under traffic: reload to applied on "
             f"every node {max(c[0] for c in cold):.3f} s (per node "
@@ -204,8 +216,18 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             print(f"  {name}: {shown}")
         print(
             f"client: {answered} requests answered, {failed} failed in all ({during} during "
-            f"reloads); ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
-            f"VIP owners moved: {owners_after != owners_before}"
+            f"reloads)"
+        )
+        print(
+            f"cold load: {failed_between(started, changes_start)} failed requests; ring "
+            f"changed: {rings_cold != rings_before or len(rings_before) != 1}; VIP owners "
+            f"moved: {owners_cold != owners_before}"
+        )
+        print(
+            f"1 % changes: {failed_between(changes_start, changes_end)} failed requests "
+            f"({during - failed_between(started, cold_end)} within a reload); ring changed: "
+            f"{rings_after != rings_cold or len(rings_cold) != 1}; VIP owners moved: "
+            f"{owners_after != owners_cold}"
         )
     finally:
         if keep_logs is not None:
