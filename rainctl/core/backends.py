@@ -72,6 +72,12 @@ def with_verdicts(
         servers: list[RealServerSpec] = []
         serving = False
         for server in service.real_servers:
+            if not server.checked and not held:
+                # Nothing can change it; its key (a hash) is not worth making: in a table
+                # of 11,000 unchecked servers that was all of this function's 14 ms.
+                servers.append(server)
+                serving = serving or server.weight > 0
+                continue
             key = key_of(service, server)
             verdict = by_key.get(key) if server.checked else None
             if key in held and (verdict is None or verdict.state is not HealthState.DOWN):
