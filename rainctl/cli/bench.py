@@ -242,12 +242,23 @@ def soak_command(
         ExclusionMode,
         typer.Option("--exclusion", help="rainctl's cluster.exclusion for this run."),
     ] = ExclusionMode.CONSERVATIVE,
+    with_rainctl: Annotated[
+        bool,
+        typer.Option(
+            "--rainctl/--no-rainctl",
+            help="Run rainctl first (--no-rainctl: the peer alone, beside an earlier run).",
+        ),
+    ] = True,
 ) -> None:
     """Run each system (rainctl, then keepalived at each advert_int) in its own lab for
     --duration seconds with every core busy and --loss-permille of its control packets
     dropped; nothing is killed, so every VIP move is a false failover (GOALS.md F3)."""
     if duration_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--duration")
+    if not with_rainctl and peer == "none":
+        raise typer.BadParameter(
+            "--no-rainctl with --peer none leaves nothing to run", param_hint="--no-rainctl"
+        )
     if not 0 <= loss_permille <= 1000:
         raise typer.BadParameter("must be 0..1000", param_hint="--loss-permille")
     if hogs is not None and hogs < 0:
@@ -255,6 +266,7 @@ def soak_command(
     specs = [
         dataclasses.replace(spec, exclusion=exclusion.value)
         for spec in _systems(profile, peer, nodes, advert_int)
+        if with_rainctl or spec.kind != "rainctl"
     ]
     started = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()

@@ -8,7 +8,8 @@ ring wins.
 
 `python -m rainctl.health.worker --config FILE --node ID` reads the config itself (the
 targets: rainctl.health.targets; reloads through a rainctl.config.reread re-reader, so a
-push that changed 1 % of a large file costs 1 % of reading it) and talks JSON lines. On stdin, from the daemon:
+push that changed 1 % of a large file costs 1 % of reading it) and talks JSON lines. On
+stdin, from the daemon:
 `{"ring": [epoch, creator, incarnation], "members": [...]}`, `{"verdicts": [[key, state,
 weight], ...]}`, `{"reload": "FILE"}` (read the configuration, now in FILE; a bad file is
 logged and the running checks stay) and `{"snapshot": true}`. On stdout, to the daemon:

@@ -90,6 +90,7 @@ def test_loss_is_per_forwarded_copy() -> None:
         (["--profile", "slow"], "--profile"),
         (["--nodes", "9"], "--nodes"),
         (["--advert-int", "0.003"], "--advert-int"),
+        (["--no-rainctl", "--peer", "none"], "nothing to run"),
     ],
 )
 def test_bench_soak_rejects_bad_options(arguments: list[str], message: str) -> None:
