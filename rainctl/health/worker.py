@@ -7,9 +7,7 @@ measurable CPU. The worker runs at `nice` HELPER_NICE (rainctl.children), so on 
 ring wins.
 
 `python -m rainctl.health.worker --config FILE --node ID` reads the config itself (the
-targets: rainctl.health.targets; reloads through a rainctl.config.reread re-reader, so a
-push that changed 1 % of a large file costs 1 % of reading it) and talks JSON lines. On
-stdin, from the daemon:
+targets: rainctl.health.targets) and talks JSON lines. On stdin, from the daemon:
 `{"ring": [epoch, creator, incarnation], "members": [...]}`, `{"verdicts": [[key, state,
 weight], ...]}`, `{"reload": "FILE"}` (read the configuration, now in FILE; a bad file is
 logged and the running checks stay) and `{"snapshot": true}`. On stdout, to the daemon:
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rainctl.children import die_with_parent, step_aside
-from rainctl.config.reread import ConfigRereader
+from rainctl.config import load_config
 from rainctl.core.events import HealthObserved
 from rainctl.core.health import CatalogueEntry, HealthState, ServerOpinion
 from rainctl.core.types import NodeId, RingId
@@ -96,10 +94,7 @@ class _Worker:
     def __init__(self, config: Path, node_id: NodeId) -> None:
         self.config = config
         self.node_id = node_id
-        self.reader = ConfigRereader()
-        """Reloads cost what changed: a fresh read of a 1,000-service file took the whole
-        guest's CPU for most of a second, in every node at once, right after each push."""
-        loaded = self.reader.read(config).config
+        loaded = load_config(config)
         self.monitor = HealthMonitor(
             node_id, check_targets(loaded), loaded.health.checkers_per_server, self._observed
         )
@@ -125,7 +120,7 @@ class _Worker:
         elif message.get("reload"):
             try:
                 config = Path(message["reload"])
-                loaded = self.reader.read(config).config
+                loaded = load_config(config)
                 self.config = config
                 self.monitor.per_server = loaded.health.checkers_per_server
                 self.monitor.set_targets(check_targets(loaded))
