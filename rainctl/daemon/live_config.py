@@ -18,7 +18,11 @@ the local file): the document is proposed with the version it was based on at on
 validated here meanwhile, exactly as every member validates it; this node's result is its
 vote (a document it refuses is refused by its own "no", and the operator gets this node's
 whole reason). So the members fetch and validate while the pusher does, and a large
-document costs one validation of time, not two. The answer comes when the ring decided.
+document costs one validation of time, not two. The pusher also offers the document to the
+other nodes at once (rainctl.daemon.config_fetch, `offer_document`): a node validates an
+offered document right away, so when the proposal reaches it the document is here and its
+verdict ready or on the way (a verdict is reused only while the node still runs the version
+it was made against). The answer comes when the ring decided.
 Nothing here runs on the token path: validation and fetches run in threads, the history is
 written by a single background writer.
 """
@@ -48,7 +52,7 @@ from rainctl.core.events import (
 )
 from rainctl.core.ring import IN_RING, RingMachine
 from rainctl.core.types import NodeId
-from rainctl.daemon.config_fetch import ConfigServer, FetchError, fetch_document
+from rainctl.daemon.config_fetch import ConfigServer, FetchError, fetch_document, offer_document
 from rainctl.daemon.config_store import ConfigStore, HistoryEntry
 from rainctl.daemon.config_worker import ConfigWorker, PrepareRequest
 from rainctl.daemon.control import ControlError, ControlRequest, JsonObject
@@ -57,6 +61,10 @@ from rainctl.errors import RainctlError
 from rainctl.net.transport import SocketAddress
 
 FETCH_TIMEOUT_S = 5.0
+OFFER_TIMEOUT_S = 1.0
+"""Per member: an offer that cannot be made within this is left to the member's fetch."""
+OFFERS_KEPT = 4
+"""Offered documents validated here and kept for a proposal that may still come."""
 PUSH_TIMEOUT_S = 120.0
 """An operator waits at most this long for the ring's decision (the ring itself aborts a
 proposal nobody could validate after PROPOSAL_ROTATIONS_MAX rotations)."""
@@ -101,6 +109,11 @@ class LiveConfig:
         self._worker = ConfigWorker()
         self._prepared: dict[bytes, Prepared] = {}
         """Documents validated here that the ring has not committed (yet)."""
+        self._prepared_against: dict[bytes, bytes] = {}
+        """digest -> the digest of the running version it was validated against."""
+        self._offered: list[bytes] = []
+        """Digests of offered documents, oldest first (at most OFFERS_KEPT)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._validating: dict[bytes, asyncio.Task[Prepared]] = {}
         """Validations in flight by digest: a push's own and the machine's `ConfigWanted`
         of the same document share one."""
@@ -117,11 +130,56 @@ class LiveConfig:
     # ---- the fetch channel ------------------------------------------------------------------
 
     def serve(self, address: SocketAddress) -> None:
-        """Serve documents by digest to the other members (TCP on the ring's address)."""
+        """Serve documents by digest to the other members (TCP on the ring's address) and
+        take their offers (on the running loop)."""
+        loop = asyncio.get_running_loop()
+
+        def offered(digest: bytes, data: bytes) -> None:  # a server thread
+            loop.call_soon_threadsafe(self._take_offer, digest, data)
+
         self.server = ConfigServer(
-            address[0], address[1], lookup=self._document_bytes, keys=self._keys
+            address[0], address[1], lookup=self._document_bytes, keys=self._keys, offered=offered
         )
         self.server.start()
+
+    def _take_offer(self, digest: bytes, data: bytes) -> None:
+        """Validate an offered document now, unless it is known here already."""
+        if (
+            digest in self._validating
+            or digest in self._prepared
+            or digest == self.running.prepared.digest
+        ):
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            log.warning("offered document %s is not UTF-8", digest.hex()[:12])
+            return
+        self._offered.append(digest)
+        for old in self._offered[:-OFFERS_KEPT]:
+            if old not in self._validating:
+                self._prepared.pop(old, None)
+                self._prepared_against.pop(old, None)
+        del self._offered[:-OFFERS_KEPT]
+        self._validation(digest, text, f"version {digest.hex()[:12]} (offered)")
+
+    def _offer(self, digest: bytes, text: str) -> None:
+        """Offer a document being pushed here to every other node of the running version."""
+        targets = [
+            address
+            for node in self._machine.spec.node_ids()
+            if node != self._machine.node_id and (address := self._fetch_address(node)) is not None
+        ]
+
+        async def offer() -> None:
+            failures = await asyncio.to_thread(
+                offer_document, text.encode(), targets, self._keys, OFFER_TIMEOUT_S
+            )
+            for failure in failures:
+                log.info("document %s not offered to %s", digest.hex()[:12], failure)
+
+        if targets:
+            self._spawn(offer())
 
     def _document_bytes(self, digest: bytes) -> bytes | None:
         """Called from the server's threads: dict reads of immutable values only."""
@@ -166,6 +224,15 @@ class LiveConfig:
 
     async def _prepare_wanted(self, wanted: ConfigWanted) -> None:
         label = f"version {wanted.digest.hex()[:12]}"
+        prepared = self._prepared.get(wanted.digest)
+        if (
+            prepared is not None
+            and self._prepared_against.get(wanted.digest) == self.running.prepared.digest
+        ):
+            # Validated already (an offer) against the version this node still runs.
+            self._submit(ConfigPrepared(wanted.digest, prepared.spec))
+            log.info("%s: validated here before it was proposed", label)
+            return
         started = time.monotonic()
         try:
             text, where = await self._fetch(wanted)
@@ -215,12 +282,14 @@ class LiveConfig:
         return task
 
     async def _validate(self, digest: bytes, text: str, source: str) -> Prepared:
+        against = self.running.prepared.digest
         try:
             prepared = await self._prepare(text, source)
         except RainctlError as exc:
             self._submit(ConfigPrepared(digest, None, str(exc)))
             raise
         self._prepared[digest] = prepared
+        self._prepared_against[digest] = against
         self._submit(ConfigPrepared(digest, prepared.spec))
         return prepared
 
@@ -261,6 +330,7 @@ class LiveConfig:
             if digest == previous.prepared.digest
             else self._prepared.pop(digest, None)
         )
+        self._prepared_against.pop(digest, None)
         if prepared is None:  # the machine applies only what was prepared here
             log.error("version %s applied without its document", apply.version.label())
             return
@@ -363,6 +433,7 @@ class LiveConfig:
         self._pushes[request_id] = future
         validation = self._validation(digest, text, source)
         self._submit(ConfigPushRequested(request_id, base, digest))
+        self._offer(digest, text)
         try:
             try:
                 prepared = await asyncio.shield(validation)

@@ -22,12 +22,15 @@ from rainctl.daemon import config_fetch
 from rainctl.daemon.config_fetch import (
     DOCUMENT_BYTES_MAX,
     MAGIC,
+    MAGIC_OFFER,
     MAGIC_PLAIN,
+    OFFER_BYTES_MAX,
     REQUEST_BYTES,
     ConfigServer,
     FetchError,
     Lookup,
     fetch_document,
+    offer_document,
 )
 from rainctl.daemon.state import StateError
 
@@ -467,3 +470,67 @@ def test_a_malformed_compressed_answer_is_refused(
     monkeypatch.setattr(config_fetch, "DOCUMENT_BYTES_MAX", 1024)
     with raw_server(signed_answer(0, packed)) as address, pytest.raises(FetchError, match=problem):
         fetch_document(DIGEST, [address], KEYS, TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def taking_offers() -> Iterator[tuple[tuple[str, int], list[tuple[bytes, bytes]], threading.Event]]:
+    taken: list[tuple[bytes, bytes]] = []
+    arrived = threading.Event()
+
+    def offered(digest: bytes, document: bytes) -> None:
+        taken.append((digest, document))
+        arrived.set()
+
+    with ConfigServer(
+        "127.0.0.1", 0, lookup=holding(DOCUMENT), keys=KEYS, offered=offered
+    ) as server:
+        yield server.address, taken, arrived
+
+
+def test_an_offer_arrives_whole_and_the_server_still_serves() -> None:
+    large = os.urandom(64 * 1024) + DOCUMENT * 20_000
+    with taking_offers() as (address, taken, arrived):
+        assert offer_document(large, [address], KEYS, TIMEOUT_S) == []
+        assert arrived.wait(TIMEOUT_S)
+        assert fetch_document(DIGEST, [address], KEYS, TIMEOUT_S) == DOCUMENT
+    assert taken == [(hashlib.sha256(large).digest(), large)]
+
+
+def _offer_message(key: bytes, digest: bytes, packed: bytes, *, length: int | None = None) -> bytes:
+    head = MAGIC_OFFER + struct.pack(
+        ">B32s16sI", 2, digest, os.urandom(16), len(packed) if length is None else length
+    )
+    return head + packed + hmac.digest(key, head + packed, "sha256")[:16]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _offer_message(b"x" * 32, DIGEST, zlib.compress(DOCUMENT)),
+        _offer_message(b"K" * 32, hashlib.sha256(b"other").digest(), zlib.compress(DOCUMENT)),
+        _offer_message(b"K" * 32, DIGEST, DOCUMENT),
+        _offer_message(b"K" * 32, DIGEST, b"", length=OFFER_BYTES_MAX + 1),
+        MAGIC_OFFER + b"\x02short",
+    ],
+    ids=["another key", "another digest", "not compressed", "too long", "cut short"],
+)
+def test_a_bad_offer_is_dropped_and_a_good_one_still_taken(message: bytes) -> None:
+    with taking_offers() as (address, taken, arrived):
+        with socket.create_connection(address, timeout=TIMEOUT_S) as connection:
+            connection.sendall(message)
+            connection.shutdown(socket.SHUT_WR)
+            # Dropped without a word (a reset when it left some of the message unread).
+            with contextlib.suppress(ConnectionResetError):
+                assert connection.recv(1) == b""
+        assert offer_document(DOCUMENT, [address], KEYS, TIMEOUT_S) == []
+        assert arrived.wait(TIMEOUT_S)
+    assert taken == [(DIGEST, DOCUMENT)]
+
+
+def test_a_server_without_offers_drops_them_and_an_unreachable_target_is_one_phrase() -> None:
+    with serving(holding(DOCUMENT)) as address:
+        assert offer_document(DOCUMENT, [address], KEYS, TIMEOUT_S) == []
+        assert fetch_document(DIGEST, [address], KEYS, TIMEOUT_S) == DOCUMENT
+    port = free_port()
+    (failure,) = offer_document(DOCUMENT, [("127.0.0.1", port)], KEYS, TIMEOUT_S)
+    assert failure.startswith(f"127.0.0.1:{port}: ")
