@@ -185,6 +185,7 @@ class Simulation:
         self.rng = Random(scenario.seed)
         # Fetches draw from their own generator: they leave the network's draws alone.
         self.fetch_rng = Random(f"{scenario.seed}:fetch")
+        self.offer_rng = Random(f"{scenario.seed}:offer")
         self.keys = KeyRing({1: SIM_KEY}, 1)
         self.now: Instant = 0
         self.queue: list[tuple[Instant, int, str, object]] = []
@@ -325,16 +326,9 @@ class Simulation:
                 node.fetches.append(wanted)
             elif node.condition is NodeCondition.UP:
                 self._fetch(node, wanted)
-        elif kind == "validate":
+        elif kind in ("validate", "offer"):
             assert isinstance(payload, tuple)
-            node_id, incarnation, document = payload
-            node = self.nodes[node_id]
-            if node.incarnation != incarnation:
-                return  # the daemon that validated is gone
-            if node.condition is NodeCondition.PAUSED:
-                node.fetches.append(ConfigWanted(document.digest, (node_id,)))
-            elif node.condition is NodeCondition.UP:
-                self._validated_push(node, document)
+            self._validated(kind, *payload)
         elif kind == "health":
             assert isinstance(payload, int)
             assert self.backends is not None
@@ -480,6 +474,38 @@ class Simulation:
             self._step(node, ConfigPushRequested(request_id, base, document.digest))
         delay = self.fetch_rng.randint(FETCH_DELAY_MIN_MS, FETCH_DELAY_MAX_MS)
         self._push(self.now + delay, "validate", (node.node_id, node.incarnation, document))
+        if node.condition is not NodeCondition.UP:
+            return
+        for other in self.nodes.values():
+            # The daemon offers the document to every other node at once; one that gets it
+            # validates it then, whether or not the proposal has reached it.
+            if other is not node and self._reachable(node.node_id, other.node_id):
+                delay = self.offer_rng.randint(FETCH_DELAY_MIN_MS, FETCH_DELAY_MAX_MS)
+                self._push(self.now + delay, "offer", (other.node_id, other.incarnation, document))
+
+    def _validated(
+        self, kind: str, node_id: NodeId, incarnation: int, document: ConfigDocument
+    ) -> None:
+        """The end of a validation: the pusher's own ("validate") or of an offer."""
+        node = self.nodes[node_id]
+        if node.incarnation != incarnation:
+            return  # the daemon that validated is gone
+        if kind == "offer":
+            if node.condition is NodeCondition.UP:  # a paused daemon fetches it later
+                self._validated_offer(node, document)
+        elif node.condition is NodeCondition.PAUSED:
+            node.fetches.append(ConfigWanted(document.digest, (node_id,)))
+        elif node.condition is NodeCondition.UP:
+            self._validated_push(node, document)
+
+    def _validated_offer(self, node: SimNode, document: ConfigDocument) -> None:
+        """The end of a node's validation of a document offered to it: its verdict, maybe
+        before the proposal reached it; it holds the document from now on."""
+        self.config.held.setdefault(node.node_id, set()).add(document.digest)
+        problem = document.problem(node.node_id)
+        self._step(
+            node, ConfigPrepared(document.digest, None if problem else document.spec, problem)
+        )
 
     def _validated_push(self, node: SimNode, document: ConfigDocument) -> None:
         """The end of the pusher's own validation: its vote."""

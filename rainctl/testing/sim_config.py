@@ -8,8 +8,9 @@ missing) and documents without one node. Each has its own digest (`spec.config_d
 The driver's side (`SimConfig`) is what the daemon keeps in its state directory and does
 off the token path: the documents each node holds, the version it last applied (a restart
 starts from it, or from the bootstrap as version 0), the operator's pushes (requested at
-once, the pusher's own validation ending a fetch's delay later as its vote) and the answers
-to `ConfigWanted`.
+once, the pusher's own validation ending a fetch's delay later as its vote, the document
+offered to every node the pusher can reach, whose validation ends a fetch's delay later as
+its verdict, maybe before the proposal reaches it) and the answers to `ConfigWanted`.
 
 `ConfigChecker` holds the configuration invariants: after every step, a node that runs
 its token copy's committed version runs that document's spec and owns only VIPs of it, one
