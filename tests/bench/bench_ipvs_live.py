@@ -63,6 +63,9 @@ PHASES = {
     "push: request to commit on node 1 (ms)": re.compile(
         r"reload of \w+: committed (\d+) ms after"
     ),
+    "members: an offered document validated (ms)": re.compile(
+        r"configuration worker: version \w+ \(offered\) \(\d+ bytes\) validated in (\d+) ms"
+    ),
     "members: document fetched (ms)": re.compile(r"version \w+: document in (\d+) ms"),
     "members: of which the fetch itself (ms)": re.compile(
         r"version \w+: document .*fetched in (\d+) ms"
