@@ -22,7 +22,8 @@ document costs one validation of time, not two. The pusher also offers the docum
 other nodes at once (rainctl.daemon.config_fetch, `offer_document`): a node validates an
 offered document right away, so when the proposal reaches it the document is here and its
 verdict ready or on the way (a verdict is reused only while the node still runs the version
-it was made against). The answer comes when the ring decided.
+it was made against; the last PREPARED_KEPT validated documents are kept). The answer
+comes when the ring decided.
 Nothing here runs on the token path: validation and fetches run in threads, the history is
 written by a single background writer.
 """
@@ -63,8 +64,10 @@ from rainctl.net.transport import SocketAddress
 FETCH_TIMEOUT_S = 5.0
 OFFER_TIMEOUT_S = 1.0
 """Per member: an offer that cannot be made within this is left to the member's fetch."""
-OFFERS_KEPT = 4
-"""Offered documents validated here and kept for a proposal that may still come."""
+PREPARED_KEPT = 8
+"""Documents validated here and not run (yet) that are kept, the latest: one proposal is
+in flight at a time, so the one the ring commits is among them; older ones (refused,
+offered and never proposed) are dropped."""
 PUSH_TIMEOUT_S = 120.0
 """An operator waits at most this long for the ring's decision (the ring itself aborts a
 proposal nobody could validate after PROPOSAL_ROTATIONS_MAX rotations)."""
@@ -108,11 +111,10 @@ class LiveConfig:
         self._recorded = recorded
         self._worker = ConfigWorker()
         self._prepared: dict[bytes, Prepared] = {}
-        """Documents validated here that the ring has not committed (yet)."""
+        """Documents validated here that the ring has not committed (yet), oldest first (at
+        most PREPARED_KEPT)."""
         self._prepared_against: dict[bytes, bytes] = {}
         """digest -> the digest of the running version it was validated against."""
-        self._offered: list[bytes] = []
-        """Digests of offered documents, oldest first (at most OFFERS_KEPT)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._validating: dict[bytes, asyncio.Task[Prepared]] = {}
         """Validations in flight by digest: a push's own and the machine's `ConfigWanted`
@@ -155,12 +157,6 @@ class LiveConfig:
         except UnicodeDecodeError:
             log.warning("offered document %s is not UTF-8", digest.hex()[:12])
             return
-        self._offered.append(digest)
-        for old in self._offered[:-OFFERS_KEPT]:
-            if old not in self._validating:
-                self._prepared.pop(old, None)
-                self._prepared_against.pop(old, None)
-        del self._offered[:-OFFERS_KEPT]
         self._validation(digest, text, f"version {digest.hex()[:12]} (offered)")
 
     def _offer(self, digest: bytes, text: str) -> None:
@@ -290,6 +286,9 @@ class LiveConfig:
             raise
         self._prepared[digest] = prepared
         self._prepared_against[digest] = against
+        for old in list(self._prepared)[:-PREPARED_KEPT]:
+            del self._prepared[old]
+            self._prepared_against.pop(old, None)
         self._submit(ConfigPrepared(digest, prepared.spec))
         return prepared
 

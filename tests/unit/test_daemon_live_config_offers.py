@@ -20,7 +20,7 @@ from rainctl.core.codec import KeyRing
 from rainctl.core.events import ConfigPrepared, ConfigWanted, Event
 from rainctl.core.ring import RingMachine
 from rainctl.daemon.config_store import ConfigStore
-from rainctl.daemon.live_config import OFFERS_KEPT, LiveConfig, Running
+from rainctl.daemon.live_config import PREPARED_KEPT, LiveConfig, Running
 from tests.unit.test_config import document, vips_toml
 
 CONTEXT = NodeContext(2, front_interface_fixed=False, interface_exists=lambda name: True)
@@ -131,8 +131,8 @@ def test_a_verdict_made_against_another_running_version_is_not_reused(tmp_path: 
     run_live(tmp_path, scenario)
 
 
-def test_only_the_last_offers_are_kept(tmp_path: Path) -> None:
-    texts = [with_vip(110 + index) for index in range(OFFERS_KEPT + 2)]
+def test_only_the_last_validated_documents_are_kept(tmp_path: Path) -> None:
+    texts = [with_vip(110 + index) for index in range(PREPARED_KEPT + 2)]
     digests = [prepared_of(text).digest for text in texts]
 
     async def scenario(live: LiveConfig, submitted: list[Event]) -> None:
@@ -140,6 +140,6 @@ def test_only_the_last_offers_are_kept(tmp_path: Path) -> None:
             live._take_offer(digest, text.encode())
             await verdict(submitted, digest)
         kept = [digest for digest in digests if digest in live._prepared]
-        assert kept == digests[-OFFERS_KEPT:]
+        assert kept == digests[-PREPARED_KEPT:]
 
     run_live(tmp_path, scenario)
