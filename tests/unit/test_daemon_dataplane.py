@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import replace
 
 import pytest
@@ -164,6 +165,18 @@ async def settled(reconciler: DataPlaneReconciler, extra_passes: int = 0) -> Non
     await wait_until(lambda: reconciler.passes >= passes + extra_passes, "more passes")
 
 
+@contextlib.asynccontextmanager
+async def running(reconciler: DataPlaneReconciler) -> AsyncIterator[None]:
+    """`reconciler.run()` as a task for the block's duration, cancelled after it."""
+    task = asyncio.create_task(reconciler.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def run(
     table: MemoryIpvsTable,
     services: list[ServiceSpec],
@@ -172,13 +185,8 @@ def run(
 ) -> DataPlaneReconciler:
     async def main() -> DataPlaneReconciler:
         reconciler = DataPlaneReconciler(table, services, sync, refresh_s=0.01, retry_s=0.01)
-        task = asyncio.create_task(reconciler.run())
-        try:
+        async with running(reconciler):
             await scenario(reconciler)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
         return reconciler
 
     return asyncio.run(main())
@@ -451,19 +459,23 @@ def test_sync_interface_is_the_back_interface_else_the_front() -> None:
     )
 
 
+def web_services(first_port: int, count: int) -> list[ServiceSpec]:
+    """`count` services of VIP 198.18.0.100 with WEB's real servers, ports from `first_port`."""
+    return [
+        ServiceSpec("198.18.0.100", first_port + index, real_servers=WEB.real_servers)
+        for index in range(count)
+    ]
+
+
 def test_a_change_between_whole_reads_is_diffed_by_the_changed_services_only() -> None:
     table = RecordingTable()
-    services = [
-        ServiceSpec("198.18.0.100", 1000 + index, real_servers=WEB.real_servers)
-        for index in range(50)
-    ]
+    services = web_services(1000, 50)
     heavier = RealServerSpec("198.18.1.11", 80, 3)
 
     async def main() -> None:
         # No whole read after the first for an hour: the passes below diff by identity.
         reconciler = DataPlaneReconciler(table, services, None, refresh_s=3600, retry_s=0.01)
-        task = asyncio.create_task(reconciler.run())
-        try:
+        async with running(reconciler):
             await settled(reconciler)
             whole_reads = table.calls["list_services"]
             before = table.mutations()
@@ -480,20 +492,13 @@ def test_a_change_between_whole_reads_is_diffed_by_the_changed_services_only() -
             # update, 7 services (2 servers each) deleted and 1 added with its server.
             assert table_state(table) == desired_ipvs(changed)
             assert table.mutations() == before + 1 + 7 * 3 + 2
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(main())
 
 
 def test_a_swept_table_puts_back_what_was_changed_by_hand_without_whole_reads() -> None:
     table = RecordingTable()
-    services = [
-        ServiceSpec("198.18.0.100", 2000 + index, real_servers=WEB.real_servers)
-        for index in range(50)
-    ]
+    services = web_services(2000, 50)
     stranger = VirtualService("198.18.0.199", 9, IpProtocol.TCP, "rr")
 
     def whole_reads() -> int:
@@ -504,8 +509,7 @@ def test_a_swept_table_puts_back_what_was_changed_by_hand_without_whole_reads() 
         reconciler = DataPlaneReconciler(
             table, services, None, refresh_s=0.005, retry_s=0.01, sweep_slice_s=0.0
         )
-        task = asyncio.create_task(reconciler.run())
-        try:
+        async with running(reconciler):
             await settled(reconciler)
             assert reconciler.sweeping()
             reads = whole_reads()
@@ -520,20 +524,13 @@ def test_a_swept_table_puts_back_what_was_changed_by_hand_without_whole_reads() 
             )
             assert whole_reads() == reads  # slices and lists only
             assert all(len(only) <= 16 + 1 for only in table.reads[-3:] if only is not None)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(main())
 
 
 def test_a_change_goes_before_a_slice_of_the_sweep_that_is_due() -> None:
     table = RecordingTable()
-    services = [
-        ServiceSpec("198.18.0.100", 3000 + index, real_servers=WEB.real_servers)
-        for index in range(40)
-    ]
+    services = web_services(3000, 40)
     heavier = RealServerSpec("198.18.1.11", 80, 3)
 
     async def main() -> None:
@@ -543,8 +540,7 @@ def test_a_change_goes_before_a_slice_of_the_sweep_that_is_due() -> None:
         reconciler = DataPlaneReconciler(
             table, services, None, refresh_s=0.3, retry_s=0.01, sweep_slice_s=0.0
         )
-        task = asyncio.create_task(reconciler.run())
-        try:
+        async with running(reconciler):
             await settled(reconciler)
             table.listing_s = 0.5
             listed = table.calls["list_virtual_services"]
@@ -561,10 +557,6 @@ def test_a_change_goes_before_a_slice_of_the_sweep_that_is_due() -> None:
             # The weight went to the kernel first, the slice came after it.
             assert after.index("update_real_server") < after.index("list_virtual_services")
             assert table_state(table) == desired_ipvs([*services[:5], *changed, *services[6:]])
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(main())
 
