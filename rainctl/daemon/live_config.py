@@ -115,7 +115,6 @@ class LiveConfig:
         most PREPARED_KEPT)."""
         self._prepared_against: dict[bytes, bytes] = {}
         """digest -> the digest of the running version it was validated against."""
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._validating: dict[bytes, asyncio.Task[Prepared]] = {}
         """Validations in flight by digest: a push's own and the machine's `ConfigWanted`
         of the same document share one."""
