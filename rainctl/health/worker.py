@@ -7,7 +7,8 @@ measurable CPU. The worker runs at `nice` HELPER_NICE (rainctl.children), so on 
 ring wins.
 
 `python -m rainctl.health.worker --config FILE --node ID` reads the config itself (the
-targets: rainctl.health.targets) and talks JSON lines. On stdin, from the daemon:
+targets: rainctl.health.targets, `TargetReader`: a reload reads only the `[[services]]`
+blocks that changed) and talks JSON lines. On stdin, from the daemon:
 `{"ring": [epoch, creator, incarnation], "members": [...]}`, `{"verdicts": [[key, state,
 weight], ...]}`, `{"reload": "FILE"}` (read the configuration, now in FILE; a bad file is
 logged and the running checks stay) and `{"snapshot": true}`. On stdout, to the daemon:
@@ -35,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from rainctl.children import die_with_parent, step_aside
-from rainctl.config import load_config
 from rainctl.core.events import HealthObserved
 from rainctl.core.health import CatalogueEntry, HealthState, ServerOpinion
 from rainctl.core.types import NodeId, RingId
 from rainctl.errors import RainctlError
 from rainctl.health.monitor import HealthMonitor, MonitorSnapshot, ServerCheck
-from rainctl.health.targets import check_targets
+from rainctl.health.targets import TargetReader
 
 SNAPSHOT_TIMEOUT_S = 1.0
 """`rainctl backends` waits this long for the worker's answer, then shows the last one."""
@@ -94,9 +94,10 @@ class _Worker:
     def __init__(self, config: Path, node_id: NodeId) -> None:
         self.config = config
         self.node_id = node_id
-        loaded = load_config(config)
+        self.reader = TargetReader()
+        loaded, targets = self.reader.read(config)
         self.monitor = HealthMonitor(
-            node_id, check_targets(loaded), loaded.health.checkers_per_server, self._observed
+            node_id, targets, loaded.health.checkers_per_server, self._observed
         )
         self._catalogue = self.monitor.catalogue()
         self._send({"catalogue": [[e.key, e.configured_weight] for e in self._catalogue]})
@@ -120,10 +121,10 @@ class _Worker:
         elif message.get("reload"):
             try:
                 config = Path(message["reload"])
-                loaded = load_config(config)
+                loaded, targets = self.reader.read(config)
                 self.config = config
                 self.monitor.per_server = loaded.health.checkers_per_server
-                self.monitor.set_targets(check_targets(loaded))
+                self.monitor.set_targets(targets)
             except RainctlError as exc:
                 log.error("health worker: reload refused, the running checks stay: %s", exc)  # noqa: TRY400
         elif message.get("snapshot"):
