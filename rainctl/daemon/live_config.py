@@ -166,15 +166,20 @@ class LiveConfig:
             if node != self._machine.node_id and (address := self._fetch_address(node)) is not None
         ]
 
-        async def offer() -> None:
-            failures = await asyncio.to_thread(
-                offer_document, text.encode(), targets, self._keys, OFFER_TIMEOUT_S
-            )
-            for failure in failures:
+        server = self.server
+
+        def offer() -> list[str]:
+            packed = server.packed(digest, text.encode()) if server is not None else None
+            if packed is None:
+                return []
+            return offer_document(digest, packed, targets, self._keys, OFFER_TIMEOUT_S)
+
+        async def offered() -> None:
+            for failure in await asyncio.to_thread(offer):
                 log.info("document %s not offered to %s", digest.hex()[:12], failure)
 
         if targets:
-            self._spawn(offer())
+            self._spawn(offered())
 
     def _document_bytes(self, digest: bytes) -> bytes | None:
         """Called from the server's threads: dict reads of immutable values only."""
@@ -429,9 +434,9 @@ class LiveConfig:
         self._next_request_id += 1
         future: asyncio.Future[ConfigPushSettled] = asyncio.get_running_loop().create_future()
         self._pushes[request_id] = future
+        self._offer(digest, text)  # first: its compression comes before this node's validation
         validation = self._validation(digest, text, source)
         self._submit(ConfigPushRequested(request_id, base, digest))
-        self._offer(digest, text)
         try:
             try:
                 prepared = await asyncio.shield(validation)

@@ -487,10 +487,24 @@ def taking_offers() -> Iterator[tuple[tuple[str, int], list[tuple[bytes, bytes]]
         yield server.address, taken, arrived
 
 
+def offer(document: bytes, targets: list[tuple[str, int]]) -> list[str]:
+    packed = zlib.compress(document)
+    return offer_document(hashlib.sha256(document).digest(), packed, targets, KEYS, TIMEOUT_S)
+
+
+def test_a_document_is_compressed_once_for_the_offer_and_the_fetches() -> None:
+    with ConfigServer("127.0.0.1", 0, lookup=holding(DOCUMENT), keys=KEYS) as server:
+        packed = server.packed(DIGEST, DOCUMENT)
+        assert zlib.decompress(packed) == DOCUMENT
+        assert server.packed(DIGEST, DOCUMENT) is packed
+        assert fetch_document(DIGEST, [server.address], KEYS, TIMEOUT_S) == DOCUMENT
+        assert server.packed(DIGEST, DOCUMENT) is packed
+
+
 def test_an_offer_arrives_whole_and_the_server_still_serves() -> None:
     large = os.urandom(64 * 1024) + DOCUMENT * 20_000
     with taking_offers() as (address, taken, arrived):
-        assert offer_document(large, [address], KEYS, TIMEOUT_S) == []
+        assert offer(large, [address]) == []
         assert arrived.wait(TIMEOUT_S)
         assert fetch_document(DIGEST, [address], KEYS, TIMEOUT_S) == DOCUMENT
     assert taken == [(hashlib.sha256(large).digest(), large)]
@@ -522,15 +536,15 @@ def test_a_bad_offer_is_dropped_and_a_good_one_still_taken(message: bytes) -> No
             # Dropped without a word (a reset when it left some of the message unread).
             with contextlib.suppress(ConnectionResetError):
                 assert connection.recv(1) == b""
-        assert offer_document(DOCUMENT, [address], KEYS, TIMEOUT_S) == []
+        assert offer(DOCUMENT, [address]) == []
         assert arrived.wait(TIMEOUT_S)
     assert taken == [(DIGEST, DOCUMENT)]
 
 
 def test_a_server_without_offers_drops_them_and_an_unreachable_target_is_one_phrase() -> None:
     with serving(holding(DOCUMENT)) as address:
-        assert offer_document(DOCUMENT, [address], KEYS, TIMEOUT_S) == []
+        assert offer(DOCUMENT, [address]) == []
         assert fetch_document(DIGEST, [address], KEYS, TIMEOUT_S) == DOCUMENT
     port = free_port()
-    (failure,) = offer_document(DOCUMENT, [("127.0.0.1", port)], KEYS, TIMEOUT_S)
+    (failure,) = offer(DOCUMENT, [("127.0.0.1", port)])
     assert failure.startswith(f"127.0.0.1:{port}: ")
