@@ -51,6 +51,7 @@ APPLIED_BOUND_S = 120.0
 QUIET_S = 5.0
 """Pause between reloads."""
 RELOAD_TIMEOUT_S = 60.0
+RELOAD_ATTEMPTS = 3
 _APPLIED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: ipvs: (\d+) operations \(.*\) "
     r"applied in (\d+) ms \(before it: (.*)\)$"
@@ -130,8 +131,17 @@ def _phases(logs: list[Path], windows: list[tuple[float, float]]) -> dict[str, l
 def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
     """Ask node 1 to reload; per node (seconds until applied, operations, kernel ms)."""
     seen = [len(_applied_lines(log)) for log in logs]
-    asked = time.time()
-    builder.control(state_dir, "1", "reload", timeout_s=RELOAD_TIMEOUT_S)
+    for attempt in range(RELOAD_ATTEMPTS):
+        asked = time.time()
+        try:
+            builder.control(state_dir, "1", "reload", timeout_s=RELOAD_TIMEOUT_S)
+            break
+        except LabError as exc:
+            # Node 1 excluded for a moment (a brief exclusion): ask again once it is back.
+            if "not in a ring" not in str(exc) or attempt == RELOAD_ATTEMPTS - 1:
+                raise
+            print("  node 1 was not in a ring; asking again in 1 s")
+            time.sleep(1.0)
     results: list[tuple[float, int, int] | None] = [None] * len(logs)
     deadline = time.monotonic() + APPLIED_BOUND_S
     while any(result is None for result in results):
