@@ -39,11 +39,6 @@ def endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def check_targets(config: ClusterConfig) -> tuple[CheckTarget, ...]:
-    """Every checked real server of `config`, in key order."""
-    return _in_key_order(target for found in _service_targets(config) for target in found)
-
-
 def _service_targets(config: ClusterConfig) -> list[tuple[CheckTarget, ...]]:
     """The checked real servers of each service of `config`, in file order."""
     found = []

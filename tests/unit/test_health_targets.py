@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rainctl.config import load_config
 from rainctl.errors import ConfigError
-from rainctl.health.targets import TargetReader, check_targets
+from rainctl.health.targets import TargetReader
 from tests.unit.test_config_reread import ServiceRow, config_text, rows
 
 
@@ -31,9 +31,9 @@ def test_every_read_gives_a_fresh_reads_targets(
             text = text.replace(commented, "[health]\ncheckers_per_server = 1", 1)
         path.write_text(text, encoding="utf-8")
         config, targets = reader.read(path)
-        fresh = load_config(path)
-        assert targets == check_targets(fresh)
-        assert config.health == fresh.health
+        fresh_config, fresh_targets = TargetReader().read(path)  # a whole read
+        assert targets == fresh_targets
+        assert config.health == fresh_config.health == load_config(path).health
 
 
 def test_a_broken_file_is_refused_and_the_next_read_is_right(tmp_path: Path) -> None:
@@ -48,5 +48,5 @@ def test_a_broken_file_is_refused_and_the_next_read_is_right(tmp_path: Path) -> 
     changed: list[ServiceRow] = [(0, 8000, 3, "wlc", "tcp"), (1, 8001, 1, "rr", "none")]
     path.write_text(config_text(changed), encoding="utf-8")
     _, targets = reader.read(path)
-    assert targets == check_targets(load_config(path))
+    assert targets == TargetReader().read(path)[1]
     assert [target.configured_weight for target in targets] == [3, 3]
