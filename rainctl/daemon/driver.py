@@ -19,7 +19,9 @@ It is the daemon's counterpart of the simulator's per-node loop (rainctl/testing
   data plane's weights, the health monitor's starting point), `SaveMaintenance` to
   `on_save_maintenance` (the operators' back-end drains file); `FailureDecided`
   (an exclusion, a 911, a regeneration) is logged as a warning with what the machine saw
-  and how late this node's timers have been firing (its own scheduling delay).
+  and how late this node's timers have been firing (its own scheduling delay);
+* while it runs, every garbage collection is timed and a long one logged
+  (rainctl.daemon.gc_pauses): a pause stops the loop without making a timer late.
 
 Everything runs on the event loop thread, so the machine is never stepped concurrently.
 """
@@ -55,6 +57,7 @@ from rainctl.core.messages import Carriage, TokenPacket
 from rainctl.core.ring import RingMachine
 from rainctl.core.types import Instant, NodeId, NodeState
 from rainctl.daemon.clock import Clock
+from rainctl.daemon.gc_pauses import GcPauseWatch
 from rainctl.daemon.load import INTERVAL_S, measure_load
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.metrics.rotation import RotationHistogram
@@ -120,6 +123,8 @@ class RingDriver:
         self._release_task: asyncio.Task[None] | None = None
         self.lateness = Lateness()
         """How late the ring's timer fired (event-loop scheduling delay), for the log."""
+        self.gc_pauses = GcPauseWatch(self.driver_counters)
+        """The collector's pauses, which stop this loop without making its timers late."""
         self._load_task: asyncio.Task[None] | None = None
         self.node_state = node_state
         self.on_deliver: Callable[[NodeId, int, bytes], None] | None = None
@@ -145,6 +150,7 @@ class RingDriver:
     def start(self, port: DatagramPort) -> None:
         """Begin driving the machine; `port` must already deliver to `on_datagram`."""
         self.port = port
+        self.gc_pauses.install()
         self._step(ClockAdvanced())
         # The state goes out with the first report: a node restarted drained gets no VIPs.
         self._step(measure_load(self.node_state, self.connection_count()))
@@ -157,6 +163,7 @@ class RingDriver:
             self._step(LeaveRequested())
 
     def stop(self) -> None:
+        self.gc_pauses.uninstall()
         if self._release_task is not None:
             self._release_task.cancel()
             self._release_task = None

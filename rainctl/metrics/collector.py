@@ -214,6 +214,21 @@ def _ring(out: _Families, answer: Answer) -> None:
         "Handover tokens sent before the kernel had dropped the released VIPs (after 50 ms)",
         driver.get("release_wait_timeouts", 0),
     )
+    out.counter(
+        "rainctl_gc_collections",
+        "Garbage collections of the daemon's process (each stops every thread, the ring's too)",
+        driver.get("gc_collections", 0),
+    )
+    out.counter(
+        "rainctl_gc_pause_seconds",
+        "Time the daemon's garbage collections held every thread",
+        driver.get("gc_pause_us", 0) / 1e6,
+    )
+    out.counter(
+        "rainctl_gc_long_pauses",
+        "Garbage collections of 20 ms or more (each one logged with its generation)",
+        driver.get("gc_long_pauses", 0),
+    )
     rotation = answer.get("token_rotation")
     if rotation is not None:
         _rotation(out, rotation)

@@ -113,6 +113,9 @@ def full_answer() -> dict[str, Any]:
                 "decided_exclude": 1,
                 "decided_911": 2,
                 "release_wait_timeouts": 0,
+                "gc_collections": 40,
+                "gc_pause_us": 250_000,
+                "gc_long_pauses": 3,
             },
         },
         "node_state": "drain",
@@ -214,6 +217,9 @@ def test_ring_and_node_families() -> None:
     }
     assert samples(metrics["rainctl_tokens_accepted_total"])[()] == 100
     assert samples(metrics["rainctl_hop_retransmits_total"])[()] == 0  # absent: 0
+    assert samples(metrics["rainctl_gc_collections_total"])[()] == 40
+    assert samples(metrics["rainctl_gc_pause_seconds_total"])[()] == 0.25
+    assert samples(metrics["rainctl_gc_long_pauses_total"])[()] == 3
     assert samples(metrics["rainctl_config_version"])[()] == 9
 
 
