@@ -12,7 +12,10 @@ with the excluded node's own pause. It counts into the driver's counters (status
 microseconds) and `gc_long_pauses` (those logged).
 
 The callback runs inside the collector, in whichever thread triggered it: it only reads the
-clock and updates a few numbers, and logs (rarely) after the pause is over.
+clock and updates a few numbers, and logs (rarely) after the pause is over. What it
+measures is wall time: a collection during which the process was not scheduled (a busy
+machine, a guest the host did not run) shows that time too; a young generation's pass walks
+a few hundred objects, so a long one says exactly that.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ class GcPauseWatch:
         if pause_ns >= self.log_ms * 1_000_000:
             self.counters["gc_long_pauses"] += 1
             log.warning(
-                "garbage collection of generation %d held every thread for %.0f ms "
-                "(%d objects collected; %d objects frozen)",
+                "garbage collection of generation %d took %.0f ms, every thread waiting "
+                "(%d objects collected; %d frozen; a young generation this slow means the "
+                "process was not scheduled meanwhile)",
                 info["generation"],
                 pause_ns / 1e6,
                 info["collected"],

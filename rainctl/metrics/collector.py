@@ -221,7 +221,7 @@ def _ring(out: _Families, answer: Answer) -> None:
     )
     out.counter(
         "rainctl_gc_pause_seconds",
-        "Time the daemon's garbage collections held every thread",
+        "Time the daemon's garbage collections took (wall time; every thread waits)",
         driver.get("gc_pause_us", 0) / 1e6,
     )
     out.counter(
