@@ -9,6 +9,9 @@ ICMP prober and the br0 packet counter). Then, for `duration_s`:
 * `loss_permille` of the control traffic dropped on the switch: an nftables bridge rule in
   the switch namespace, `numgen random`, on the ring's UDP port and on VRRP (IP protocol
   112), so both systems lose the same share of their own control packets and nothing else;
+* the host stall monitor (rainctl.bench.host_stalls, real-time priority) notes every moment
+  the machine itself stopped for HOST_STALL_MS or more: a false move at such a moment is the
+  machine's (its hypervisor's, when the steal time says so), not the system's;
 * nothing is killed. Every owner change of a VIP is a false failover; for rainctl, every new
   ring id is a spurious re-formation (a false 911 or exclusion). Owners are sampled from the
   nodes' status files every SAMPLE_S; the client's prober shows what a user would have seen
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rainctl.bench import report
+from rainctl.bench import host_stalls, report
 from rainctl.bench.failover import WIRE_LOG, LogTail, SystemSpec, peer_status, watched_lab
 from rainctl.lab import builder
 from rainctl.lab.plan import RING_PORT, lab_vips
@@ -39,6 +42,8 @@ SAMPLE_S = 0.25
 GAP_PROBES = 5
 """A client-visible gap: at least this many consecutive lost probes (50 ms at 10 ms)."""
 HOG = "cpu-hog"
+HOST_STALLS = "host-stalls"
+HOST_STALL_MS = 50
 NFT_TABLE = "rainctl_soak"
 
 Progress = Callable[[str], None]
@@ -59,6 +64,9 @@ class SoakResult:
     """Samples in which some VIP had no owner or two."""
     client_gaps: int = 0
     longest_gap_ms: float = 0.0
+    host_stalls: int = 0
+    """Moments the machine itself stopped for HOST_STALL_MS or more."""
+    longest_host_stall_ms: int = 0
     dropped: int = 0
     control_packets: int = 0
     """Control packets seen on br0 (before the drop rule, which judges forwarded copies)."""
@@ -86,6 +94,8 @@ class SoakResult:
             "unowned_samples": self.unowned_samples,
             "client_gaps": self.client_gaps,
             "longest_gap_ms": round(self.longest_gap_ms, 1),
+            "host_stalls": self.host_stalls,
+            "longest_host_stall_ms": self.longest_host_stall_ms,
             "control_packets": self.control_packets,
             "dropped": self.dropped,
             "loss_percent": None if self.loss_percent is None else round(self.loss_percent, 2),
@@ -213,6 +223,14 @@ def soak(
             (sys.executable, "-c", "while True: pass"),
             watch / f"{HOG}-{index}.err",
         )
+    stall_log = watch / f"{HOST_STALLS}.log"
+    builder.start_process(
+        state_dir,
+        HOST_STALLS,
+        (sys.executable, "-m", "rainctl.bench.host_stalls", "--output", str(stall_log),
+         "--threshold-ms", str(HOST_STALL_MS)),
+        watch / f"{HOST_STALLS}.err",
+    )  # fmt: skip
     owners, rings = owners_now(spec, state_dir)
     start = time.time()
     deadline = time.monotonic() + duration_s
@@ -241,6 +259,17 @@ def soak(
     result.duration_s = end - start
     for index in range(hogs):
         builder.stop_process(state_dir, f"{HOG}-{index}")
+    builder.stop_process(state_dir, HOST_STALLS)
+    stalls = host_stalls.parse_stalls(
+        stall_log.read_text(encoding="ascii") if stall_log.exists() else "", since=start, until=end
+    )
+    result.host_stalls = len(stalls)
+    result.longest_host_stall_ms = max((late_ms for _, late_ms, _ in stalls), default=0)
+    result.events += [
+        f"{at - start:.1f} s: the machine stopped {late_ms} ms (steal {stolen_ms} ms)"
+        for at, late_ms, stolen_ms in stalls
+    ]
+    result.events.sort(key=lambda event: float(event.split(" s: ", 1)[0]))
     if loss_permille:
         result.dropped = dropped_packets(_nft(state_dir, "-j", "list", "table", "bridge",
                                               NFT_TABLE))  # fmt: skip

@@ -191,7 +191,8 @@ def failover_command(
 def soak_table(results: list[soak.SoakResult], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     columns = ("system", "minutes", "false VIP moves", "ring changes", "client gaps >= 50 ms",
-               "longest gap ms", "control pkts", "dropped", "loss %")  # fmt: skip
+               "longest gap ms", "host stalls >= 50 ms", "longest stall ms", "control pkts",
+               "dropped", "loss %")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
     for result in results:
@@ -203,6 +204,8 @@ def soak_table(results: list[soak.SoakResult], title: str) -> Table:
             "-" if result.kind != "rainctl" else str(result.ring_changes),
             str(result.client_gaps),
             _ms(result.longest_gap_ms),
+            str(result.host_stalls),
+            str(result.longest_host_stall_ms),
             str(result.control_packets),
             str(result.dropped),
             "-" if loss is None else f"{loss:.2f}",

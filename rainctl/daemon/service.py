@@ -79,7 +79,7 @@ from rainctl.daemon.maintenance import (
 from rainctl.daemon.metrics import NodeMetrics
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.proxies import ProxyFleet, proxy_settings
-from rainctl.daemon.realtime import apply_realtime
+from rainctl.daemon.realtime import apply_realtime, size_thread_stacks_for_locking
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import StateError, next_incarnation
 from rainctl.daemon.status import status_document
@@ -301,6 +301,8 @@ def _close_on(worker: ThreadPoolExecutor, close: Callable[[], None] | None) -> N
 
 async def run_daemon(options: DaemonOptions) -> None:
     """Run the node until it has left the ring after SIGTERM / SIGINT."""
+    if options.lock_memory:
+        size_thread_stacks_for_locking()
     setup = _load(options)
     options = _with_front_interface(options, setup.config)
     metrics_listener = _metrics_listener(options, setup.config)

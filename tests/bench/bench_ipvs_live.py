@@ -34,10 +34,12 @@ import argparse
 import datetime
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rainctl.bench import host_stalls
 from rainctl.bench.failover import rings_and_owners
 from rainctl.bench.report import figures
 from rainctl.lab import builder, traffic
@@ -57,6 +59,9 @@ _APPLIED = re.compile(
     r"applied in (\d+) ms \(before it: (.*)\)$"
 )
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_EXCLUDED = re.compile(r" WARNING rainctl\.driver: exclude node (\d+): ")
+HOST_STALLS = "host-stalls"
+HOST_STALL_MS = 50
 PHASES = {
     "push: validated on node 1 (ms)": re.compile(
         r"reload of \w+: committed .*validated here in (\d+) ms"
@@ -99,14 +104,18 @@ def _services(vips: list[str], count: int, weights: dict[int, int]) -> str:
     return "\n".join(lines)
 
 
+def _stamp(text: str) -> float:
+    """A daemon log line's time (the guest's clock, which is the host's) as a timestamp."""
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def _applied_lines(log: Path) -> list[tuple[float, int, int]]:
     """(time, operations, kernel ms) of every large batch the node's reconciler applied."""
     found = []
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         match = _APPLIED.match(line)
         if match is not None:
-            moment = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
-            found.append((moment.timestamp(), int(match[2]), int(match[3])))
+            found.append((_stamp(match[1]), int(match[2]), int(match[3])))
     return found
 
 
@@ -118,7 +127,7 @@ def _phases(logs: list[Path], windows: list[tuple[float, float]]) -> dict[str, l
             stamp = _STAMP.match(line)
             if stamp is None:
                 continue
-            moment = datetime.datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            moment = _stamp(stamp[1])
             if not any(since <= moment <= until for since, until in windows):
                 continue
             for name, pattern in PHASES.items():
@@ -156,11 +165,55 @@ def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
     return [result for result in results if result is not None]
 
 
+def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[float, str]]:
+    """(time, "node X excluded node Y") for every exclusion the daemons logged in the window."""
+    found = []
+    for log in logs:
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            stamp, excluded = _STAMP.match(line), _EXCLUDED.search(line)
+            if stamp is None or excluded is None:
+                continue
+            at = _stamp(stamp.group(1))
+            if since <= at <= until:
+                found.append((at, f"{log.parent.name} excluded node {excluded.group(1)}"))
+    return sorted(found)
+
+
+def _print_stalls(state_dir: Path, logs: list[Path], since: float, until: float) -> None:
+    builder.stop_process(state_dir, HOST_STALLS)
+    stall_log = state_dir / builder.WATCH_DIR / f"{HOST_STALLS}.log"
+    stalls = host_stalls.parse_stalls(
+        stall_log.read_text(encoding="ascii") if stall_log.exists() else "",
+        since=since,
+        until=until,
+    )
+    longest = max((late_ms for _, late_ms, _ in stalls), default=0)
+    print(f"1 % changes: the machine stopped {HOST_STALL_MS} ms or more {len(stalls)} times "
+          f"(longest {longest} ms)")  # fmt: skip
+    for at, what in _exclusions(logs, since, until):
+        nearest = min(stalls, key=lambda stall: abs(stall[0] - at), default=None)
+        near = (
+            "no stall of the machine"
+            if nearest is None
+            else f"nearest stall of the machine {nearest[1]} ms, {nearest[0] - at:+.2f} s away"
+        )
+        print(f"  {datetime.datetime.fromtimestamp(at).time()}: {what}; {near}")
+
+
 def run(services: int, trials: int, keep_logs: Path | None) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="rainctl-bench-live-"))
     builder.up(state_dir, nodes=3, backends=2, prefix="rbl", profile="lan", mode="dr",
                memory_mb=384)  # fmt: skip
     try:
+        watch = state_dir / builder.WATCH_DIR  # removed by `down`
+        watch.mkdir(exist_ok=True)
+        builder.start_process(
+            state_dir,
+            HOST_STALLS,
+            (sys.executable, "-m", "rainctl.bench.host_stalls", "--output",
+             str(watch / f"{HOST_STALLS}.log"), "--threshold-ms", str(HOST_STALL_MS)),
+            watch / f"{HOST_STALLS}.err",
+        )  # fmt: skip
         plan = builder.status(state_dir).plan
         vips = [str(vip) for vip in lab_vips(plan)]
         config = state_dir / builder.CONFIG_FILE
@@ -242,6 +295,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             f"{rings_after != rings_cold or len(rings_cold) != 1}; VIP owners moved: "
             f"{owners_after != owners_cold}"
         )
+        _print_stalls(state_dir, logs, changes_start, changes_end)
     finally:
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)

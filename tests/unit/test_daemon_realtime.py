@@ -37,6 +37,33 @@ def test_the_daemon_process_becomes_round_robin_with_locked_memory() -> None:
     assert child_normal == "True"  # what the daemon starts is not real-time
 
 
+LOCKED_WITH_THREADS = (
+    "import sys, threading; "
+    "from rainctl.daemon.realtime import apply_realtime, size_thread_stacks_for_locking; "
+    "sys.argv[1] == 'sized' and size_thread_stacks_for_locking(); "
+    "done = threading.Event(); "
+    "threads = [threading.Thread(target=done.wait) for _ in range(8)]; "
+    "[thread.start() for thread in threads]; "
+    "apply_realtime(0, lock_memory=True); "
+    "print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0].split()[1]); "
+    "done.set()"
+)
+
+
+def test_locked_threads_cost_their_sized_stacks_not_glibcs_default() -> None:
+    def locked_kb(mode: str) -> int:
+        result = subprocess.run(
+            [sys.executable, "-c", LOCKED_WITH_THREADS, mode],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        return int(result.stdout)
+
+    default_kb, sized_kb = locked_kb("default"), locked_kb("sized")
+    # 8 threads: 8 x 8 MiB at glibc's default, 8 x 1 MiB sized (what else is locked is the
+    # same in both processes).
+    assert default_kb - sized_kb >= 8 * 6 * 1024
+
+
 def test_nothing_asked_changes_nothing() -> None:
     before = os.sched_getscheduler(0)
     apply_realtime(0, lock_memory=False)

@@ -65,7 +65,7 @@ def test_init_script_starts_the_daemon_and_its_status_helper_once() -> None:
     flat = " ".join(script.replace("\\\n", " ").split())
     assert (
         f"--node 2 --state-dir /s/nodes/rlab-node2/state --control-socket {GUEST_CONTROL_SOCKET}"
-        " --data-plane ipvs --front-interface vec0"
+        " --data-plane ipvs --front-interface vec0 --realtime-priority 10"
         " < /dev/null > /s/nodes/rlab-node2/daemon.log 2>&1 &"
     ) in flat
     assert (
