@@ -10,8 +10,10 @@ ICMP prober and the br0 packet counter). Then, for `duration_s`:
   the switch namespace, `numgen random`, on the ring's UDP port and on VRRP (IP protocol
   112), so both systems lose the same share of their own control packets and nothing else;
 * the host stall monitor (rainctl.bench.host_stalls, real-time priority) notes every moment
-  the machine itself stopped for HOST_STALL_MS or more: a false move at such a moment is the
-  machine's (its hypervisor's, when the steal time says so), not the system's;
+  the machine itself stopped for HOST_STALL_MS or more, and every time a node's guest
+  waited that long for a host CPU: a false move at such a moment is the lab machine's (its
+  hypervisor's, when the steal time says so; its scheduler's, for a guest's wait), not the
+  system's;
 * nothing is killed. Every owner change of a VIP is a false failover; for rainctl, every new
   ring id is a spurious re-formation (a false 911 or exclusion). Owners are sampled from the
   nodes' status files every SAMPLE_S; the client's prober shows what a user would have seen
@@ -42,7 +44,6 @@ SAMPLE_S = 0.25
 GAP_PROBES = 5
 """A client-visible gap: at least this many consecutive lost probes (50 ms at 10 ms)."""
 HOG = "cpu-hog"
-HOST_STALLS = "host-stalls"
 HOST_STALL_MS = 50
 NFT_TABLE = "rainctl_soak"
 
@@ -67,6 +68,9 @@ class SoakResult:
     host_stalls: int = 0
     """Moments the machine itself stopped for HOST_STALL_MS or more."""
     longest_host_stall_ms: int = 0
+    guest_waits: int = 0
+    """Times a node (a UML guest) waited HOST_STALL_MS or more for a host CPU."""
+    longest_guest_wait_ms: int = 0
     dropped: int = 0
     control_packets: int = 0
     """Control packets seen on br0 (before the drop rule, which judges forwarded copies)."""
@@ -96,6 +100,8 @@ class SoakResult:
             "longest_gap_ms": round(self.longest_gap_ms, 1),
             "host_stalls": self.host_stalls,
             "longest_host_stall_ms": self.longest_host_stall_ms,
+            "guest_waits": self.guest_waits,
+            "longest_guest_wait_ms": self.longest_guest_wait_ms,
             "control_packets": self.control_packets,
             "dropped": self.dropped,
             "loss_percent": None if self.loss_percent is None else round(self.loss_percent, 2),
@@ -223,14 +229,7 @@ def soak(
             (sys.executable, "-c", "while True: pass"),
             watch / f"{HOG}-{index}.err",
         )
-    stall_log = watch / f"{HOST_STALLS}.log"
-    builder.start_process(
-        state_dir,
-        HOST_STALLS,
-        (sys.executable, "-m", "rainctl.bench.host_stalls", "--output", str(stall_log),
-         "--threshold-ms", str(HOST_STALL_MS)),
-        watch / f"{HOST_STALLS}.err",
-    )  # fmt: skip
+    stall_log = host_stalls.start_monitor(state_dir, HOST_STALL_MS)
     owners, rings = owners_now(spec, state_dir)
     start = time.time()
     deadline = time.monotonic() + duration_s
@@ -259,16 +258,8 @@ def soak(
     result.duration_s = end - start
     for index in range(hogs):
         builder.stop_process(state_dir, f"{HOG}-{index}")
-    builder.stop_process(state_dir, HOST_STALLS)
-    stalls = host_stalls.parse_stalls(
-        stall_log.read_text(encoding="ascii") if stall_log.exists() else "", since=start, until=end
-    )
-    result.host_stalls = len(stalls)
-    result.longest_host_stall_ms = max((late_ms for _, late_ms, _ in stalls), default=0)
-    result.events += [
-        f"{at - start:.1f} s: the machine stopped {late_ms} ms (steal {stolen_ms} ms)"
-        for at, late_ms, stolen_ms in stalls
-    ]
+    builder.stop_process(state_dir, host_stalls.MONITOR)
+    _note_stalls(result, stall_log, start, end)
     result.events.sort(key=lambda event: float(event.split(" s: ", 1)[0]))
     if loss_permille:
         result.dropped = dropped_packets(_nft(state_dir, "-j", "list", "table", "bridge",
@@ -283,6 +274,25 @@ def soak(
         probe_tail.text(), since=start, until=end - 1.0
     )
     return result
+
+
+def _note_stalls(result: SoakResult, stall_log: Path, start: float, end: float) -> None:
+    """The host stall monitor's figures and events (module docstring) into `result`."""
+    stall_text = stall_log.read_text(encoding="ascii") if stall_log.exists() else ""
+    stalls = host_stalls.parse_stalls(stall_text, since=start, until=end)
+    waits = host_stalls.parse_guest_waits(stall_text, since=start, until=end)
+    result.guest_waits = len(waits)
+    result.longest_guest_wait_ms = max((waited_ms for _, _, waited_ms in waits), default=0)
+    result.host_stalls = len(stalls)
+    result.longest_host_stall_ms = max((late_ms for _, late_ms, _ in stalls), default=0)
+    result.events += [
+        f"{at - start:.1f} s: the machine stopped {late_ms} ms (steal {stolen_ms} ms)"
+        for at, late_ms, stolen_ms in stalls
+    ]
+    result.events += [
+        f"{at - start:.1f} s: {guest} waited {waited_ms} ms for a host CPU"
+        for at, guest, waited_ms in waits
+    ]
 
 
 def run_system(

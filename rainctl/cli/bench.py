@@ -191,8 +191,9 @@ def failover_command(
 def soak_table(results: list[soak.SoakResult], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     columns = ("system", "minutes", "false VIP moves", "ring changes", "client gaps >= 50 ms",
-               "longest gap ms", "host stalls >= 50 ms", "longest stall ms", "control pkts",
-               "dropped", "loss %")  # fmt: skip
+               "longest gap ms", "host stalls >= 50 ms", "longest stall ms",
+               "guest CPU waits >= 50 ms", "longest wait ms", "control pkts", "dropped",
+               "loss %")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
     for result in results:
@@ -206,6 +207,8 @@ def soak_table(results: list[soak.SoakResult], title: str) -> Table:
             _ms(result.longest_gap_ms),
             str(result.host_stalls),
             str(result.longest_host_stall_ms),
+            str(result.guest_waits),
+            str(result.longest_guest_wait_ms),
             str(result.control_packets),
             str(result.dropped),
             "-" if loss is None else f"{loss:.2f}",

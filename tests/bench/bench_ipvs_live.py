@@ -34,7 +34,6 @@ import argparse
 import datetime
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +59,6 @@ _APPLIED = re.compile(
 )
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _EXCLUDED = re.compile(r" WARNING rainctl\.driver: exclude node (\d+): ")
-HOST_STALLS = "host-stalls"
 HOST_STALL_MS = 50
 PHASES = {
     "push: validated on node 1 (ms)": re.compile(
@@ -165,8 +163,9 @@ def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
     return [result for result in results if result is not None]
 
 
-def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[float, str]]:
-    """(time, "node X excluded node Y") for every exclusion the daemons logged in the window."""
+def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[float, str, int]]:
+    """(time, excluding node's name, excluded node's id) for every exclusion the daemons
+    logged in the window."""
     found = []
     for log in logs:
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -175,29 +174,36 @@ def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[floa
                 continue
             at = _stamp(stamp.group(1))
             if since <= at <= until:
-                found.append((at, f"{log.parent.name} excluded node {excluded.group(1)}"))
+                found.append((at, log.parent.name, int(excluded.group(1))))
     return sorted(found)
 
 
-def _print_stalls(state_dir: Path, logs: list[Path], since: float, until: float) -> None:
-    builder.stop_process(state_dir, HOST_STALLS)
-    stall_log = state_dir / builder.WATCH_DIR / f"{HOST_STALLS}.log"
-    stalls = host_stalls.parse_stalls(
-        stall_log.read_text(encoding="ascii") if stall_log.exists() else "",
-        since=since,
-        until=until,
-    )
-    longest = max((late_ms for _, late_ms, _ in stalls), default=0)
+def _print_stalls(
+    state_dir: Path, stall_log: Path, logs: list[Path], since: float, until: float
+) -> None:
+    """What the host stall monitor saw in the window, and beside each exclusion the
+    nearest stall of the machine and the excluded guest's nearest wait for a CPU."""
+    builder.stop_process(state_dir, host_stalls.MONITOR)
+    text = stall_log.read_text(encoding="ascii") if stall_log.exists() else ""
+    stalls = host_stalls.parse_stalls(text, since=since, until=until)
+    waits = host_stalls.parse_guest_waits(text, since=since, until=until)
     print(f"1 % changes: the machine stopped {HOST_STALL_MS} ms or more {len(stalls)} times "
-          f"(longest {longest} ms)")  # fmt: skip
-    for at, what in _exclusions(logs, since, until):
-        nearest = min(stalls, key=lambda stall: abs(stall[0] - at), default=None)
-        near = (
-            "no stall of the machine"
-            if nearest is None
-            else f"nearest stall of the machine {nearest[1]} ms, {nearest[0] - at:+.2f} s away"
-        )
-        print(f"  {datetime.datetime.fromtimestamp(at).time()}: {what}; {near}")
+          f"(longest {max((s[1] for s in stalls), default=0)} ms); a guest waited that long "
+          f"for a host CPU {len(waits)} times (longest "
+          f"{max((w[2] for w in waits), default=0)} ms)")  # fmt: skip
+    names = [node.name for node in builder.status(state_dir).plan.nodes]
+    for at, excluder, excluded in _exclusions(logs, since, until):
+        guest = names[excluded - 1]
+        stall = min(stalls, key=lambda s: abs(s[0] - at), default=None)
+        wait = min((w for w in waits if w[1] == guest), key=lambda w: abs(w[0] - at), default=None)
+        print(
+            f"  {datetime.datetime.fromtimestamp(at).time()}: {excluder} excluded {guest}; "
+            + ("no stall of the machine" if stall is None
+               else f"nearest stall of the machine {stall[1]} ms, {stall[0] - at:+.2f} s away")
+            + "; "
+            + (f"{guest} never waited" if wait is None
+               else f"{guest} waited {wait[2]} ms for a CPU, ending {wait[0] - at:+.2f} s away")
+        )  # fmt: skip
 
 
 def run(services: int, trials: int, keep_logs: Path | None) -> None:
@@ -205,15 +211,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
     builder.up(state_dir, nodes=3, backends=2, prefix="rbl", profile="lan", mode="dr",
                memory_mb=384)  # fmt: skip
     try:
-        watch = state_dir / builder.WATCH_DIR  # removed by `down`
-        watch.mkdir(exist_ok=True)
-        builder.start_process(
-            state_dir,
-            HOST_STALLS,
-            (sys.executable, "-m", "rainctl.bench.host_stalls", "--output",
-             str(watch / f"{HOST_STALLS}.log"), "--threshold-ms", str(HOST_STALL_MS)),
-            watch / f"{HOST_STALLS}.err",
-        )  # fmt: skip
+        stall_log = host_stalls.start_monitor(state_dir, HOST_STALL_MS)
         plan = builder.status(state_dir).plan
         vips = [str(vip) for vip in lab_vips(plan)]
         config = state_dir / builder.CONFIG_FILE
@@ -295,7 +293,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             f"{rings_after != rings_cold or len(rings_cold) != 1}; VIP owners moved: "
             f"{owners_after != owners_cold}"
         )
-        _print_stalls(state_dir, logs, changes_start, changes_end)
+        _print_stalls(state_dir, stall_log, logs, changes_start, changes_end)
     finally:
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)

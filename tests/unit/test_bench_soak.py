@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from rainctl.bench.soak import (
     Owners,
     SoakResult,
+    _note_stalls,
     client_gaps,
     dropped_packets,
     keep_logs,
@@ -123,3 +124,27 @@ def test_a_move_is_a_new_sole_owner_skew_is_not_counted_twice() -> None:
     assert moves == []
     moves, _ = owner_moves(owners, {"198.18.0.100": ("n3",), "198.18.0.101": ("n1",)})
     assert moves == ["198.18.0.101 n2 -> n1"]
+
+
+def test_the_monitors_stalls_and_guest_waits_become_figures_and_events(tmp_path: Path) -> None:
+    log = tmp_path / "host-stalls.log"
+    log.write_text(
+        "# host stall monitor: SCHED_FIFO 90, ticks of 10 ms, lines from 50 ms late\n"
+        "1000.000 70 0\n"  # before the soak
+        "1010.000 120 100\n"
+        "1020.000 guest rsf-node2 180\n"
+        "1030.000 guest rsf-node1 60\n",
+        encoding="ascii",
+    )
+    result = SoakResult("rainctl fast", "rainctl", "fast")
+    _note_stalls(result, log, start=1005.0, end=1100.0)
+    assert (result.host_stalls, result.longest_host_stall_ms) == (1, 120)
+    assert (result.guest_waits, result.longest_guest_wait_ms) == (2, 180)
+    assert result.events == [
+        "5.0 s: the machine stopped 120 ms (steal 100 ms)",
+        "15.0 s: rsf-node2 waited 180 ms for a host CPU",
+        "25.0 s: rsf-node1 waited 60 ms for a host CPU",
+    ]
+    nothing = SoakResult("x", "rainctl", "lan")
+    _note_stalls(nothing, tmp_path / "absent.log", start=0.0, end=1.0)
+    assert (nothing.host_stalls, nothing.guest_waits, nothing.events) == (0, 0, [])
