@@ -11,9 +11,10 @@ same host). A stall of the monitor is a stall of everything the lab runs.
 
 With `--guest NAME=PGID` (a user-mode-linux node: its kernel and the host processes of its
 own processes share one process group) it also follows, every GUEST_SAMPLE_TICKS ticks, how
-long the group's processes waited on the host's run queues (/proc/PID/schedstat, second
-field). A UML guest has one virtual CPU, so at most one of its host processes is runnable
-at a time, and the group's waiting time is the guest's: runnable, not run. A run of
+long the group's processes waited on the host's run queues (/proc/PID/schedstat of each
+process's main thread, second field). A UML guest has one virtual CPU: its kernel process
+and the host processes that run its processes' code take turns, so the group's waiting
+time is the guest's, runnable and not run (UML's I/O helper threads are not counted). A run of
 samples in which it waited for at least WAITING_SHARE of the elapsed time, `threshold_ms`
 or longer in all, is one line: the host's scheduler kept that guest off the CPUs while the
 machine ran others (a stall the guest cannot see as anything but lost time).
