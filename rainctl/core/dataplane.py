@@ -12,10 +12,17 @@ table depends on the config alone, never on ownership, and a VIP move touches no
 A service is identified by (vip, port, protocol), a real server within its service by
 (address, port). Everything else is changed in place (IPVS "set"), so a service whose
 scheduler, flags, persistence or real-server weights change keeps its connections, and a
-service that did not change gets no operation at all. Order, for each service in key order:
-new service first, then its real servers; real servers removed before the service they
-belong to; within a service that stays: deletes, then the service update, then real-server
-updates, then adds.
+service that did not change gets no operation at all.
+
+Order: make before break. First, for each service in key order, what adds or changes: a
+new service, then its real servers; for a service that stays, the service update, then
+real-server updates, then adds. Then, in key order again, what removes: real servers
+dropped from a service that stays, and a removed service's real servers before the service.
+So a service whose real servers are replaced never has none for a moment (new connections
+are scheduled among old and new until the old ones go), and the adds do not pay for the
+deletes: the kernel keeps a deleted real server for 2-3 minutes in one list that every
+real-server add walks (`ip_vs_trash_get_dest`), so deleting first would make a pass that
+replaces N real servers cost on the order of N squared (docs/operations.md, "Large tables").
 """
 
 from __future__ import annotations
@@ -266,13 +273,17 @@ def in_key_order(entries: Iterable[IpvsEntry]) -> IpvsState:
 
 
 def diff_ipvs(current: Sequence[IpvsEntry], desired: Sequence[IpvsEntry]) -> list[IpvsOp]:
-    """The operations that turn `current` into `desired`, in the module's order."""
+    """The operations that turn `current` into `desired`, in the module's order (make
+    before break)."""
     now = {entry.service.key: entry for entry in normalised(current)}
     wanted = {entry.service.key: entry for entry in normalised(desired)}
-    ops: list[IpvsOp] = []
+    making: list[IpvsOp] = []
+    breaking: list[IpvsOp] = []
     for key in sorted(now.keys() | wanted.keys()):
-        ops.extend(_service_ops(now.get(key), wanted.get(key)))
-    return ops
+        make, break_ = _service_ops(now.get(key), wanted.get(key))
+        making.extend(make)
+        breaking.extend(break_)
+    return making + breaking
 
 
 def changed_keys(before: IpvsState, after: IpvsState) -> set[ServiceKey]:
@@ -293,11 +304,14 @@ def diff_changed(before: IpvsState, after: IpvsState) -> list[IpvsOp]:
     )
 
 
-def _service_ops(current: IpvsEntry | None, desired: IpvsEntry | None) -> list[IpvsOp]:
+def _service_ops(
+    current: IpvsEntry | None, desired: IpvsEntry | None
+) -> tuple[list[IpvsOp], list[IpvsOp]]:
+    """One service's operations: (those that add or change, those that remove)."""
     if desired is None:
         assert current is not None
         service = current.service
-        return [
+        return [], [
             *(IpvsOp(OpKind.DELETE_REAL_SERVER, service, rs) for rs in current.real_servers),
             IpvsOp(OpKind.DELETE_SERVICE, service),
         ]
@@ -306,25 +320,24 @@ def _service_ops(current: IpvsEntry | None, desired: IpvsEntry | None) -> list[I
         return [
             IpvsOp(OpKind.ADD_SERVICE, service),
             *(IpvsOp(OpKind.ADD_REAL_SERVER, service, rs) for rs in desired.real_servers),
-        ]
+        ], []
     now = {server.key: server for server in current.real_servers}
     wanted = {server.key: server for server in desired.real_servers}
-    ops = [
-        IpvsOp(OpKind.DELETE_REAL_SERVER, current.service, now[key])
-        for key in sorted(now.keys() - wanted.keys())
-    ]
-    if current.service != service:
-        ops.append(IpvsOp(OpKind.UPDATE_SERVICE, service))
-    ops.extend(
+    making = [IpvsOp(OpKind.UPDATE_SERVICE, service)] if current.service != service else []
+    making.extend(
         IpvsOp(OpKind.UPDATE_REAL_SERVER, service, wanted[key])
         for key in sorted(now.keys() & wanted.keys())
         if now[key] != wanted[key]
     )
-    ops.extend(
+    making.extend(
         IpvsOp(OpKind.ADD_REAL_SERVER, service, wanted[key])
         for key in sorted(wanted.keys() - now.keys())
     )
-    return ops
+    breaking = [
+        IpvsOp(OpKind.DELETE_REAL_SERVER, service, now[key])
+        for key in sorted(now.keys() - wanted.keys())
+    ]
+    return making, breaking
 
 
 def apply_ipvs(state: Sequence[IpvsEntry], ops: Iterable[IpvsOp]) -> IpvsState:

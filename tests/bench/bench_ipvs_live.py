@@ -178,11 +178,36 @@ def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[floa
     return sorted(found)
 
 
+def _print_failures(
+    failures: list[traffic.Event],
+    windows: list[tuple[float, float]],
+    owners: dict[str, str],
+    waits: list[tuple[float, str, int]],
+) -> None:
+    """Each failed request with its reason, whether a reload was under way, and the nearest
+    wait for a CPU of the guest owning its VIP (the request's packets pass through it)."""
+    for failure in failures:
+        reload = next((k for k, (a, b) in enumerate(windows, 1) if a <= failure.at <= b), None)
+        owner = owners.get(failure.target.rpartition(":")[0], "?")
+        wait = min(
+            (w for w in waits if w[1] == owner), key=lambda w: abs(w[0] - failure.at), default=None
+        )
+        print(
+            f"  {datetime.datetime.fromtimestamp(failure.at).time()}: request to "
+            f"{failure.target} failed ({failure.detail} after {failure.ms:.0f} ms), "
+            + (f"during 1 % reload {reload}" if reload else "between reloads")
+            + f"; its owner {owner} "
+            + ("never waited" if wait is None
+               else f"waited {wait[2]} ms for a CPU, ending {wait[0] - failure.at:+.2f} s away")
+        )  # fmt: skip
+
+
 def _print_stalls(
     state_dir: Path, stall_log: Path, logs: list[Path], since: float, until: float
-) -> None:
+) -> list[tuple[float, str, int]]:
     """What the host stall monitor saw in the window, and beside each exclusion the
-    nearest stall of the machine and the excluded guest's nearest wait for a CPU."""
+    nearest stall of the machine and the excluded guest's nearest wait for a CPU; returns
+    the guests' waits."""
     builder.stop_process(state_dir, host_stalls.MONITOR)
     text = stall_log.read_text(encoding="ascii") if stall_log.exists() else ""
     stalls = host_stalls.parse_stalls(text, since=since, until=until)
@@ -204,6 +229,7 @@ def _print_stalls(
             + (f"{guest} never waited" if wait is None
                else f"{guest} waited {wait[2]} ms for a CPU, ending {wait[0] - at:+.2f} s away")
         )  # fmt: skip
+    return waits
 
 
 def run(services: int, trials: int, keep_logs: Path | None) -> None:
@@ -293,7 +319,15 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             f"{rings_after != rings_cold or len(rings_cold) != 1}; VIP owners moved: "
             f"{owners_after != owners_cold}"
         )
-        _print_stalls(state_dir, stall_log, logs, changes_start, changes_end)
+        waits = _print_stalls(state_dir, stall_log, logs, changes_start, changes_end)
+        names = [node.name for node in plan.nodes]
+        owners = {vip: names[i] for i, owned in enumerate(owners_cold) for vip in owned}
+        failures = [
+            event
+            for event in events
+            if event.result == "FAIL" and changes_start <= event.at <= changes_end
+        ]
+        _print_failures(failures, windows[1:], owners, waits)
     finally:
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)

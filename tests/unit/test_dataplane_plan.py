@@ -102,6 +102,11 @@ def test_operation_order(current: tuple[IpvsEntry, ...], desired: tuple[IpvsEntr
             assert not any(
                 o.kind is OpKind.DELETE_SERVICE and o.service.key == same for o in before
             )
+    # Make before break: every operation that removes comes after every one that adds or
+    # changes (the adds neither leave a service without real servers nor walk the kernel's
+    # list of just-deleted real servers).
+    removing = [op.kind in {OpKind.DELETE_REAL_SERVER, OpKind.DELETE_SERVICE} for op in ops]
+    assert removing == sorted(removing)
     # Deterministic: the same inputs in another order give the same list.
     assert diff_ipvs(tuple(reversed(current)), tuple(reversed(desired))) == ops
 
@@ -177,13 +182,22 @@ def test_order_within_one_service_and_across_services() -> None:
         [IpvsEntry(rr, (rs1_nat,)), IpvsEntry(new, (RS2,))],
     )
     assert [str(op) for op in ops] == [
-        "delete real server 198.18.1.12:80 of tcp 198.18.0.100:80",
         "update service tcp 198.18.0.100:80",
         "update real server 198.18.1.11:80 of tcp 198.18.0.100:80",
         "add service tcp 198.18.0.100:443",
         "add real server 198.18.1.12:80 of tcp 198.18.0.100:443",
+        "delete real server 198.18.1.12:80 of tcp 198.18.0.100:80",
         "delete real server 198.18.1.11:80 of tcp 198.18.0.101:80",
         "delete service tcp 198.18.0.101:80",
+    ]
+
+
+def test_replaced_real_servers_are_added_before_the_old_ones_go() -> None:
+    rs3 = IpvsRealServer("198.18.1.13", 80, 1, ForwardingMethod.DR)
+    ops = diff_ipvs([IpvsEntry(WEB, (RS1,))], [IpvsEntry(WEB, (rs3,))])
+    assert ops == [
+        IpvsOp(OpKind.ADD_REAL_SERVER, WEB, rs3),
+        IpvsOp(OpKind.DELETE_REAL_SERVER, WEB, RS1),
     ]
 
 
