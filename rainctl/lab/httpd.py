@@ -186,6 +186,11 @@ class Pacer:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A real web server listens with a backlog of hundreds (nginx 511). socketserver's
+    # default of 5 made the kernel drop SYNs whenever this process was not run for a moment
+    # on the busy lab machine, and the client's next try comes a second later: requests
+    # "lost" between reloads that no front node had touched.
+    request_queue_size = 1024
     backend_name = ""
 
     def server_bind(self) -> None:
