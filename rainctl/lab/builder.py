@@ -563,6 +563,18 @@ def set_agent_reply(state_dir: Path, name: str, reply: str | None) -> None:
     scratch.replace(path)
 
 
+def backend_listen_drops(state_dir: Path) -> dict[str, int]:
+    """Per back-end, the connections its kernel dropped because a listening socket's accept
+    queue was full (TcpExt ListenDrops, which counts every listen-queue overflow too) since
+    the lab started: a client's request lost to the back-end, not to the front nodes."""
+    drops = {}
+    for host in _require_state(state_dir.absolute()).plan().backends:
+        text = _run(["ip", "netns", "exec", host.namespace, "cat", "/proc/net/netstat"])
+        names, values = [line.split() for line in text.splitlines() if line.startswith("TcpExt:")]
+        drops[host.name] = int(values[names.index("ListenDrops")])
+    return drops
+
+
 def set_backend_link(state_dir: Path, name: str, *, up: bool) -> None:
     """Take a back-end's only link down (no RST: only timeouts tell) or up again."""
     _state, host = _backend(state_dir.absolute(), name)

@@ -337,6 +337,7 @@ def run(
                 _keepalived_reloads(plan, views, large, [2, 1] * (large_pushes // 2), bench.windows)
         time.sleep(QUIET_S)
         builder.stop_traffic(state_dir, "push")
+        drops = builder.backend_listen_drops(state_dir)
         rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
         summary = traffic.summarize(events)
@@ -361,7 +362,8 @@ def run(
                 else ""
             )
             + f"; ring changed: {rings_after != rings_before or len(rings_before) != 1}; "
-            f"VIP owners moved: {owners_after != owners_before}"
+            f"VIP owners moved: {owners_after != owners_before}; back-ends' accept-queue "
+            f"drops: {', '.join(f'{name} {count}' for name, count in drops.items())}"
         )
     finally:
         if keep_logs is not None:

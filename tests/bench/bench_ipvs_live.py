@@ -34,7 +34,6 @@ import argparse
 import datetime
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -179,19 +178,6 @@ def _exclusions(logs: list[Path], since: float, until: float) -> list[tuple[floa
     return sorted(found)
 
 
-def _listen_drops(namespace: str) -> int:
-    """The SYNs and connections a namespace's kernel dropped because a listening socket's
-    accept queue was full (TcpExt ListenDrops: every listen-queue overflow is counted there
-    too)."""
-    text = subprocess.run(
-        ["ip", "netns", "exec", namespace, "cat", "/proc/net/netstat"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    lines = [line.split() for line in text.splitlines() if line.startswith("TcpExt:")]
-    names, values = lines[0], lines[1]
-    return int(values[names.index("ListenDrops")])
-
-
 def _print_failures(
     failures: list[traffic.Event],
     windows: list[tuple[float, float]],
@@ -289,7 +275,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         time.sleep(QUIET_S)
         changes_end = time.time()
         builder.stop_traffic(state_dir, "live")
-        drops = {host.name: _listen_drops(host.namespace) for host in plan.backends}
+        drops = builder.backend_listen_drops(state_dir)
         rings_after, owners_after = rings_and_owners(state_dir)
         events = traffic.read_log(requests)
         failed = sum(s.failed for s in traffic.summarize(events).values())

@@ -127,6 +127,7 @@ def test_http_through_every_vip_is_spread_over_the_backends(dr_lab: Lab) -> None
     _formed(dr_lab)
     vips = _vips(dr_lab)
     _warm_up(dr_lab, vips)
+    drops_before = builder.backend_listen_drops(dr_lab.state_dir)
     log = builder.start_traffic(dr_lab.state_dir, "spread", "http", vips, interval_s=0.1,
                                 timeout_s=2.0)  # fmt: skip
     echo_target = f"{vips[0]}:{ECHO_PORT}"
@@ -154,6 +155,10 @@ def test_http_through_every_vip_is_spread_over_the_backends(dr_lab: Lab) -> None
         assert set(summary[vip].backends) == {"backend1", "backend2"}, (vip, summary[vip])
     echoes = traffic.summarize(traffic.read_log(echo_log))[echo_target]
     assert (echoes.connects, echoes.failed) == (1, 0), echoes
+    # The back-ends never turned a connection away (a full accept queue costs the client a
+    # 1 s SYN retry: requests lost to the lab rather than to the front nodes).
+    assert builder.backend_listen_drops(dr_lab.state_dir) == drops_before
+    assert set(drops_before) == {"backend1", "backend2"}
     spread = {name: sum(s.backends[name] for s in summary.values()) for name in ("backend1",
               "backend2")}  # fmt: skip
     NOTES.append(
