@@ -5,9 +5,14 @@ gets excluded although it is alive: the classic false failover (corosync raised 
 timeout for exactly this). Like keepalived's `vrrp_rt_priority` and `vrrp_no_swap`, the
 daemon can run with a real-time round-robin priority (`SCHED_RR`: it preempts every normal
 process, and the kernel's RT throttling still leaves 5 % of each second to the rest) and
-with its memory locked (`mlockall`: no page fault on the token path). Both apply to the
-whole process, so the reconciler's worker threads inherit them: their work is short
-netlink calls. `gc.freeze()` after start-up (service.py) keeps full collections short.
+with its memory locked (`mlockall`: no page fault on the token path). The priority is
+that of the thread that asks for it, the main thread, where the ring's loop runs; with
+`SCHED_RESET_ON_FORK` every thread and process started after it (the reconciler's and
+executors' threads, the configuration and health workers, the proxies) begins at normal
+scheduling, so a busy helper yields to the ring at once instead of taking turns with it
+for a round-robin time slice (Linux applies the reset to threads as to processes).
+Locked memory is the whole process's. `gc.freeze()` after start-up (service.py) keeps
+full collections short.
 
 Locked memory is resident memory, every page of it: a thread's stack (8 MiB by glibc's
 default) becomes 8 MiB of RAM once locked, and the daemon runs several threads (executors,

@@ -23,7 +23,11 @@ CHILD = (
     "print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0].split()[1]); "
     "import subprocess, sys; "
     "print(subprocess.run([sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))'], "
-    "capture_output=True, text=True, check=True).stdout.strip() == str(os.SCHED_OTHER))"
+    "capture_output=True, text=True, check=True).stdout.strip() == str(os.SCHED_OTHER)); "
+    "import threading; seen = []; "
+    "thread = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0))); "
+    "thread.start(); thread.join(); "
+    "print(seen == [os.SCHED_OTHER])"
 )
 
 
@@ -31,10 +35,11 @@ def test_the_daemon_process_becomes_round_robin_with_locked_memory() -> None:
     result = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=30
     )
-    policy, locked_kb, child_normal = result.stdout.splitlines()
+    policy, locked_kb, child_normal, thread_normal = result.stdout.splitlines()
     assert policy == "True 7"
     assert int(locked_kb) > 1000  # the interpreter's pages are locked
     assert child_normal == "True"  # what the daemon starts is not real-time
+    assert thread_normal == "True"  # nor are the threads it starts after
 
 
 LOCKED_WITH_THREADS = (
