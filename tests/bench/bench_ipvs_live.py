@@ -22,7 +22,10 @@ For each reload: the time from the request (the host's clock) to the line in eac
 daemon log that says the reconciler's batch was applied (the guest's clock: UML's is the
 host's), and the kernel's part of it (the "applied in" of that line). Printed: p50 / p99 /
 max over the reloads of the time until the last node applied it, the same over every
-node x reload, where the time of the 1 % reloads went by the daemons' own logs (PHASES),
+node x reload, the data plane's part of it (from the node's log line saying it runs the
+new version to its "applied" line: the reconciler and the kernel, what S1 times beside
+`ipvsadm --restore`; the rest is the ring agreeing on the document, S4's path), where the
+time of the 1 % reloads went by the daemons' own logs (PHASES),
 and for the cold load and the 1 % changes apart (from the start of the first of them to
 the end of the last; S1's "zero lost probes, zero VIP moves" is about the 1 % changes): the
 client's failed requests, whether the ring changed and whether any VIP moved.
@@ -36,6 +39,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rainctl.bench import host_stalls
@@ -58,6 +62,9 @@ _APPLIED = re.compile(
     r"applied in (\d+) ms \(before it: (.*)\)$"
 )
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_RUNNING = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: running configuration version "
+)
 _EXCLUDED = re.compile(r" WARNING rainctl\.driver: exclude node (\d+): ")
 HOST_STALL_MS = 50
 PHASES = {
@@ -135,8 +142,31 @@ def _phases(logs: list[Path], windows: list[tuple[float, float]]) -> dict[str, l
     return found
 
 
-def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
-    """Ask node 1 to reload; per node (seconds until applied, operations, kernel ms)."""
+@dataclass(frozen=True, slots=True)
+class NodeReload:
+    """One node's part of one reload, in seconds from the request (host clock)."""
+
+    applied_s: float
+    """Until the node's reconciler logged the batch applied."""
+    running_s: float
+    """Until the node logged that it runs the new version (the ring committed it)."""
+    operations: int
+    kernel_ms: int
+
+    @property
+    def data_plane_s(self) -> float:
+        """From running the version to the kernel having it: reconciler and kernel."""
+        return self.applied_s - self.running_s
+
+
+def _running_moments(log: Path) -> list[float]:
+    """When the node started running each configuration version it ran."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return [_stamp(m[1]) for m in map(_RUNNING.match, text.splitlines()) if m is not None]
+
+
+def _reload(state_dir: Path, logs: list[Path]) -> list[NodeReload]:
+    """Ask node 1 to reload; each node's part of it."""
     seen = [len(_applied_lines(log)) for log in logs]
     for attempt in range(RELOAD_ATTEMPTS):
         asked = time.time()
@@ -149,7 +179,7 @@ def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
                 raise
             print("  node 1 was not in a ring; asking again in 1 s")
             time.sleep(1.0)
-    results: list[tuple[float, int, int] | None] = [None] * len(logs)
+    results: list[NodeReload | None] = [None] * len(logs)
     deadline = time.monotonic() + APPLIED_BOUND_S
     while any(result is None for result in results):
         if time.monotonic() > deadline:
@@ -158,7 +188,12 @@ def _reload(state_dir: Path, logs: list[Path]) -> list[tuple[float, int, int]]:
             lines = _applied_lines(log)
             if results[index] is None and len(lines) > seen[index]:
                 moment, operations, kernel_ms = lines[seen[index]]
-                results[index] = (moment - asked, operations, kernel_ms)
+                running = [t for t in _running_moments(log) if asked <= t <= moment]
+                if not running:
+                    raise LabError(f"{log.parent.name} applied a batch without a new version")
+                results[index] = NodeReload(
+                    moment - asked, running[-1] - asked, operations, kernel_ms
+                )
         time.sleep(0.1)
     return [result for result in results if result is not None]
 
@@ -255,8 +290,9 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         cold_end = time.time()
         time.sleep(QUIET_S)
         rings_cold, owners_cold = rings_and_owners(state_dir)
-        changes: list[tuple[float, int, int]] = []
+        changes: list[NodeReload] = []
         last_nodes: list[float] = []
+        last_running: list[float] = []
         windows = [(started, cold_end)]
         step = max(1, services * CHANGED_PERMILLE // 1000)
         changes_start = time.time()
@@ -270,7 +306,8 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
             began = time.time()
             applied = _reload(state_dir, logs)
             changes += applied
-            last_nodes.append(max(result[0] for result in applied))
+            last_nodes.append(max(result.applied_s for result in applied))
+            last_running.append(max(result.running_s for result in applied))
             windows.append((began, time.time()))
         time.sleep(QUIET_S)
         changes_end = time.time()
@@ -293,14 +330,20 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
 
         print(
             f"cold, {services} x {SERVERS_PER_SERVICE} under traffic: reload to applied on "
-            f"every node {max(c[0] for c in cold):.3f} s (per node "
-            f"{', '.join(f'{c[0]:.3f}' for c in cold)} s; {cold[0][1]} operations; kernel "
-            f"{figures([float(c[2]) for c in cold], 'ms')})"
+            f"every node {max(c.applied_s for c in cold):.3f} s (per node "
+            f"{', '.join(f'{c.applied_s:.3f}' for c in cold)} s; {cold[0].operations} "
+            f"operations; kernel {figures([float(c.kernel_ms) for c in cold], 'ms')})"
         )
         print(
-            f"1 % change ({changes[0][1]} operations) x {trials}: reload to applied on every "
-            f"node {figures(last_nodes)}; per node {figures([c[0] for c in changes])} over "
-            f"{len(changes)} node-reloads; kernel {figures([float(c[2]) for c in changes], 'ms')}"
+            f"1 % change ({changes[0].operations} operations) x {trials}: reload to applied on "
+            f"every node {figures(last_nodes)}; per node "
+            f"{figures([c.applied_s for c in changes])} over {len(changes)} node-reloads"
+        )
+        print(f"  reload to running the new version on every node: {figures(last_running)}")
+        print(
+            "  data plane, running the version to applied, per node-reload: "
+            f"{figures([c.data_plane_s for c in changes])}; of which the kernel "
+            f"{figures([float(c.kernel_ms) for c in changes], 'ms')}"
         )
         for name, values in _phases(logs, windows[1:]).items():
             shown = f"{figures(values, '', 0)} ({len(values)} lines)" if values else "none logged"
