@@ -12,17 +12,11 @@ executors' threads, the configuration and health workers, the proxies) begins at
 scheduling, so a busy helper yields to the ring at once instead of taking turns with it
 for a round-robin time slice (Linux applies the reset to threads as to processes).
 Locked memory is the whole process's. `gc.freeze()` after start-up (service.py) keeps
-full collections short.
-
-The kernel's priority does not reach the interpreter's lock. A helper thread running
-Python code (the reconciler's whole-table read and diff, a status document) holds the GIL,
-and a ring thread woken by a token datagram waits for it until the holder's switch interval
-ends: 5 ms by CPython's default, per wait, several waits per hold. So the daemon asks for
-GIL_SWITCH_INTERVAL_S (`shorten_interpreter_switches`, at any priority): with 1,000
-back-ends checked on three real-time daemons the rotation's p99 went from 113-114 ms to
-108-110 ms (at rest: 107 ms; docs/benchmarks.md, `bench_health_rotation.py`). A shorter
-interval costs nothing while one thread runs alone: it is how long a waiting thread waits
-before it asks the holder to let go.
+full collections short. The priority does not reach the interpreter's lock: a helper
+thread running Python delays the woken ring thread by up to CPython's switch interval (5
+ms). A 0.5 ms interval was tried and left alone: it lets busy helpers take the lock from
+the ring's thread as quickly, and in the UML lab it brought false exclusions
+(docs/benchmarks.md, "On the host, with the ring's rotation").
 
 Locked memory is resident memory, every page of it: a thread's stack (8 MiB by glibc's
 default) becomes 8 MiB of RAM once locked, and the daemon runs several threads (executors,
@@ -38,7 +32,6 @@ import ctypes
 import errno
 import logging
 import os
-import sys
 import threading
 
 from rainctl.errors import RainctlError
@@ -50,9 +43,6 @@ PRIORITY_MAX = 99
 LOCKED_THREAD_STACK_BYTES = 1 << 20
 """Ample for what the daemon's threads run (netlink calls, file writes, unpickling a
 validated document), whose C code does not recurse deeply."""
-GIL_SWITCH_INTERVAL_S = 0.0005
-"""How long a thread waiting for the interpreter's lock waits before the holder must let go
-(CPython's default: 0.005)."""
 
 log = logging.getLogger("rainctl.daemon")
 
@@ -65,12 +55,6 @@ def size_thread_stacks_for_locking() -> None:
     """Threads started from now on get LOCKED_THREAD_STACK_BYTES stacks (module docstring);
     call it before the first thread when memory will be locked."""
     threading.stack_size(LOCKED_THREAD_STACK_BYTES)
-
-
-def shorten_interpreter_switches() -> None:
-    """A thread that wants the GIL (the ring's, woken by a datagram) gets it from a busy
-    helper thread within GIL_SWITCH_INTERVAL_S (module docstring)."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def apply_realtime(priority: int, *, lock_memory: bool) -> None:

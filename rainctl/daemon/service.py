@@ -4,8 +4,7 @@ Start-up order, each step failing with one line before anything is sent:
 config and key file (authentication is mandatory) -> kernel adapters (`--data-plane linux`:
 every VIP configured, ARP sysctls, the announcer's AF_PACKET socket) -> incarnation (+1,
 durable) -> UDP transport on the node's cluster address -> control socket -> ring driver ->
-`gc.freeze()` (start-up objects leave the garbage collector's generations) -> real-time
-scheduling and the interpreter's short switch interval (rainctl.daemon.realtime) -> READY=1.
+`gc.freeze()` (start-up objects leave the garbage collector's generations) -> READY=1.
 The metrics endpoint's socket (`--metrics` / `[metrics] listen`) is bound right after the
 config is read, before the kernel is touched; its exporter process starts with the
 control socket (rainctl.metrics.exporter).
@@ -80,11 +79,7 @@ from rainctl.daemon.maintenance import (
 from rainctl.daemon.metrics import NodeMetrics
 from rainctl.daemon.notify import keep_watchdog_fed, notify, watchdog_interval_s
 from rainctl.daemon.proxies import ProxyFleet, proxy_settings
-from rainctl.daemon.realtime import (
-    apply_realtime,
-    shorten_interpreter_switches,
-    size_thread_stacks_for_locking,
-)
+from rainctl.daemon.realtime import apply_realtime, size_thread_stacks_for_locking
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.daemon.state import StateError, next_incarnation
 from rainctl.daemon.status import status_document
@@ -455,7 +450,6 @@ async def _run(
         # shortens the pauses the ring's event loop would otherwise take mid-rotation.
         gc.freeze()
         apply_realtime(options.realtime_priority, lock_memory=options.lock_memory)
-        shorten_interpreter_switches()
         notify("READY=1")
         await driver.leave_requested.wait()
         notify("STOPPING=1")
