@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python tests/bench/bench_health_rotation.py [--servers 0,1000] [--nodes 3]
-        [--profile lan] [--duration-s 60] [--realtime-priority N]
+        [--profile lan] [--duration-s 60] [--realtime-priority N] [--check tcp|none]
 
 For each back-end count: a farm process (rainctl.lab.farm) listens on that many loopback ports
 (accepts and closes: a live back-end), and N real `rainctl daemon` processes on loopback
@@ -20,6 +20,10 @@ connections). Each status answer lists every real server: the sampling itself co
 daemons a little, the same in both runs per sample. With --realtime-priority N the daemons
 run at SCHED_RR N (the systemd unit's way); their health workers still start at normal
 scheduling (SCHED_RESET_ON_FORK) and nice 10.
+
+With --check none the services' real servers are the same but unchecked (`health = { kind
+= "none" }`): what moves the rotation then is the daemon's own work for a table of that
+size (the reconciler's reads and diffs, the status), not the checking.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ VIP = "198.18.2.1"
 # ---- the cluster ---------------------------------------------------------------------------
 
 
-def _config(directory: Path, nodes: int, profile: str, backend_ports: list[int]) -> Path:
+def _config(
+    directory: Path, nodes: int, profile: str, backend_ports: list[int], check: str
+) -> Path:
     (directory / "cluster.key").write_text("1:" + "cd" * 32 + "\n", encoding="utf-8")
     lines = ["[cluster]", 'name = "rotation"', "id = 4", 'key_file = "cluster.key"',
              f'profile = "{profile}"', ""]  # fmt: skip
@@ -55,7 +61,7 @@ def _config(directory: Path, nodes: int, profile: str, backend_ports: list[int])
     lines += ["[[vips]]", f'address = "{VIP}"', ""]
     for start in range(0, len(backend_ports), SERVERS_PER_SERVICE):
         lines += ["[[services]]", f'vip = "{VIP}"', f"port = {1000 + start // SERVERS_PER_SERVICE}"]
-        lines += ['forwarding = "nat"', ""]
+        lines += ['forwarding = "nat"', f'health = {{ kind = "{check}" }}', ""]
         for port in backend_ports[start : start + SERVERS_PER_SERVICE]:
             lines += ["[[services.real_servers]]", 'address = "127.0.0.1"', f"port = {port}", ""]
     path = directory / "cluster.toml"
@@ -63,7 +69,9 @@ def _config(directory: Path, nodes: int, profile: str, backend_ports: list[int])
     return path
 
 
-def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_priority: int) -> None:
+def run(
+    servers: int, nodes: int, profile: str, duration_s: float, realtime_priority: int, check: str
+) -> None:
     directory = Path(tempfile.mkdtemp(prefix="rainctl-rotation-"))
     ports_file, counts_file = directory / "ports", directory / "counts"
     farm = subprocess.Popen(
@@ -71,12 +79,13 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
          "--ports-file", str(ports_file), "--counts-file", str(counts_file)]
     )  # fmt: skip
     ring: LoopbackRing | None = None
+    ended: list[tuple[int, int | None]] = []
     try:
         deadline = time.monotonic() + 30
         while not ports_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         backend_ports = [int(p) for p in ports_file.read_text().split()] if servers else []
-        config = _config(directory, nodes, profile, backend_ports)
+        config = _config(directory, nodes, profile, backend_ports, check)
         ring = LoopbackRing(
             config, directory, nodes, ("--realtime-priority", str(realtime_priority))
         )
@@ -88,6 +97,13 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
         rotations = ring.rotations(duration_s)
         cpu = cpu_shares(cpu_start, ring.cpu_times(), time.monotonic() - started)
         logs = ring.logs()
+        ended = [
+            (node, d.returncode) for node, d in enumerate(ring.processes, 1) if d.poll() is not None
+        ]
+        for node, code in ended:
+            # A daemon that ended skews every figure of the run: say so and keep its log.
+            tail = (directory / f"node{node}" / "daemon.log").read_text().splitlines()[-5:]
+            print(f"node {node}'s daemon ended (exit {code}) during the run:", *tail, sep="\n  ")
         changes = logs.count("WARNING rainctl.health: back-end")
         tables = logs.count("back-end verdicts of ring")
         probes = f"; {changes} back-end state changes counted, {tables} verdict tables applied"
@@ -96,7 +112,7 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
             t1, n1 = read_counts(counts_file)
             probes += f"; {(n1 - n0) / (t1 - t0) / servers:.2f} probes/s per back-end"
         print(
-            f"{servers} back-ends, {nodes} nodes, {profile}: rotation p50 "
+            f"{servers} back-ends ({check} check), {nodes} nodes, {profile}: rotation p50 "
             f"{statistics.median(rotations):.0f} / p99 {percentile(rotations, 0.99):.0f} / max "
             f"{max(rotations):.0f} ms over {len(rotations)} samples; CPU per process: "
             f"{', '.join(cpu)}{probes}"
@@ -106,7 +122,10 @@ def run(servers: int, nodes: int, profile: str, duration_s: float, realtime_prio
             ring.stop()
         farm.kill()
         farm.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        if ended:
+            print(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:
@@ -116,6 +135,7 @@ def main() -> None:
     parser.add_argument("--profile", default="lan")
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--realtime-priority", type=int, default=0)
+    parser.add_argument("--check", choices=("tcp", "none"), default="tcp")
     arguments = parser.parse_args()
     for servers in (int(value) for value in arguments.servers.split(",")):
         run(
@@ -124,6 +144,7 @@ def main() -> None:
             arguments.profile,
             arguments.duration_s,
             arguments.realtime_priority,
+            arguments.check,
         )
 
 
