@@ -62,11 +62,14 @@ class SystemSpec:
     advert_int: float | None = None
     exclusion: str = "conservative"
     """rainctl's `cluster.exclusion`."""
+    ring_group: bool = True
+    """rainctl's cluster has the lab's `ring_group` (one datagram per hop)."""
 
     @property
     def name(self) -> str:
         if self.kind == "rainctl":
             suffix = "" if self.exclusion == "conservative" else f" {self.exclusion}"
+            suffix += "" if self.ring_group else " unicast"
             return f"rainctl {self.profile}{suffix}"
         return f"keepalived {self.advert_int:g}"
 
@@ -358,6 +361,7 @@ def watched_lab(
             prefix=prefix,
             profile=spec.profile,
             exclusion=spec.exclusion,
+            ring_group=spec.ring_group,
         )
     else:
         assert spec.advert_int is not None

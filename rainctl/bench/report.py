@@ -11,8 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TOKEN_TYPE = 1
-"""rainctl.core.messages.MessageType.TOKEN."""
+from rainctl.core.messages import MessageType
+
+TOKEN_TYPES = (MessageType.TOKEN, MessageType.TOKEN_PASS)
+"""The datagrams that move the token (a pass to the group carries its predecessor's ACK)."""
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -115,8 +117,8 @@ def control_rate(packets: Iterable[WirePacket], kind: str, start: float, end: fl
 
 
 def token_destination(packet: WirePacket) -> int | None:
-    """The node a TOKEN datagram goes to, else None."""
-    if packet.kind == "R" and packet.fields and packet.fields[0] == TOKEN_TYPE:
+    """The node a token datagram (TOKEN, TOKEN_PASS) goes to, else None."""
+    if packet.kind == "R" and packet.fields and packet.fields[0] in TOKEN_TYPES:
         return packet.fields[2]
     return None
 

@@ -8,9 +8,12 @@ ring's unicast datagrams between two nodes' ports). It logs one line per control
     R <time> <src ip> <dst ip> <bytes> <type> <source id> <destination id>   rainctl ring
     V <time> <src ip> <dst ip> <bytes> <vrid> <priority>                     VRRP (IP 112)
 
-Ring datagrams are UDP to or from port 7400 (plan.RING_PORT); their clear header (magic "RN",
-version, type, cluster id, source, destination: rainctl.core.codec) gives the type and the
-node ids, so `TOKEN` lines show where the token goes. `<bytes>` is the IP packet's length.
+Ring datagrams are UDP to or from port 7400 (plan.RING_PORT) or to the lab's ring group
+(plan.RING_GROUP); their clear header (magic "RN", version, type, cluster id, source,
+destination: rainctl.core.codec) gives the type and the node ids, so `TOKEN` lines show
+where the token goes; a `TOKEN_PASS` to the group names its addressee first in its body, and
+its line shows that node as the destination. `<bytes>` is the IP packet's length. A group
+datagram is one packet on the wire however many nodes receive it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rainctl.core.codec import HEADER_BYTES
+from rainctl.core.messages import MessageType
+
 ETH_P_IP = 0x0800
 IPPROTO_VRRP = 112
 SOL_PACKET = 263
@@ -29,12 +35,14 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 RING_PORT = 7400
+GROUP_PORT = 7401
+"""The port of the lab's ring group (rainctl.lab.plan.RING_GROUP)."""
 RING_MAGIC = b"RN"
-TOKEN_TYPE = 1
-"""rainctl.core.messages.MessageType.TOKEN."""
 
 
-def parse_frame(frame: bytes, ring_port: int = RING_PORT) -> str | None:
+def parse_frame(
+    frame: bytes, ring_port: int = RING_PORT, group_port: int = GROUP_PORT
+) -> str | None:
     """The log line (without the time) for a ring or VRRP Ethernet frame, else None."""
     if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
         return None
@@ -49,13 +57,15 @@ def parse_frame(frame: bytes, ring_port: int = RING_PORT) -> str | None:
     if proto != socket.IPPROTO_UDP or len(ip) < header_len + 8:
         return None
     sport, dport = struct.unpack_from("!HH", ip, header_len)
-    if ring_port not in (sport, dport):
+    if ring_port not in (sport, dport) and dport != group_port:
         return None
     payload = ip[header_len + 8 :]
     if len(payload) < 12 or payload[:2] != RING_MAGIC:
         return f"R {source} {destination} {total} 0 0 0"
     kind = payload[3]
     node_from, node_to = struct.unpack_from("!HH", payload, 8)
+    if kind == MessageType.TOKEN_PASS and len(payload) >= HEADER_BYTES + 2:
+        (node_to,) = struct.unpack_from("!H", payload, HEADER_BYTES)
     return f"R {source} {destination} {total} {kind} {node_from} {node_to}"
 
 

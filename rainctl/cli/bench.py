@@ -137,6 +137,13 @@ def failover_command(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     as_json: JsonOption = False,
     save: SaveOption = None,
+    unicast_ring: Annotated[
+        bool,
+        typer.Option(
+            "--unicast-ring",
+            help="rainctl without the lab's ring_group: two datagrams per token hop.",
+        ),
+    ] = False,
 ) -> None:
     """Kill the owner of a VIP N times per system (rainctl, then keepalived at each
     advert_int), each system in its own lab of the same topology; print the client's outage.
@@ -149,7 +156,10 @@ def failover_command(
         raise typer.BadParameter("must be at least 1", param_hint="--trials")
     if rest_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--rest")
-    specs = _systems(profile, peer, nodes, advert_int)
+    specs = [
+        dataclasses.replace(spec, ring_group=not unicast_ring)
+        for spec in _systems(profile, peer, nodes, advert_int)
+    ]
     started = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
 
@@ -175,6 +185,7 @@ def failover_command(
         "trials": trials,
         "rest_s": rest_s,
         "probe_interval_ms": 10,
+        "ring": "unicast" if unicast_ring else "group",
     }
     title = (
         f"rainctl bench failover: {nodes} nodes, {trials} SIGKILLs per system, probes every "

@@ -63,6 +63,7 @@ def to_ring_spec(config: ClusterConfig) -> RingSpec:
         ),
         config_digest=config_digest(config),
         checkers_per_server=config.health.checkers_per_server,
+        group_pass=config.cluster.ring_group is not None,
     )
 
 

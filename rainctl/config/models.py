@@ -72,8 +72,11 @@ def canonical_listen(text: str) -> str:
     return _canonical_endpoint(text, example="127.0.0.1:9477", any_address=True)
 
 
-def _canonical_endpoint(text: str, *, example: str, any_address: bool) -> str:
-    not_endpoint = f"{text!r} is not host:port with an IP address (e.g. {example})"
+def _parse_endpoint(
+    text: str, *, example: str, what: str = "host"
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """The address and port of "address:port" / "[v6]:port", port in range."""
+    not_endpoint = f"{text!r} is not {what}:port with an IP address (e.g. {example})"
     match = _ENDPOINT.fullmatch(text)
     if match is None:
         raise value_error(not_endpoint)
@@ -87,9 +90,24 @@ def _canonical_endpoint(text: str, *, example: str, any_address: bool) -> str:
         raise value_error(not_endpoint) from None
     if not 1 <= port <= _PORT_MAX:
         raise value_error(f"{text!r}: port {port} is not in 1..{_PORT_MAX}")
+    return ip, port
+
+
+def _canonical_endpoint(text: str, *, example: str, any_address: bool) -> str:
+    ip, port = _parse_endpoint(text, example=example)
     if ip.is_multicast or (ip.is_unspecified and not any_address):
         kind = "a multicast" if any_address else "an unspecified or multicast"
         raise value_error(f"{text!r}: {ip} is {kind} address")
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def canonical_group(text: str) -> str:
+    """`text` as the canonical "group:port" ("[v6 group]:port") of the ring's multicast
+    group; raises on anything else."""
+    example = "239.192.74.1:7401 or [ff02::7401]:7401"
+    ip, port = _parse_endpoint(text, example=example, what="group")
+    if not ip.is_multicast:
+        raise value_error(f"{text!r}: {ip} is not a multicast address (e.g. {example})")
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
@@ -120,6 +138,11 @@ class ClusterSection(BaseModel):
     vip_lease_s: int = Field(default=1, ge=0, le=3600)
     """Kernel-enforced ownership lease (--data-plane linux / ipvs): an owned VIP's front
     address lives this many seconds unless the daemon renews it; 0 = permanent."""
+    ring_group: str | None = None
+    """The ring's multicast group ("group:port"): a holder then passes the token and
+    acknowledges its own receipt in one datagram to the group (docs/protocol.md, "One
+    datagram per hop"), half the control packets of the unicast ring. Unset: unicast only.
+    Every node must run a rainctl that knows the `TokenPass` message."""
     answer_lease_ms: int | None = Field(default=None, ge=0, le=60_000)
     """Kernel-enforced answer lease (nftables): an owned VIP answers ARP / NS only this long
     after the daemon's last renewal; unset: half the ring's hop failure time; 0 = off."""
@@ -135,6 +158,11 @@ class ClusterSection(BaseModel):
     @classmethod
     def _check_upstream(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(canonical_vip(address) for address in value)
+
+    @field_validator("ring_group")
+    @classmethod
+    def _check_ring_group(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_group(value)
 
 
 class TimersSection(BaseModel):
@@ -255,6 +283,7 @@ class ClusterConfig(BaseModel):
             *_vip_problems(self),
             *_timer_problems(self),
             *_upstream_problems(self.cluster),
+            *_ring_group_problems(self),
             *service_problems(self.services, [vip.address for vip in self.vips], memo),
         ]
         if problems:
@@ -310,6 +339,25 @@ def _upstream_problems(cluster: ClusterSection) -> list[Problem]:
                 f'only used with quorum = "upstream" (quorum is "{cluster.quorum.value}")',
             )
         ]
+    return []
+
+
+def _ring_group_problems(config: ClusterConfig) -> list[Problem]:
+    """The group must be of the nodes' address family: it is joined on the interface of
+    each node's ring address."""
+    group = config.cluster.ring_group
+    if group is None:
+        return []
+    family = 6 if group.startswith("[") else 4
+    for index, node in enumerate(config.nodes):
+        if (6 if node.address.startswith("[") else 4) != family:
+            return [
+                (
+                    ("cluster", "ring_group"),
+                    f"{group!r} is IPv{family}, node {node.id}'s address {node.address!r} "
+                    f"(nodes[{index}]) is not: the group must be of the nodes' family",
+                )
+            ]
     return []
 
 

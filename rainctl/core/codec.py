@@ -71,6 +71,7 @@ from rainctl.core.messages import (
     SosVerdict,
     TokenAck,
     TokenPacket,
+    TokenPass,
 )
 from rainctl.core.types import (
     NODE_ID_MAX,
@@ -99,8 +100,8 @@ DATAGRAM_BYTES_MAX: Final = 1472
 BODY_BYTES_MAX: Final = DATAGRAM_BYTES_MAX - HEADER_BYTES - TAG_BYTES
 CARRIAGE_CHUNK_BYTES_MAX: Final = BODY_BYTES_MAX - 14
 """Largest `Carriage.chunk` that fits one datagram (transfer_id, index, count, length)."""
-INLINE_PAYLOAD_BYTES_MAX: Final = BODY_BYTES_MAX - 42
-"""Largest `TokenPacket.inline_payload` that fits one datagram."""
+INLINE_PAYLOAD_BYTES_MAX: Final = BODY_BYTES_MAX - 54
+"""Largest `TokenPacket.inline_payload` that fits one datagram, inside a `TokenPass` too."""
 
 KEY_ID_MAX: Final = 0xFF
 KEY_BYTES_MIN: Final = 16
@@ -1031,6 +1032,23 @@ def _read_token_packet(reader: Reader) -> TokenPacket:
     )
 
 
+def _write_token_pass(writer: Writer, message: TokenPass) -> None:
+    # The addressee first: the bench's wire counter (rainctl.bench.wire) reads it there.
+    writer.node_id(message.addressee)
+    writer.node_id(message.acked_node)
+    writer.u64(message.acked_transfer_id)
+    _write_token_packet(writer, message.packet)
+
+
+def _read_token_pass(reader: Reader) -> TokenPass:
+    return TokenPass(
+        addressee=reader.node_id(),
+        acked_node=reader.node_id(),
+        acked_transfer_id=reader.u64(),
+        packet=_read_token_packet(reader),
+    )
+
+
 def _write_carriage(writer: Writer, message: Carriage) -> None:
     writer.u64(message.transfer_id)
     writer.u16(message.index)
@@ -1144,6 +1162,7 @@ _BODY_READERS: Final[Mapping[MessageType, Callable[[Reader], Message]]] = {
     MessageType.PROBE: _read_probe,
     MessageType.PROBE_ACK: _read_probe_ack,
     MessageType.PROBE_REPORT: _read_probe_report,
+    MessageType.TOKEN_PASS: _read_token_pass,
 }
 
 
@@ -1151,6 +1170,8 @@ def _write_body(writer: Writer, message: Message) -> None:
     match message:
         case TokenPacket():
             _write_token_packet(writer, message)
+        case TokenPass():
+            _write_token_pass(writer, message)
         case Carriage():
             _write_carriage(writer, message)
         case TokenAck():

@@ -138,6 +138,9 @@ Event = (
 class Send:
     destination: NodeId
     message: Message
+    group: bool = False
+    """Send one datagram to the ring's multicast group (header destination 0) instead of to
+    `destination` alone: a `TokenPass` whose successor and predecessor are different nodes."""
 
 
 @dataclass(frozen=True, slots=True)

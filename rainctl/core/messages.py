@@ -31,6 +31,7 @@ class MessageType(IntEnum):
     PROBE = 9
     PROBE_ACK = 10
     PROBE_REPORT = 11
+    TOKEN_PASS = 12
 
 
 class AckStatus(IntEnum):
@@ -84,6 +85,23 @@ class TokenPacket:
     payload_length: int
     payload_checksum: int
     inline_payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPass:
+    """A token packet that also acknowledges the sender's own receipt of the token: one
+    datagram serves a whole hop (docs/protocol.md, "One datagram per hop").
+
+    It goes to the ring's multicast group (the header's destination is 0, "any"), so the
+    `addressee` (the sender's successor) takes the token and `acked_node` (its predecessor)
+    ends its hop `acked_transfer_id` as if it had received an ACCEPTED `TokenAck`; every
+    other node drops it. In a ring of two both are the same node and it goes unicast.
+    """
+
+    addressee: NodeId
+    acked_node: NodeId
+    acked_transfer_id: int
+    packet: TokenPacket
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +194,7 @@ class ProbeReport:
 
 Message = (
     TokenPacket
+    | TokenPass
     | Carriage
     | TokenAck
     | Nack
@@ -200,6 +219,7 @@ MESSAGE_TYPES: dict[type[Message], MessageType] = {
     Probe: MessageType.PROBE,
     ProbeAck: MessageType.PROBE_ACK,
     ProbeReport: MessageType.PROBE_REPORT,
+    TokenPass: MessageType.TOKEN_PASS,
 }
 
 

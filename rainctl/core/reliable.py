@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from rainctl.core.events import Send
-from rainctl.core.messages import AckStatus, Carriage, Nack, TokenPacket
+from rainctl.core.messages import AckStatus, Carriage, Message, Nack, TokenPacket, TokenPass
 from rainctl.core.types import Instant, NodeId, RingId
 
 INLINE_PAYLOAD_BYTES_MAX = 1100
@@ -62,6 +62,9 @@ class HopSender:
     hop_retries: int
     hold_allowance_ms: int = 0
     """The receiver ACKs when it passes the token on: the first wait includes its hold."""
+    acknowledging: tuple[NodeId, int] | None = None
+    """(predecessor, transfer id) of the token this hop passes on: its ACK rides in the
+    token packet (`TokenPass`), to the group unless the predecessor is the destination."""
     deadline: Instant = 0
     attempts: int = 0
 
@@ -83,7 +86,7 @@ class HopSender:
         """Resend what the receiver lacks, then the token packet that completes it."""
         wanted = [index for index in nack.missing if 0 <= index < len(self.carriages)]
         sends = [Send(self.destination, self.carriages[index]) for index in sorted(set(wanted))]
-        sends.append(Send(self.destination, self.packet))
+        sends.append(self._closing_send())
         return sends
 
     def on_deadline(self, now: Instant) -> list[Send] | None:
@@ -96,8 +99,17 @@ class HopSender:
 
     def _everything(self) -> list[Send]:
         sends = [Send(self.destination, carriage) for carriage in self.carriages]
-        sends.append(Send(self.destination, self.packet))
+        sends.append(self._closing_send())
         return sends
+
+    def _closing_send(self) -> Send:
+        """The token packet, carrying the predecessor's ACK when there is one. Carriages go
+        to the destination alone: the predecessor needs only the closing packet."""
+        if self.acknowledging is None:
+            return Send(self.destination, self.packet)
+        acked_node, acked_transfer_id = self.acknowledging
+        message: Message = TokenPass(self.destination, acked_node, acked_transfer_id, self.packet)
+        return Send(self.destination, message, group=acked_node != self.destination)
 
 
 TransferKey = tuple[NodeId, int, int]

@@ -89,6 +89,7 @@ from rainctl.core.messages import (
     SosVerdict,
     TokenAck,
     TokenPacket,
+    TokenPass,
 )
 from rainctl.core.ownership import OwnershipInputs, commit_releases, maintain
 from rainctl.core.reliable import (
@@ -770,6 +771,11 @@ class RingMachine:
             self.counters["dropped_out_of_range"] += 1
             return
         self.last_heard[source] = now
+        if isinstance(message, TokenPass):
+            packet = self._open_token_pass(source, message, now, actions)
+            if packet is None:
+                return
+            message = packet
         if self.phase is Phase.LEFT:
             if isinstance(message, TokenPacket):
                 ring = self.ring
@@ -804,6 +810,22 @@ class RingMachine:
             self._on_beacon(source, envelope.source_incarnation, message, now, actions)
         else:
             self._on_probe_message(source, message, now, actions)
+
+    def _open_token_pass(
+        self, source: NodeId, message: TokenPass, now: Instant, actions: list[Action]
+    ) -> TokenPacket | None:
+        """One datagram, two roles: first the ACK of this node's hop to the sender (when it
+        names this node), then the token packet, returned when this node is its addressee.
+        Every other member of the group drops it."""
+        if message.acked_node == self.node_id:
+            self.counters["acks_in_pass"] += 1
+            ack = TokenAck(message.acked_transfer_id, AckStatus.ACCEPTED, message.packet.ring)
+            self._on_token_ack(source, ack, now, actions)
+        if message.addressee == self.node_id:
+            return message.packet
+        if message.acked_node != self.node_id:
+            self.counters["passes_overheard"] += 1
+        return None
 
     def _on_reassembly(
         self,
@@ -1190,10 +1212,10 @@ class RingMachine:
         assert self.token is not None
         token = self._run_hooks(self.token, now, actions)
         self._store_own_copy(token, now, actions)
-        # The predecessor's hop ends as the token moves on. The ACK goes first: in a ring of
-        # two the predecessor is also the successor and must not get the token before it.
-        self._pay_owed_ack(actions)
+        # The predecessor's hop ends as the token moves on: its ACK rides in the pass when it
+        # can (`_ack_for_pass`), else it goes on its own right after.
         self._pass(now, actions)
+        self._pay_owed_ack(actions)
 
     def _store_own_copy(self, token: Token, now: Instant, actions: list[Action]) -> None:
         """Keep the copy this holder just changed (hooks, exclusion) as its own."""
@@ -1258,11 +1280,22 @@ class RingMachine:
             self.timers.ack_ms,
             self.timers.hop_retries,
             self._hold_allowance_ms(token),
+            self._ack_for_pass(successor),
         )
         self.phase = Phase.PASSING
         self.hop_started_at = now
         self.counters["tokens_passed"] += 1
         actions.extend(self.hop.start(now))
+
+    def _ack_for_pass(self, successor: NodeId) -> tuple[NodeId, int] | None:
+        """The owed ACK, taken when it can ride in the pass to `successor` (one datagram per
+        hop): always in a ring of two, where the predecessor is the successor, and through
+        the ring's multicast group when the cluster has one (`RingSpec.group_pass`)."""
+        owed = self.owed_ack
+        if owed is None or not (self.spec.group_pass or owed[0] == successor):
+            return None
+        self.owed_ack = None
+        return owed
 
     def _on_token_ack(
         self, source: NodeId, ack: TokenAck, now: Instant, actions: list[Action]
@@ -1676,6 +1709,8 @@ class RingMachine:
 def _counters_in_range(message: object) -> bool:
     """Whether every epoch and sequence number a message carries is below COUNTER_LIMIT."""
     numbers: list[int] = []
+    if isinstance(message, TokenPass):
+        message = message.packet
     ring = getattr(message, "ring", None)
     if isinstance(ring, RingId):
         numbers.append(ring.epoch)

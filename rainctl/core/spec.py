@@ -195,6 +195,9 @@ class RingSpec:
     limits: Limits = Limits()
     checkers_per_server: int = CHECKERS_PER_SERVER_DEFAULT
     """Ring members that check each real server (rainctl.core.health)."""
+    group_pass: bool = False
+    """The cluster has a multicast group for the ring (`[cluster] ring_group`): a holder
+    passes the token and acknowledges its own receipt in one datagram (`TokenPass`)."""
 
     def node_ids(self) -> tuple[NodeId, ...]:
         return tuple(sorted(node.node_id for node in self.nodes))

@@ -53,7 +53,7 @@ from rainctl.core.events import (
     SaveMaintenance,
     Send,
 )
-from rainctl.core.messages import Carriage, TokenPacket
+from rainctl.core.messages import AckStatus, Carriage, TokenAck, TokenPacket, TokenPass
 from rainctl.core.ring import RingMachine
 from rainctl.core.types import Instant, NodeId, NodeState
 from rainctl.daemon.clock import Clock
@@ -61,7 +61,8 @@ from rainctl.daemon.gc_pauses import GcPauseWatch
 from rainctl.daemon.load import INTERVAL_S, measure_load
 from rainctl.daemon.reconciler import Reconciler
 from rainctl.metrics.rotation import RotationHistogram
-from rainctl.net.transport import DatagramPort, SocketAddress
+from rainctl.net.group import RingGroup
+from rainctl.net.transport import DatagramPort, SocketAddress, TransportError
 
 log = logging.getLogger("rainctl.driver")
 
@@ -117,6 +118,8 @@ class RingDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: Instant | None = None
         self._owned: tuple[str, ...] = ()
+        self.group: RingGroup | None = None
+        """The ring's multicast group (rainctl.net.group), set up with the transport."""
         self._held: list[Send] | None = None
         """Datagrams waiting for a release to reach the kernel (None: send at once)."""
         self._releasing: frozenset[str] = frozenset()
@@ -161,6 +164,20 @@ class RingDriver:
             log.info("leave requested")
             self.leave_requested.set()
             self._step(LeaveRequested())
+
+    def want_group(self, endpoint: str | None) -> None:
+        """Join the ring group a new configuration names (None: leave it). When that fails
+        the ring works on: a pass meant for the group goes to its addressee, its ACK apart."""
+        if self.group is None:
+            return
+        try:
+            self.group.want(endpoint)
+        except TransportError as error:
+            log.error("%s; passing unicast", error)  # noqa: TRY400 (an expected failure)
+
+    def close_group(self) -> None:
+        if self.group is not None:
+            self.group.close()
 
     def stop(self) -> None:
         self.gc_pauses.uninstall()
@@ -247,12 +264,7 @@ class RingDriver:
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, Send):
-            if self._held is not None and isinstance(action.message, TokenPacket | Carriage):
-                # Only the token waits: ACKs and answers go at once, so a predecessor never
-                # times out on this node while its kernel catches up.
-                self._held.append(action)
-            else:
-                self._send(action)
+            self._carry_out_send(action)
         elif isinstance(action, OwnVips):
             log.info("owned VIPs: %s", ",".join(action.vips) or "-")
             released = frozenset(self._owned) - frozenset(action.vips)
@@ -282,6 +294,17 @@ class RingDriver:
                 self.lateness.worst_ms(now),
                 LATENESS_WINDOW_MS // 1000,
             )
+
+    def _carry_out_send(self, send: Send) -> None:
+        message = send.message
+        if self._held is not None and isinstance(message, TokenPacket | TokenPass | Carriage):
+            # Only the token waits: ACKs and answers go at once, so a predecessor never
+            # times out on this node while its kernel catches up; a pass's own ACK too.
+            self._held.append(send)
+            if isinstance(message, TokenPass):
+                self._send(_ack_in(message))
+        else:
+            self._send(send)
 
     def _notify(self, action: InstallRing | Deliver | ApplyHealth | LeftRing) -> None:
         """The actions that concern the rest of the daemon: logged and handed to it."""
@@ -331,9 +354,26 @@ class RingDriver:
             self._send(send)
 
     def _send(self, send: Send) -> None:
+        if send.group:
+            group = None if self.group is None else self.group.address
+            if group is not None and self.port is not None:
+                self.driver_counters["datagrams_sent"] += 1
+                self.port.send(self.codec.encode(0, send.message), group)
+                return
+            # No group joined (it could not be): the pass to its addressee, its ACK apart.
+            self.driver_counters["group_sends_unicast"] += 1
+            send = Send(send.destination, send.message)
+            if isinstance(send.message, TokenPass):
+                self._send(_ack_in(send.message))
         address = self.peers.get(send.destination)
         if address is None or self.port is None:
             self.driver_counters["send_unknown_destination"] += 1
             return
         self.driver_counters["datagrams_sent"] += 1
         self.port.send(self.codec.encode(send.destination, send.message), address)
+
+
+def _ack_in(message: TokenPass) -> Send:
+    """The ACK a pass carries, as a datagram of its own to the acknowledged node."""
+    ack = TokenAck(message.acked_transfer_id, AckStatus.ACCEPTED, message.packet.ring)
+    return Send(message.acked_node, ack)

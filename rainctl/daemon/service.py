@@ -100,6 +100,7 @@ from rainctl.kernel.memory import (
     MemoryVipAddresses,
 )
 from rainctl.metrics.exporter import MetricsExporter, open_listener
+from rainctl.net.group import RingGroup
 from rainctl.net.transport import SocketAddress, UdpTransport, parse_endpoint
 
 LEAVE_MARGIN_S = 1.0
@@ -426,7 +427,7 @@ async def _run(
         more_commands={**live_config.handlers(), **events.handlers(), **metrics.handlers()},
     )
     driver.on_deliver = commands.on_deliver
-    control = await _start_control(options, commands, transport, live_config)
+    control = await _start_control(options, commands, transport, driver, live_config)
     loop = asyncio.get_running_loop()
     background = _background_tasks(reconciler, dataplane, upstream)
     _handle_signals(loop, leave=driver.request_leave, reload=reload_on_signal)
@@ -461,6 +462,7 @@ async def _run(
         await fleet.stop()
         await metrics.stop()
         await _cancel_all(background)
+        driver.close_group()
         transport.close()
         await live_config.close()
         control.close()
@@ -469,12 +471,17 @@ async def _run(
 
 
 async def _start_control(
-    options: DaemonOptions, commands: Commands, transport: UdpTransport, live_config: LiveConfig
+    options: DaemonOptions,
+    commands: Commands,
+    transport: UdpTransport,
+    driver: RingDriver,
+    live_config: LiveConfig,
 ) -> ControlServer:
     """The control socket, else (another daemon listens there) what is open already closed."""
     try:
         return await ControlServer.start(options.control_socket, commands.answer)
     except BaseException:
+        driver.close_group()
         transport.close()
         await live_config.close()
         raise
@@ -757,16 +764,21 @@ def _reloaders(
 async def _open_transport(
     setup: _Setup, driver: RingDriver, live_config: LiveConfig
 ) -> UdpTransport:
-    """The ring's UDP socket and, on the same address over TCP, the documents' fetch
-    channel; neither is left open if the other cannot be."""
+    """The ring's UDP socket, its multicast group when the configuration names one
+    (`[cluster] ring_group`) and, on the same address over TCP, the documents' fetch
+    channel; none is left open if another cannot be."""
     try:
         transport = await UdpTransport.open(setup.address, driver.on_datagram)
     except BaseException:
         await live_config.close()
         raise
+    local = parse_endpoint(setup.address)[0]
     try:
-        live_config.serve(parse_endpoint(setup.address)[0])
+        driver.group = RingGroup(local, transport.socket, driver.on_datagram)
+        driver.group.want(setup.config.cluster.ring_group)
+        live_config.serve(local)
     except BaseException:
+        driver.close_group()
         transport.close()
         await live_config.close()
         raise
@@ -786,7 +798,8 @@ def _live_config(
     fleet: ProxyFleet,
 ) -> LiveConfig:
     """The node's live configuration, wired to the ring and to what a new version changes:
-    the VIP pool, the peers' addresses, the services (IPVS, proxies, checks)."""
+    the VIP pool, the peers' addresses, the ring's group, the services (IPVS, proxies,
+    checks)."""
 
     def apply(prepared: Prepared, previous: Prepared) -> None:
         spec = prepared.spec
@@ -796,6 +809,7 @@ def _live_config(
             for node in spec.nodes
             if node.node_id != options.node_id
         }
+        driver.want_group(prepared.config.cluster.ring_group)
         live.services = prepared.services
         live.proxy_options = prepared.proxy_options
         live.refresh_proxies(fleet)

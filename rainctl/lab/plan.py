@@ -70,6 +70,8 @@ IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_mh")
 UML_MODULES_DIR = "/usr/lib/uml/modules"
 RING_PORT = 7400
 """UDP port of the ring transport on each node's front address."""
+RING_GROUP = "239.192.74.1:7401"
+"""The lab cluster's `ring_group` (one datagram per token hop), on br0 only (hop limit 1)."""
 VIP_BASE = ipaddress.IPv4Address("198.18.0.100")
 VIPS_PER_NODE = 2
 FRONT_NETWORK6 = ipaddress.IPv6Network("2001:2::/64")
@@ -405,6 +407,7 @@ def cluster_config(
     key_file: str,
     data_plane: str = "ipvs",
     exclusion: str = "conservative",
+    ring_group: bool = True,
     checks: bool = False,
     check_defaults: bool = False,
     proxy: bool = False,
@@ -428,7 +431,8 @@ def cluster_config(
     every back-end.
     With `proxy` the first VIP also has a `mode = "http"` service on PROXY_PORT whose real
     servers are the back-ends' HTTP servers (checked like the others).
-    `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it).
+    `exclusion` is the config's `cluster.exclusion` (checked when the daemons load it);
+    `ring_group` gives the cluster RING_GROUP (else the ring passes unicast).
     `front_interface` and `back_interface` name every node's interfaces when the nodes are
     machines of their own (the Vagrant lab); by default the config names no front interface
     (the UML nodes' daemons get `--front-interface`) and the back interface is the UML
@@ -471,6 +475,7 @@ def cluster_config(
         key_file=key_file,
         profile=profile,
         exclusion=exclusion,
+        ring_group=RING_GROUP if ring_group else None,
         sync_id=SYNC_ID if ipvs else None,
         nodes=nodes,
         vips=vips,

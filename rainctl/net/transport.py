@@ -80,6 +80,12 @@ class UdpTransport:
             ) from exc
         return cls(transport, counters)
 
+    @property
+    def socket(self) -> socket.socket:
+        """The bound socket, for its options (rainctl.net.group sets the multicast ones)."""
+        sock: socket.socket = self._transport.get_extra_info("socket")
+        return sock
+
     def send(self, data: bytes, address: SocketAddress) -> None:
         try:
             self._transport.sendto(data, address)

@@ -69,6 +69,8 @@ class Scenario:
     profile: str = "lan"
     quorum: str = "majority"
     exclusion: str = "aggressive"
+    group_pass: bool = False
+    """The cluster has a ring multicast group: one datagram per hop (`RingSpec.group_pass`)."""
     duration_ms: int = 10_000
     network: NetworkConditions = NetworkConditions()
     faults: tuple[Fault, ...] = ()
@@ -173,6 +175,9 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
     if mixed and config_rng.random() < CONFIG_SEED_SHARE:
         faults.extend(_random_pushes(config_rng, nodes, fault_end))
     faults.sort(key=lambda fault: fault.at_ms)
+    # Half the seeds pass the token with its ACK in one group datagram; an own generator
+    # keeps every seed's schedule as it was.
+    group_pass = Random(f"{seed}:group").random() < 0.5
     return Scenario(
         seed=seed,
         nodes=nodes,
@@ -180,6 +185,7 @@ def random_scenario(seed: int, *, duration_ms: int = 12_000, mixed: bool = True)
         profile=profile,
         quorum=quorum,
         exclusion=exclusion,
+        group_pass=group_pass,
         duration_ms=duration_ms,
         network=NetworkConditions(0, rng.choice((1, 1, 3)), 0.0, 0.0),
         faults=tuple(faults),
@@ -325,6 +331,7 @@ class _ScenarioModel(BaseModel):
     profile: Literal["lan", "fast"] = "lan"
     quorum: Literal["majority", "upstream", "none"] = "majority"
     exclusion: Literal["aggressive", "conservative"] = "aggressive"
+    group_pass: bool = False
     duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 10_000
     rebalance: bool = False
     late_joiners: tuple[int, ...] = ()
@@ -416,6 +423,7 @@ def scenario_from_mapping(data: dict[str, object], source: str) -> Scenario:
         profile=model.profile,
         quorum=model.quorum,
         exclusion=model.exclusion,
+        group_pass=model.group_pass,
         duration_ms=model.duration_ms,
         network=network,
         faults=tuple(sorted(faults, key=lambda f: f.at_ms)),

@@ -44,7 +44,7 @@ from rainctl.core.events import (
     UpstreamChecked,
 )
 from rainctl.core.health import HealthState, Maintenance
-from rainctl.core.messages import Carriage, TokenPacket
+from rainctl.core.messages import Carriage, TokenPacket, TokenPass
 from rainctl.core.ring import IN_RING, Phase, RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -170,6 +170,7 @@ def spec_for(scenario: Scenario) -> RingSpec:
             settle_ms=SIM_SETTLE_MS,
         ),
         config_digest=hashlib.sha256(repr((nodes, vips)).encode()).digest(),
+        group_pass=scenario.group_pass,
     )
 
 
@@ -367,9 +368,11 @@ class Simulation:
         self.checker.after_step(live, self.now)
         if node.condition is NodeCondition.UP:
             token_from = None
-            if isinstance(event, MessageReceived) and isinstance(
-                event.envelope.message, TokenPacket | Carriage
+            message = event.envelope.message if isinstance(event, MessageReceived) else None
+            if isinstance(message, TokenPacket | Carriage) or (
+                isinstance(message, TokenPass) and message.addressee == node.node_id
             ):
+                assert isinstance(event, MessageReceived)
                 token_from = event.envelope.source
             self.config_checker.after_step(node, self.now, token_from)
         if self.backends is not None:
@@ -423,20 +426,28 @@ class Simulation:
             )
 
     def _transmit(self, node: SimNode, send: Send) -> None:
-        data = node.codec.encode(send.destination, send.message)
+        """One datagram on the wire; a group datagram reaches every other configured node,
+        each copy blocked, lost, duplicated and delayed on its own (like a switch's)."""
+        data = node.codec.encode(0 if send.group else send.destination, send.message)
         self.datagrams_sent += 1
-        if (node.node_id, send.destination) in self.blocked:
-            return
+        receivers = (
+            tuple(other for other in sorted(self.nodes) if other != node.node_id)
+            if send.group
+            else (send.destination,)
+        )
         network = self.network
         rng = self.rng
-        if network.loss and rng.random() < network.loss:
-            return
-        copies = 2 if network.duplicate and rng.random() < network.duplicate else 1
-        for _ in range(copies):
-            delay = rng.randint(network.delay_min_ms, network.delay_max_ms)
-            target = self.nodes.get(send.destination)
-            incarnation = target.incarnation if target else 0
-            self._push(self.now + delay, "deliver", (send.destination, incarnation, data))
+        for receiver in receivers:
+            if (node.node_id, receiver) in self.blocked:
+                continue
+            if network.loss and rng.random() < network.loss:
+                continue
+            copies = 2 if network.duplicate and rng.random() < network.duplicate else 1
+            for _ in range(copies):
+                delay = rng.randint(network.delay_min_ms, network.delay_max_ms)
+                target = self.nodes.get(receiver)
+                incarnation = target.incarnation if target else 0
+                self._push(self.now + delay, "deliver", (receiver, incarnation, data))
 
     def _reachable(self, a: NodeId, b: NodeId) -> bool:
         """Can `a` and `b` talk both ways now (a fetch is a request and an answer)?"""

@@ -37,6 +37,7 @@ from rainctl.core.messages import (
     SosVerdict,
     TokenAck,
     TokenPacket,
+    TokenPass,
 )
 from rainctl.core.types import (
     NODE_ID_MAX,
@@ -287,8 +288,17 @@ probe_reports: st.SearchStrategy[ProbeReport] = st.builds(
     ProbeReport, target=node_ids, nonce=u64s, reachable=st.booleans()
 )
 
+token_passes: st.SearchStrategy[TokenPass] = st.builds(
+    TokenPass,
+    addressee=node_ids,
+    acked_node=node_ids,
+    acked_transfer_id=u64s,
+    packet=token_packets,
+)
+
 MESSAGE_STRATEGIES: dict[MessageType, st.SearchStrategy[Message]] = {
     MessageType.TOKEN: token_packets,
+    MessageType.TOKEN_PASS: token_passes,
     MessageType.CARRIAGE: carriages,
     MessageType.TOKEN_ACK: token_acks,
     MessageType.NACK: nacks,

@@ -78,6 +78,16 @@ def test_parse_frame_reads_the_ring_header() -> None:
     )
 
 
+def test_parse_frame_names_a_group_pass_by_its_addressee() -> None:
+    # type TOKEN_PASS to the group (destination 0): the addressee opens the body
+    header = b"RN" + bytes([2, 12]) + struct.pack("!IHH", 1, 2, 0) + b"\0" * 16
+    ring = header + struct.pack("!HH", 3, 1) + b"\0" * 40
+    line = wire.parse_frame(_frame(socket.IPPROTO_UDP, ring, 7400, 7401))
+    assert line == f"R 198.18.0.2 198.18.0.3 {20 + 8 + len(ring)} 12 2 3"
+    packet = report.parse_wire(f"R 1.0 {line[2:]}\n")[0]
+    assert report.token_destination(packet) == 3
+
+
 def test_parse_frame_reads_vrrp_and_ignores_the_rest() -> None:
     vrrp = bytes([0x31, 5, 200, 1]) + b"\0" * 12  # v3 advert, vrid 5, priority 200
     assert wire.parse_frame(_frame(112, vrrp)) == "V 198.18.0.2 198.18.0.3 36 5 200"

@@ -45,6 +45,7 @@ from rainctl.core.messages import (
     Sos911,
     SosKind,
     TokenPacket,
+    TokenPass,
 )
 from rainctl.core.types import (
     NO_RING,
@@ -210,11 +211,14 @@ def test_largest_carriage_and_inline_payload_fit_exactly() -> None:
     carriage = Carriage(1, 0, 1, b"x" * CARRIAGE_CHUNK_BYTES_MAX)
     assert len(tx.encode(2, carriage)) == DATAGRAM_BYTES_MAX
     packet = TokenPacket(1, NO_RING, 0, 0, 0, 0, b"x" * INLINE_PAYLOAD_BYTES_MAX)
-    assert len(tx.encode(2, packet)) == DATAGRAM_BYTES_MAX
+    # The largest inline payload fits the pass that also carries an ACK, exactly.
+    assert len(tx.encode(0, TokenPass(2, 3, 7, packet))) == DATAGRAM_BYTES_MAX
+    assert len(tx.encode(2, packet)) < DATAGRAM_BYTES_MAX
     with pytest.raises(ValueError, match="too large"):
         tx.encode(2, replace(carriage, chunk=carriage.chunk + b"x"))
+    bigger = replace(packet, inline_payload=packet.inline_payload + b"x")
     with pytest.raises(ValueError, match="too large"):
-        tx.encode(2, replace(packet, inline_payload=packet.inline_payload + b"x"))
+        tx.encode(0, TokenPass(2, 3, 7, bigger))
     assert BODY_BYTES_MAX == DATAGRAM_BYTES_MAX - HEADER_BYTES - TAG_BYTES
 
 

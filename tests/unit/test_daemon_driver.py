@@ -13,7 +13,7 @@ import pytest
 
 from rainctl.core.codec import DatagramCodec, KeyRing
 from rainctl.core.events import OwnVips, Send
-from rainctl.core.messages import AckStatus, Beacon, TokenAck, TokenPacket
+from rainctl.core.messages import AckStatus, Beacon, TokenAck, TokenPacket, TokenPass
 from rainctl.core.ring import RingMachine
 from rainctl.core.spec import (
     ExclusionMode,
@@ -166,9 +166,11 @@ def test_lateness_keeps_the_worst_of_the_last_ten_seconds() -> None:
 class _RecordingPort:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.addresses: list[SocketAddress] = []
 
     def send(self, data: bytes, address: SocketAddress) -> None:
         self.sent.append(data)
+        self.addresses.append(address)
 
     def close(self) -> None:
         pass
@@ -205,6 +207,88 @@ def test_a_handover_token_waits_until_the_kernel_released_the_vips() -> None:
         assert reconciler.applied == VIPS[:1]
         assert len(port.sent) == 2  # the token, once the kernel had dropped the VIP
         assert driver.driver_counters["release_wait_timeouts"] == 0
+        driver.stop()
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+class _JoinedGroup:
+    """Stands in for rainctl.net.group.RingGroup: joined, at this address."""
+
+    address: SocketAddress = ("239.192.74.1", 7401)
+
+    def close(self) -> None:
+        pass
+
+
+def _decoded(data: bytes, node: int) -> object:
+    return DatagramCodec(9, node, 1, KEYS).decode(data).message
+
+
+@pytest.mark.parametrize("joined", [True, False], ids=["group", "no-group"])
+def test_a_pass_goes_to_the_group_or_else_to_its_addressee_with_its_ack_apart(
+    joined: bool,
+) -> None:
+    spec = _spec("127.0.0.1", socket.AF_INET)
+    clock = MonotonicClock()
+    packet = TokenPacket(4, RingId(3, 1, 1), 7, 0, 0, 0, b"")
+    token_pass = TokenPass(2, 3, 11, packet)
+
+    async def scenario() -> None:
+        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
+        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
+        reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
+        peers = {2: ("127.0.0.1", 9), 3: ("127.0.0.1", 10)}
+        driver = RingDriver(machine, codec, peers, reconciler, clock)
+        driver.group = _JoinedGroup() if joined else None  # type: ignore[assignment]
+        port = _RecordingPort()
+        driver.port = port
+        driver._carry_out(Send(2, token_pass, group=True))
+        if joined:
+            assert port.addresses == [_JoinedGroup.address]
+            assert _decoded(port.sent[0], 2) == token_pass  # header destination 0: any node
+            assert _decoded(port.sent[0], 3) == token_pass
+        else:
+            assert port.addresses == [peers[3], peers[2]]
+            assert _decoded(port.sent[0], 3) == TokenAck(11, AckStatus.ACCEPTED, packet.ring)
+            assert _decoded(port.sent[1], 2) == token_pass
+            assert driver.driver_counters["group_sends_unicast"] == 1
+        driver.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_handover_pass_waits_for_the_kernel_but_its_ack_goes_at_once() -> None:
+    spec = _spec("127.0.0.1", socket.AF_INET)
+    clock = MonotonicClock()
+
+    async def scenario() -> None:
+        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
+        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
+        reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
+        task = asyncio.create_task(reconciler.run())
+        peers = {2: ("127.0.0.1", 9), 3: ("127.0.0.1", 10)}
+        driver = RingDriver(machine, codec, peers, reconciler, clock)
+        driver.group = _JoinedGroup()  # type: ignore[assignment]
+        port = _RecordingPort()
+        driver.port = port
+        packet = TokenPacket(4, RingId(3, 1, 1), 7, 0, 0, 0, b"")
+        driver._carry_out(OwnVips(VIPS))
+        for _ in range(100):
+            if reconciler.applied == VIPS:
+                break
+            await asyncio.sleep(0.005)
+        driver._carry_out(OwnVips(VIPS[:1]))
+        driver._carry_out(Send(2, TokenPass(2, 3, 11, packet), group=True))
+        assert port.addresses == [peers[3]]
+        assert _decoded(port.sent[0], 3) == TokenAck(11, AckStatus.ACCEPTED, packet.ring)
+        for _ in range(100):
+            if len(port.sent) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert reconciler.applied == VIPS[:1]
+        assert port.addresses == [peers[3], _JoinedGroup.address]
         driver.stop()
         task.cancel()
 

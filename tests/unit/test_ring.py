@@ -104,12 +104,14 @@ CRASH_TIMES = (3000, 3037, 3071, 3119)
 
 
 def _crash_runs(
-    nodes: int, profile: str, holder: bool
+    nodes: int, profile: str, holder: bool, group_pass: bool
 ) -> Iterator[tuple[int, int, list[tuple[bool, int | None]]]]:
     """(crash time, crashed node, [(was_holder, outage_ms)]) for a crash of the holder or of
     a non-holder at each of CRASH_TIMES."""
     for planned_ms in CRASH_TIMES:
-        base = Scenario(seed=planned_ms, nodes=nodes, vips=2 * nodes, profile=profile)
+        base = Scenario(
+            seed=planned_ms, nodes=nodes, vips=2 * nodes, profile=profile, group_pass=group_pass
+        )
         at_ms = planned_ms
         if holder:
             # The token may be on the wire at that instant: crash the next holder instead.
@@ -127,13 +129,16 @@ def _crash_runs(
         yield at_ms, victim, [(o.was_holder, o.outage_ms) for o in result.outages]
 
 
+@pytest.mark.parametrize("group_pass", [False, True], ids=["unicast", "group"])
 @pytest.mark.parametrize("profile", ["lan", "fast"])
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_non_holder_crash_vips_reowned_within_one_hop_failure(nodes: int, profile: str) -> None:
+def test_non_holder_crash_vips_reowned_within_one_hop_failure(
+    nodes: int, profile: str, group_pass: bool
+) -> None:
     bound = non_holder_bound_ms(
         timers_of(Scenario(seed=1, nodes=nodes, vips=1, profile=profile)), nodes
     )
-    for at_ms, victim, outages in _crash_runs(nodes, profile, holder=False):
+    for at_ms, victim, outages in _crash_runs(nodes, profile, False, group_pass):
         assert len(outages) == 2, (at_ms, victim)
         for was_holder, outage_ms in outages:
             assert was_holder is False
@@ -146,12 +151,15 @@ def test_non_holder_crash_vips_reowned_within_one_hop_failure(nodes: int, profil
     "nodes",
     [3, 5],
 )
-def test_holder_crash_vips_reowned_within_one_hop_failure(nodes: int, profile: str) -> None:
+@pytest.mark.parametrize("group_pass", [False, True], ids=["unicast", "group"])
+def test_holder_crash_vips_reowned_within_one_hop_failure(
+    nodes: int, profile: str, group_pass: bool
+) -> None:
     bound = holder_bound_ms(
         timers_of(Scenario(seed=1, nodes=nodes, vips=1, profile=profile)), nodes
     )
     late = []
-    for at_ms, victim, outages in _crash_runs(nodes, profile, holder=True):
+    for at_ms, victim, outages in _crash_runs(nodes, profile, True, group_pass):
         assert len(outages) == 2, (at_ms, victim)
         for was_holder, outage_ms in outages:
             assert was_holder is True
@@ -370,16 +378,53 @@ def test_partition_without_quorum_heals_to_one_owner_within_a_second(
     assert_one_ring_one_owner_each(sim, 5)
 
 
+# ---- one datagram per hop -----------------------------------------------------------------------
+
+
+def _datagrams_per_hop(nodes: int, group_pass: bool) -> tuple[float, dict[str, int]]:
+    """Datagrams sent per token hop over 5 s of a healthy ring (from 1 s after the boot
+    window), and the summed counters."""
+    scenario = Scenario(seed=7, nodes=nodes, vips=nodes, duration_ms=8000, group_pass=group_pass)
+    sim = Simulation(scenario, check_liveness=False)
+    advance(sim, 3000)
+    sent, hops = sim.datagrams_sent, sim._result().counters.get("tokens_passed", 0)
+    advance(sim, 8000)
+    counters = sim._result().counters
+    hop_count = counters.get("tokens_passed", 0) - hops
+    assert hop_count > 90, "the ring did not turn"
+    return (sim.datagrams_sent - sent) / hop_count, counters
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_with_a_ring_group_a_hop_costs_one_datagram(nodes: int) -> None:
+    unicast, _ = _datagrams_per_hop(nodes, group_pass=False)
+    grouped, counters = _datagrams_per_hop(nodes, group_pass=True)
+    # Load reports and the like ride in the token: at rest a hop is its datagrams alone.
+    assert 1.9 <= unicast <= 2.1
+    assert 0.9 <= grouped <= 1.05
+    assert counters.get("acks_in_pass", 0) > 90
+    if nodes > 3:
+        assert counters.get("passes_overheard", 0) > 0  # the other members drop it
+
+
+def test_a_ring_of_two_passes_with_its_ack_in_one_datagram_without_a_group() -> None:
+    per_hop, counters = _datagrams_per_hop(2, group_pass=False)
+    assert 0.9 <= per_hop <= 1.05
+    assert counters.get("acks_in_pass", 0) > 90
+
+
 # ---- bad networks -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("group_pass", [False, True], ids=["unicast", "group"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_duplicates_and_loss_keep_invariants_and_converge(seed: int) -> None:
+def test_duplicates_and_loss_keep_invariants_and_converge(seed: int, group_pass: bool) -> None:
     bad_until = 7000
     scenario = Scenario(
         seed=seed,
         nodes=4,
         vips=8,
+        group_pass=group_pass,
         duration_ms=bad_until + 4000,
         faults=(
             Fault(2500, "network", network=NetworkConditions(0, 3, 0.05, 0.2)),
