@@ -1280,19 +1280,24 @@ class RingMachine:
             self.timers.ack_ms,
             self.timers.hop_retries,
             self._hold_allowance_ms(token),
-            self._ack_for_pass(successor),
+            self._ack_for_pass(successor, bool(carriages)),
         )
         self.phase = Phase.PASSING
         self.hop_started_at = now
         self.counters["tokens_passed"] += 1
         actions.extend(self.hop.start(now))
 
-    def _ack_for_pass(self, successor: NodeId) -> tuple[NodeId, int] | None:
+    def _ack_for_pass(self, successor: NodeId, carriages: bool) -> tuple[NodeId, int] | None:
         """The owed ACK, taken when it can ride in the pass to `successor` (one datagram per
         hop): always in a ring of two, where the predecessor is the successor, and through
-        the ring's multicast group when the cluster has one (`RingSpec.group_pass`)."""
+        the ring's multicast group when the cluster has one (`RingSpec.group_pass`) and the
+        token fits one datagram. A token in carriages keeps its ACK apart: the carriages go
+        to the successor alone, and a closing packet that came through the group socket
+        ahead of them would draw a NACK for carriages still on their way."""
         owed = self.owed_ack
-        if owed is None or not (self.spec.group_pass or owed[0] == successor):
+        if owed is None:
+            return None
+        if owed[0] != successor and not (self.spec.group_pass and not carriages):
             return None
         self.owed_ack = None
         return owed

@@ -8,7 +8,9 @@ This module holds the socket work that needs:
   interface that holds this node's ring address, read on the event loop (`add_reader`), so
   its datagrams go to the same handler as the unicast socket's;
 * `send_to_group_from`: the unicast socket's multicast options, so the pass leaves through
-  that same interface, with a hop limit of 1 (the group never leaves the LAN).
+  that same interface, with a hop limit of 1 (the group never leaves the LAN) and without
+  a copy looped back to this machine (each node would otherwise authenticate its own
+  passes; so nodes sharing one network namespace do not hear each other's passes).
 
 A group the network does not deliver costs time, not safety: a predecessor that misses the
 pass retransmits to its successor, which answers with an ordinary ACK.
@@ -44,14 +46,16 @@ def interface_index_of(address: str) -> int:
 
 def send_to_group_from(sock: socket.socket, local: SocketAddress) -> None:
     """Make `sock` (bound to `local`) send group datagrams out of `local`'s interface, to the
-    LAN only."""
+    LAN only, with no copy for this machine."""
     if ipaddress.ip_address(local[0]).version == 4:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(local[0]))
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
     else:
         index = interface_index_of(local[0])
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
 
 
 class GroupReceiver:
@@ -69,7 +73,7 @@ class GroupReceiver:
         group, family = parse_endpoint(endpoint)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            # Several daemons of one host (a test bed) each join the same group and port.
+            # A restarted daemon binds again while its predecessor's socket may linger.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(group)
             if family == socket.AF_INET:

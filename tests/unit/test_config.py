@@ -176,6 +176,30 @@ def test_upstream_policy_with_addresses() -> None:
     assert to_ring_spec(config).quorum is QuorumPolicy.UPSTREAM
 
 
+def test_a_ring_group_gives_the_ring_one_datagram_per_hop() -> None:
+    config = parse_config(
+        document(cluster=CLUSTER + 'ring_group = "239.192.74.1:07401"\n'), "cluster.toml"
+    )
+    assert config.cluster.ring_group == "239.192.74.1:7401"
+    assert to_ring_spec(config).group_pass is True
+    assert to_ring_spec(parse_config(document(), "cluster.toml")).group_pass is False
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        ("198.18.0.9:7401", "198.18.0.9 is not a multicast address"),
+        ("239.192.74.1", "is not group:port with an IP address"),
+        ("239.192.74.1:0", "port 0 is not in 1..65535"),
+    ],
+)
+def test_a_ring_group_must_be_a_multicast_group_and_port(group: str, expected: str) -> None:
+    message = error_of(document(cluster=CLUSTER + f'ring_group = "{group}"\n'))
+    assert message.startswith(f"cluster.toml: cluster.ring_group: '{group}'")
+    assert expected in message
+    assert "\n" not in message
+
+
 def test_addresses_are_canonicalised() -> None:
     config = parse_config(
         document(
@@ -386,6 +410,12 @@ def test_digest_does_not_depend_on_entry_order(node_ids: list[int], data: st.Dat
             'cluster.upstream: only used with quorum = "upstream" (quorum is "majority")',
             id="upstream-addresses-without-policy",
         ),
+        pytest.param(
+            document(cluster=CLUSTER + 'ring_group = "[ff02::7401]:7401"\n'),
+            "cluster.ring_group: '[ff02::7401]:7401' is IPv6, node 1's address "
+            "'198.18.0.2:7400' (nodes[0]) is not: the group must be of the nodes' family",
+            id="ring-group-of-another-family",
+        ),
     ],
 )
 def test_cross_field_errors(text: str, expected: str) -> None:
@@ -404,7 +434,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         pytest.param(
             document(cluster=CLUSTER + "colour = 1\n"),
             "cluster.colour: unknown key (allowed: name, id, key_file, profile, quorum, "
-            "upstream, exclusion, vip_lease_s, answer_lease_ms)",
+            "upstream, exclusion, vip_lease_s, ring_group, answer_lease_ms)",
             id="unknown-cluster-key",
         ),
         pytest.param(
@@ -531,7 +561,7 @@ def test_cross_field_errors(text: str, expected: str) -> None:
         pytest.param(
             document(nodes="nodes = [1]\n", vips=""),
             "cluster.nodes: unknown key (allowed: name, id, key_file, profile, quorum, "
-            "upstream, exclusion, vip_lease_s, answer_lease_ms)",
+            "upstream, exclusion, vip_lease_s, ring_group, answer_lease_ms)",
             id="array-under-cluster-table",
         ),
         pytest.param(
