@@ -4,9 +4,11 @@ Run from the repository root:
 
     python tests/bench/bench_sim_failover.py [--nodes 3,5,16,64] [--profiles lan,fast]
         [--trials N] [--seed 1] [--window-ms 3000] [--jobs 2] [--json FILE] [--quick]
+        [--ring-group]
 
 Every trial is one seeded `Scenario` of N nodes and V = min(2N, 128) VIPs on the default
-simulated network (0-1 ms delay, no loss). The simulation is stepped event by event like
+simulated network (0-1 ms delay, no loss); with `--ring-group` the cluster has a ring group
+(one datagram per hop, docs/protocol.md section 4). The simulation is stepped event by event like
 `Simulation.run` until a seeded instant after the ring formed (boot_ms + 1000 + 0..1000 ms),
 then one node is crashed there:
 
@@ -143,7 +145,13 @@ def _pick_victim(sim: Simulation, kind: str, rng: Random, hunt_until: int) -> tu
 
 
 def run_trial(
-    nodes: int, profile: str, kind: str, seed: int, window_ms: int, safety: bool
+    nodes: int,
+    profile: str,
+    kind: str,
+    seed: int,
+    window_ms: int,
+    safety: bool,
+    group_pass: bool = False,
 ) -> Trial:
     """One seeded scenario: form the ring, crash a `kind` node, time the recovery."""
     started = time.perf_counter()
@@ -153,6 +161,7 @@ def run_trial(
         vips=min(2 * nodes, VIPS_MAX),
         profile=profile,
         duration_ms=3_600_000,
+        group_pass=group_pass,
     )
     sim = Simulation(scenario, check_liveness=False)
     if not safety:
@@ -213,7 +222,7 @@ def run_trial(
     )
 
 
-def _run_packed(job: tuple[int, str, str, int, int, bool]) -> Trial:
+def _run_packed(job: tuple[int, str, str, int, int, bool, bool]) -> Trial:
     return run_trial(*job)
 
 
@@ -380,19 +389,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", metavar="FILE", help="also write rows and trials ('-': stdout)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny trial counts")
+    parser.add_argument(
+        "--ring-group", action="store_true", help="the cluster has a ring group (TokenPass)"
+    )
     args = parser.parse_args(argv)
     nodes_list = args.nodes or ((3, 5, 16) if args.quick else DEFAULT_NODES)
     kinds = tuple(kind for kind in args.kinds.split(",") if kind)
     if not set(kinds) <= set(KINDS):
         parser.error(f"--kinds: choose from {','.join(KINDS)}")
-    jobs: list[tuple[int, str, str, int, int, bool]] = []
+    jobs: list[tuple[int, str, str, int, int, bool, bool]] = []
     for nodes in nodes_list:
         count = args.trials if args.trials is not None else default_trials(nodes, args.quick)
         safety = nodes <= args.invariants_max_nodes
         for profile in args.profiles:
             for kind in kinds:
                 jobs += [
-                    (nodes, profile, kind, args.seed + i, args.window_ms, safety)
+                    (nodes, profile, kind, args.seed + i, args.window_ms, safety, args.ring_group)
                     for i in range(count)
                 ]
     # Biggest rings first, so the pool is not left waiting on one slow trial at the end.

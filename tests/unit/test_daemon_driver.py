@@ -176,34 +176,53 @@ class _RecordingPort:
         pass
 
 
+def _recording_driver(
+    spec: RingSpec,
+    clock: MonotonicClock,
+    reconciler: Reconciler,
+    peers: dict[int, SocketAddress],
+) -> tuple[RingDriver, _RecordingPort]:
+    """Node 1's driver, its datagrams recorded instead of sent."""
+    machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
+    codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
+    driver = RingDriver(machine, codec, peers, reconciler, clock)
+    port = _RecordingPort()
+    driver.port = port
+    return driver, port
+
+
+async def _owning_all_then_releasing_one(driver: RingDriver, reconciler: Reconciler) -> None:
+    """The driver owns every VIP (applied), then gives one up: a release is under way."""
+    driver._carry_out(OwnVips(VIPS))
+    for _ in range(100):
+        if reconciler.applied == VIPS:
+            break
+        await asyncio.sleep(0.005)
+    driver._carry_out(OwnVips(VIPS[:1]))
+
+
+async def _until_sent(port: _RecordingPort, count: int) -> None:
+    for _ in range(100):
+        if len(port.sent) == count:
+            return
+        await asyncio.sleep(0.005)
+
+
 def test_a_handover_token_waits_until_the_kernel_released_the_vips() -> None:
     spec = _spec("127.0.0.1", socket.AF_INET)
     clock = MonotonicClock()
 
     async def scenario() -> None:
-        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
-        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
         reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
         task = asyncio.create_task(reconciler.run())
-        driver = RingDriver(machine, codec, {2: ("127.0.0.1", 9)}, reconciler, clock)
-        port = _RecordingPort()
-        driver.port = port
+        driver, port = _recording_driver(spec, clock, reconciler, {2: ("127.0.0.1", 9)})
         token = TokenPacket(1, RingId(3, 1, 1), 7, 0, 0, 0, b"")
         ack = TokenAck(1, AckStatus.ACCEPTED, RingId(3, 1, 1))
-        driver._carry_out(OwnVips(VIPS))
-        for _ in range(100):
-            if reconciler.applied == VIPS:
-                break
-            await asyncio.sleep(0.005)
-        # Releasing one VIP: the token that follows waits, an ACK does not.
-        driver._carry_out(OwnVips(VIPS[:1]))
+        await _owning_all_then_releasing_one(driver, reconciler)
         driver._carry_out(Send(2, token))
         driver._carry_out(Send(2, ack))
-        assert len(port.sent) == 1  # the ACK
-        for _ in range(100):
-            if len(port.sent) == 2:
-                break
-            await asyncio.sleep(0.005)
+        assert len(port.sent) == 1  # the ACK: the token that follows a release waits
+        await _until_sent(port, 2)
         assert reconciler.applied == VIPS[:1]
         assert len(port.sent) == 2  # the token, once the kernel had dropped the VIP
         assert driver.driver_counters["release_wait_timeouts"] == 0
@@ -236,14 +255,10 @@ def test_a_pass_goes_to_the_group_or_else_to_its_addressee_with_its_ack_apart(
     token_pass = TokenPass(2, 3, 11, packet)
 
     async def scenario() -> None:
-        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
-        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
         reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
         peers = {2: ("127.0.0.1", 9), 3: ("127.0.0.1", 10)}
-        driver = RingDriver(machine, codec, peers, reconciler, clock)
+        driver, port = _recording_driver(spec, clock, reconciler, peers)
         driver.group = _JoinedGroup() if joined else None  # type: ignore[assignment]
-        port = _RecordingPort()
-        driver.port = port
         driver._carry_out(Send(2, token_pass, group=True))
         if joined:
             assert port.addresses == [_JoinedGroup.address]
@@ -264,29 +279,17 @@ def test_a_handover_pass_waits_for_the_kernel_but_its_ack_goes_at_once() -> None
     clock = MonotonicClock()
 
     async def scenario() -> None:
-        machine = RingMachine(spec, 1, 1, Random(1), clock.now_ms())
-        codec = DatagramCodec(spec.cluster_id, 1, 1, KEYS)
         reconciler = Reconciler(MemoryVipAddresses(), MemoryArpAnnouncer(), VIPS)
         task = asyncio.create_task(reconciler.run())
         peers = {2: ("127.0.0.1", 9), 3: ("127.0.0.1", 10)}
-        driver = RingDriver(machine, codec, peers, reconciler, clock)
+        driver, port = _recording_driver(spec, clock, reconciler, peers)
         driver.group = _JoinedGroup()  # type: ignore[assignment]
-        port = _RecordingPort()
-        driver.port = port
         packet = TokenPacket(4, RingId(3, 1, 1), 7, 0, 0, 0, b"")
-        driver._carry_out(OwnVips(VIPS))
-        for _ in range(100):
-            if reconciler.applied == VIPS:
-                break
-            await asyncio.sleep(0.005)
-        driver._carry_out(OwnVips(VIPS[:1]))
+        await _owning_all_then_releasing_one(driver, reconciler)
         driver._carry_out(Send(2, TokenPass(2, 3, 11, packet), group=True))
         assert port.addresses == [peers[3]]
         assert _decoded(port.sent[0], 3) == TokenAck(11, AckStatus.ACCEPTED, packet.ring)
-        for _ in range(100):
-            if len(port.sent) == 2:
-                break
-            await asyncio.sleep(0.005)
+        await _until_sent(port, 2)
         assert reconciler.applied == VIPS[:1]
         assert port.addresses == [peers[3], _JoinedGroup.address]
         driver.stop()
