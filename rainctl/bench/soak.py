@@ -7,8 +7,9 @@ ICMP prober and the br0 packet counter). Then, for `duration_s`:
 * every host core busy with a CPU hog (one resident busy loop per core, recorded by the lab
   and ended by PID), so the user-mode-linux nodes compete for CPU;
 * `loss_permille` of the control traffic dropped on the switch: an nftables bridge rule in
-  the switch namespace, `numgen random`, on the ring's UDP port and on VRRP (IP protocol
-  112), so both systems lose the same share of their own control packets and nothing else;
+  the switch namespace, `numgen random`, on the ring's UDP ports (unicast and the ring
+  group's) and on VRRP (IP protocol 112), so both systems lose the same share of their own
+  control packets and nothing else; a multicast packet is judged once per forwarded copy;
 * the host stall monitor (rainctl.bench.host_stalls, real-time priority) notes every moment
   the machine itself stopped for HOST_STALL_MS or more, and every time a node's guest
   waited that long for a host CPU: a false move at such a moment is the lab machine's (its
@@ -24,6 +25,7 @@ The drop rule's counters and the packet counter's log give the loss really appli
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -37,7 +39,8 @@ from typing import Any
 from rainctl.bench import host_stalls, report
 from rainctl.bench.failover import WIRE_LOG, LogTail, SystemSpec, peer_status, watched_lab
 from rainctl.lab import builder
-from rainctl.lab.plan import RING_PORT, lab_vips
+from rainctl.lab.plan import RING_GROUP, RING_PORT, lab_vips
+from rainctl.net.transport import parse_endpoint
 from rainctl.templating import render
 
 SAMPLE_S = 0.25
@@ -74,16 +77,16 @@ class SoakResult:
     dropped: int = 0
     control_packets: int = 0
     """Control packets seen on br0 (before the drop rule, which judges forwarded copies)."""
-    copies_per_packet: int = 1
-    """Forwarded copies of one control packet: 1 for the ring's unicast; for VRRP's multicast
-    one per other bridge port (the other nodes and the client: the bridge floods it); each
-    copy is dropped or not on its own."""
+    forwarded_copies: int = 0
+    """Their copies the bridge forwarded: 1 per unicast packet; for a multicast one (the
+    ring group's passes, VRRP) one per other bridge port (the other nodes and the client: the
+    bridge floods it); each copy is dropped or not on its own."""
     events: list[str] = field(default_factory=list)
 
     @property
     def loss_percent(self) -> float | None:
         """Dropped copies over forwarded copies: the loss each receiving link saw."""
-        copies = self.control_packets * self.copies_per_packet
+        copies = self.forwarded_copies
         return None if copies == 0 else 100 * self.dropped / copies
 
     def as_json(self) -> dict[str, Any]:
@@ -110,10 +113,14 @@ class SoakResult:
 
 
 def nft_rules(loss_permille: int) -> str:
-    """The switch namespace's drop rule for `loss_permille` of ring and VRRP (IP protocol
-    112) packets (templates/bench_soak.nft.j2)."""
+    """The switch namespace's drop rule for `loss_permille` of ring (unicast and group) and
+    VRRP (IP protocol 112) packets (templates/bench_soak.nft.j2)."""
     return render(
-        "bench_soak.nft.j2", table=NFT_TABLE, ring_port=RING_PORT, loss_permille=loss_permille
+        "bench_soak.nft.j2",
+        table=NFT_TABLE,
+        ring_port=RING_PORT,
+        group_port=parse_endpoint(RING_GROUP)[0][1],
+        loss_permille=loss_permille,
     )
 
 
@@ -214,7 +221,6 @@ def soak(
         system=spec.name,
         kind=spec.kind,
         setting=spec.setting,
-        copies_per_packet=1 if spec.kind == "rainctl" else node_count,
     )
     watch = state_dir / builder.WATCH_DIR
     wire_tail = LogTail(watch / WIRE_LOG)
@@ -267,8 +273,11 @@ def soak(
         _nft(state_dir, "delete", "table", "bridge", NFT_TABLE)
     kind = "R" if spec.kind == "rainctl" else "V"
     packets = report.parse_wire(wire_tail.text())
-    result.control_packets = sum(
-        1 for packet in packets if packet.kind == kind and start <= packet.time <= end
+    counted = [packet for packet in packets if packet.kind == kind and start <= packet.time <= end]
+    result.control_packets = len(counted)
+    result.forwarded_copies = sum(
+        node_count if ipaddress.ip_address(packet.destination).is_multicast else 1
+        for packet in counted
     )
     result.client_gaps, result.longest_gap_ms = client_gaps(
         probe_tail.text(), since=start, until=end - 1.0

@@ -23,7 +23,7 @@ from rainctl.cli.app import app
 
 def test_drop_rule_matches_ring_and_vrrp_at_the_given_rate() -> None:
     rules = nft_rules(10)
-    assert "udp dport 7400 numgen random mod 1000 < 10 counter drop" in rules
+    assert "udp dport { 7400, 7401 } numgen random mod 1000 < 10 counter drop" in rules
     assert "ip protocol 112 numgen random mod 1000 < 10 counter drop" in rules
     assert "hook forward" in rules
 
@@ -70,10 +70,12 @@ def test_client_gaps_count_runs_of_at_least_five_lost_probes() -> None:
 
 
 def test_loss_is_per_forwarded_copy() -> None:
-    ring = SoakResult("rainctl lan", "rainctl", "lan", control_packets=1000, dropped=10)
+    ring = SoakResult(
+        "rainctl lan", "rainctl", "lan", control_packets=1000, dropped=10, forwarded_copies=1000
+    )
     assert ring.loss_percent == 1.0
     vrrp = SoakResult(
-        "keepalived 1", "keepalived", "1", control_packets=500, dropped=10, copies_per_packet=2
+        "keepalived 1", "keepalived", "1", control_packets=500, dropped=10, forwarded_copies=1000
     )
     assert vrrp.loss_percent == 1.0
     assert SoakResult("x", "rainctl", "lan").loss_percent is None
