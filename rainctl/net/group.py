@@ -71,17 +71,19 @@ class GroupReceiver:
     @classmethod
     def open(cls, endpoint: str, local: SocketAddress) -> GroupReceiver:
         group, family = parse_endpoint(endpoint)
+        if family == socket.AF_INET:
+            membership = socket.inet_aton(group[0]) + socket.inet_aton(local[0])
+        else:
+            index = interface_index_of(local[0])
+            membership = socket.inet_pton(family, group[0]) + struct.pack("@I", index)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             # A restarted daemon binds again while its predecessor's socket may linger.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(group)
             if family == socket.AF_INET:
-                membership = socket.inet_aton(group[0]) + socket.inet_aton(local[0])
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
             else:
-                index = interface_index_of(local[0])
-                membership = socket.inet_pton(family, group[0]) + struct.pack("@I", index)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, membership)
             sock.setblocking(False)
         except OSError as exc:
@@ -145,6 +147,9 @@ class RingGroup:
             receiver = GroupReceiver.open(endpoint, self.local)
             try:
                 send_to_group_from(self.sender, self.local)
+            except TransportError:
+                receiver.close()
+                raise
             except OSError as exc:
                 receiver.close()
                 raise TransportError(
