@@ -190,6 +190,11 @@ def _ring(out: _Families, answer: Answer) -> None:
         ("rainctl_tokens_passed", "tokens_passed", "Tokens this node passed on"),
         ("rainctl_hop_retransmits", "hop_retransmits", "Token hops sent again (no ACK yet)"),
         ("rainctl_hop_failures", "hops_failed", "Token hops whose successor never answered"),
+        (
+            "rainctl_hop_acks_in_pass",
+            "acks_in_pass",
+            "Token hops whose ACK came inside the successor's pass (ring group)",
+        ),
     ):
         out.counter(name, help_text, ring.get(key, 0))
     decided = {

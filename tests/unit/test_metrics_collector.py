@@ -104,7 +104,12 @@ def full_answer() -> dict[str, Any]:
             ],
         },
         "counters": {
-            "ring": {"tokens_accepted": 100, "tokens_passed": 99, "hops_failed": 1},
+            "ring": {
+                "tokens_accepted": 100,
+                "tokens_passed": 99,
+                "hops_failed": 1,
+                "acks_in_pass": 97,
+            },
             "codec_rejects": {"bad_tag": 2},
             "transport_errors": {"ConnectionRefusedError": 3},
             "driver": {
@@ -191,6 +196,7 @@ def test_ring_and_node_families() -> None:
     metrics = exposed(families(full_answer(), None))
     assert samples(metrics["rainctl_ring_members"]) == {(): 2}
     assert samples(metrics["rainctl_ring_quorum"]) == {(): 1}
+    assert samples(metrics["rainctl_hop_acks_in_pass_total"]) == {(): 97}
     phases = samples(metrics["rainctl_node_phase"])
     assert phases[(("phase", "passing"),)] == 1
     assert sum(phases.values()) == 1
