@@ -121,6 +121,15 @@ def failover_table(results: list[report.SystemResult], title: str) -> Table:
     return table
 
 
+UnicastRingOption = Annotated[
+    bool,
+    typer.Option(
+        "--unicast-ring",
+        help="rainctl without the lab's ring_group: two datagrams per token hop.",
+    ),
+]
+
+
 @bench_app.command("failover")
 def failover_command(
     *,
@@ -137,13 +146,7 @@ def failover_command(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     as_json: JsonOption = False,
     save: SaveOption = None,
-    unicast_ring: Annotated[
-        bool,
-        typer.Option(
-            "--unicast-ring",
-            help="rainctl without the lab's ring_group: two datagrams per token hop.",
-        ),
-    ] = False,
+    unicast_ring: UnicastRingOption = False,
 ) -> None:
     """Kill the owner of a VIP N times per system (rainctl, then keepalived at each
     advert_int), each system in its own lab of the same topology; print the client's outage.
@@ -266,6 +269,7 @@ def soak_command(
             help="Run rainctl first (--no-rainctl: the peer alone, beside an earlier run).",
         ),
     ] = True,
+    unicast_ring: UnicastRingOption = False,
 ) -> None:
     """Run each system (rainctl, then keepalived at each advert_int) in its own lab for
     --duration seconds with every core busy and --loss-permille of its control packets
@@ -281,7 +285,7 @@ def soak_command(
     if hogs is not None and hogs < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--hogs")
     specs = [
-        dataclasses.replace(spec, exclusion=exclusion.value)
+        dataclasses.replace(spec, exclusion=exclusion.value, ring_group=not unicast_ring)
         for spec in _systems(profile, peer, nodes, advert_int)
         if with_rainctl or spec.kind != "rainctl"
     ]
@@ -316,6 +320,7 @@ def soak_command(
         "loss_permille": loss_permille,
         "hogs": hogs,
         "exclusion": exclusion.value,
+        "ring": "unicast" if unicast_ring else "group",
     }
     title = (
         f"rainctl bench soak: {nodes} nodes, {duration_s:g} s per system, "
