@@ -39,8 +39,7 @@ from typing import Any
 from rainctl.bench import host_stalls, report
 from rainctl.bench.failover import WIRE_LOG, LogTail, SystemSpec, peer_status, watched_lab
 from rainctl.lab import builder
-from rainctl.lab.plan import RING_GROUP, RING_PORT, lab_vips
-from rainctl.net.transport import parse_endpoint
+from rainctl.lab.plan import RING_GROUP_PORT, RING_PORT, lab_vips
 from rainctl.templating import render
 
 SAMPLE_S = 0.25
@@ -119,7 +118,7 @@ def nft_rules(loss_permille: int) -> str:
         "bench_soak.nft.j2",
         table=NFT_TABLE,
         ring_port=RING_PORT,
-        group_port=parse_endpoint(RING_GROUP)[0][1],
+        group_port=RING_GROUP_PORT,
         loss_permille=loss_permille,
     )
 

@@ -9,11 +9,12 @@ ring's unicast datagrams between two nodes' ports). It logs one line per control
     V <time> <src ip> <dst ip> <bytes> <vrid> <priority>                     VRRP (IP 112)
 
 Ring datagrams are UDP to or from port 7400 (plan.RING_PORT) or to the lab's ring group
-(plan.RING_GROUP); their clear header (magic "RN", version, type, cluster id, source,
-destination: rainctl.core.codec) gives the type and the node ids, so `TOKEN` lines show
-where the token goes; a `TOKEN_PASS` to the group names its addressee first in its body, and
-its line shows that node as the destination. `<bytes>` is the IP packet's length. A group
-datagram is one packet on the wire however many nodes receive it.
+(plan.RING_GROUP, port plan.RING_GROUP_PORT); their clear header (magic "RN", version,
+type, cluster id, source, destination: rainctl.core.codec) gives the type and the node
+ids, so `TOKEN` lines show where the token goes; a `TOKEN_PASS` to the group names its
+addressee first in its body, and its line shows that node as the destination. `<bytes>` is
+the IP packet's length. A group datagram is one packet on the wire however many nodes
+receive it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from rainctl.core.codec import HEADER_BYTES
 from rainctl.core.messages import MessageType
+from rainctl.lab.plan import RING_GROUP_PORT, RING_PORT
 
 ETH_P_IP = 0x0800
 IPPROTO_VRRP = 112
@@ -34,14 +36,11 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
-RING_PORT = 7400
-GROUP_PORT = 7401
-"""The port of the lab's ring group (rainctl.lab.plan.RING_GROUP)."""
 RING_MAGIC = b"RN"
 
 
 def parse_frame(
-    frame: bytes, ring_port: int = RING_PORT, group_port: int = GROUP_PORT
+    frame: bytes, ring_port: int = RING_PORT, group_port: int = RING_GROUP_PORT
 ) -> str | None:
     """The log line (without the time) for a ring or VRRP Ethernet frame, else None."""
     if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:

@@ -774,7 +774,7 @@ async def _open_transport(
         raise
     local = parse_endpoint(setup.address)[0]
     try:
-        driver.group = RingGroup(local, transport.socket, driver.on_datagram)
+        driver.group = RingGroup(local, transport.socket, driver.on_datagram, transport.counters)
         driver.group.want(setup.config.cluster.ring_group)
         live_config.serve(local)
     except BaseException:

@@ -70,7 +70,8 @@ IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_mh")
 UML_MODULES_DIR = "/usr/lib/uml/modules"
 RING_PORT = 7400
 """UDP port of the ring transport on each node's front address."""
-RING_GROUP = "239.192.74.1:7401"
+RING_GROUP_PORT = 7401
+RING_GROUP = f"239.192.74.1:{RING_GROUP_PORT}"
 """The lab cluster's `ring_group` (one datagram per token hop), on br0 only (hop limit 1)."""
 VIP_BASE = ipaddress.IPv4Address("198.18.0.100")
 VIPS_PER_NODE = 2

@@ -59,17 +59,17 @@ def send_to_group_from(sock: socket.socket, local: SocketAddress) -> None:
 
 
 class GroupReceiver:
-    """The group's receiving socket, joined on the interface of `local`; `counters` holds
-    receive errors by type."""
+    """The group's receiving socket, joined on the interface of `local`; receive errors are
+    counted by type in `errors` (the ring transport's, shown by status)."""
 
-    def __init__(self, sock: socket.socket, group: SocketAddress) -> None:
+    def __init__(self, sock: socket.socket, group: SocketAddress, errors: Counter[str]) -> None:
         self._sock = sock
         self.group = group
-        self.counters: Counter[str] = Counter()
+        self.errors = errors
         self._handler: DatagramHandler | None = None
 
     @classmethod
-    def open(cls, endpoint: str, local: SocketAddress) -> GroupReceiver:
+    def open(cls, endpoint: str, local: SocketAddress, errors: Counter[str]) -> GroupReceiver:
         group, family = parse_endpoint(endpoint)
         if family == socket.AF_INET:
             membership = socket.inet_aton(group[0]) + socket.inet_aton(local[0])
@@ -91,7 +91,7 @@ class GroupReceiver:
             raise TransportError(
                 f"cannot join the ring group {endpoint} on {local[0]}: {exc.strerror or exc}"
             ) from exc
-        return cls(sock, group)
+        return cls(sock, group, errors)
 
     def start(self, on_datagram: DatagramHandler) -> None:
         """Deliver every datagram to `on_datagram`, on the running event loop."""
@@ -106,7 +106,7 @@ class GroupReceiver:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.counters[type(exc).__name__] += 1
+                self.errors[type(exc).__name__] += 1
                 return
             if self._handler is not None:
                 self._handler(data)
@@ -123,12 +123,18 @@ class RingGroup:
     (`want`): joined, left or changed on the event loop, between two steps of the ring."""
 
     def __init__(
-        self, local: SocketAddress, sender: socket.socket, on_datagram: DatagramHandler
+        self,
+        local: SocketAddress,
+        sender: socket.socket,
+        on_datagram: DatagramHandler,
+        errors: Counter[str],
     ) -> None:
         self.local = local
         self.sender = sender
         """The ring's unicast socket (bound to `local`): group datagrams leave through it."""
         self.on_datagram = on_datagram
+        self.errors = errors
+        """Receive errors by type (the ring transport's counters)."""
         self.endpoint: str | None = None
         self.receiver: GroupReceiver | None = None
 
@@ -144,7 +150,7 @@ class RingGroup:
             return
         self.close()
         if endpoint is not None:
-            receiver = GroupReceiver.open(endpoint, self.local)
+            receiver = GroupReceiver.open(endpoint, self.local, self.errors)
             try:
                 send_to_group_from(self.sender, self.local)
             except TransportError:

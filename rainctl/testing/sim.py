@@ -368,11 +368,9 @@ class Simulation:
         self.checker.after_step(live, self.now)
         if node.condition is NodeCondition.UP:
             token_from = None
-            message = event.envelope.message if isinstance(event, MessageReceived) else None
-            if isinstance(message, TokenPacket | Carriage) or (
-                isinstance(message, TokenPass) and message.addressee == node.node_id
+            if isinstance(event, MessageReceived) and _brings_token(
+                event.envelope.message, node.node_id
             ):
-                assert isinstance(event, MessageReceived)
                 token_from = event.envelope.source
             self.config_checker.after_step(node, self.now, token_from)
         if self.backends is not None:
@@ -694,6 +692,13 @@ class Simulation:
             final_ring_size=final_size,
             counters=dict(sorted(counters.items())),
         )
+
+
+def _brings_token(message: object, node_id: NodeId) -> bool:
+    """Is `message` part of a token hop to `node_id` (a pass to the group names it)?"""
+    if isinstance(message, TokenPass):
+        return message.addressee == node_id
+    return isinstance(message, TokenPacket | Carriage)
 
 
 def _settled_text(settled: ConfigPushSettled) -> str:

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import Counter
 
 import pytest
 
 from rainctl.net.group import RingGroup, interface_index_of
 from rainctl.net.transport import TransportError
+
+
+def _group_of(sender: socket.socket) -> RingGroup:
+    """A ring group for the unicast socket `sender`, bound on loopback."""
+    return RingGroup(("127.0.0.1", sender.getsockname()[1]), sender, lambda _: None, Counter())
 
 
 def test_the_interface_of_an_address_is_found_by_index() -> None:
@@ -23,7 +29,7 @@ def test_a_group_is_joined_changed_and_left_with_the_configuration() -> None:
     async def scenario() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.bind(("127.0.0.1", 0))
-            group = RingGroup(("127.0.0.1", sender.getsockname()[1]), sender, lambda _: None)
+            group = _group_of(sender)
             assert (group.endpoint, group.receiver) == (None, None)
             group.want("239.192.74.9:7409")
             assert group.address == ("239.192.74.9", 7409)
@@ -48,7 +54,7 @@ def test_a_group_that_cannot_be_joined_is_one_error_and_no_group() -> None:
     async def scenario() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.bind(("127.0.0.1", 0))
-            group = RingGroup(("127.0.0.1", sender.getsockname()[1]), sender, lambda _: None)
+            group = _group_of(sender)
             with pytest.raises(TransportError) as raised:
                 group.want("[ff02::7401]:7401")  # not the ring address's family
             assert str(raised.value) == (
