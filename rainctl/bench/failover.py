@@ -343,7 +343,7 @@ def run_trial(
             worst, lost = duration * 1000, run.lost
     builder.restart_node(state_dir, victim.name)
     wait_settled(spec, state_dir, watchers)
-    return TrialResult(spec.name, number, case, victim.name, moved, worst, lost)
+    return TrialResult(spec.name, number, case, victim.name, moved, worst, lost, killed_at)
 
 
 @contextmanager
@@ -398,22 +398,29 @@ def run_system(
     trials: int,
     rest_s: float,
     progress: Progress,
+    logs: Path | None = None,
 ) -> SystemResult:
-    """One lab for `spec`: up, settle, rest, `trials` kills; down always."""
+    """One lab for `spec`: up, settle, rest, `trials` kills; down always. With `logs`, the
+    nodes' logs and the watchers' (probe, GARP, wire) are copied to `logs/<system>/` before
+    the lab goes down, for reading a slow or failed trial afterwards."""
     result = SystemResult(system=spec.name, kind=spec.kind, setting=spec.setting)
     started = time.monotonic()
     with watched_lab(spec, state_dir=state_dir, prefix=prefix, nodes=nodes) as lab:
         state_dir, watchers, wire_log = lab
         progress(f"{spec.name}: lab settled in {time.monotonic() - started:.1f} s; resting")
-        result.rest = measure_rest(spec, state_dir, wire_log, rest_s)
-        for number in range(1, trials + 1):
-            trial = run_trial(spec, state_dir, watchers, wire_log, number)
-            result.trials.append(trial)
-            outage = "not recovered" if trial.outage_ms is None else f"{trial.outage_ms:.0f} ms"
-            progress(
-                f"{spec.name}: trial {number}/{trials} killed {trial.victim} ({trial.case}, "
-                f"{' '.join(trial.vips)}): outage {outage}"
-            )
+        try:
+            result.rest = measure_rest(spec, state_dir, wire_log, rest_s)
+            for number in range(1, trials + 1):
+                trial = run_trial(spec, state_dir, watchers, wire_log, number)
+                result.trials.append(trial)
+                outage = "not recovered" if trial.outage_ms is None else f"{trial.outage_ms:.0f} ms"
+                progress(
+                    f"{spec.name}: trial {number}/{trials} killed {trial.victim} ({trial.case}, "
+                    f"{' '.join(trial.vips)}): outage {outage}"
+                )
+        finally:
+            if logs is not None:
+                builder.keep_logs(state_dir, logs / spec.name.replace(" ", "-"), watchers=True)
     return result
 
 
@@ -434,6 +441,7 @@ def run(
     trials: int,
     rest_s: float,
     progress: Progress,
+    logs: Path | None = None,
 ) -> list[SystemResult]:
     return [
         run_system(
@@ -444,6 +452,7 @@ def run(
             trials=trials,
             rest_s=rest_s,
             progress=progress,
+            logs=logs,
         )
         for spec in specs
     ]

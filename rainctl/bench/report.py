@@ -164,6 +164,8 @@ class TrialResult:
     """The longest client outage among `vips` (None: one never answered again)."""
     lost: int
     """Lost probes of that VIP."""
+    killed_at: float | None = None
+    """When the victim was killed (seconds since the epoch), for matching the nodes' logs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,7 @@ def report_json(results: Sequence[SystemResult], meta: dict[str, Any]) -> dict[s
                         "vips": list(t.vips),
                         "outage_ms": t.outage_ms,
                         "lost_probes": t.lost,
+                        "killed_at": t.killed_at,
                     }
                     for t in r.trials
                 ],

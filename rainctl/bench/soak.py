@@ -28,7 +28,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -316,7 +315,7 @@ def run_system(
     logs: Path | None = None,
 ) -> SoakResult:
     """One lab for `spec`: up, settle, watch, soak; down always. With `logs`, the nodes'
-    logs (daemon, console) are copied to `logs/<system>/<node>/` before the lab goes down."""
+    logs (daemon, console) are copied to `logs/<system>/nodes/<node>/` before the lab goes down."""
     with watched_lab(spec, state_dir=state_dir, prefix=prefix, nodes=nodes) as lab:
         state_dir = lab[0]
         progress(f"{spec.name}: settled; soaking {duration_s:g} s")
@@ -331,12 +330,4 @@ def run_system(
             )
         finally:
             if logs is not None:
-                keep_logs(state_dir, logs / spec.name.replace(" ", "-"))
-
-
-def keep_logs(state_dir: Path, target: Path) -> None:
-    """Copy every node's `*.log` files to `target/<node>/`."""
-    for log in sorted((state_dir / "nodes").glob("*/*.log")):
-        destination = target / log.parent.name
-        destination.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(log, destination / log.name)
+                builder.keep_logs(state_dir, logs / spec.name.replace(" ", "-"))

@@ -128,6 +128,10 @@ UnicastRingOption = Annotated[
         help="rainctl without the lab's ring_group: two datagrams per token hop.",
     ),
 ]
+LogsOption = Annotated[
+    Path | None,
+    typer.Option("--logs", help="Copy the nodes' logs here (one directory per system)."),
+]
 
 
 @bench_app.command("failover")
@@ -147,6 +151,7 @@ def failover_command(
     as_json: JsonOption = False,
     save: SaveOption = None,
     unicast_ring: UnicastRingOption = False,
+    logs: LogsOption = None,
 ) -> None:
     """Kill the owner of a VIP N times per system (rainctl, then keepalived at each
     advert_int), each system in its own lab of the same topology; print the client's outage.
@@ -178,6 +183,7 @@ def failover_command(
         trials=trials,
         rest_s=rest_s,
         progress=progress,
+        logs=logs,
     )
     meta = {
         "started": started.isoformat(timespec="seconds"),
@@ -254,10 +260,7 @@ def soak_command(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     as_json: JsonOption = False,
     save: SaveOption = None,
-    logs: Annotated[
-        Path | None,
-        typer.Option("--logs", help="Copy the nodes' logs here (one directory per system)."),
-    ] = None,
+    logs: LogsOption = None,
     exclusion: Annotated[
         ExclusionMode,
         typer.Option("--exclusion", help="rainctl's cluster.exclusion for this run."),

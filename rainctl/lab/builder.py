@@ -838,6 +838,19 @@ def status(state_dir: Path) -> LabStatus:
     )
 
 
+def keep_logs(state_dir: Path, target: Path, *, watchers: bool = False) -> None:
+    """Copy the nodes' logs (daemon, console: `nodes/<node>/*.log`) and, with `watchers`,
+    the watchers' files (probe, GARP, wire logs: `watch/*`) to `target`, at the same paths
+    below it, before `down` removes them: for reading a run or a failure afterwards."""
+    patterns = ("nodes/*/*.log", f"{WATCH_DIR}/*") if watchers else ("nodes/*/*.log",)
+    for pattern in patterns:
+        for path in sorted(state_dir.glob(pattern)):
+            if path.is_file():
+                copy = target / path.relative_to(state_dir)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, copy)
+
+
 def down(state_dir: Path) -> bool:
     """End every recorded process, remove the namespaces and the lab's files.
 

@@ -46,7 +46,6 @@ import argparse
 import datetime
 import re
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -367,9 +366,7 @@ def run(
         )
     finally:
         if keep_logs is not None:
-            keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in (state_dir / "nodes").glob("*/*.log"):
-                shutil.copy(log, keep_logs / f"{log.parent.name}-{log.name}")
+            builder.keep_logs(state_dir, keep_logs)
         builder.down(state_dir)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -378,9 +377,7 @@ def run(services: int, trials: int, keep_logs: Path | None) -> None:
         )
     finally:
         if keep_logs is not None:
-            keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in (state_dir / "nodes").glob("*/daemon.log"):
-                shutil.copy(log, keep_logs / f"{log.parent.name}.log")
+            builder.keep_logs(state_dir, keep_logs)
         builder.down(state_dir)
 
 

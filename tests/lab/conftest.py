@@ -61,14 +61,8 @@ class Lab:
     def keep_logs(self) -> None:
         """Copy the lab's logs (daemons, consoles, client traffic, GARPs) out of the state
         directory that `down` removes, for reading a failure afterwards (inside pytest's tmp)."""
-        if self.logs_dir is None:
-            return
-        for pattern in ("nodes/*/*.log", "watch/*"):
-            for path in self.state_dir.glob(pattern):
-                if path.is_file():
-                    target = self.logs_dir / path.relative_to(self.state_dir)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, target)
+        if self.logs_dir is not None:
+            builder.keep_logs(self.state_dir, self.logs_dir, watchers=True)
 
     def down_leaves_nothing(self) -> None:
         """`lab down` succeeds and leaves neither its state directory nor a namespace."""

@@ -152,7 +152,9 @@ def test_log_tail_reads_complete_lines_from_its_offset(tmp_path: Path) -> None:
 
 
 def _trial(system: str, number: int, case: str, outage: float | None) -> TrialResult:
-    return TrialResult(system, number, case, "n1", ("198.18.0.100",), outage, 3)
+    return TrialResult(
+        system, number, case, "n1", ("198.18.0.100",), outage, 3, 1765000000.0 + number
+    )
 
 
 def _results() -> list[SystemResult]:
@@ -193,6 +195,7 @@ def test_report_json_holds_every_trial_and_row() -> None:
     assert document["systems"][0]["rest"]["control_packets_per_s"] == 110.0
     assert document["systems"][1]["rest"] is None
     assert document["systems"][1]["trials"][1]["outage_ms"] is None
+    assert document["systems"][0]["trials"][1]["killed_at"] == 1765000002.0
     assert len(document["rows"]) == 4
 
 

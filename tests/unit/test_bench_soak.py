@@ -14,11 +14,11 @@ from rainctl.bench.soak import (
     _note_stalls,
     client_gaps,
     dropped_packets,
-    keep_logs,
     nft_rules,
     owner_moves,
 )
 from rainctl.cli.app import app
+from rainctl.lab import builder
 
 
 def test_drop_rule_matches_ring_and_vrrp_at_the_given_rate() -> None:
@@ -107,12 +107,17 @@ def test_keep_logs_copies_every_nodes_logs(tmp_path: Path) -> None:
         (tmp_path / "state" / "nodes" / node).mkdir(parents=True)
         (tmp_path / "state" / "nodes" / node / "daemon.log").write_text(node)
         (tmp_path / "state" / "nodes" / node / "status.json").write_text("{}")
-    keep_logs(tmp_path / "state", tmp_path / "kept" / "rainctl-lan")
+    (tmp_path / "state" / "watch").mkdir()
+    (tmp_path / "state" / "watch" / "probe.log").write_text("probes")
+    builder.keep_logs(tmp_path / "state", tmp_path / "kept" / "rainctl-lan")
+    builder.keep_logs(tmp_path / "state", tmp_path / "all", watchers=True)
     kept = sorted(p.relative_to(tmp_path / "kept") for p in (tmp_path / "kept").rglob("*.*"))
     assert [str(p) for p in kept] == [
-        "rainctl-lan/rlab-node1/daemon.log",
-        "rainctl-lan/rlab-node2/daemon.log",
+        "rainctl-lan/nodes/rlab-node1/daemon.log",
+        "rainctl-lan/nodes/rlab-node2/daemon.log",
     ]
+    assert (tmp_path / "all" / "watch" / "probe.log").read_text() == "probes"
+    assert (tmp_path / "all" / "nodes" / "rlab-node2" / "daemon.log").read_text() == "rlab-node2"
 
 
 def test_a_move_is_a_new_sole_owner_skew_is_not_counted_twice() -> None:
