@@ -10,6 +10,7 @@ to about a millisecond), for the victim's VIP that got there last:
 
 * `decided`: the first failure decision of a survivor (an exclusion or a regeneration);
 * `ring`: the first survivor's ring without the victim installed;
+* `owned`: the VIP's new owner's ring driver has it (its token copy gives it the VIP);
 * `applied`: its new owner's reconciler has the VIP in the kernel ("owned VIPs applied");
 * `announced`: the new owner's gratuitous ARP sent ("announced");
 * `garp`: the switch's reader saw that GARP from a node other than the victim;
@@ -17,8 +18,8 @@ to about a millisecond), for the victim's VIP that got there last:
 * `outage`: the bench's own figure (first lost probe's send to the first answered one's).
 
 p50 / p99 / max per phase and case (holder, non-holder, all): what the ring takes
-(`decided`), what the node takes after its decision (`announced - decided`), what the
-network and client take (`answered - announced`).
+(`decided`), what the new owner's kernel work takes (`announced - owned`), what the network
+and client take (`answered - announced`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rainctl.bench.report import percentile
 from rainctl.lab import probe
 
 FIELD = re.compile(r'(\w+)=("[^"]*"|\S+)')
-PHASES = ("decided", "ring", "applied", "announced", "garp", "answered", "outage")
+SLOWEST = 3
+PHASES = ("decided", "ring", "owned", "applied", "announced", "garp", "answered", "outage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,7 @@ def trial_phases(
         for line, event in events
         if event.get("kind") == "ring" and victim_id in event.get("gone", "").split(",")
     )
-    per_vip: dict[str, list[float | None]] = {phase: [] for phase in PHASES[2:6]}
+    per_vip: dict[str, list[float | None]] = {phase: [] for phase in PHASES[2:7]}
     for vip in vips:
         gained = [
             line
@@ -136,24 +139,20 @@ def trial_phases(
             if event.get("kind") == "vip-gained" and event.get("vip") == vip
         ]
         owner = gained[0].node if gained else None
-        per_vip["applied"].append(
-            first(
-                line.time
-                for line in after
-                if line.node == owner
-                and line.text.startswith("owned VIPs applied:")
-                and vip in line.text.split(": ", 1)[1].split(",")
+        for phase, prefix in (
+            ("owned", "owned VIPs:"),
+            ("applied", "owned VIPs applied:"),
+            ("announced", "announced:"),
+        ):
+            per_vip[phase].append(
+                first(
+                    line.time
+                    for line in after
+                    if line.node == owner
+                    and line.text.startswith(prefix)
+                    and vip in line.text.split(": ", 1)[1].split(",")
+                )
             )
-        )
-        per_vip["announced"].append(
-            first(
-                line.time
-                for line in after
-                if line.node == owner
-                and line.text.startswith("announced:")
-                and vip in line.text.split(": ", 1)[1].split(",")
-            )
-        )
         per_vip["garp"].append(
             first(
                 at
@@ -219,18 +218,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         answers = first_answers(system_dir / "watch" / "probe.log")
         macs = victim_macs(garps, lines)
         rows: dict[str, list[dict[str, float | None]]] = {"holder": [], "non-holder": []}
+        timed: list[tuple[dict[str, Any], dict[str, float | None]]] = []
         for trial in system["trials"]:
             if trial.get("killed_at") is None:
                 continue
             phases = trial_phases(trial, lines, garps, answers, macs.get(trial["victim"]))
             rows.setdefault(trial["case"], []).append(phases)
+            timed.append((trial, phases))
         rows["all"] = rows["holder"] + rows["non-holder"]
         print(f"{system['system']}: ms after the kill, p50 / p99 / max (trials)")
         print(f"{'phase':<22}" + "".join(f"{case:>26}" for case in rows))
         for phase in PHASES:
             print(f"{phase:<22}" + "".join(f"{summarise(r, phase):>26}" for r in rows.values()))
         for name, (start, end) in {
-            "announced - decided": ("decided", "announced"),
+            "announced - owned": ("owned", "announced"),
             "answered - announced": ("announced", "answered"),
         }.items():
             gaps = {
@@ -242,6 +243,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for case, case_rows in rows.items()
             }
             print(f"{name:<22}" + "".join(f"{summarise(r, 'gap'):>26}" for r in gaps.values()))
+        print(f"slowest {SLOWEST} trials (ms after the kill):")
+        timed.sort(key=lambda pair: -(pair[1]["outage"] or float("inf")))
+        for trial, phases in timed[:SLOWEST]:
+            shown = " ".join(
+                f"{phase} {'-' if value is None else f'{value:.0f}'}"
+                for phase, value in phases.items()
+            )
+            print(f"  #{trial['number']} {trial['case']} {trial['victim']}: {shown}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def _write_run(tmp_path: Path) -> tuple[Path, Path]:
         (0.080, "rainctl.events", 'event seq=4 kind=exclusion msg="exclude of node 3" node=3'),
         (0.081, "rainctl.events", 'event seq=5 kind=ring msg="ring" ring=5.1 members=2 gone=3'),
         (0.082, "rainctl.events", 'event seq=6 kind=vip-gained msg="owns" vip=198.18.0.102'),
+        (0.083, "rainctl.driver", "owned VIPs: 198.18.0.101,198.18.0.102"),
         (0.090, "rainctl.reconciler", "owned VIPs applied: 198.18.0.101,198.18.0.102"),
         (0.091, "rainctl.reconciler", "announced: 198.18.0.102"),
     ]
@@ -88,6 +89,7 @@ def test_phases_are_read_from_the_survivors_logs(tmp_path: Path) -> None:
         {
             "decided": 80,
             "ring": 81,
+            "owned": 83,
             "applied": 90,
             "announced": 91,
             "garp": 92,
@@ -106,5 +108,6 @@ def test_main_prints_every_phase_and_the_gaps(
     printed = capsys.readouterr().out
     decided = next(line for line in printed.splitlines() if line.startswith("decided"))
     assert "80 / 80 / 80 (1)" in decided
-    assert "11 / 11 / 11 (1)" in printed  # announced - decided
+    assert "8 / 8 / 8 (1)" in printed  # announced - owned
     assert "5 / 5 / 5 (1)" in printed  # answered - announced
+    assert "#1 non-holder rbf-node3: decided 80 ring 81 owned 83 applied 90" in printed
