@@ -125,23 +125,28 @@ class LinuxVipAddresses:
         self._owned: frozenset[IpAddress] = frozenset()
         self._leased_at = time.monotonic()
         """When the owned set's lease was last granted or renewed (monotonic s)."""
+        self._indexes: dict[str, int] = {}
+        """Interface name -> index (`_index`)."""
 
     # ---- VipAddresses ------------------------------------------------------------------------
 
     def ensure_all(self, vips: Sequence[Vip]) -> None:
         """Configure exactly these VIPs (new ones on the local device, unknown ones removed)."""
         pool = frozenset(parse_vip(vip) for vip in vips)
+        self._indexes.clear()  # devices may have been created or replaced since
         with self._netlink() as ipr:
             front = self._index(ipr, self.front)
             local = self._ensure_local_device(ipr)
             self._write_arp_sysctls()
-            current = {index: self._ours(ipr, index) for index in (front, local)}
+            ours = self._ours(ipr)
+            current = {index: ours.get(index, frozenset()) for index in (front, local)}
             for ip in sorted(pool - current[front] - current[local], key=str):
                 self._add(ipr, local, ip)
             for index, present in current.items():
                 for ip in sorted(present - pool, key=str):
                     self._delete(ipr, index, ip)
-            missing = pool - self._ours(ipr, front) - self._ours(ipr, local)
+            ours = self._ours(ipr)
+            missing = pool - ours.get(front, frozenset()) - ours.get(local, frozenset())
             if missing:
                 # Added without error but not seen with our mark: the kernel drops IFA_PROTO.
                 raise KernelError(
@@ -162,8 +167,9 @@ class LinuxVipAddresses:
         with self._netlink() as ipr:
             front = self._index(ipr, self.front)
             local = self._index(ipr, self.local_device)
-            on_front = self._ours(ipr, front)
-            on_local = self._ours(ipr, local)
+            ours = self._ours(ipr)
+            on_front = ours.get(front, frozenset())
+            on_local = ours.get(local, frozenset())
             for ip in sorted(self._pool, key=str):
                 if ip in owned:
                     target, on_target, other, on_other = front, on_front, local, on_local
@@ -194,7 +200,7 @@ class LinuxVipAddresses:
         renewed_at = time.monotonic()
         with self._netlink() as ipr:
             front = self._index(ipr, self.front)
-            present = self._ours(ipr, front)
+            present = self._ours(ipr).get(front, frozenset())
             for ip in sorted(owned & present, key=str):
                 if time.monotonic() - renewed_at > RENEW_STALE_S:
                     # This thread was frozen (SIGSTOP, an unscheduled guest) after reading
@@ -204,6 +210,8 @@ class LinuxVipAddresses:
                 self._new_address(ipr, front, ip, NLM_F_REPLACE)
         self._leased_at = renewed_at
         lapsed = owned - present
+        if lapsed:
+            self._indexes.clear()  # or the front interface was replaced: look it up again
         self._owned = owned - lapsed
         return frozenset(str(ip) for ip in lapsed)
 
@@ -227,8 +235,9 @@ class LinuxVipAddresses:
     def read(self) -> VipState:
         """rainctl's addresses on both devices, read from the kernel."""
         with self._netlink() as ipr:
-            front = self._addresses(ipr, self._index(ipr, self.front))
-            local = self._addresses(ipr, self._index(ipr, self.local_device))
+            addresses = self._addresses(ipr)
+            front = addresses.get(self._index(ipr, self.front), [])
+            local = addresses.get(self._index(ipr, self.local_device), [])
         unusable = IFA_F_TENTATIVE | IFA_F_DADFAILED
         return VipState(
             on_front=frozenset(str(a.ip) for a in front),
@@ -259,16 +268,26 @@ class LinuxVipAddresses:
             raise KernelError(f"cannot open a netlink socket: {exc}") from exc
         try:
             yield ipr
+        except BaseException:
+            # The interface may have been replaced (a new index): look it up afresh next time.
+            self._indexes.clear()
+            raise
         finally:
             ipr.close()
 
     def _index(self, ipr: Any, ifname: str) -> int:
+        """The interface's index, looked up once (a dump of every link costs as much as the
+        rest of a takeover): kept until a call fails or the pool is configured again."""
+        cached = self._indexes.get(ifname)
+        if cached is not None:
+            return cached
         try:
             found: list[int] = list(ipr.link_lookup(ifname=ifname))
         except NetlinkError as exc:
             raise KernelError(f"looking up interface {ifname}: {_describe(exc)}") from exc
         if not found:
             raise KernelError(f"interface {ifname} does not exist")
+        self._indexes[ifname] = int(found[0])
         return int(found[0])
 
     def _ensure_local_device(self, ipr: Any) -> int:
@@ -311,18 +330,20 @@ class LinuxVipAddresses:
                 except (OSError, ValueError) as exc:
                     raise KernelError(f"setting {path} to {value}: {exc}") from exc
 
-    def _addresses(self, ipr: Any, index: int) -> list[_Address]:
+    def _addresses(self, ipr: Any) -> dict[int, list[_Address]]:
+        """rainctl's addresses by interface index, from one dump of every address (one
+        round trip for both devices)."""
         try:
-            messages = list(ipr.addr("dump", index=index))
+            messages = list(ipr.addr("dump"))
         except NetlinkError as exc:
-            raise KernelError(f"listing addresses of ifindex {index}: {_describe(exc)}") from exc
-        found = []
+            raise KernelError(f"listing addresses: {_describe(exc)}") from exc
+        found: dict[int, list[_Address]] = {}
         for message in messages:
             if message.get("IFA_PROTO") != RAINCTL_PROTO:
                 continue
             raw = message.get("IFA_LOCAL") or message.get("IFA_ADDRESS")
             flags = message.get("IFA_FLAGS")
-            found.append(
+            found.setdefault(int(message["index"]), []).append(
                 _Address(
                     ip=ipaddress.ip_address(str(raw)),
                     prefixlen=int(message["prefixlen"]),
@@ -332,8 +353,11 @@ class LinuxVipAddresses:
             )
         return found
 
-    def _ours(self, ipr: Any, index: int) -> frozenset[IpAddress]:
-        return frozenset(a.ip for a in self._addresses(ipr, index))
+    def _ours(self, ipr: Any) -> dict[int, frozenset[IpAddress]]:
+        return {
+            index: frozenset(a.ip for a in addresses)
+            for index, addresses in self._addresses(ipr).items()
+        }
 
     def _add(self, ipr: Any, index: int, ip: IpAddress) -> None:
         flags = IFA_F_NODAD if ip.version == 6 else 0

@@ -294,6 +294,23 @@ def test_the_kernel_is_the_source_of_truth(linux: LinuxHarness) -> None:
     assert linux.configured() == frozenset(POOL)
 
 
+def test_a_replaced_front_interface_is_found_again_after_one_failed_call(
+    linux: LinuxHarness,
+) -> None:
+    # The adapter keeps interface indexes between calls; a front interface deleted and
+    # created again (a new index) costs one failed call, which the reconciler retries.
+    linux.addresses.ensure_all(POOL)
+    linux.addresses.set_owned([V4[0]])
+    linux.net.node_ip("link", "del", FRONT)
+    linux.net.node_ip("link", "add", FRONT, "type", "veth", "peer", "name", "front-new")
+    linux.net.node_ip("link", "set", FRONT, "up")
+    with pytest.raises(KernelError):
+        linux.addresses.set_owned([V4[1]])
+    linux.addresses.set_owned([V4[1]])
+    assert linux.owned() == {V4[1]}
+    assert linux.configured() == frozenset(POOL)
+
+
 def test_other_addresses_of_the_front_interface_are_left_alone(linux: LinuxHarness) -> None:
     linux.addresses.ensure_all(POOL)
     linux.addresses.set_owned(V4)
