@@ -17,7 +17,9 @@ for any VIP; only the owner answers ARP / neighbour solicitations for it:
   (IFA_PROTO), so the adapter recognises its own addresses on the front interface and never
   touches the node's other addresses.
 
-Every call reads the kernel first (it is the source of truth) and changes only what differs:
+Every call reads the kernel first (it is the source of truth: one dump of the addresses for
+both devices; the two interface indexes are kept between calls, looked up again after any
+failed call, a lapse or a pool change) and changes only what differs:
 EEXIST on add and EADDRNOTAVAIL / ENOENT on delete count as success. A VIP that moves between
 the local device and the front interface is added to its new device before it is deleted from
 the old one, so it is never absent from both. pyroute2 objects are turned into `_Address`
