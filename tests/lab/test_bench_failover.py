@@ -19,7 +19,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from rainctl.cli.app import app
-from rainctl.lab import builder
+from rainctl.lab import builder, probe
+from tests.bench import failover_phases
 from tests.lab.conftest import FIGURES, NOTES, _require_lab_machine
 from tests.tags import RUN_TAG
 
@@ -32,7 +33,7 @@ def test_bench_failover_small_run(tmp_path: Path) -> None:
         "bench", "failover", "--trials", "2", "--nodes", "3", "--profile", "fast",
         "--peer", "keepalived", "--advert-int", "0.1", "--rest", "2",
         "--prefix", f"rtb{RUN_TAG}", "--state-dir", str(state_dir),
-        "--save", str(output),
+        "--save", str(output), "--logs", str(tmp_path / "logs"),
     ]  # fmt: skip
     try:
         result = CliRunner().invoke(app, arguments)
@@ -64,6 +65,23 @@ def test_bench_failover_small_run(tmp_path: Path) -> None:
                 f"{row['max_ms']:.0f} ms; {row['control_packets_per_s']:.0f} control packets/s"
             )
     assert not (state_dir / builder.STATE_FILE).exists()
+    # The kept logs (every node's boots appended) give each rainctl kill's phases.
+    kept = tmp_path / "logs" / "rainctl-fast"
+    assert sorted(p.name for p in (kept / "nodes").iterdir()) == [
+        f"rtb{RUN_TAG}-node{n}" for n in (1, 2, 3)
+    ]
+    assert (tmp_path / "logs" / "keepalived-0.1" / "watch" / "probe.log").stat().st_size > 0
+    lines = failover_phases.read_daemon_logs(kept)
+    garps = probe.garps(kept / "watch" / "garp.log")
+    answers = failover_phases.first_answers(kept / "watch" / "probe.log")
+    macs = failover_phases.victim_macs(garps, lines)
+    for trial in rainctl["trials"]:
+        phases = failover_phases.trial_phases(
+            trial, lines, garps, answers, macs.get(trial["victim"])
+        )
+        assert None not in phases.values(), (trial, phases)
+        assert 0 < phases["decided"] <= phases["owned"] <= phases["applied"], phases  # type: ignore[operator]
+        assert phases["applied"] <= phases["announced"], phases  # type: ignore[operator]
 
 
 SOAK_STOP_BOUND_S = 60.0
