@@ -66,8 +66,10 @@ def test_init_script_starts_the_daemon_and_its_status_helper_once() -> None:
     assert (
         f"--node 2 --state-dir /s/nodes/rlab-node2/state --control-socket {GUEST_CONTROL_SOCKET}"
         " --data-plane ipvs --front-interface vec0 --realtime-priority 10"
-        " < /dev/null > /s/nodes/rlab-node2/daemon.log 2>&1 &"
+        " < /dev/null >> /s/nodes/rlab-node2/daemon.log 2>&1 &"
     ) in flat
+    # Appended, so a node booted again keeps its earlier boots' lines (bench --logs).
+    assert "--control-dir /s/nodes/rlab-node2 < /dev/null >> /s/nodes/rlab-node2/agent.log" in flat
     assert (
         f"/v/bin/python -m rainctl.lab.agent --socket {GUEST_CONTROL_SOCKET} "
         '--daemon-pid "$daemon_pid" --output /s/nodes/rlab-node2/status.json --interval 0.2'
