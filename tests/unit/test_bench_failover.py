@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rainctl.bench import report, wire
-from rainctl.bench.failover import LogTail, PeerNode, peer_settled, systems
+from rainctl.bench.failover import LogTail, PeerNode, peer_settled, rainctl_settled, systems
 from rainctl.bench.report import (
     ControlRate,
     RestResult,
@@ -23,7 +23,8 @@ from rainctl.bench.report import (
 from rainctl.cli.app import app
 from rainctl.cli.bench import parse_advert_ints
 from rainctl.lab import builder, keepalived, peer_agent, processes
-from rainctl.lab.plan import init_script, lab_vips, plan_lab
+from rainctl.lab.builder import DaemonStatus
+from rainctl.lab.plan import Node, init_script, lab_vips, plan_lab
 
 # ---- statistics ------------------------------------------------------------------------------
 
@@ -267,6 +268,27 @@ def test_peer_settled_needs_every_vip_on_its_home() -> None:
     twice = [good[0], PeerNode(two, True, (vips[1], vips[3], vips[0]), True, {})]
     assert not peer_settled(plan, twice)
     assert not peer_settled(plan, [good[0], PeerNode(two, True, good[1].owned, False, {})])
+
+
+def _daemon(node: Node, owned: tuple[str, ...], members: tuple[int, ...] = (1, 2)) -> DaemonStatus:
+    ring = {"epoch": 4, "creator": 1}
+    return DaemonStatus(node, int(node.name[-1]), "up", 0.1, ring, members, owned, "member",
+                        1, None, None)  # fmt: skip
+
+
+def test_rainctl_settled_needs_one_ring_and_every_vip_on_its_home() -> None:
+    plan = plan_lab(nodes=2, backends=0)
+    vips = [str(vip) for vip in lab_vips(plan)]  # .100 .102 home node1, .101 .103 node2
+    one, two = plan.nodes
+    assert rainctl_settled(
+        plan, [_daemon(one, (vips[0], vips[2])), _daemon(two, (vips[1], vips[3]))]
+    )
+    # Every VIP owned once, but the restarted node 2 has not had its own back yet.
+    assert not rainctl_settled(plan, [_daemon(one, tuple(vips)), _daemon(two, ())])
+    assert not rainctl_settled(
+        plan, [_daemon(one, (vips[0], vips[2])), _daemon(two, (vips[1], vips[3]), members=(2,))]
+    )
+    assert not rainctl_settled(plan, [_daemon(one, (vips[0], vips[2])), _daemon(two, (vips[1],))])
 
 
 # ---- the peer's status helper ----------------------------------------------------------------
