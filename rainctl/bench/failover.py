@@ -186,9 +186,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
 
 def rainctl_settled(plan: LabPlan, daemons: Sequence[DaemonStatus]) -> bool:
     """One ring of every daemon, every VIP owned exactly once and by its home node: the
-    state keepalived's trials start from (`peer_settled`), so both systems' kills are alike.
-    (Before 2026-12-07 session 11 the next kill could come a second after the restarted node
-    joined, while it owned nothing yet, and that node then made its first takeover.)"""
+    state keepalived's trials start from (`peer_settled`), so both systems' kills are alike
+    (without it a kill comes a second after the restarted node joined, owning nothing yet)."""
     vips = [str(vip) for vip in lab_vips(plan)]
     if not demo.agree(daemons, set(vips)):
         return False

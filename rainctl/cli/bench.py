@@ -134,6 +134,17 @@ LogsOption = Annotated[
 ]
 
 
+def _usable_logs_dir(logs: Path | None) -> None:
+    """Create --logs up front: a directory that cannot be made fails now, with one line,
+    not after the whole run."""
+    if logs is None:
+        return
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"{logs}: {exc.strerror or exc}", param_hint="--logs") from exc
+
+
 @bench_app.command("failover")
 def failover_command(
     *,
@@ -164,6 +175,7 @@ def failover_command(
         raise typer.BadParameter("must be at least 1", param_hint="--trials")
     if rest_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--rest")
+    _usable_logs_dir(logs)
     specs = [
         dataclasses.replace(spec, ring_group=not unicast_ring)
         for spec in _systems(profile, peer, nodes, advert_int)
@@ -287,6 +299,7 @@ def soak_command(
         raise typer.BadParameter("must be 0..1000", param_hint="--loss-permille")
     if hogs is not None and hogs < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--hogs")
+    _usable_logs_dir(logs)
     specs = [
         dataclasses.replace(spec, exclusion=exclusion.value, ring_group=not unicast_ring)
         for spec in _systems(profile, peer, nodes, advert_int)

@@ -396,20 +396,26 @@ def outages(log: Path, *, since: float, until: float | None = None) -> dict[str,
     return result
 
 
-def answered(log: Path, *, since: float) -> set[str]:
-    """The VIPs that answered at least one probe sent at or after `since`."""
-    sent: dict[tuple[str, int], float] = {}
-    result: set[str] = set()
-    for line in log.read_text(encoding="ascii").splitlines():
+def answers(log: Path) -> list[tuple[float, str, float]]:
+    """(send time, VIP, answer time) of every answered probe, in send order."""
+    sent: dict[tuple[str, str], float] = {}
+    found = []
+    for line in log.read_text(encoding="ascii", errors="replace").splitlines():
         fields = line.split()
         if len(fields) != 4:
-            continue
+            continue  # a line being written
         kind, stamp, vip, seq = fields
         if kind == "S":
-            sent[(vip, int(seq))] = float(stamp)
-        elif kind == "R" and sent.get((vip, int(seq)), 0.0) >= since:
-            result.add(vip)
-    return result
+            sent[(vip, seq)] = float(stamp)
+        elif kind == "R" and (vip, seq) in sent:
+            found.append((sent[(vip, seq)], vip, float(stamp)))
+    found.sort()
+    return found
+
+
+def answered(log: Path, *, since: float) -> set[str]:
+    """The VIPs that answered at least one probe sent at or after `since`."""
+    return {vip for sent_at, vip, _ in answers(log) if sent_at >= since}
 
 
 def garps(log: Path) -> list[tuple[float, str, str]]:

@@ -84,23 +84,6 @@ def first(times: Iterable[float]) -> float | None:
     return min(times, default=None)
 
 
-def first_answers(probe_log: Path) -> list[tuple[float, str, float]]:
-    """(send time, VIP, answer time) of every answered probe, in send order."""
-    sent: dict[tuple[str, str], float] = {}
-    answers = []
-    for line in probe_log.read_text(encoding="ascii", errors="replace").splitlines():
-        fields = line.split()
-        if len(fields) != 4:
-            continue
-        kind, stamp, vip, seq = fields
-        if kind == "S":
-            sent[(vip, seq)] = float(stamp)
-        elif kind == "R" and (vip, seq) in sent:
-            answers.append((sent[(vip, seq)], vip, float(stamp)))
-    answers.sort()
-    return answers
-
-
 def trial_phases(
     trial: dict[str, object],
     lines: Sequence[LogLine],
@@ -208,14 +191,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("results", type=Path, help="the bench's --save file")
     parser.add_argument("logs", type=Path, help="the bench's --logs directory")
     arguments = parser.parse_args(argv)
-    document = json.loads(arguments.results.read_text(encoding="utf-8"))
+    try:
+        document = json.loads(arguments.results.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        parser.error(f"{arguments.results}: not a saved bench failover run ({exc})")
+    if not arguments.logs.is_dir():
+        parser.error(f"{arguments.logs}: no such directory (the bench's --logs)")
     for system in document["systems"]:
         if system["kind"] != "rainctl":
             continue
         system_dir = arguments.logs / system["system"].replace(" ", "-")
         lines = read_daemon_logs(system_dir)
         garps = probe.garps(system_dir / "watch" / "garp.log")
-        answers = first_answers(system_dir / "watch" / "probe.log")
+        answers = probe.answers(system_dir / "watch" / "probe.log")
         macs = victim_macs(garps, lines)
         rows: dict[str, list[dict[str, float | None]]] = {"holder": [], "non-holder": []}
         timed: list[tuple[dict[str, Any], dict[str, float | None]]] = []

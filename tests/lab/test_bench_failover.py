@@ -73,7 +73,7 @@ def test_bench_failover_small_run(tmp_path: Path) -> None:
     assert (tmp_path / "logs" / "keepalived-0.1" / "watch" / "probe.log").stat().st_size > 0
     lines = failover_phases.read_daemon_logs(kept)
     garps = probe.garps(kept / "watch" / "garp.log")
-    answers = failover_phases.first_answers(kept / "watch" / "probe.log")
+    answers = probe.answers(kept / "watch" / "probe.log")
     macs = failover_phases.victim_macs(garps, lines)
     for trial in rainctl["trials"]:
         phases = failover_phases.trial_phases(

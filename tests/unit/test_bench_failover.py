@@ -352,3 +352,14 @@ def test_restart_without_a_lab_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["lab", "restart", "rlab-node1", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no lab" in result.output
+
+
+def test_a_logs_directory_that_cannot_be_made_is_one_line_before_the_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(
+        app, ["bench", "failover", "--peer", "none", "--logs", str(blocker / "logs")]
+    )
+    assert result.exit_code == 2
+    assert "--logs" in result.output
+    assert "Not a directory" in result.output

@@ -82,7 +82,7 @@ def test_phases_are_read_from_the_survivors_logs(tmp_path: Path) -> None:
         trial,
         lines,
         garps,
-        failover_phases.first_answers(system / "watch" / "probe.log"),
+        probe.answers(system / "watch" / "probe.log"),
         macs["rbf-node3"],
     )
     assert phases == pytest.approx(
